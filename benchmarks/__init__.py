@@ -1,0 +1,1 @@
+"""pyxen benchmarks: every benchmark prints ratios against a same-run reference."""

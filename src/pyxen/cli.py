@@ -1,0 +1,49 @@
+"""The `pyxen` command: xl-style subcommands.
+
+Each subcommand lives in the module that implements it; that module provides
+`add_arguments(parser)` and `run(args) -> int`. This file only wires them up, so adding a
+subcommand never means editing another one's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("pyxen.toolstack.run_cmd", "run one domain in the foreground (no daemon)"),
+    "demo": ("pyxen.toolstack.demo_cmd", "build and run the bundled demo guest"),
+    "xenstored": ("pyxen.xenstore.daemon", "run a standalone xenstored on a Unix socket"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyxen", description="pyxen: the Xen hypervisor in Python on KVM"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sp)
+        sp.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("pyxen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
