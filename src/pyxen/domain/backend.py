@@ -1,0 +1,166 @@
+"""The vCPU backend interface: everything the hypervisor needs from a virtual CPU.
+
+KVM (`pyxen.kvm`) and the software CPU (`pyxen.soft`) implement it; nothing above this
+interface knows which one runs (DESIGN.md, principle 3). It is deliberately narrow:
+
+- `run()` executes guest code until something needs the hypervisor and returns an `Exit`
+  code; the details of that exit are in the backend's `exit_*` attributes (no per-exit
+  allocation on the hot path).
+- `regs` is a live, mutable view of the general registers in the layout of `Regs`; after
+  changing it call `regs_changed()` so the change reaches the CPU on the next `run()`.
+- `sregs()` returns segment and control state as `SpecialRegs` (fresh after each exit).
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import enum
+from typing import Protocol
+
+
+class Exit(enum.IntEnum):
+    """Why `run()` returned."""
+
+    IO_OUT = 1  # port write: exit_port, exit_size, exit_value
+    IO_IN = 2  # port read: answer with complete_io_in(value)
+    MSR_WRITE = 3  # exit_msr, exit_value; answer with complete_msr(ok)
+    MSR_READ = 4  # exit_msr; answer with complete_msr(ok, value)
+    HLT = 5  # guest executed hlt with nothing to deliver
+    SHUTDOWN = 6  # triple fault
+    KICKED = 7  # kick() from another thread, or a signal
+    ERROR = 8  # the backend cannot go on: exit_error says why
+    MMIO = 9  # access to guest-physical exit_value that is not RAM; reads need complete_mmio
+
+
+class Regs(C.Structure):
+    """General registers, in the order KVM's struct kvm_regs uses (so KVM needs no copy)."""
+
+    _fields_ = [
+        (name, C.c_uint64)
+        for name in (
+            ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"]
+        )
+    ]
+
+
+class Segment(C.Structure):
+    """A segment register, hidden part included (KVM's struct kvm_segment layout)."""
+
+    _fields_ = [
+        ("base", C.c_uint64),
+        ("limit", C.c_uint32),
+        ("selector", C.c_uint16),
+        ("type", C.c_uint8),
+        ("present", C.c_uint8),
+        ("dpl", C.c_uint8),
+        ("db", C.c_uint8),
+        ("s", C.c_uint8),
+        ("l", C.c_uint8),
+        ("g", C.c_uint8),
+        ("avl", C.c_uint8),
+        ("unusable", C.c_uint8),
+        ("padding", C.c_uint8),
+    ]
+
+
+class DescriptorTable(C.Structure):
+    _fields_ = [("base", C.c_uint64), ("limit", C.c_uint16), ("padding", C.c_uint16 * 3)]
+
+
+class SpecialRegs(C.Structure):
+    """Segment, descriptor-table and control registers (KVM's struct kvm_sregs layout)."""
+
+    _fields_ = [
+        ("cs", Segment),
+        ("ds", Segment),
+        ("es", Segment),
+        ("fs", Segment),
+        ("gs", Segment),
+        ("ss", Segment),
+        ("tr", Segment),
+        ("ldt", Segment),
+        ("gdt", DescriptorTable),
+        ("idt", DescriptorTable),
+        ("cr0", C.c_uint64),
+        ("cr2", C.c_uint64),
+        ("cr3", C.c_uint64),
+        ("cr4", C.c_uint64),
+        ("cr8", C.c_uint64),
+        ("efer", C.c_uint64),
+        ("apic_base", C.c_uint64),
+        ("interrupt_bitmap", C.c_uint64 * 4),
+    ]
+
+
+Cpuid = list[tuple[int, int, int, int, int, int]]  # (leaf, subleaf, eax, ebx, ecx, edx)
+
+
+class VcpuBackend(Protocol):
+    """One virtual CPU of one domain; driven by exactly one thread."""
+
+    regs: Regs
+    exit_port: int
+    exit_size: int
+    exit_value: int
+    exit_msr: int
+    exit_is_write: bool
+    exit_error: str
+
+    def run(self) -> Exit: ...
+
+    def regs_changed(self) -> None: ...
+
+    def sregs(self) -> SpecialRegs: ...
+
+    def set_sregs(self, sregs: SpecialRegs) -> None: ...
+
+    def set_initial_regs(self, regs: Regs) -> None:
+        """General registers before the first run."""
+        ...
+
+    def set_cpuid(self, cpuid: Cpuid) -> None: ...
+
+    def complete_msr(self, ok: bool, value: int = 0) -> None: ...
+
+    def complete_io_in(self, value: int) -> None: ...
+
+    def complete_mmio(self, value: int) -> None:
+        """Answer an MMIO read (ignored for writes)."""
+        ...
+
+    def inject_interrupt(self, vector: int) -> bool:
+        """Deliver `vector` now if the CPU can take it; False if it must wait."""
+        ...
+
+    def request_interrupt_window(self, wanted: bool) -> None: ...
+
+    def kick(self) -> None:
+        """From any thread: make `run()` return KICKED soon (or not enter at all)."""
+        ...
+
+    def read_tsc(self) -> int:
+        """The guest's current time-stamp counter."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MachineBackend(Protocol):
+    """A VM: guest-physical memory wiring and vCPU creation."""
+
+    name: str
+    tsc_khz: int
+
+    def map_memory(self, slot: int, gpa: int, size: int, host_address: int) -> None: ...
+
+    def unmap_memory(self, slot: int) -> None: ...
+
+    def create_vcpu(self, index: int) -> VcpuBackend:
+        """A new vCPU; its CPUID must be set (set_cpuid) before it first runs."""
+        ...
+
+    def host_cpuid(self) -> Cpuid:
+        """The CPUID leaves this backend can offer a guest, before Xen's leaves are added."""
+        ...
+
+    def close(self) -> None: ...

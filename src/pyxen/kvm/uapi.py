@@ -1,0 +1,345 @@
+"""Linux KVM user API for x86-64: ioctl numbers, capabilities and struct layouts (ctypes).
+
+Transcribed from <linux/kvm.h> and <asm/kvm.h>; tests/test_kvm_layouts.py checks every size
+and offset here against the installed kernel headers.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+
+# --- ioctl number encoding (asm-generic/ioctl.h) --------------------------------------------
+_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
+KVMIO = 0xAE
+
+
+def _ioc(direction: int, nr: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (KVMIO << 8) | nr
+
+
+def _io(nr: int) -> int:
+    return _ioc(_IOC_NONE, nr, 0)
+
+
+def _iow(nr: int, size: int) -> int:
+    return _ioc(_IOC_WRITE, nr, size)
+
+
+def _ior(nr: int, size: int) -> int:
+    return _ioc(_IOC_READ, nr, size)
+
+
+def _iowr(nr: int, size: int) -> int:
+    return _ioc(_IOC_READ | _IOC_WRITE, nr, size)
+
+
+# --- structures -------------------------------------------------------------------------------
+class kvm_regs(C.Structure):
+    _fields_ = [
+        (name, C.c_uint64)
+        for name in (
+            ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"]
+        )
+    ]
+
+
+class kvm_segment(C.Structure):
+    _fields_ = [
+        ("base", C.c_uint64),
+        ("limit", C.c_uint32),
+        ("selector", C.c_uint16),
+        ("type", C.c_uint8),
+        ("present", C.c_uint8),
+        ("dpl", C.c_uint8),
+        ("db", C.c_uint8),
+        ("s", C.c_uint8),
+        ("l", C.c_uint8),
+        ("g", C.c_uint8),
+        ("avl", C.c_uint8),
+        ("unusable", C.c_uint8),
+        ("padding", C.c_uint8),
+    ]
+
+
+class kvm_dtable(C.Structure):
+    _fields_ = [("base", C.c_uint64), ("limit", C.c_uint16), ("padding", C.c_uint16 * 3)]
+
+
+class kvm_sregs(C.Structure):
+    _fields_ = [
+        ("cs", kvm_segment),
+        ("ds", kvm_segment),
+        ("es", kvm_segment),
+        ("fs", kvm_segment),
+        ("gs", kvm_segment),
+        ("ss", kvm_segment),
+        ("tr", kvm_segment),
+        ("ldt", kvm_segment),
+        ("gdt", kvm_dtable),
+        ("idt", kvm_dtable),
+        ("cr0", C.c_uint64),
+        ("cr2", C.c_uint64),
+        ("cr3", C.c_uint64),
+        ("cr4", C.c_uint64),
+        ("cr8", C.c_uint64),
+        ("efer", C.c_uint64),
+        ("apic_base", C.c_uint64),
+        ("interrupt_bitmap", C.c_uint64 * 4),
+    ]
+
+
+class kvm_vcpu_events(C.Structure):
+    """Opaque here: pyxen never edits it, only its size matters for sync regs."""
+
+    _fields_ = [("raw", C.c_uint8 * 64)]
+
+
+class kvm_sync_regs(C.Structure):
+    _fields_ = [("regs", kvm_regs), ("sregs", kvm_sregs), ("events", kvm_vcpu_events)]
+
+
+class kvm_run_io(C.Structure):
+    _fields_ = [
+        ("direction", C.c_uint8),
+        ("size", C.c_uint8),
+        ("port", C.c_uint16),
+        ("count", C.c_uint32),
+        ("data_offset", C.c_uint64),
+    ]
+
+
+class kvm_run_mmio(C.Structure):
+    _fields_ = [
+        ("phys_addr", C.c_uint64),
+        ("data", C.c_uint8 * 8),
+        ("len", C.c_uint32),
+        ("is_write", C.c_uint8),
+    ]
+
+
+class kvm_run_msr(C.Structure):
+    _fields_ = [
+        ("error", C.c_uint8),
+        ("pad", C.c_uint8 * 7),
+        ("reason", C.c_uint32),
+        ("index", C.c_uint32),
+        ("data", C.c_uint64),
+    ]
+
+
+class kvm_run_internal(C.Structure):
+    _fields_ = [("suberror", C.c_uint32), ("ndata", C.c_uint32), ("data", C.c_uint64 * 16)]
+
+
+class kvm_run_fail_entry(C.Structure):
+    _fields_ = [("hardware_entry_failure_reason", C.c_uint64), ("cpu", C.c_uint32)]
+
+
+class kvm_run_system_event(C.Structure):
+    _fields_ = [("type", C.c_uint32), ("ndata", C.c_uint32), ("data", C.c_uint64 * 16)]
+
+
+class kvm_run_exit(C.Union):
+    _fields_ = [
+        ("io", kvm_run_io),
+        ("mmio", kvm_run_mmio),
+        ("msr", kvm_run_msr),
+        ("internal", kvm_run_internal),
+        ("fail_entry", kvm_run_fail_entry),
+        ("system_event", kvm_run_system_event),
+        ("padding", C.c_uint8 * 256),
+    ]
+
+
+class kvm_run_s(C.Union):
+    _fields_ = [("regs", kvm_sync_regs), ("padding", C.c_uint8 * 2048)]
+
+
+class kvm_run(C.Structure):
+    _fields_ = [
+        ("request_interrupt_window", C.c_uint8),
+        ("immediate_exit", C.c_uint8),
+        ("padding1", C.c_uint8 * 6),
+        ("exit_reason", C.c_uint32),
+        ("ready_for_interrupt_injection", C.c_uint8),
+        ("if_flag", C.c_uint8),
+        ("flags", C.c_uint16),
+        ("cr8", C.c_uint64),
+        ("apic_base", C.c_uint64),
+        ("exit", kvm_run_exit),
+        ("kvm_valid_regs", C.c_uint64),
+        ("kvm_dirty_regs", C.c_uint64),
+        ("s", kvm_run_s),
+    ]
+
+
+class kvm_userspace_memory_region(C.Structure):
+    _fields_ = [
+        ("slot", C.c_uint32),
+        ("flags", C.c_uint32),
+        ("guest_phys_addr", C.c_uint64),
+        ("memory_size", C.c_uint64),
+        ("userspace_addr", C.c_uint64),
+    ]
+
+
+class kvm_cpuid_entry2(C.Structure):
+    _fields_ = [
+        ("function", C.c_uint32),
+        ("index", C.c_uint32),
+        ("flags", C.c_uint32),
+        ("eax", C.c_uint32),
+        ("ebx", C.c_uint32),
+        ("ecx", C.c_uint32),
+        ("edx", C.c_uint32),
+        ("padding", C.c_uint32 * 3),
+    ]
+
+
+class kvm_cpuid2_header(C.Structure):
+    _fields_ = [("nent", C.c_uint32), ("padding", C.c_uint32)]
+
+
+def kvm_cpuid2(n: int) -> type[C.Structure]:
+    """A kvm_cpuid2 with room for n entries (the kernel struct ends in a flexible array)."""
+
+    class _Cpuid2(C.Structure):
+        _fields_ = [
+            ("nent", C.c_uint32),
+            ("padding", C.c_uint32),
+            ("entries", kvm_cpuid_entry2 * n),
+        ]
+
+    return _Cpuid2
+
+
+class kvm_enable_cap(C.Structure):
+    _fields_ = [
+        ("cap", C.c_uint32),
+        ("flags", C.c_uint32),
+        ("args", C.c_uint64 * 4),
+        ("pad", C.c_uint8 * 64),
+    ]
+
+
+class kvm_msr_filter_range(C.Structure):
+    _fields_ = [
+        ("flags", C.c_uint32),
+        ("nmsrs", C.c_uint32),
+        ("base", C.c_uint32),
+        ("bitmap", C.c_void_p),
+    ]
+
+
+class kvm_msr_filter(C.Structure):
+    _fields_ = [("flags", C.c_uint32), ("ranges", kvm_msr_filter_range * 16)]
+
+
+class kvm_msr_entry(C.Structure):
+    _fields_ = [("index", C.c_uint32), ("reserved", C.c_uint32), ("data", C.c_uint64)]
+
+
+def kvm_msrs(n: int) -> type[C.Structure]:
+    class _Msrs(C.Structure):
+        _fields_ = [("nmsrs", C.c_uint32), ("pad", C.c_uint32), ("entries", kvm_msr_entry * n)]
+
+    return _Msrs
+
+
+class kvm_interrupt(C.Structure):
+    _fields_ = [("irq", C.c_uint32)]
+
+
+class kvm_msi(C.Structure):
+    _fields_ = [
+        ("address_lo", C.c_uint32),
+        ("address_hi", C.c_uint32),
+        ("data", C.c_uint32),
+        ("flags", C.c_uint32),
+        ("devid", C.c_uint32),
+        ("pad", C.c_uint8 * 12),
+    ]
+
+
+class kvm_translation(C.Structure):
+    _fields_ = [
+        ("linear_address", C.c_uint64),
+        ("physical_address", C.c_uint64),
+        ("valid", C.c_uint8),
+        ("writeable", C.c_uint8),
+        ("usermode", C.c_uint8),
+        ("pad", C.c_uint8 * 5),
+    ]
+
+
+class kvm_dirty_log(C.Structure):
+    _fields_ = [("slot", C.c_uint32), ("padding1", C.c_uint32), ("dirty_bitmap", C.c_void_p)]
+
+
+# --- ioctls -----------------------------------------------------------------------------------
+KVM_GET_API_VERSION = _io(0x00)
+KVM_CREATE_VM = _io(0x01)
+KVM_CHECK_EXTENSION = _io(0x03)
+KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
+KVM_GET_SUPPORTED_CPUID = _iowr(0x05, C.sizeof(kvm_cpuid2_header))
+KVM_CREATE_VCPU = _io(0x41)
+KVM_GET_DIRTY_LOG = _iow(0x42, C.sizeof(kvm_dirty_log))
+KVM_SET_USER_MEMORY_REGION = _iow(0x46, C.sizeof(kvm_userspace_memory_region))
+KVM_SET_TSS_ADDR = _io(0x47)
+KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, 8)
+KVM_CREATE_IRQCHIP = _io(0x60)
+KVM_RUN = _io(0x80)
+KVM_GET_REGS = _ior(0x81, C.sizeof(kvm_regs))
+KVM_SET_REGS = _iow(0x82, C.sizeof(kvm_regs))
+KVM_GET_SREGS = _ior(0x83, C.sizeof(kvm_sregs))
+KVM_SET_SREGS = _iow(0x84, C.sizeof(kvm_sregs))
+KVM_TRANSLATE = _iowr(0x85, C.sizeof(kvm_translation))
+KVM_INTERRUPT = _iow(0x86, C.sizeof(kvm_interrupt))
+KVM_GET_MSRS = _iowr(0x88, C.sizeof(kvm_msrs(0)))
+KVM_SET_MSRS = _iow(0x89, C.sizeof(kvm_msrs(0)))
+KVM_SET_CPUID2 = _iow(0x90, C.sizeof(kvm_cpuid2_header))
+KVM_ENABLE_CAP = _iow(0xA3, C.sizeof(kvm_enable_cap))
+KVM_SIGNAL_MSI = _iow(0xA5, C.sizeof(kvm_msi))
+KVM_GET_TSC_KHZ = _io(0xA3)
+KVM_X86_SET_MSR_FILTER = _iow(0xC6, C.sizeof(kvm_msr_filter))
+
+# --- capabilities -------------------------------------------------------------------------------
+KVM_CAP_IRQCHIP = 0
+KVM_CAP_NR_MEMSLOTS = 10
+KVM_CAP_SYNC_REGS = 74
+KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_X86_USER_SPACE_MSR = 188
+KVM_CAP_X86_MSR_FILTER = 189
+
+KVM_SYNC_X86_REGS = 1 << 0
+KVM_SYNC_X86_SREGS = 1 << 1
+KVM_SYNC_X86_EVENTS = 1 << 2
+
+KVM_MSR_EXIT_REASON_INVAL = 1 << 0
+KVM_MSR_EXIT_REASON_UNKNOWN = 1 << 1
+KVM_MSR_EXIT_REASON_FILTER = 1 << 2
+KVM_MSR_FILTER_READ = 1 << 0
+KVM_MSR_FILTER_WRITE = 1 << 1
+KVM_MSR_FILTER_DEFAULT_ALLOW = 0
+
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+
+# --- exit reasons -----------------------------------------------------------------------------
+KVM_EXIT_UNKNOWN = 0
+KVM_EXIT_EXCEPTION = 1
+KVM_EXIT_IO = 2
+KVM_EXIT_HYPERCALL = 3
+KVM_EXIT_DEBUG = 4
+KVM_EXIT_HLT = 5
+KVM_EXIT_MMIO = 6
+KVM_EXIT_IRQ_WINDOW_OPEN = 7
+KVM_EXIT_SHUTDOWN = 8
+KVM_EXIT_FAIL_ENTRY = 9
+KVM_EXIT_INTR = 10
+KVM_EXIT_INTERNAL_ERROR = 17
+KVM_EXIT_SYSTEM_EVENT = 24
+KVM_EXIT_X86_RDMSR = 29
+KVM_EXIT_X86_WRMSR = 30
+
+KVM_EXIT_IO_IN = 0
+KVM_EXIT_IO_OUT = 1

@@ -1,0 +1,118 @@
+"""A KVM virtual machine: /dev/kvm, the VM fd, memory slots, CPUID and the MSR policy."""
+
+from __future__ import annotations
+
+import ctypes as C
+import os
+
+from pyxen.domain.backend import MachineBackend
+
+from . import uapi as K
+from .ioctl import KvmError, ioctl
+from .vcpu import KvmVcpu, install_kick_handler
+
+DEV_KVM = "/dev/kvm"
+REQUIRED_CAPS = {
+    K.KVM_CAP_SYNC_REGS: "KVM_CAP_SYNC_REGS",
+    K.KVM_CAP_X86_USER_SPACE_MSR: "KVM_CAP_X86_USER_SPACE_MSR",
+    K.KVM_CAP_X86_MSR_FILTER: "KVM_CAP_X86_MSR_FILTER",
+    K.KVM_CAP_IMMEDIATE_EXIT: "KVM_CAP_IMMEDIATE_EXIT",
+}
+
+
+class KvmUnavailable(RuntimeError):
+    """/dev/kvm is missing, not accessible, or lacks a capability pyxen needs."""
+
+
+def kvm_usable() -> tuple[bool, str]:
+    """Whether a VM can be created here, and if not, why (for --accel auto)."""
+    try:
+        fd = os.open(DEV_KVM, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        return False, f"{DEV_KVM}: {e.strerror}"
+    try:
+        missing = [n for cap, n in REQUIRED_CAPS.items() if ioctl(fd, K.KVM_CHECK_EXTENSION, cap) <= 0]
+        if missing:
+            return False, f"KVM lacks {', '.join(missing)}"
+        return True, "ok"
+    finally:
+        os.close(fd)
+
+
+class KvmMachine(MachineBackend):
+    """One KVM VM. Owns the fds; vCPUs are created through it."""
+
+    name = "kvm"
+
+    def __init__(self, msr_exits: list[int]) -> None:
+        """msr_exits: MSR indices whose reads and writes must reach pyxen (e.g. Xen's
+        hypercall-page MSR), even if the kernel would otherwise handle them itself."""
+        ok, why = kvm_usable()
+        if not ok:
+            raise KvmUnavailable(why)
+        self.kvm_fd = os.open(DEV_KVM, os.O_RDWR | os.O_CLOEXEC)
+        self.vm_fd = ioctl(self.kvm_fd, K.KVM_CREATE_VM, 0)
+        self.run_size = ioctl(self.kvm_fd, K.KVM_GET_VCPU_MMAP_SIZE, 0)
+        self.vcpus: list[KvmVcpu] = []
+        self._enable_user_space_msrs(msr_exits)
+        self.tsc_khz = 0
+        install_kick_handler()
+
+    def _enable_user_space_msrs(self, msr_exits: list[int]) -> None:
+        cap = K.kvm_enable_cap(cap=K.KVM_CAP_X86_USER_SPACE_MSR)
+        cap.args[0] = (
+            K.KVM_MSR_EXIT_REASON_FILTER
+            | K.KVM_MSR_EXIT_REASON_UNKNOWN
+            | K.KVM_MSR_EXIT_REASON_INVAL
+        )
+        ioctl(self.vm_fd, K.KVM_ENABLE_CAP, cap)
+        flt = K.kvm_msr_filter(flags=K.KVM_MSR_FILTER_DEFAULT_ALLOW)
+        # One deny bit per MSR: a cleared bit sends the access to user space.
+        self._bitmaps = [C.create_string_buffer(1) for _ in msr_exits]
+        for i, (msr, bitmap) in enumerate(zip(msr_exits, self._bitmaps, strict=True)):
+            flt.ranges[i].flags = K.KVM_MSR_FILTER_READ | K.KVM_MSR_FILTER_WRITE
+            flt.ranges[i].nmsrs = 1
+            flt.ranges[i].base = msr
+            flt.ranges[i].bitmap = C.addressof(bitmap)
+        ioctl(self.vm_fd, K.KVM_X86_SET_MSR_FILTER, flt)
+
+    def map_memory(self, slot: int, gpa: int, size: int, host_address: int) -> None:
+        region = K.kvm_userspace_memory_region(
+            slot=slot, flags=0, guest_phys_addr=gpa, memory_size=size, userspace_addr=host_address
+        )
+        ioctl(self.vm_fd, K.KVM_SET_USER_MEMORY_REGION, region)
+
+    def unmap_memory(self, slot: int) -> None:
+        ioctl(self.vm_fd, K.KVM_SET_USER_MEMORY_REGION, K.kvm_userspace_memory_region(slot=slot))
+
+    def host_cpuid(self) -> list[tuple[int, int, int, int, int, int]]:
+        n = 256
+        while True:
+            buf = K.kvm_cpuid2(n)(nent=n)
+            try:
+                ioctl(self.kvm_fd, K.KVM_GET_SUPPORTED_CPUID, buf)
+                break
+            except KvmError as e:
+                if e.errno != 7 or n > 4096:  # E2BIG: more entries than room
+                    raise
+                n *= 2
+        return [
+            (e.function, e.index, e.eax, e.ebx, e.ecx, e.edx)
+            for e in buf.entries[: buf.nent]
+        ]
+
+    def create_vcpu(self, index: int) -> KvmVcpu:
+        vcpu = KvmVcpu(self, index)
+        self.vcpus.append(vcpu)
+        if not self.tsc_khz:
+            self.tsc_khz = vcpu.tsc_khz()
+        return vcpu
+
+    def close(self) -> None:
+        for v in self.vcpus:
+            v.close()
+        self.vcpus.clear()
+        for fd in (self.vm_fd, self.kvm_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.vm_fd = self.kvm_fd = -1
