@@ -1,0 +1,98 @@
+"""pyxen's ctypes layouts of Xen's public structs must match Debian libxen-dev's headers.
+
+A C program is generated that prints sizeof and every field's offsetof as the compiler sees
+them, and each is compared with the ctypes class.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pyxen.abi import hvm, memory, sched, start_info, vcpu, version, xen
+
+# (C type, ctypes class, {python field: C member expression} where the names differ)
+LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
+    ("struct vcpu_time_info", xen.vcpu_time_info, {}),
+    ("struct arch_vcpu_info", xen.arch_vcpu_info, {}),
+    ("struct vcpu_info", xen.vcpu_info, {}),
+    ("struct arch_shared_info", xen.arch_shared_info, {}),
+    ("struct shared_info", xen.shared_info, {}),
+    ("struct multicall_entry", xen.multicall_entry, {}),
+    ("struct xen_compile_info", version.xen_compile_info, {}),
+    ("struct xen_platform_parameters", version.xen_platform_parameters, {}),
+    ("struct xen_feature_info", version.xen_feature_info, {}),
+    ("struct sched_shutdown", sched.sched_shutdown, {}),
+    ("struct sched_poll", sched.sched_poll, {}),
+    ("struct sched_remote_shutdown", sched.sched_remote_shutdown, {}),
+    ("struct sched_watchdog", sched.sched_watchdog, {}),
+    ("struct xen_memory_reservation", memory.xen_memory_reservation, {}),
+    ("struct xen_add_to_physmap", memory.xen_add_to_physmap, {}),
+    ("struct xen_add_to_physmap_batch", memory.xen_add_to_physmap_batch,
+     {"foreign_domid": "u.foreign_domid"}),
+    ("struct xen_memory_map", memory.xen_memory_map, {}),
+    ("struct xen_hvm_param", hvm.xen_hvm_param, {}),
+    ("struct xen_hvm_evtchn_upcall_vector", hvm.xen_hvm_evtchn_upcall_vector, {}),
+    ("struct vcpu_runstate_info", vcpu.vcpu_runstate_info, {}),
+    ("struct vcpu_register_runstate_memory_area", vcpu.vcpu_register_runstate_memory_area,
+     {"addr": "addr.p"}),
+    ("struct vcpu_register_vcpu_info", vcpu.vcpu_register_vcpu_info, {}),
+    ("struct vcpu_set_periodic_timer", vcpu.vcpu_set_periodic_timer, {}),
+    ("struct vcpu_set_singleshot_timer", vcpu.vcpu_set_singleshot_timer, {}),
+    ("struct hvm_start_info", start_info.hvm_start_info, {}),
+    ("struct hvm_modlist_entry", start_info.hvm_modlist_entry, {}),
+    ("struct hvm_memmap_table_entry", start_info.hvm_memmap_table_entry, {}),
+]
+
+HEADERS = """
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <xen/xen.h>
+#include <xen/version.h>
+#include <xen/sched.h>
+#include <xen/memory.h>
+#include <xen/vcpu.h>
+#include <xen/hvm/hvm_op.h>
+#include <xen/hvm/params.h>
+#include <xen/arch-x86/hvm/start_info.h>
+"""
+
+
+@pytest.fixture(scope="module")
+def c_layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    if not Path("/usr/include/xen/xen.h").exists():
+        pytest.fail("Xen public headers missing: install Debian's libxen-dev")
+    cc = shutil.which("gcc") or shutil.which("cc")
+    assert cc, "a C compiler is needed"
+    lines = [HEADERS, "int main(void) {"]
+    for ctype, cls, renames in LAYOUTS:
+        lines.append(f'  printf("{ctype} sizeof %zu\\n", sizeof({ctype}));')
+        for field, *_ in cls._fields_:
+            member = renames.get(field, field)
+            lines.append(f'  printf("{ctype} {field} %zu\\n", offsetof({ctype}, {member}));')
+    lines.append("  return 0; }")
+    d = tmp_path_factory.mktemp("abi")
+    (d / "layouts.c").write_text("\n".join(lines))
+    build = subprocess.run(
+        [cc, "-D__XEN_TOOLS__", "-o", str(d / "layouts"), str(d / "layouts.c")],
+        capture_output=True, text=True,
+    )
+    assert build.returncode == 0, f"layout program did not compile:\n{build.stderr}"
+    out = subprocess.run([str(d / "layouts")], check=True, capture_output=True, text=True).stdout
+    result = {}
+    for line in out.splitlines():
+        key, value = line.rsplit(" ", 1)
+        result[key] = int(value)
+    return result
+
+
+@pytest.mark.parametrize(("ctype", "cls", "renames"), LAYOUTS, ids=[x[0] for x in LAYOUTS])
+def test_layout_matches_xen_headers(c_layouts, ctype, cls, renames) -> None:
+    assert C.sizeof(cls) == c_layouts[f"{ctype} sizeof"], f"sizeof({ctype})"
+    for field, *_ in cls._fields_:
+        assert getattr(cls, field).offset == c_layouts[f"{ctype} {field}"], f"{ctype}.{field}"
