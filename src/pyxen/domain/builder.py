@@ -1,0 +1,208 @@
+"""The PVH domain builder: image + config → a Domain ready to run.
+
+Places the kernel's segments, then (page-aligned, just after the image) hvm_start_info, the
+module list, the memory map, the command lines and the modules, all below 1 GiB; sets vCPU 0
+to PVH's entry state (32-bit flat protected mode, paging off, %ebx = start info). Every
+problem with the image or config is an ImageError raised before any vCPU runs.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyxen.abi.start_info import (
+    SIF_INITDOMAIN,
+    SIF_PRIVILEGED,
+    XEN_HVM_MEMMAP_TYPE_RAM,
+    XEN_HVM_START_MAGIC_VALUE,
+    hvm_memmap_table_entry,
+    hvm_modlist_entry,
+    hvm_start_info,
+)
+from pyxen.hv.cpuid import HYPERCALL_MSR, guest_cpuid
+from pyxen.hv.hypercall import HypercallTable
+
+from .backend import MachineBackend, Regs, SpecialRegs
+from .domain import Domain, DomainConfig
+from .loader import ImageError, PvhImage, parse_pvh_image
+from .memory import PAGE_SIZE, GuestMemoryError
+from .vcpu import Vcpu
+
+START_INFO_LIMIT = 1 << 30  # some PVH guests map only their first GiB at entry
+MAX_VCPUS = 128  # XEN_LEGACY_MAX_VCPUS is 32; vCPUs above it need register_vcpu_info
+MAX_CMDLINE = 4096
+
+
+@dataclass(frozen=True)
+class Module:
+    """A boot module (ramdisk, …) handed to the guest through hvm_start_info."""
+
+    data: bytes
+    cmdline: str = ""
+
+
+def page_up(x: int) -> int:
+    return (x + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def load_module(path: str | Path) -> Module:
+    try:
+        return Module(Path(path).read_bytes())
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read module: {e.strerror}") from e
+
+
+def build_domain(
+    image_path: str | Path,
+    config: DomainConfig,
+    machine_factory: Callable[[list[int]], MachineBackend],
+    hypercalls: HypercallTable,
+    console: Callable[[bytes], None],
+    modules: list[Module] | None = None,
+) -> Domain:
+    """Build a PVH domain. ImageError on any problem with the image or the config."""
+    modules = modules or []
+    image = parse_pvh_image(image_path)
+    _check_config(config)
+    mem_bytes = config.memory_mib << 20
+    start_info_gpa = page_up(image.end)
+    layout_end = _boot_data_end(start_info_gpa, config, modules)
+    if image.end > min(mem_bytes, 0xF000_0000) or layout_end > mem_bytes:
+        raise ImageError(
+            f"{image_path}: the image and its boot data need {layout_end / (1 << 20):.1f} MiB "
+            f"but the domain has {config.memory_mib} MiB of memory"
+        )
+    if start_info_gpa >= START_INFO_LIMIT:
+        raise ImageError(f"{image_path}: the image ends above 1 GiB; no room for the start info")
+
+    machine = machine_factory([HYPERCALL_MSR])
+    try:
+        domain = Domain(config, machine, hypercalls, console)
+    except BaseException:
+        machine.close()
+        raise
+    try:
+        _load_segments(domain, image)
+        _write_start_info(domain, start_info_gpa, config, modules)
+        # What the toolstack hands Xen with XENMEM_set_memory_map: the same map as start info.
+        domain.e820 = [(e.addr, e.size, e.type) for e in boot_memmap(domain)]
+        host_cpuid = machine.host_cpuid()
+        for index in range(domain.max_vcpus):
+            backend = machine.create_vcpu(index)
+            domain.tsc_khz = domain.tsc_khz or machine.tsc_khz
+            backend.set_cpuid(guest_cpuid(host_cpuid, domain.domid, index, domain.tsc_khz))
+            domain.add_vcpu(Vcpu(domain, index, backend))
+        _set_pvh_entry_state(domain.vcpus[0], image.entry, start_info_gpa)
+    except BaseException:
+        domain.close()
+        raise
+    return domain
+
+
+def _check_config(config: DomainConfig) -> None:
+    if config.memory_mib < 1:
+        raise ImageError(f"memory must be at least 1 MiB (got {config.memory_mib})")
+    if config.maxmem_mib is not None and config.maxmem_mib < config.memory_mib:
+        raise ImageError(f"maxmem ({config.maxmem_mib} MiB) is below memory "
+                         f"({config.memory_mib} MiB)")
+    if not 1 <= config.vcpus <= MAX_VCPUS:
+        raise ImageError(f"vcpus must be between 1 and {MAX_VCPUS} (got {config.vcpus})")
+    if config.max_vcpus is not None and not config.vcpus <= config.max_vcpus <= MAX_VCPUS:
+        raise ImageError(f"maxvcpus must be between vcpus and {MAX_VCPUS}")
+    if len(config.cmdline.encode()) >= MAX_CMDLINE:
+        raise ImageError(f"the command line is longer than {MAX_CMDLINE - 1} bytes")
+
+
+def _boot_data_end(start: int, config: DomainConfig, modules: list[Module]) -> int:
+    size = C.sizeof(hvm_start_info) + len(modules) * C.sizeof(hvm_modlist_entry)
+    size += 2 * C.sizeof(hvm_memmap_table_entry) + len(config.cmdline.encode()) + 1
+    size += sum(len(m.cmdline.encode()) + 1 for m in modules)
+    end = page_up(start + size)
+    for m in modules:
+        end = page_up(end + len(m.data))
+    return end
+
+
+def _load_segments(domain: Domain, image: PvhImage) -> None:
+    for seg in image.segments:
+        try:
+            domain.memory.check_populated(seg.paddr, seg.memsz)
+        except GuestMemoryError as e:
+            raise ImageError(f"a segment at {seg.paddr:#x} (+{seg.memsz:#x}) is not in the "
+                             f"domain's RAM") from e
+        domain.memory.write(seg.paddr, seg.data)
+        if seg.memsz > len(seg.data):  # .bss: guest RAM starts zeroed, but be explicit
+            domain.memory.write(seg.paddr + len(seg.data), bytes(seg.memsz - len(seg.data)))
+
+
+def _write_start_info(domain: Domain, gpa: int, config: DomainConfig,
+                      modules: list[Module]) -> None:
+    mem = domain.memory
+    cursor = gpa + C.sizeof(hvm_start_info)
+
+    def place(data: bytes, align: int = 8) -> int:
+        nonlocal cursor
+        cursor = (cursor + align - 1) & ~(align - 1)
+        where = cursor
+        mem.write(where, data)
+        cursor += len(data)
+        return where
+
+    info = hvm_start_info(magic=XEN_HVM_START_MAGIC_VALUE, version=1)
+    if config.privileged:
+        info.flags = SIF_PRIVILEGED | SIF_INITDOMAIN
+    memmap = boot_memmap(domain)
+    info.memmap_paddr = place(b"".join(bytes(e) for e in memmap))
+    info.memmap_entries = len(memmap)
+    info.cmdline_paddr = place(config.cmdline.encode() + b"\0", 1)
+    entries = []
+    mod_cmdlines = [place(m.cmdline.encode() + b"\0", 1) if m.cmdline else 0 for m in modules]
+    data_cursor = page_up(cursor + len(modules) * C.sizeof(hvm_modlist_entry) + 8)
+    for m, cmd in zip(modules, mod_cmdlines, strict=True):
+        mem.write(data_cursor, m.data)
+        entries.append(hvm_modlist_entry(paddr=data_cursor, size=len(m.data), cmdline_paddr=cmd))
+        data_cursor = page_up(data_cursor + len(m.data))
+    if entries:
+        info.modlist_paddr = place(b"".join(bytes(e) for e in entries))
+        info.nr_modules = len(entries)
+    mem.write(gpa, bytes(info))
+
+
+def boot_memmap(domain: Domain) -> list[hvm_memmap_table_entry]:
+    """The memory map a domain boots with: its RAM, around the MMIO hole."""
+    return [hvm_memmap_table_entry(addr=first << 12, size=count << 12,
+                                   type=XEN_HVM_MEMMAP_TYPE_RAM)
+            for first, count in domain.memory.runs()]
+
+
+def _set_pvh_entry_state(vcpu: Vcpu, entry: int, start_info_gpa: int) -> None:
+    """Xen's PVH entry: 32-bit flat code/data, TR a busy 32-bit TSS, CR0 = PE|ET, paging off."""
+    s = SpecialRegs()
+    vcpu.backend.set_sregs(_flat_segments(s))
+    regs = Regs()
+    regs.rip = entry
+    regs.rbx = start_info_gpa
+    regs.rflags = 0x2
+    vcpu.backend.set_initial_regs(regs)
+
+
+def _flat_segments(s: SpecialRegs) -> SpecialRegs:
+    def flat(seg, selector: int, type_: int) -> None:  # type: ignore[no-untyped-def]
+        seg.base, seg.limit, seg.selector, seg.type = 0, 0xFFFF_FFFF, selector, type_
+        seg.present, seg.dpl, seg.db, seg.s, seg.l, seg.g, seg.unusable = 1, 0, 1, 1, 0, 1, 0
+
+    flat(s.cs, 0x08, 0xB)  # execute/read, accessed
+    for seg in (s.ds, s.es, s.fs, s.gs, s.ss):
+        flat(seg, 0x10, 0x3)  # read/write, accessed
+    s.tr.base, s.tr.limit, s.tr.selector, s.tr.type = 0, 0x67, 0x18, 0xB
+    s.tr.present, s.tr.s = 1, 0
+    s.ldt.type, s.ldt.present, s.ldt.unusable = 0x2, 1, 1
+    s.gdt.base, s.gdt.limit = 0, 0xFFFF
+    s.idt.base, s.idt.limit = 0, 0xFFFF
+    s.cr0 = 0x11  # PE | ET
+    s.cr4 = 0
+    s.efer = 0
+    return s

@@ -1,0 +1,210 @@
+"""A domain: guest memory, vCPUs, Xen per-domain state, and its lifecycle.
+
+Lifecycle: built → running → shut down (with a Xen shutdown reason), crashed, or failed (a
+VMM error); `wait()` returns the outcome. Every way of stopping goes through `_stop`, which
+records the first outcome only and kicks every vCPU out of the guest.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pyxen.abi.hvm import HVM_NR_PARAMS
+from pyxen.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
+from pyxen.abi.xen import DOMID_SELF
+from pyxen.hv.shared_info import SharedInfo
+from pyxen.hv.time import DomainClock
+
+from .memory import GuestMemory
+from .vcpu import Vcpu
+
+if TYPE_CHECKING:
+    from pyxen.hv.hypercall import HypercallTable
+
+    from .backend import MachineBackend
+
+log = logging.getLogger("pyxen.domain")
+MiB = 1 << 20
+DEFAULT_MAX_GRANT_FRAMES = 32  # xl's default max_grant_frames
+NR_DOMAIN_WATCHDOG_TIMERS = 2
+
+
+class Outcome(enum.Enum):
+    """How a domain's run ended."""
+
+    POWEROFF = "poweroff"
+    REBOOT = "reboot"
+    SUSPEND = "suspend"
+    CRASH = "crash"
+    WATCHDOG = "watchdog"
+    SOFT_RESET = "soft_reset"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+SHUTDOWN_OUTCOMES = {code: Outcome(name) for code, name in SHUTDOWN_NAMES.items()}
+
+
+@dataclass
+class DomainConfig:
+    name: str = "pyxen-guest"
+    domid: int = 1
+    memory_mib: int = 64
+    maxmem_mib: int | None = None
+    vcpus: int = 1
+    max_vcpus: int | None = None
+    cmdline: str = ""
+    privileged: bool = False  # dom0: SIF_INITDOMAIN, privileged hypercalls
+    max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES
+    trace: bool = False
+    handle: bytes = field(default_factory=bytes)  # xen_domain_handle_t (UUID)
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    detail: str = ""
+    shutdown_code: int | None = None
+
+
+class Domain:
+    def __init__(self, config: DomainConfig, machine: MachineBackend,
+                 hypercalls: HypercallTable, console: Callable[[bytes], None]) -> None:
+        self.config = config
+        self.domid = config.domid
+        self.privileged = config.privileged
+        self.trace = config.trace
+        self.machine = machine
+        self.hypercalls = hypercalls
+        self._console = console
+        self.handle = config.handle or hashlib.md5(f"pyxen:{config.name}".encode()).digest()
+        maxmem = config.maxmem_mib or config.memory_mib
+        self.memory = GuestMemory(config.memory_mib * MiB, max(maxmem, config.memory_mib) * MiB,
+                                  name=f"pyxen-{config.name}")
+        self.max_pages = max(maxmem, config.memory_mib) * MiB >> 12
+        self.memory_lock = threading.RLock()  # populate/release and the slots that follow
+        self._slots: dict[tuple[int, int], int] = {}  # (gpa, size) → backend memory slot
+        self.memory.on_layout_change = self._sync_memory_slots
+        self.memory.commit()
+        self.clock = DomainClock()
+        self.tsc_khz = 0
+        self.shared_info = SharedInfo(self.memory)
+        self.clock.update_wallclock(self.shared_info.page)
+        self.hvm_params = [0] * HVM_NR_PARAMS
+        self.grant_frames: dict[int, int] = {}  # grant-table frame index → guest frame
+        self.max_grant_frames = config.max_grant_frames
+        self.vcpus: list[Vcpu] = []
+        self.peers: dict[int, Domain] = {self.domid: self}  # the host's domains, by id
+        self.e820: list[tuple[int, int, int]] = []  # (addr, size, type): XENMEM_memory_map
+        self.special_frames: dict[int, str] = {}  # gfn → Xen page mapped there
+        self.extra_pages = 0  # increase_reservation pages (allocated, not mapped: HVM)
+        self.max_vcpus = config.max_vcpus or config.vcpus
+        self.shutdown_code: int | None = None
+        self.watchdogs: dict[int, threading.Timer] = {}
+        self.stopping = False
+        self._result: Result | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    def _sync_memory_slots(self, runs: list[tuple[int, int]]) -> None:
+        """One backend memory slot per run of populated frames: nothing else is reachable."""
+        wanted = {(first << 12, count << 12) for first, count in runs}
+        for key in [k for k in self._slots if k not in wanted]:
+            self.machine.unmap_memory(self._slots.pop(key))
+        used = set(self._slots.values())
+        free = (n for n in range(1 << 15) if n not in used)
+        for gpa, size in sorted(wanted - self._slots.keys()):
+            slot = next(free)
+            self.machine.map_memory(slot, gpa, size, self.memory.host_address + gpa)
+            self._slots[gpa, size] = slot
+
+    # --- Xen's domain lookups --------------------------------------------------------------------
+    def lookup(self, domid: int) -> Domain | None:
+        """rcu_lock_domain_by_any_id: DOMID_SELF or an existing domain's id."""
+        return self if domid == DOMID_SELF else self.peers.get(domid)
+
+    def may_control(self, target: Domain) -> bool:
+        """XSM_TARGET: a domain acts on itself; the privileged domain on any."""
+        return target is self or self.privileged
+
+    @property
+    def tot_pages(self) -> int:
+        """Pages the domain owns (Xen's domain_tot_pages): RAM frames, not Xen's pages."""
+        return self.memory.nr_populated - len(self.special_frames) + self.extra_pages
+
+    # --- console --------------------------------------------------------------------------------
+    def console_write(self, data: bytes, source: str = "console_io") -> None:
+        self._console(data)
+
+    # --- vCPUs ------------------------------------------------------------------------------------
+    def add_vcpu(self, vcpu: Vcpu) -> None:
+        self.vcpus.append(vcpu)
+
+    def start(self) -> None:
+        for vcpu in self.vcpus:
+            if vcpu.online:
+                self.start_vcpu(vcpu)
+
+    def start_vcpu(self, vcpu: Vcpu) -> None:
+        def body() -> None:
+            vcpu.backend.thread_id = threading.get_ident()  # type: ignore[attr-defined]
+            vcpu.run_loop()
+
+        vcpu.thread = threading.Thread(target=body, name=f"{self.config.name}-vcpu{vcpu.index}",
+                                       daemon=True)
+        vcpu.thread.start()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def shutdown(self, reason: int, detail: str = "") -> None:
+        """SCHEDOP_shutdown and friends: the guest asked to stop with a Xen reason."""
+        outcome = SHUTDOWN_OUTCOMES.get(reason, Outcome.CRASH)
+        code = self.shutdown_code if self.shutdown_code is not None else reason
+        self._stop(Result(outcome, detail, code))
+
+    def crash(self, detail: str) -> None:
+        log.warning("domain %d crashed: %s", self.domid, detail)
+        self._stop(Result(Outcome.CRASH, detail, SHUTDOWN_crash))
+
+    def vmm_error(self, detail: str) -> None:
+        self._stop(Result(Outcome.ERROR, detail))
+
+    def timeout(self, seconds: float) -> None:
+        self._stop(Result(Outcome.TIMEOUT, f"no shutdown within {seconds:g} s"))
+
+    def _stop(self, result: Result) -> None:
+        with self._lock:
+            if self._result is not None:
+                return
+            self._result = result
+            self.stopping = True
+        for timer in self.watchdogs.values():
+            timer.cancel()
+        for vcpu in self.vcpus:
+            vcpu.kick()
+        self._done.set()
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Block until the domain stops, or `timeout` seconds pass (→ Outcome.TIMEOUT)."""
+        if not self._done.wait(timeout):
+            self.timeout(timeout or 0)
+        assert self._result is not None
+        return self._result
+
+    @property
+    def result(self) -> Result | None:
+        return self._result
+
+    def close(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.kick()
+        for vcpu in self.vcpus:
+            if vcpu.thread is not None:
+                vcpu.thread.join(timeout=5)
+        self.machine.close()
+        self.memory.close()

@@ -1,0 +1,155 @@
+"""Guest-physical memory: one sparse memfd, mapped into pyxen and (populated runs only) into
+the vCPU backend.
+
+A domain's physical address space is backed 1:1 by a sparse memfd (offset == guest-physical
+address), but only *populated* frames — RAM the domain owns, within its page budget — are
+visible to the guest: the backend gets one memory slot per run of populated frames. An access
+to any other frame is not RAM (on Xen, with no device model behind it, reads are all-ones and
+writes vanish). Populating allocates a zeroed page, releasing punches it out of the memfd, so
+host memory really follows the domain's reservation. The memfd also lets another process map
+a granted page (fd passing), the way Xen remaps pages between domains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as C
+import mmap
+import os
+import struct
+from collections.abc import Callable
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+MMIO_HOLE_START = 0xF000_0000
+FOUR_GIB = 1 << 32
+GIB = 1 << 30
+
+Run = tuple[int, int]  # (first gfn, number of frames)
+
+
+class GuestMemoryError(ValueError):
+    """A guest-physical range is outside the domain's address space or not populated."""
+
+
+def initial_ram(ram_bytes: int) -> list[Run]:
+    """Xen's HVM layout: RAM from 0 up to the MMIO hole at 0xF0000000, the rest above 4 GiB."""
+    low = min(ram_bytes, MMIO_HOLE_START)
+    runs = [(0, low >> PAGE_SHIFT)]
+    if ram_bytes > low:
+        runs.append((FOUR_GIB >> PAGE_SHIFT, (ram_bytes - low) >> PAGE_SHIFT))
+    return runs
+
+
+class GuestMemory:
+    """A domain's guest-physical memory."""
+
+    def __init__(self, initial_bytes: int, max_bytes: int, name: str = "pyxen-guest") -> None:
+        if initial_bytes <= 0 or initial_bytes % PAGE_SIZE or max_bytes % PAGE_SIZE:
+            raise ValueError("guest memory sizes must be positive multiples of 4 KiB")
+        if max_bytes < initial_bytes:
+            raise ValueError("maximum memory is below the initial memory")
+        # Room for the whole maximum above 4 GiB, so any frame the guest may populate exists.
+        self.limit = -(-(FOUR_GIB + max_bytes) // GIB) * GIB
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, self.limit)
+        self.map = mmap.mmap(self.fd, self.limit, mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE)
+        self._anchor = C.c_char.from_buffer(self.map)
+        self.host_address = C.addressof(self._anchor)
+        self.populated = bytearray(self.limit >> PAGE_SHIFT)
+        self.nr_populated = 0
+        self.on_layout_change: Callable[[list[Run]], None] | None = None
+        for first, count in initial_ram(initial_bytes):
+            self.populated[first : first + count] = b"\1" * count
+            self.nr_populated += count
+
+    # --- address checks -----------------------------------------------------------------------
+    @property
+    def max_gfn(self) -> int:
+        return (self.limit >> PAGE_SHIFT) - 1
+
+    def gfn_backed(self, gfn: int) -> bool:
+        """Whether frame `gfn` can hold RAM."""
+        return 0 <= gfn <= self.max_gfn
+
+    def offset_of(self, gpa: int, length: int = 1) -> int:
+        if gpa < 0 or length < 0 or gpa + length > self.limit:
+            raise GuestMemoryError(f"guest-physical range {gpa:#x}+{length:#x} is out of range")
+        return gpa
+
+    def is_populated(self, gfn: int) -> bool:
+        return 0 <= gfn <= self.max_gfn and bool(self.populated[gfn])
+
+    def check_populated(self, gpa: int, length: int) -> int:
+        """`gpa` if every frame of [gpa, gpa+length) is populated RAM."""
+        self.offset_of(gpa, length)
+        first, last = gpa >> PAGE_SHIFT, (gpa + max(length, 1) - 1) >> PAGE_SHIFT
+        if self.populated.find(0, first, last + 1) >= 0:
+            raise GuestMemoryError(f"guest-physical range {gpa:#x}+{length:#x} is not RAM")
+        return gpa
+
+    # --- populate / release -------------------------------------------------------------------
+    def populate(self, gfn: int) -> bool:
+        """Give frame `gfn` to the guest, zeroed. False if it is outside the address space.
+        Call `commit()` after a batch so the guest sees the new layout."""
+        if not self.gfn_backed(gfn):
+            return False
+        if not self.populated[gfn]:
+            offset = gfn << PAGE_SHIFT
+            self.map[offset : offset + PAGE_SIZE] = bytes(PAGE_SIZE)
+            self.populated[gfn] = 1
+            self.nr_populated += 1
+        return True
+
+    def release(self, gfn: int) -> bool:
+        """Take frame `gfn` from the guest and free its host memory. False if unpopulated."""
+        if not self.is_populated(gfn):
+            return False
+        self.populated[gfn] = 0
+        self.nr_populated -= 1
+        self.map.madvise(mmap.MADV_REMOVE, gfn << PAGE_SHIFT, PAGE_SIZE)
+        return True
+
+    def runs(self) -> list[Run]:
+        """Maximal runs of populated frames (what the guest can reach)."""
+        result: list[Run] = []
+        pos, end = 0, len(self.populated)
+        while True:
+            start = self.populated.find(1, pos)
+            if start < 0:
+                return result
+            stop = self.populated.find(0, start)
+            stop = end if stop < 0 else stop
+            result.append((start, stop - start))
+            pos = stop
+
+    def commit(self) -> None:
+        """Publish the populated layout to the backend (after populate/release)."""
+        if self.on_layout_change:
+            self.on_layout_change(self.runs())
+
+    def max_populated_gfn(self) -> int:
+        return max(self.populated.rfind(1), 0)
+
+    # --- access (pyxen side; the guest uses the same pages through the backend) ---------------
+    def read(self, gpa: int, length: int) -> bytes:
+        offset = self.offset_of(gpa, length)
+        return self.map[offset : offset + length]
+
+    def write(self, gpa: int, data: bytes) -> None:
+        offset = self.offset_of(gpa, len(data))
+        self.map[offset : offset + len(data)] = data
+
+    def read_u64(self, gpa: int) -> int:
+        return struct.unpack_from("<Q", self.map, self.offset_of(gpa, 8))[0]
+
+    def struct_at(self, cls: type[C.Structure], gpa: int) -> C.Structure:
+        """A ctypes view (shared, not a copy) of a struct in guest memory."""
+        return cls.from_buffer(self.map, self.offset_of(gpa, C.sizeof(cls)))
+
+    def close(self) -> None:
+        del self._anchor
+        with contextlib.suppress(BufferError):  # a ctypes view still alive: unmapped with it
+            self.map.close()
+        os.close(self.fd)

@@ -1,0 +1,178 @@
+"""A domain's virtual CPU: the exit loop that turns backend exits into hypervisor work."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from pyxen.abi import errno
+from pyxen.abi.errno import XenError
+from pyxen.abi.vcpu import RUNSTATE_blocked, RUNSTATE_offline, RUNSTATE_running
+from pyxen.abi.xen import vcpu_info, vcpu_time_info
+from pyxen.hv.cpuid import HYPERCALL_MSR
+from pyxen.hv.guest_access import GuestAccess
+from pyxen.hv.hypercall import HYPERCALL_PORT, format_result, hypercall_page
+from pyxen.hv.pagewalk import PagingState
+from pyxen.hv.time import TscCalibration, write_time_info
+from pyxen.hv.vcpu import publish_runstate
+
+from .backend import Exit, VcpuBackend
+from .memory import PAGE_SHIFT, PAGE_SIZE, GuestMemoryError
+
+if TYPE_CHECKING:
+    from .domain import Domain
+
+log = logging.getLogger("pyxen.vcpu")
+M32 = 0xFFFF_FFFF
+M64 = 0xFFFF_FFFF_FFFF_FFFF
+DEBUGCON_PORT = 0xE9  # Xen prints HVM guests' writes to port 0xE9 on its console
+HYPERCALL_PAGE = hypercall_page()
+
+
+class Vcpu:
+    """One vCPU: owns its backend vCPU and the thread that runs it."""
+
+    def __init__(self, domain: Domain, index: int, backend: VcpuBackend) -> None:
+        self.domain = domain
+        self.index = index
+        self.backend = backend
+        self.online = index == 0
+        self.compat = False  # whether the current hypercall came from 32-bit code
+        self.vcpu_info_override: vcpu_info | None = None  # set by VCPUOP_register_vcpu_info
+        self.runstate_state = RUNSTATE_running if self.online else RUNSTATE_offline
+        self.runstate_entry = 0
+        self.runstate_time = [0, 0, 0, 0]
+        self.runstate_area: tuple[int, bool] | None = None  # (guest va, compat layout)
+        self.calibration: TscCalibration | None = None
+        self.singleshot_deadline: int | None = None  # set_timer_op, system time ns
+        self.upcall_vector = 0  # HVMOP_set_evtchn_upcall_vector (0: none)
+        self.thread: threading.Thread | None = None
+        self.wake = threading.Event()
+        self.in_multicall = False  # a multicall may not nest
+        self.time_area: int | None = None  # VCPUOP_register_vcpu_time_memory_area (va)
+
+    # --- time and shared state ---------------------------------------------------------------
+    @property
+    def vcpu_info(self) -> vcpu_info | None:
+        if self.vcpu_info_override is not None:
+            return self.vcpu_info_override
+        return self.domain.shared_info.default_vcpu_info(self.index)
+
+    def calibrate(self) -> None:
+        """Pair this vCPU's guest TSC with Xen system time (on the vCPU's own thread)."""
+        tsc = self.backend.read_tsc()
+        self.calibration = TscCalibration(tsc, self.domain.clock.now(), self.domain.tsc_khz)
+
+    def update_time(self) -> None:
+        """Publish current system time in this vCPU's vcpu_time_info."""
+        if self.calibration is None:
+            return
+        now = self.domain.clock.now()
+        info = self.vcpu_info
+        if info is not None:
+            write_time_info(info.time, self.calibration, now)
+        if self.time_area is not None:
+            area = vcpu_time_info()
+            write_time_info(area, self.calibration, now)
+            area.version &= ~1
+            with contextlib.suppress(XenError):
+                self.guest().write_struct(self.time_area, area)
+
+    def set_runstate(self, state: int) -> None:
+        now = self.domain.clock.now()
+        self.runstate_time[self.runstate_state] += now - self.runstate_entry
+        self.runstate_state, self.runstate_entry = state, now
+        publish_runstate(self)
+
+    # --- guest access --------------------------------------------------------------------------
+    def guest(self) -> GuestAccess:
+        s = self.backend.sregs()
+        return GuestAccess(self.domain.memory, PagingState(s.cr0, s.cr3, s.cr4, s.efer))
+
+    # --- the exit loop -------------------------------------------------------------------------
+    def run_loop(self) -> None:
+        domain = self.domain
+        backend = self.backend
+        self.calibrate()
+        self.update_time()
+        trace = domain.trace
+        table = domain.hypercalls
+        regs = backend.regs
+        try:
+            while not domain.stopping:
+                exit_ = backend.run()
+                if exit_ is Exit.IO_OUT and backend.exit_port == HYPERCALL_PORT:
+                    # -- hot path: one hypercall --
+                    s = backend.sregs()
+                    nr = regs.rax & M32
+                    if s.cs.l:
+                        self.compat = False
+                        args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8)
+                    else:
+                        self.compat = True
+                        args = (regs.rbx & M32, regs.rcx & M32, regs.rdx & M32,
+                                regs.rsi & M32, regs.rdi & M32)
+                    if s.cr0 & 1 and s.ss.dpl != 0:
+                        result = -errno.EPERM  # Xen: hypercalls only from guest kernel mode
+                    else:
+                        result = table.call(self, nr, args)
+                    regs.rax = result & (M32 if self.compat else M64)
+                    backend.regs_changed()
+                    if trace:
+                        log.info("d%dv%d %s = %s", domain.domid, self.index,
+                                 table.describe(nr, args), format_result(result))
+                elif exit_ is Exit.IO_OUT:
+                    self._port_write(backend.exit_port, backend.exit_size, backend.exit_value)
+                elif exit_ is Exit.IO_IN:
+                    backend.complete_io_in((1 << (8 * backend.exit_size)) - 1)  # no device
+                elif exit_ is Exit.MMIO:
+                    # Not RAM and no device model: reads see all-ones, writes vanish (Xen).
+                    backend.complete_mmio((1 << 64) - 1)
+                elif exit_ is Exit.MSR_WRITE:
+                    backend.complete_msr(self._msr_write(backend.exit_msr, backend.exit_value))
+                elif exit_ is Exit.MSR_READ:
+                    backend.complete_msr(False)  # #GP: Xen's MSRs are write-only
+                elif exit_ is Exit.HLT:
+                    self._halt()
+                elif exit_ is Exit.KICKED:
+                    continue
+                elif exit_ is Exit.SHUTDOWN:
+                    domain.crash(f"vCPU{self.index} triple fault at rip={regs.rip:#x}")
+                else:
+                    domain.vmm_error(f"vCPU{self.index}: {backend.exit_error} "
+                                     f"(guest rip={regs.rip:#x})")
+        except Exception as e:  # noqa: BLE001 - a VMM bug must end the domain, not hang it
+            log.exception("vCPU%d failed", self.index)
+            domain.vmm_error(f"vCPU{self.index}: internal error: {e!r}")
+
+    def _port_write(self, port: int, size: int, value: int) -> None:
+        if port == DEBUGCON_PORT:
+            self.domain.console_write(bytes([value & 0xFF]), source="debugcon")
+        # Other ports: no device, writes are dropped (as on Xen for a PVH guest).
+
+    def _msr_write(self, msr: int, value: int) -> bool:
+        """Xen's hypercall-page MSR: value = guest-physical address | page index."""
+        if msr != HYPERCALL_MSR:
+            return False
+        page_index, gfn = value & (PAGE_SIZE - 1), value >> PAGE_SHIFT
+        if page_index != 0:
+            return False  # only one hypercall page exists
+        try:
+            self.domain.memory.check_populated(gfn << PAGE_SHIFT, PAGE_SIZE)
+            self.domain.memory.write(gfn << PAGE_SHIFT, HYPERCALL_PAGE)
+        except GuestMemoryError:
+            return False
+        return True
+
+    def _halt(self) -> None:
+        """hlt with nothing to deliver: sleep until woken (an event, or the domain stopping)."""
+        self.set_runstate(RUNSTATE_blocked)
+        self.wake.wait()
+        self.wake.clear()
+        self.set_runstate(RUNSTATE_running)
+
+    def kick(self) -> None:
+        self.wake.set()
+        self.backend.kick()

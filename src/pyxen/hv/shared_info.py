@@ -1,0 +1,46 @@
+"""shared_info and vcpu_info placement.
+
+Before the guest maps shared_info (XENMEM_add_to_physmap, XENMAPSPACE_shared_info), pyxen keeps
+it in a private page; mapping it copies the contents into the chosen guest frame, and from then
+on pyxen and the guest share that page (no copies, like Xen's remapping). vcpu_info for vCPU n
+lives in shared_info.vcpu_info[n] until the guest moves it with VCPUOP_register_vcpu_info.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+
+from pyxen.abi.xen import XEN_LEGACY_MAX_VCPUS, shared_info, vcpu_info
+from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE, GuestMemory
+
+
+class SharedInfo:
+    def __init__(self, mem: GuestMemory) -> None:
+        self.mem = mem
+        self._private = bytearray(PAGE_SIZE)
+        self.page = shared_info.from_buffer(self._private)
+        self.gfn: int | None = None
+
+    def map_at(self, gfn: int) -> bool:
+        """Place shared_info at guest frame `gfn`; False if that frame cannot hold RAM."""
+        if not self.mem.populate(gfn):
+            return False
+        self.mem.commit()
+        contents = bytes(C.string_at(C.addressof(self.page), PAGE_SIZE))
+        offset = self.mem.offset_of(gfn << PAGE_SHIFT, PAGE_SIZE)
+        self.mem.map[offset : offset + PAGE_SIZE] = contents
+        self.page = shared_info.from_buffer(self.mem.map, offset)
+        self.gfn = gfn
+        return True
+
+    def unmap(self) -> None:
+        """The guest removed shared_info from its physmap: pyxen keeps a private copy."""
+        self._private[:] = C.string_at(C.addressof(self.page), PAGE_SIZE)
+        self.page = shared_info.from_buffer(self._private)
+        self.gfn = None
+
+    def default_vcpu_info(self, vcpu_id: int) -> vcpu_info | None:
+        """vcpu_info inside shared_info (only the first 32 vCPUs have one there)."""
+        if vcpu_id >= XEN_LEGACY_MAX_VCPUS:
+            return None
+        return self.page.vcpu_info[vcpu_id]

@@ -1,0 +1,71 @@
+"""`pyxen run IMAGE`: one domain in the foreground, console on stdout, no daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pyxen.domain.builder import load_module
+from pyxen.domain.domain import DomainConfig, Outcome
+from pyxen.domain.loader import ImageError
+
+from .embedded import EXIT_CODES, run_image, stdout_console
+
+EXIT_HELP = ", ".join(f"{code} {outcome.value}" for outcome, code in
+                      sorted(EXIT_CODES.items(), key=lambda kv: kv[1]))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="a Xen PVH kernel (ELF with XEN_ELFNOTE_PHYS32_ENTRY)")
+    p.add_argument("--memory", type=int, default=64, metavar="MiB",
+                   help="guest memory (default 64)")
+    p.add_argument("--maxmem", type=int, metavar="MiB",
+                   help="memory the guest may grow to (default: --memory)")
+    p.add_argument("--cmdline", default="", help="the guest's command line")
+    p.add_argument("--ramdisk", metavar="FILE", help="a module (ramdisk) for the guest")
+    p.add_argument("--dom0", action="store_true",
+                   help="run as the privileged initial domain (SIF_INITDOMAIN)")
+    p.add_argument("--vcpus", type=int, default=1, help="number of vCPUs (default 1)")
+    p.add_argument("--name", default="guest", help="domain name")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="stop the guest after S seconds (exit status 7)")
+    p.add_argument("--trace", action="store_true",
+                   help="log every hypercall with its arguments and result on stderr")
+    p.epilog = f"exit status: {EXIT_HELP}; 2 bad usage"
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.trace else logging.WARNING,
+                        format="pyxen: %(message)s", stream=sys.stderr)
+    config = DomainConfig(
+        name=args.name,
+        domid=0 if args.dom0 else 1,
+        memory_mib=args.memory,
+        maxmem_mib=args.maxmem,
+        vcpus=args.vcpus,
+        cmdline=args.cmdline,
+        privileged=args.dom0,
+        trace=args.trace,
+    )
+    try:
+        modules = [load_module(args.ramdisk)] if args.ramdisk else []
+        outcome = run_image(args.image, config, modules, args.timeout, console=stdout_console)
+    except ImageError as e:
+        print(f"pyxen: {e}", file=sys.stderr)
+        return EXIT_CODES[Outcome.ERROR]
+    except OSError as e:  # e.g. /dev/kvm missing or not permitted
+        print(f"pyxen: cannot start the domain: {e}", file=sys.stderr)
+        return EXIT_CODES[Outcome.ERROR]
+    result = outcome.result
+    detail = f": {result.detail}" if result.detail else ""
+    if result.outcome is not Outcome.POWEROFF or args.trace:
+        print(f"pyxen: domain {args.name} {result.outcome.value}{detail}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def build_parser_defaults() -> argparse.Namespace:
+    """`pyxen run`'s arguments with their defaults (for commands built on it)."""
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(["-"])
