@@ -21,6 +21,7 @@ from typing import Protocol
 class Exit(enum.IntEnum):
     """Why `run()` returned."""
 
+    HYPERCALL = 0  # port write to the hypercall port (arguments are in regs)
     IO_OUT = 1  # port write: exit_port, exit_size, exit_value
     IO_IN = 2  # port read: answer with complete_io_in(value)
     MSR_WRITE = 3  # exit_msr, exit_value; answer with complete_msr(ok)
@@ -96,7 +97,11 @@ Cpuid = list[tuple[int, int, int, int, int, int]]  # (leaf, subleaf, eax, ebx, e
 
 
 class VcpuBackend(Protocol):
-    """One virtual CPU of one domain; driven by exactly one thread."""
+    """One virtual CPU of one domain; driven by exactly one thread.
+
+    A write to `hypercall_port` (given at creation) is reported as Exit.HYPERCALL, the
+    one exit that must be cheap.
+    """
 
     regs: Regs
     exit_port: int
@@ -111,6 +116,14 @@ class VcpuBackend(Protocol):
     def regs_changed(self) -> None: ...
 
     def sregs(self) -> SpecialRegs: ...
+
+    def is_64bit(self) -> bool:
+        """Whether the CPU is executing 64-bit code (CS.L): Xen's hypercall ABI choice."""
+        ...
+
+    def cpl(self) -> int:
+        """Current privilege level (0 in real mode)."""
+        ...
 
     def set_sregs(self, sregs: SpecialRegs) -> None: ...
 
@@ -155,7 +168,7 @@ class MachineBackend(Protocol):
 
     def unmap_memory(self, slot: int) -> None: ...
 
-    def create_vcpu(self, index: int) -> VcpuBackend:
+    def create_vcpu(self, index: int, hypercall_port: int) -> VcpuBackend:
         """A new vCPU; its CPUID must be set (set_cpuid) before it first runs."""
         ...
 

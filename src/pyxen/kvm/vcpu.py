@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as C
+import fcntl
 import mmap
 import signal
 import threading
 from typing import TYPE_CHECKING
 
-from pyxen.domain.backend import Cpuid, Exit, Regs, SpecialRegs
+from pyxen.domain.backend import Cpuid, Exit, Regs, Segment, SpecialRegs
 
 from . import uapi as K
-from .ioctl import ioctl, ioctl_eintr
+from .ioctl import ioctl
 
 if TYPE_CHECKING:
     from .vm import KvmMachine
@@ -46,17 +47,32 @@ def install_kick_handler() -> None:
 class KvmVcpu:
     """One KVM vCPU (implements pyxen.domain.backend.VcpuBackend)."""
 
-    def __init__(self, machine: KvmMachine, index: int) -> None:
+    def __init__(self, machine: KvmMachine, index: int, hypercall_port: int) -> None:
         self.index = index
+        self.hypercall_port = hypercall_port
         self.fd = ioctl(machine.vm_fd, K.KVM_CREATE_VCPU, index)
         self._mm = mmap.mmap(self.fd, machine.run_size, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE)
         self.run_page = K.kvm_run.from_buffer(self._mm)
-        base = C.addressof(self.run_page)
-        self._io_data_base = base
+        base = self._base = C.addressof(self.run_page)
         self.regs = Regs.from_address(base + K.kvm_run.s.offset)
-        self._sregs = SpecialRegs.from_address(
-            base + K.kvm_run.s.offset + K.kvm_sync_regs.sregs.offset)
+        sregs_at = base + K.kvm_run.s.offset + K.kvm_sync_regs.sregs.offset
+        self._sregs = SpecialRegs.from_address(sregs_at)
+        # Fixed-address views of the fields every exit reads: no struct objects per exit.
+        io_at = base + K.kvm_run.exit.offset
+        self._exit_reason = C.c_uint32.from_address(base + K.kvm_run.exit_reason.offset)
+        self._immediate_exit = C.c_uint8.from_address(base + K.kvm_run.immediate_exit.offset)
+        self._io_direction = C.c_uint8.from_address(io_at + K.kvm_run_io.direction.offset)
+        self._io_size = C.c_uint8.from_address(io_at + K.kvm_run_io.size.offset)
+        self._io_port = C.c_uint16.from_address(io_at + K.kvm_run_io.port.offset)
+        self._io_count = C.c_uint32.from_address(io_at + K.kvm_run_io.count.offset)
+        self._io_data_offset = C.c_uint64.from_address(io_at + K.kvm_run_io.data_offset.offset)
+        self._io_data: dict[int, C.c_uint32] = {}
+        self._cs_l = C.c_uint8.from_address(sregs_at + SpecialRegs.cs.offset + Segment.l.offset)
+        self._ss_dpl = C.c_uint8.from_address(sregs_at + SpecialRegs.ss.offset
+                                              + Segment.dpl.offset)
+        self._cr0 = C.c_uint64.from_address(sregs_at + SpecialRegs.cr0.offset)
+        self._dirty_regs = C.c_uint64.from_address(base + K.kvm_run.kvm_dirty_regs.offset)
         self.run_page.kvm_valid_regs = K.KVM_SYNC_X86_REGS | K.KVM_SYNC_X86_SREGS
         self.thread_id: int | None = None
         self.exit_port = self.exit_size = self.exit_value = self.exit_msr = 0
@@ -78,7 +94,7 @@ class KvmVcpu:
 
     # --- registers -----------------------------------------------------------------------
     def regs_changed(self) -> None:
-        self.run_page.kvm_dirty_regs |= K.KVM_SYNC_X86_REGS
+        self._dirty_regs.value |= K.KVM_SYNC_X86_REGS
 
     def sregs(self) -> SpecialRegs:
         if self._fresh:
@@ -109,31 +125,37 @@ class KvmVcpu:
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> Exit:
-        run = self.run_page
-        rc = ioctl_eintr(self.fd, K.KVM_RUN)
-        self._fresh = True
-        if rc < 0:
-            run.immediate_exit = 0
+        try:
+            fcntl.ioctl(self.fd, K.KVM_RUN, 0)  # releases the GIL; EINTR raises
+        except InterruptedError:
+            self._immediate_exit.value = 0
             return Exit.KICKED
-        reason = run.exit_reason
-        if reason == K.KVM_EXIT_IO:
-            io = run.exit.io
-            self.exit_port = io.port
-            self.exit_size = io.size
-            if io.count != 1:
-                self.exit_error = f"string port I/O (count {io.count}) on port {io.port:#x}"
+        self._fresh = True
+        if self._exit_reason.value == K.KVM_EXIT_IO:
+            port = self.exit_port = self._io_port.value
+            if port == self.hypercall_port and self._io_direction.value == K.KVM_EXIT_IO_OUT:
+                return Exit.HYPERCALL
+            size = self.exit_size = self._io_size.value
+            if self._io_count.value != 1:
+                self.exit_error = f"string port I/O on port {self.exit_port:#x}"
                 return Exit.ERROR
-            if io.direction == K.KVM_EXIT_IO_OUT:
-                addr = self._io_data_base + io.data_offset
-                size = io.size
-                self.exit_value = (
-                    C.c_uint32.from_address(addr).value if size == 4
-                    else C.c_uint16.from_address(addr).value if size == 2
-                    else C.c_uint8.from_address(addr).value
-                )
+            data = self._io_data.get(self._io_data_offset.value)
+            if data is None:
+                data = self._io_data_accessor(self._io_data_offset.value)
+            if self._io_direction.value == K.KVM_EXIT_IO_OUT:
+                self.exit_value = data.value & ((1 << (8 * size)) - 1)
                 return Exit.IO_OUT
-            self._pending_in = (self._io_data_base + io.data_offset, io.size)
+            self._pending_in = (C.addressof(data), size)
             return Exit.IO_IN
+        return self._slow_exit(self._exit_reason.value)
+
+    def _io_data_accessor(self, offset: int) -> C.c_uint32:
+        data = C.c_uint32.from_address(self._base + offset)
+        self._io_data[offset] = data
+        return data
+
+    def _slow_exit(self, reason: int) -> Exit:
+        run = self.run_page
         if reason == K.KVM_EXIT_X86_WRMSR:
             self.exit_msr = run.exit.msr.index
             self.exit_value = run.exit.msr.data
@@ -151,12 +173,22 @@ class KvmVcpu:
             return Exit.HLT
         if reason == K.KVM_EXIT_SHUTDOWN:
             return Exit.SHUTDOWN
-        if reason == K.KVM_EXIT_INTR:
-            return Exit.KICKED
-        if reason == K.KVM_EXIT_IRQ_WINDOW_OPEN:
+        if reason in (K.KVM_EXIT_INTR, K.KVM_EXIT_IRQ_WINDOW_OPEN):
             return Exit.KICKED
         self.exit_error = self._describe_exit(reason)
         return Exit.ERROR
+
+    # --- the hypercall path's questions, answered without building structs ----------------
+    def is_64bit(self) -> bool:
+        """Whether the CPU is executing 64-bit code (CS.L)."""
+        return bool(self._cs_l.value) if self._fresh else bool(self.sregs().cs.l)
+
+    def cpl(self) -> int:
+        """Current privilege level (0 in real mode)."""
+        if not self._fresh:
+            s = self.sregs()
+            return s.ss.dpl if s.cr0 & 1 else 0
+        return self._ss_dpl.value if self._cr0.value & 1 else 0
 
     def _describe_exit(self, reason: int) -> str:
         run = self.run_page
@@ -175,7 +207,7 @@ class KvmVcpu:
     def complete_io_in(self, value: int) -> None:
         if self._pending_in:
             addr, size = self._pending_in
-            C.memmove(addr, value.to_bytes(8, "little"), size)
+            C.memmove(addr, (value & ((1 << (8 * size)) - 1)).to_bytes(8, "little"), size)
             self._pending_in = None
 
     def complete_mmio(self, value: int) -> None:
@@ -194,7 +226,7 @@ class KvmVcpu:
         self.run_page.request_interrupt_window = 1 if wanted else 0
 
     def kick(self) -> None:
-        self.run_page.immediate_exit = 1
+        self._immediate_exit.value = 1
         tid = self.thread_id
         if tid is not None and _kick_handler_installed:
             with contextlib.suppress(ProcessLookupError, OSError):
@@ -204,7 +236,11 @@ class KvmVcpu:
         import os
 
         if self.fd >= 0:
-            del self.regs, self._sregs, self.run_page
+            for name in [n for n in vars(self) if n.startswith("_") and n not in ("_mm",)]:
+                if isinstance(getattr(self, name), C._SimpleCData | C.Structure):
+                    delattr(self, name)
+            self._io_data.clear()
+            del self.regs, self.run_page
             self._mm.close()
             os.close(self.fd)
             self.fd = -1

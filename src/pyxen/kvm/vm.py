@@ -101,8 +101,8 @@ class KvmMachine(MachineBackend):
             for e in buf.entries[: buf.nent]
         ]
 
-    def create_vcpu(self, index: int) -> KvmVcpu:
-        vcpu = KvmVcpu(self, index)
+    def create_vcpu(self, index: int, hypercall_port: int) -> KvmVcpu:
+        vcpu = KvmVcpu(self, index, hypercall_port)
         self.vcpus.append(vcpu)
         if not self.tsc_khz:
             self.tsc_khz = vcpu.tsc_khz()

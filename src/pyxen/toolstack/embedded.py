@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pyxen.domain.backend import MachineBackend
 from pyxen.domain.builder import Module, build_domain
-from pyxen.domain.domain import DomainConfig, Outcome, Result
+from pyxen.domain.domain import Domain, DomainConfig, Outcome, Result
 from pyxen.hv import hypercall_table
 
 # pyxen run's exit status for each way a domain can end (documented in README.md).
@@ -53,11 +53,12 @@ def run_image(
     timeout: float | None = None,
     console: Callable[[bytes], None] | None = None,
     machine_factory: Callable[[list[int]], MachineBackend] = kvm_machine,
+    prepare: Callable[[Domain], None] | None = None,
 ) -> RunResult:
     """Boot `image` and wait until it stops (or `timeout` seconds pass).
 
     Raises ImageError (bad image/config) before anything runs; returns the outcome and the
-    console output otherwise.
+    console output otherwise. `prepare` may adjust the built domain before it starts.
     """
     captured = bytearray()
 
@@ -68,6 +69,8 @@ def run_image(
 
     domain = build_domain(image, config, machine_factory, hypercall_table(), sink, modules)
     try:
+        if prepare:
+            prepare(domain)
         domain.start()
         result = domain.wait(timeout)
     finally:
