@@ -25,7 +25,7 @@ int guest_main(void)
     /* A line written in three pieces (Xen buffers a domU's output until '\n'). */
     rc = HYPERVISOR_console_io(CONSOLEIO_write, 5, "INFO ");
     rc |= HYPERVISOR_console_io(CONSOLEIO_write, 13, "console_split");
-    rc |= HYPERVISOR_console_io(CONSOLEIO_write, 16, " one line, 3 writes\n");
+    rc |= HYPERVISOR_console_io(CONSOLEIO_write, 20, " one line, 3 writes\n");
     check_eq("console.write_pieces", rc, 0);
 
     /* Longer than Xen's 128-byte copy chunk. */

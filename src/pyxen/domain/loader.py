@@ -9,11 +9,9 @@ with a message naming the problem, raised before any vCPU runs.
 from __future__ import annotations
 
 import io
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from pyxen.abi.start_info import XEN_ELFNOTE_NAME, XEN_ELFNOTE_PHYS32_ENTRY
@@ -52,39 +50,44 @@ class PvhImage:
 
 
 def parse_pvh_image(path: str | Path) -> PvhImage:
+    """Parse a PVH kernel image; every problem is an ImageError naming the file."""
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise ImageError(f"{path}: cannot read kernel image: {e.strerror}") from e
-    if raw[:4] != b"\x7fELF":
-        raise ImageError(f"{path}: not an ELF file (a Xen PVH kernel image must be ELF)")
     try:
-        elf = ELFFile(io.BytesIO(raw))
-        machine = elf["e_machine"]
-        if machine not in (EM_386, EM_X86_64):
-            raise ImageError(f"{path}: ELF machine {machine} is not x86 (EM_386 or EM_X86_64)")
-        entry, source = _find_phys32_entry(elf)
-        if entry is None:
-            raise ImageError(
-                f"{path}: no XEN_ELFNOTE_PHYS32_ENTRY note: not a Xen PVH kernel "
-                "(PVH kernels carry a 'Xen' note of type 18 with their 32-bit entry point)"
-            )
-        segments = []
-        for seg in elf.iter_segments():
-            if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
-                continue
-            if seg["p_filesz"] > seg["p_memsz"]:
-                raise ImageError(f"{path}: a PT_LOAD segment's file size exceeds its memory size")
-            data = seg.data()
-            if len(data) != seg["p_filesz"]:
-                raise ImageError(f"{path}: truncated file: a PT_LOAD segment extends past its end")
-            segments.append(Segment(seg["p_paddr"], data, seg["p_memsz"]))
-    except (ELFError, struct.error, ValueError) as e:
-        if isinstance(e, ImageError):
-            raise
-        raise ImageError(f"{path}: malformed ELF file: {e}") from e
+        return _parse(raw)
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - pyelftools raises all kinds on malformed input
+        raise ImageError(f"{path}: malformed ELF file ({type(e).__name__}: {e})") from e
+
+
+def _parse(raw: bytes) -> PvhImage:
+    if raw[:4] != b"\x7fELF":
+        raise ImageError("not an ELF file (a Xen PVH kernel image must be ELF)")
+    elf = ELFFile(io.BytesIO(raw))
+    machine = elf["e_machine"]
+    if machine not in (EM_386, EM_X86_64):
+        raise ImageError(f"ELF machine {machine} is not x86 (EM_386 or EM_X86_64)")
+    entry, source = _find_phys32_entry(elf)
+    if entry is None:
+        raise ImageError(
+            "no XEN_ELFNOTE_PHYS32_ENTRY note: not a Xen PVH kernel "
+            "(PVH kernels carry a 'Xen' note of type 18 with their 32-bit entry point)"
+        )
+    segments = []
+    for seg in elf.iter_segments():
+        if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
+            continue
+        if seg["p_filesz"] > seg["p_memsz"]:
+            raise ImageError("a PT_LOAD segment's file size exceeds its memory size")
+        data = seg.data()
+        if len(data) != seg["p_filesz"]:
+            raise ImageError("truncated file: a PT_LOAD segment extends past its end")
+        segments.append(Segment(seg["p_paddr"], data, seg["p_memsz"]))
     if not segments:
-        raise ImageError(f"{path}: no loadable (PT_LOAD) segments")
+        raise ImageError("no loadable (PT_LOAD) segments")
     return PvhImage(entry, tuple(segments), elf.elfclass, source)
 
 

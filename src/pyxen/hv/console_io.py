@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pyxen.abi.errno import ENOSYS, EPERM, XenError
+from pyxen.abi.errno import E2BIG, ENOSYS, EPERM, XenError
 from pyxen.abi.xen import CONSOLEIO_read, CONSOLEIO_write, HYPERVISOR_console_io
 
 from .hypercall import HypercallTable, subop_describer
@@ -33,6 +33,8 @@ def do_console_io(vcpu: Vcpu, cmd: int, count: int, buffer: int, *_: int) -> int
             count -= n
         return 0
     if cmd == CONSOLEIO_read:
+        if count >= 1 << 31:
+            raise XenError(E2BIG)  # the result is a count or -errno: they must not overlap
         return 0  # no console input is queued for the hypervisor in pyxen
     raise XenError(ENOSYS)
 
