@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pyxen.abi import hvm, memory, sched, start_info, vcpu, version, xen
+from pyxen.abi import event_channel as ev
+from pyxen.abi import hvm, hvm_vcpu, memory, sched, start_info, vcpu, version, xen
 
 # (C type, ctypes class, {python field: C member expression} where the names differ)
 LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
@@ -46,6 +47,23 @@ LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
     ("struct hvm_start_info", start_info.hvm_start_info, {}),
     ("struct hvm_modlist_entry", start_info.hvm_modlist_entry, {}),
     ("struct hvm_memmap_table_entry", start_info.hvm_memmap_table_entry, {}),
+    ("struct xen_remove_from_physmap", memory.xen_remove_from_physmap, {}),
+    ("struct vcpu_register_time_memory_area", vcpu.vcpu_register_time_memory_area,
+     {"addr": "addr.p"}),
+    ("struct evtchn_alloc_unbound", ev.evtchn_alloc_unbound, {}),
+    ("struct evtchn_bind_interdomain", ev.evtchn_bind_interdomain, {}),
+    ("struct evtchn_bind_virq", ev.evtchn_bind_virq, {}),
+    ("struct evtchn_bind_pirq", ev.evtchn_bind_pirq, {}),
+    ("struct evtchn_bind_ipi", ev.evtchn_bind_ipi, {}),
+    ("struct evtchn_close", ev.evtchn_close, {}),
+    ("struct evtchn_send", ev.evtchn_send, {}),
+    ("struct evtchn_status", ev.evtchn_status, {}),
+    ("struct evtchn_bind_vcpu", ev.evtchn_bind_vcpu, {}),
+    ("struct evtchn_unmask", ev.evtchn_unmask, {}),
+    ("struct evtchn_reset", ev.evtchn_reset, {}),
+    ("struct vcpu_hvm_x86_32", hvm_vcpu.vcpu_hvm_x86_32, {}),
+    ("struct vcpu_hvm_x86_64", hvm_vcpu.vcpu_hvm_x86_64, {}),
+    ("struct vcpu_hvm_context", hvm_vcpu.vcpu_hvm_context, {}),
 ]
 
 HEADERS = """
@@ -60,6 +78,8 @@ HEADERS = """
 #include <xen/hvm/hvm_op.h>
 #include <xen/hvm/params.h>
 #include <xen/arch-x86/hvm/start_info.h>
+#include <xen/event_channel.h>
+#include <xen/hvm/hvm_vcpu.h>
 """
 
 

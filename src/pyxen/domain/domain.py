@@ -15,11 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pyxen.abi.hvm import HVM_NR_PARAMS
+from pyxen.abi.hvm import HVM_NR_PARAMS, HVM_PARAM_CALLBACK_IRQ, HVM_PARAM_CALLBACK_TYPE_VECTOR
 from pyxen.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 from pyxen.abi.xen import DOMID_SELF
+from pyxen.hv.event_channel import DEFAULT_MAX_EVENT_CHANNELS, EventChannels
 from pyxen.hv.shared_info import SharedInfo
 from pyxen.hv.time import DomainClock
+from pyxen.hv.timer import TimerQueue
 
 from .memory import GuestMemory
 from .vcpu import Vcpu
@@ -62,6 +64,7 @@ class DomainConfig:
     cmdline: str = ""
     privileged: bool = False  # dom0: SIF_INITDOMAIN, privileged hypercalls
     max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES
+    max_event_channels: int = DEFAULT_MAX_EVENT_CHANNELS
     trace: bool = False
     handle: bytes = field(default_factory=bytes)  # xen_domain_handle_t (UUID)
 
@@ -94,8 +97,10 @@ class Domain:
         self.memory.commit()
         self.clock = DomainClock()
         self.tsc_khz = 0
-        self.shared_info = SharedInfo(self.memory)
+        self.shared_info = SharedInfo(self.memory, on_move=self._vcpu_info_moved)
         self.clock.update_wallclock(self.shared_info.page)
+        self.evtchn = EventChannels(self, config.max_event_channels)
+        self.timers = TimerQueue(self.clock, config.name)
         self.hvm_params = [0] * HVM_NR_PARAMS
         self.grant_frames: dict[int, int] = {}  # grant-table frame index → guest frame
         self.max_grant_frames = config.max_grant_frames
@@ -123,6 +128,16 @@ class Domain:
             slot = next(free)
             self.machine.map_memory(slot, gpa, size, self.memory.host_address + gpa)
             self._slots[gpa, size] = slot
+
+    def _vcpu_info_moved(self) -> None:
+        for v in self.vcpus:
+            v.vcpu_info_moved()
+
+    @property
+    def callback_vector(self) -> int:
+        """The upcall vector from HVM_PARAM_CALLBACK_IRQ when its type is "vector", else 0."""
+        via = self.hvm_params[HVM_PARAM_CALLBACK_IRQ]
+        return via & 0xFF if via >> 56 == HVM_PARAM_CALLBACK_TYPE_VECTOR else 0
 
     # --- Xen's domain lookups --------------------------------------------------------------------
     def lookup(self, domid: int) -> Domain | None:
@@ -185,6 +200,7 @@ class Domain:
             self.stopping = True
         for timer in self.watchdogs.values():
             timer.cancel()
+        self.timers.close()
         for vcpu in self.vcpus:
             vcpu.kick()
         self._done.set()
@@ -201,6 +217,8 @@ class Domain:
         return self._result
 
     def close(self) -> None:
+        self.stopping = True
+        self.timers.close()
         for vcpu in self.vcpus:
             vcpu.kick()
         for vcpu in self.vcpus:

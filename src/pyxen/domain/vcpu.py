@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from pyxen.abi import errno
 from pyxen.abi.errno import XenError
+from pyxen.abi.event_channel import NR_VIRQS, VIRQ_TIMER
 from pyxen.abi.sched import SHUTDOWN_poweroff
 from pyxen.abi.vcpu import RUNSTATE_blocked, RUNSTATE_offline, RUNSTATE_running
 from pyxen.abi.xen import vcpu_info, vcpu_time_info
@@ -17,6 +18,7 @@ from pyxen.hv.guest_access import GuestAccess
 from pyxen.hv.hypercall import format_result, hypercall_page
 from pyxen.hv.pagewalk import PagingState
 from pyxen.hv.time import TscCalibration, write_time_info
+from pyxen.hv.timer import Timer
 from pyxen.hv.vcpu import publish_runstate
 
 from .backend import Exit, VcpuBackend
@@ -41,15 +43,24 @@ class Vcpu:
         self.index = index
         self.backend = backend
         self.online = index == 0
+        self.initialised = index == 0  # vCPU 0 boots at the PVH entry; others need
+        #                                VCPUOP_initialise
         self.compat = False  # whether the current hypercall came from 32-bit code
         self.vcpu_info_override: vcpu_info | None = None  # set by VCPUOP_register_vcpu_info
+        self._vcpu_info: vcpu_info | None = None  # cached view; see vcpu_info_moved()
         self.runstate_state = RUNSTATE_running if self.online else RUNSTATE_offline
         self.runstate_entry = 0
         self.runstate_time = [0, 0, 0, 0]
         self.runstate_area: tuple[int, bool] | None = None  # (guest va, compat layout)
         self.calibration: TscCalibration | None = None
-        self.singleshot_deadline: int | None = None  # set_timer_op, system time ns
-        self.upcall_vector = 0  # HVMOP_set_evtchn_upcall_vector (0: none)
+        self.upcall_vector = 0  # HVMOP_set_evtchn_upcall_vector (0: the domain's callback)
+        self.upcall_edge = False  # per-vCPU vector: an upcall was raised, not yet injected
+        self.virq_to_evtchn = [0] * NR_VIRQS
+        self.poll_port: int | None = None  # SCHEDOP_poll: the port waited for (0: several)
+        self.singleshot = Timer(lambda: domain.evtchn.send_virq(self, VIRQ_TIMER))
+        self.periodic = Timer(self._periodic_tick)
+        self.periodic_period = 0
+        self._periodic_next = 0
         self.thread: threading.Thread | None = None
         self.wake = threading.Event()
         self.in_multicall = False  # a multicall may not nest
@@ -60,7 +71,33 @@ class Vcpu:
     def vcpu_info(self) -> vcpu_info | None:
         if self.vcpu_info_override is not None:
             return self.vcpu_info_override
-        return self.domain.shared_info.default_vcpu_info(self.index)
+        if self._vcpu_info is None:
+            self._vcpu_info = self.domain.shared_info.default_vcpu_info(self.index)
+        return self._vcpu_info
+
+    def vcpu_info_moved(self) -> None:
+        """shared_info was remapped: forget the cached view of our vcpu_info in it."""
+        self._vcpu_info = None
+
+    def _periodic_tick(self) -> None:
+        """The periodic timer: send VIRQ_TIMER and re-arm on the ideal schedule (no drift);
+        if ticks were missed, the next one is a period from now."""
+        if not self.periodic_period:
+            return
+        self.domain.evtchn.send_virq(self, VIRQ_TIMER)
+        now = self.domain.clock.now()
+        nxt = self._periodic_next + self.periodic_period
+        if nxt <= now:
+            nxt = now + self.periodic_period
+        self.set_periodic(self.periodic_period, first=nxt)
+
+    def set_periodic(self, period: int, first: int | None = None) -> None:
+        self.periodic_period = period
+        if not period:
+            self.domain.timers.stop(self.periodic)
+            return
+        self._periodic_next = first if first is not None else self.domain.clock.now() + period
+        self.domain.timers.set(self.periodic, self._periodic_next)
 
     def calibrate(self) -> None:
         """Pair this vCPU's guest TSC with Xen system time (on the vCPU's own thread)."""
@@ -101,6 +138,11 @@ class Vcpu:
         self.update_time()
         try:
             while not domain.stopping:
+                if not self.online:
+                    self._park()
+                    continue
+                if self.upcall_vector or domain.callback_vector:
+                    self.deliver_upcall()
                 exit_ = backend.run()
                 if exit_ is Exit.HYPERCALL:
                     self.hypercall()
@@ -109,6 +151,58 @@ class Vcpu:
         except Exception as e:  # noqa: BLE001 - a VMM bug must end the domain, not hang it
             log.exception("vCPU%d failed", self.index)
             domain.vmm_error(f"vCPU{self.index}: internal error: {e!r}")
+
+    # --- event delivery ------------------------------------------------------------------------
+    def upcall_ready(self) -> int:
+        """The vector to inject now, or 0.
+
+        The domain-wide callback vector (HVM_PARAM_CALLBACK_IRQ) is level-triggered on
+        evtchn_upcall_pending, with no EOI (what Mini-OS and Linux expect of Xen); a per-vCPU
+        upcall vector (HVMOP_set_evtchn_upcall_vector) is edge-triggered on its raising.
+        """
+        if self.upcall_vector:
+            return self.upcall_vector if self.upcall_edge else 0
+        vector = self.domain.callback_vector
+        if vector:
+            info = self.vcpu_info
+            if info is not None and info.evtchn_upcall_pending:
+                return vector
+        return 0
+
+    def deliver_upcall(self) -> None:
+        vector = self.upcall_ready()
+        if not vector:
+            return
+        if self.backend.inject_interrupt(vector):
+            self.upcall_edge = False
+            self.backend.request_interrupt_window(False)
+        else:  # interrupts off: come back as soon as the guest can take it
+            self.backend.request_interrupt_window(True)
+
+    def events_need_delivery(self) -> bool:
+        """Xen's local_events_need_delivery for HVM: an upcall that interrupts would take."""
+        return bool(self.upcall_ready()) and bool(self.backend.regs.rflags & RFLAGS_IF)
+
+    def sleep(self, deadline: int | None = None) -> None:
+        """Block this vCPU (no CPU used) until kicked or until system time `deadline`.
+        Callers clear `wake` before testing their wake-up condition, so no kick is lost."""
+        self.set_runstate(RUNSTATE_blocked)
+        try:
+            timeout = None
+            if deadline is not None:
+                timeout = max(0, deadline - self.domain.clock.now()) / 1e9
+            self.wake.wait(timeout)
+        finally:
+            self.wake.clear()
+            self.set_runstate(RUNSTATE_running)
+
+    def _park(self) -> None:
+        """An offline vCPU waits to be brought up (VCPUOP_up) or for the domain to stop."""
+        self.wake.clear()
+        if not self.online and not self.domain.stopping:
+            self.wake.wait()
+        if self.online and self.runstate_state == RUNSTATE_offline:
+            self.set_runstate(RUNSTATE_running)
 
     def hypercall(self) -> None:
         """The hot path: decode Xen's calling convention, dispatch, return the result."""
@@ -175,22 +269,21 @@ class Vcpu:
         return True
 
     def _halt(self) -> None:
-        """hlt with nothing to deliver. With interrupts off this vCPU is done for good: Xen
-        takes it offline, and powers the domain off when no vCPU is left online. Otherwise
-        it sleeps until woken (an event, or the domain stopping) — SCHEDOP_block."""
+        """hlt (Xen's hvm_hlt). With interrupts off the vCPU goes offline for good, and the
+        domain powers off when no vCPU is left online; otherwise it blocks until an upcall
+        can be delivered (SCHEDOP_block), unless one already can."""
         if not self.backend.regs.rflags & RFLAGS_IF:
-            self.online = False
-            self.set_runstate(RUNSTATE_offline)
-            if not any(v.online for v in self.domain.vcpus):
-                self.domain.shutdown(SHUTDOWN_poweroff, "all vCPUs offline (cli; hlt)")
-            while not self.domain.stopping:
-                self.wake.wait()
-                self.wake.clear()
+            self.go_offline()
             return
-        self.set_runstate(RUNSTATE_blocked)
-        self.wake.wait()
         self.wake.clear()
-        self.set_runstate(RUNSTATE_running)
+        if not self.events_need_delivery():
+            self.sleep()
+
+    def go_offline(self) -> None:
+        self.online = False
+        self.set_runstate(RUNSTATE_offline)
+        if not any(v.online for v in self.domain.vcpus):
+            self.domain.shutdown(SHUTDOWN_poweroff, "all vCPUs offline")
 
     def kick(self) -> None:
         self.wake.set()

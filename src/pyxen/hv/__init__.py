@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import console_io, hvm, memory, multicall, sched, vcpu, version
+from . import console_io, event_channel, hvm, memory, multicall, sched, vcpu, version
 from .hypercall import HypercallTable
 
-FAMILIES = (version, console_io, sched, hvm, memory, vcpu, multicall)
+FAMILIES = (version, console_io, sched, hvm, memory, vcpu, event_channel, multicall)
 
 
 def hypercall_table() -> HypercallTable:

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 from pyxen.abi import sched as S
 from pyxen.abi.errno import EINVAL, ENOSPC, ENOSYS, EPERM, ESRCH, XenError
-from pyxen.abi.vcpu import RUNSTATE_blocked, RUNSTATE_running
+from pyxen.abi.vcpu import RUNSTATE_running
 from pyxen.abi.xen import HYPERVISOR_sched_op, HYPERVISOR_set_timer_op
 
+from .event_channel import EVTCHN_2L_NR_CHANNELS
 from .hypercall import HypercallTable, subop_describer
 
 if TYPE_CHECKING:
@@ -21,30 +22,11 @@ if TYPE_CHECKING:
     from pyxen.domain.vcpu import Vcpu
 
 SCHED_POLL_MAX_PORTS = 128
-EVTCHN_2L_NR_CHANNELS = 64 * 64
 NR_DOMAIN_WATCHDOG_TIMERS = 2
 HUGE_TIMEOUT_BITS = 50  # set_timer_op: a deadline 2^50 ns (~13 days) out is a guest bug
 LINUX_WORKAROUND_NS = 100_000_000
 
 SUBOPS = {v: k for k, v in vars(S).items() if k.startswith("SCHEDOP_")}
-
-
-def events_need_delivery(vcpu: Vcpu) -> bool:
-    info = vcpu.vcpu_info
-    return bool(info and info.evtchn_upcall_pending and not info.evtchn_upcall_mask)
-
-
-def block(vcpu: Vcpu, timeout_ns: int | None) -> None:
-    """Sleep until woken or until system time `timeout_ns` (None: no deadline)."""
-    vcpu.set_runstate(RUNSTATE_blocked)
-    try:
-        wait = None
-        if timeout_ns is not None:
-            wait = max(0, timeout_ns - vcpu.domain.clock.now()) / 1e9
-        vcpu.wake.wait(wait)
-        vcpu.wake.clear()
-    finally:
-        vcpu.set_runstate(RUNSTATE_running)
 
 
 def do_sched_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
@@ -56,8 +38,9 @@ def do_sched_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         info = vcpu.vcpu_info
         if info is not None:
             info.evtchn_upcall_mask = 0  # block enables event delivery first
-        if not (info and info.evtchn_upcall_pending):
-            block(vcpu, None)
+        vcpu.wake.clear()
+        if not vcpu.events_need_delivery():
+            vcpu.sleep()
         return 0
     if cmd == S.SCHEDOP_shutdown:
         reason = vcpu.guest().read_struct(S.sched_shutdown, arg).reason & 0xFF
@@ -93,21 +76,31 @@ def do_sched_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
 
 
 def do_poll(vcpu: Vcpu, arg: int) -> int:
+    """Sleep until one of the ports is pending, an upcall is due, or the absolute timeout."""
     guest = vcpu.guest()
     poll = guest.read_struct(S.compat_sched_poll if vcpu.compat else S.sched_poll, arg)
     if poll.nr_ports > SCHED_POLL_MAX_PORTS:
         raise XenError(EINVAL)
-    if events_need_delivery(vcpu):
-        return 0
-    pending = vcpu.domain.shared_info.page.evtchn_pending
-    for i in range(poll.nr_ports):
-        port = guest.read_u32(poll.ports + 4 * i)
-        if port >= EVTCHN_2L_NR_CHANNELS:
-            raise XenError(EINVAL)
-        if pending[port // 64] >> (port % 64) & 1:
+    ev = vcpu.domain.evtchn
+    vcpu.wake.clear()
+    vcpu.poll_port = 0  # registered before the checks, so no event slips between them
+    try:
+        if vcpu.events_need_delivery():
             return 0
-    block(vcpu, poll.timeout or None)
-    return 0
+        port = 0
+        for i in range(poll.nr_ports):
+            port = guest.read_u32(poll.ports + 4 * i)
+            if port >= EVTCHN_2L_NR_CHANNELS:
+                raise XenError(EINVAL)
+            if ev.is_pending(port):
+                return 0
+        if poll.nr_ports == 1 and vcpu.poll_port is not None:
+            vcpu.poll_port = port
+        if vcpu.poll_port is not None:  # not already woken by an event
+            vcpu.sleep(poll.timeout or None)
+        return 0
+    finally:
+        vcpu.poll_port = None
 
 
 def domain_watchdog(domain: Domain, wid: int, timeout: int) -> int:
@@ -147,13 +140,14 @@ def do_set_timer_op(vcpu: Vcpu, lo: int, hi: int = 0, *_: int) -> int:
     timeout = (lo | hi << 32) if vcpu.compat else lo
     if timeout >= 1 << 63:
         timeout -= 1 << 64
-    now = vcpu.domain.clock.now()
+    timers, now = vcpu.domain.timers, vcpu.domain.clock.now()
     if timeout == 0:
-        vcpu.singleshot_deadline = None
+        timers.stop(vcpu.singleshot)
     elif timeout < 0 or (timeout - now > 0 and (timeout - now) >> HUGE_TIMEOUT_BITS):
-        vcpu.singleshot_deadline = now + LINUX_WORKAROUND_NS
+        # Xen's Linux workaround: a wrapped or absurdly far deadline fires in 100 ms.
+        timers.set(vcpu.singleshot, now + LINUX_WORKAROUND_NS)
     else:
-        vcpu.singleshot_deadline = timeout
+        timers.set(vcpu.singleshot, timeout)
     return 0
 
 

@@ -9,14 +9,16 @@ lives in shared_info.vcpu_info[n] until the guest moves it with VCPUOP_register_
 from __future__ import annotations
 
 import ctypes as C
+from collections.abc import Callable
 
 from pyxen.abi.xen import XEN_LEGACY_MAX_VCPUS, shared_info, vcpu_info
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE, GuestMemory
 
 
 class SharedInfo:
-    def __init__(self, mem: GuestMemory) -> None:
+    def __init__(self, mem: GuestMemory, on_move: Callable[[], None]) -> None:
         self.mem = mem
+        self.on_move = on_move  # vCPUs cache views into the page
         self._private = bytearray(PAGE_SIZE)
         self.page = shared_info.from_buffer(self._private)
         self.gfn: int | None = None
@@ -31,6 +33,7 @@ class SharedInfo:
         self.mem.map[offset : offset + PAGE_SIZE] = contents
         self.page = shared_info.from_buffer(self.mem.map, offset)
         self.gfn = gfn
+        self.on_move()
         return True
 
     def unmap(self) -> None:
@@ -38,6 +41,7 @@ class SharedInfo:
         self._private[:] = C.string_at(C.addressof(self.page), PAGE_SIZE)
         self.page = shared_info.from_buffer(self._private)
         self.gfn = None
+        self.on_move()
 
     def default_vcpu_info(self, vcpu_id: int) -> vcpu_info | None:
         """vcpu_info inside shared_info (only the first 32 vCPUs have one there)."""

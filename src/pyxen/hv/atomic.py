@@ -1,0 +1,44 @@
+"""Atomic bit operations on guest memory.
+
+pyxen sets event bits (evtchn_pending, evtchn_pending_sel, evtchn_upcall_pending) while the
+guest's vCPUs clear them concurrently with locked instructions. A Python read-modify-write
+would lose a concurrent guest update, so every such change goes through a real atomic
+instruction: libatomic's __atomic_* entry points (lock-prefixed on x86), which are atomic
+with respect to the guest's own locked operations on the same shared page.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import ctypes.util
+
+_lib = C.CDLL(ctypes.util.find_library("atomic") or "libatomic.so.1")
+_SEQ_CST = 5
+
+_fetch_or_8 = _lib.__atomic_fetch_or_8
+_fetch_or_8.argtypes = [C.c_void_p, C.c_uint64, C.c_int]
+_fetch_or_8.restype = C.c_uint64
+_fetch_and_8 = _lib.__atomic_fetch_and_8
+_fetch_and_8.argtypes = [C.c_void_p, C.c_uint64, C.c_int]
+_fetch_and_8.restype = C.c_uint64
+_exchange_1 = _lib.__atomic_exchange_1
+_exchange_1.argtypes = [C.c_void_p, C.c_uint8, C.c_int]
+_exchange_1.restype = C.c_uint8
+
+
+def test_and_set_bit(address: int, bit: int) -> bool:
+    """Set bit `bit` (0..63) of the 64-bit word at `address`; whether it was already set."""
+    return bool(_fetch_or_8(address, 1 << bit, _SEQ_CST) >> bit & 1)
+
+
+def test_and_clear_bit(address: int, bit: int) -> bool:
+    return bool(_fetch_and_8(address, ~(1 << bit) & 0xFFFF_FFFF_FFFF_FFFF, _SEQ_CST) >> bit & 1)
+
+
+def test_bit(address: int, bit: int) -> bool:
+    return bool(C.c_uint64.from_address(address).value >> bit & 1)
+
+
+def exchange_byte(address: int, value: int) -> int:
+    """Store `value` in the byte at `address`; the old value."""
+    return _exchange_1(address, value, _SEQ_CST)

@@ -1,0 +1,350 @@
+"""HYPERVISOR_event_channel_op: Xen's 2-level event channels (common/event_channel.c,
+event_2l.c).
+
+A domain's ports live in `EventChannels`; the guest-visible state is the 2-level bitmaps:
+shared_info.evtchn_pending / evtchn_mask and, per vCPU, vcpu_info.evtchn_pending_sel and
+evtchn_upcall_pending. Raising an event follows Xen's order exactly (pending bit, then mask
+test, then selector, then upcall) with atomic operations on the shared page (hv.atomic), so
+the guest may clear bits concurrently. FIFO event channels are not provided: their sub-ops
+are -ENOSYS, which is how guests learn to stay on the 2-level ABI.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pyxen.abi import event_channel as E
+from pyxen.abi.errno import EEXIST, EINVAL, ENOENT, ENOSPC, ENOSYS, EPERM, ESRCH, XenError
+from pyxen.abi.xen import DOMID_SELF, HYPERVISOR_event_channel_op, shared_info
+
+from . import atomic
+from .hypercall import HypercallTable, subop_describer
+
+if TYPE_CHECKING:
+    from pyxen.domain.domain import Domain
+    from pyxen.domain.vcpu import Vcpu
+
+ECS_FREE, ECS_RESERVED, ECS_UNBOUND, ECS_INTERDOMAIN, ECS_PIRQ, ECS_VIRQ, ECS_IPI = range(7)
+STATUS = {ECS_FREE: E.EVTCHNSTAT_closed, ECS_RESERVED: E.EVTCHNSTAT_closed,
+          ECS_UNBOUND: E.EVTCHNSTAT_unbound, ECS_INTERDOMAIN: E.EVTCHNSTAT_interdomain,
+          ECS_PIRQ: E.EVTCHNSTAT_pirq, ECS_VIRQ: E.EVTCHNSTAT_virq, ECS_IPI: E.EVTCHNSTAT_ipi}
+DEFAULT_MAX_EVENT_CHANNELS = 1023  # xl's default max_event_channels
+EVTCHN_2L_NR_CHANNELS = 64 * 64
+EVTCHNS_PER_BUCKET = 64  # ports become valid a bucket at a time, as in Xen
+PER_VCPU_VIRQS = {E.VIRQ_TIMER, E.VIRQ_DEBUG, E.VIRQ_XENOPROF, E.VIRQ_XENPMU}
+PENDING = shared_info.evtchn_pending.offset
+MASK = shared_info.evtchn_mask.offset
+SUBOPS = {v: k for k, v in vars(E).items() if k.startswith("EVTCHNOP_")}
+
+
+def virq_is_global(virq: int) -> bool:
+    return virq not in PER_VCPU_VIRQS
+
+
+@dataclass(slots=True)
+class Channel:
+    state: int = ECS_FREE
+    notify_vcpu: int = 0
+    remote_domid: int = 0  # ECS_UNBOUND: the domain allowed to bind
+    remote_dom: Domain | None = None  # ECS_INTERDOMAIN
+    remote_port: int = 0
+    virq: int = 0
+
+
+class EventChannels:
+    """One domain's event-channel ports (Xen's d->evtchn and d->event_lock)."""
+
+    def __init__(self, domain: Domain, max_port: int = DEFAULT_MAX_EVENT_CHANNELS) -> None:
+        self.domain = domain
+        self.max_port = min(max_port, EVTCHN_2L_NR_CHANNELS - 1)
+        self.lock = threading.RLock()
+        self.ports: list[Channel] = [Channel() for _ in range(EVTCHNS_PER_BUCKET)]
+        self.ports[0].state = ECS_RESERVED  # port 0 is never handed out
+
+    def valid(self, port: int) -> bool:
+        return 0 <= port < len(self.ports)
+
+    def get(self, port: int) -> Channel:
+        if not self.valid(port):
+            raise XenError(EINVAL, f"port {port} is not valid")
+        return self.ports[port]
+
+    def get_free_port(self) -> int:
+        for port, chn in enumerate(self.ports):
+            if chn.state == ECS_FREE:
+                return port
+        port = len(self.ports)
+        if port > self.max_port:
+            raise XenError(ENOSPC, "no free event channel")
+        self.ports.extend(Channel() for _ in range(EVTCHNS_PER_BUCKET))
+        return port
+
+    # --- the 2-level ABI on the shared page ----------------------------------------------------
+    def _bitmaps(self) -> int:
+        return C.addressof(self.domain.shared_info.page)
+
+    def set_pending(self, vcpu_id: int, port: int) -> None:
+        """evtchn_2l_set_pending: the strict order Xen uses, with atomic guest-memory ops."""
+        base = self._bitmaps()
+        word, bit = divmod(port, 64)
+        if atomic.test_and_set_bit(base + PENDING + 8 * word, bit):
+            return  # already pending: nothing new to signal
+        vcpus = self.domain.vcpus
+        v = vcpus[vcpu_id] if vcpu_id < len(vcpus) else vcpus[0]
+        if not atomic.test_bit(base + MASK + 8 * word, bit):
+            info = v.vcpu_info
+            if info is not None and not atomic.test_and_set_bit(
+                    C.addressof(info) + type(info).evtchn_pending_sel.offset, word):
+                mark_events_pending(v)
+        self.check_pollers(port)
+
+    def clear_pending(self, port: int) -> None:
+        word, bit = divmod(port, 64)
+        atomic.test_and_clear_bit(self._bitmaps() + PENDING + 8 * word, bit)
+
+    def is_pending(self, port: int) -> bool:
+        word, bit = divmod(port, 64)
+        return atomic.test_bit(self._bitmaps() + PENDING + 8 * word, bit)
+
+    def unmask(self, port: int) -> None:
+        """evtchn_2l_unmask: an unmask that finds the port pending raises the upcall again."""
+        base = self._bitmaps()
+        word, bit = divmod(port, 64)
+        v = self.domain.vcpus[self.ports[port].notify_vcpu]
+        info = v.vcpu_info
+        if (atomic.test_and_clear_bit(base + MASK + 8 * word, bit)
+                and atomic.test_bit(base + PENDING + 8 * word, bit)
+                and info is not None
+                and not atomic.test_and_set_bit(
+                    C.addressof(info) + type(info).evtchn_pending_sel.offset, word)):
+            mark_events_pending(v)
+
+    def check_pollers(self, port: int) -> None:
+        for v in self.domain.vcpus:
+            if v.poll_port is not None and v.poll_port in (0, port):
+                v.poll_port = None
+                v.kick()
+
+    # --- VIRQs -------------------------------------------------------------------------------
+    def send_virq(self, v: Vcpu, virq: int) -> None:
+        """send_guest_vcpu_virq: nothing happens when the VIRQ is not bound."""
+        port = v.virq_to_evtchn[virq]
+        if port:
+            with self.lock:
+                chn = self.ports[port]
+                if chn.state == ECS_VIRQ:
+                    self.set_pending(chn.notify_vcpu, port)
+
+    def send_global_virq(self, virq: int) -> None:
+        self.send_virq(self.domain.vcpus[0], virq)
+
+    # --- closing -----------------------------------------------------------------------------
+    def close(self, port: int) -> None:
+        chn = self.get(port)
+        if chn.state in (ECS_FREE, ECS_RESERVED):
+            raise XenError(EINVAL, f"port {port} is not bound")
+        if chn.state == ECS_VIRQ:
+            for v in self.domain.vcpus:
+                if v.virq_to_evtchn[chn.virq] == port:
+                    v.virq_to_evtchn[chn.virq] = 0
+        elif chn.state == ECS_INTERDOMAIN and chn.remote_dom is not None:
+            peer = chn.remote_dom.evtchn.ports[chn.remote_port]
+            peer.state, peer.remote_domid = ECS_UNBOUND, self.domain.domid
+            peer.remote_dom = None
+        self.clear_pending(port)  # a re-bound port must not inherit an old event
+        self.ports[port] = Channel()
+
+    def reset(self) -> None:
+        for port in range(1, len(self.ports)):
+            if self.ports[port].state not in (ECS_FREE, ECS_RESERVED):
+                self.close(port)
+
+
+def mark_events_pending(v: Vcpu) -> None:
+    """vcpu_mark_events_pending: raise the vCPU's upcall if it was not already raised."""
+    info = v.vcpu_info
+    if info is None:
+        return
+    if atomic.exchange_byte(C.addressof(info), 1) == 0:  # evtchn_upcall_pending is byte 0
+        v.upcall_edge = True
+    v.kick()
+
+
+def _lock_pair(a: Domain, b: Domain):  # type: ignore[no-untyped-def]
+    """Both domains' event locks, in domid order (Xen's double_evtchn_lock)."""
+    first, second = sorted((a, b), key=lambda d: d.domid)
+
+    class _Pair:
+        def __enter__(self) -> None:
+            first.evtchn.lock.acquire()
+            second.evtchn.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            second.evtchn.lock.release()
+            first.evtchn.lock.release()
+
+    return _Pair()
+
+
+def _domain(vcpu: Vcpu, domid: int, *, control: bool) -> Domain:
+    d = vcpu.domain.lookup(domid)
+    if d is None:
+        raise XenError(ESRCH)
+    if control and not vcpu.domain.may_control(d):
+        raise XenError(EPERM)
+    return d
+
+
+def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
+    d = vcpu.domain
+    ev = d.evtchn
+    guest = vcpu.guest()
+
+    if cmd == E.EVTCHNOP_alloc_unbound:
+        a = guest.read_struct(E.evtchn_alloc_unbound, arg)
+        target = _domain(vcpu, a.dom, control=True)
+        remote = d.domid if a.remote_dom == DOMID_SELF else a.remote_dom
+        with target.evtchn.lock:
+            port = target.evtchn.get_free_port()
+            chn = target.evtchn.ports[port]
+            chn.state, chn.remote_domid, chn.notify_vcpu = ECS_UNBOUND, remote, 0
+        a.port = port
+        guest.write_struct(arg, a)
+        return 0
+
+    if cmd == E.EVTCHNOP_bind_interdomain:
+        b = guest.read_struct(E.evtchn_bind_interdomain, arg)
+        rd = d if b.remote_dom == DOMID_SELF else d.peers.get(b.remote_dom)
+        if rd is None:
+            raise XenError(ESRCH)
+        with _lock_pair(d, rd):
+            lport = ev.get_free_port()
+            if not rd.evtchn.valid(b.remote_port):
+                raise XenError(EINVAL)
+            rchn = rd.evtchn.ports[b.remote_port]
+            if rchn.state != ECS_UNBOUND or rchn.remote_domid != d.domid:
+                raise XenError(EINVAL, "remote port is not unbound for this domain")
+            lchn = ev.ports[lport]
+            lchn.state, lchn.remote_dom, lchn.remote_port = ECS_INTERDOMAIN, rd, b.remote_port
+            lchn.notify_vcpu = 0
+            rchn.state, rchn.remote_dom, rchn.remote_port = ECS_INTERDOMAIN, d, lport
+            # Notifications sent to the unbound remote end may have been lost: be safe.
+            ev.set_pending(lchn.notify_vcpu, lport)
+        b.local_port = lport
+        guest.write_struct(arg, b)
+        return 0
+
+    if cmd == E.EVTCHNOP_bind_virq:
+        b = guest.read_struct(E.evtchn_bind_virq, arg)
+        if b.virq >= E.NR_VIRQS:
+            raise XenError(EINVAL)
+        if virq_is_global(b.virq) and b.vcpu != 0:
+            raise XenError(EINVAL)
+        if b.vcpu >= len(d.vcpus):
+            raise XenError(ENOENT)
+        v = d.vcpus[b.vcpu]
+        with ev.lock:
+            if v.virq_to_evtchn[b.virq]:
+                raise XenError(EEXIST)
+            port = ev.get_free_port()
+            chn = ev.ports[port]
+            chn.state, chn.notify_vcpu, chn.virq = ECS_VIRQ, b.vcpu, b.virq
+            v.virq_to_evtchn[b.virq] = port
+        b.port = port
+        guest.write_struct(arg, b)
+        return 0
+
+    if cmd == E.EVTCHNOP_bind_ipi:
+        b = guest.read_struct(E.evtchn_bind_ipi, arg)
+        if b.vcpu >= len(d.vcpus):
+            raise XenError(ENOENT)
+        with ev.lock:
+            port = ev.get_free_port()
+            chn = ev.ports[port]
+            chn.state, chn.notify_vcpu = ECS_IPI, b.vcpu
+        b.port = port
+        guest.write_struct(arg, b)
+        return 0
+
+    if cmd == E.EVTCHNOP_bind_pirq:
+        b = guest.read_struct(E.evtchn_bind_pirq, arg)
+        # A PVH domain has no physical IRQs: no pirq number is in range.
+        raise XenError(EINVAL, f"pirq {b.pirq}: this domain has no physical IRQs")
+
+    if cmd == E.EVTCHNOP_close:
+        port = guest.read_struct(E.evtchn_close, arg).port
+        with ev.lock:
+            chn = ev.get(port)
+            if chn.state == ECS_INTERDOMAIN and chn.remote_dom is not None:
+                with _lock_pair(d, chn.remote_dom):
+                    ev.close(port)
+            else:
+                ev.close(port)
+        return 0
+
+    if cmd == E.EVTCHNOP_send:
+        port = guest.read_struct(E.evtchn_send, arg).port
+        with ev.lock:
+            chn = ev.get(port)
+            if chn.state == ECS_INTERDOMAIN and chn.remote_dom is not None:
+                rd, rport = chn.remote_dom, chn.remote_port
+                rd.evtchn.set_pending(rd.evtchn.ports[rport].notify_vcpu, rport)
+            elif chn.state == ECS_IPI:
+                ev.set_pending(chn.notify_vcpu, port)
+            elif chn.state != ECS_UNBOUND:  # an unbound port silently drops the notification
+                raise XenError(EINVAL)
+        return 0
+
+    if cmd == E.EVTCHNOP_status:
+        s = guest.read_struct(E.evtchn_status, arg)
+        target = _domain(vcpu, s.dom, control=True)
+        with target.evtchn.lock:
+            chn = target.evtchn.get(s.port)
+            s.status, s.vcpu = STATUS[chn.state], chn.notify_vcpu
+            s.u = E.evtchn_status_u()
+            if chn.state == ECS_UNBOUND:
+                s.u.unbound = chn.remote_domid
+            elif chn.state == ECS_INTERDOMAIN and chn.remote_dom is not None:
+                s.u.interdomain.dom = chn.remote_dom.domid
+                s.u.interdomain.port = chn.remote_port
+            elif chn.state == ECS_VIRQ:
+                s.u.virq = chn.virq
+        guest.write_struct(arg, s)
+        return 0
+
+    if cmd == E.EVTCHNOP_bind_vcpu:
+        b = guest.read_struct(E.evtchn_bind_vcpu, arg)
+        if b.vcpu >= len(d.vcpus):
+            raise XenError(ENOENT)
+        with ev.lock:
+            chn = ev.get(b.port)
+            if chn.state == ECS_VIRQ and not virq_is_global(chn.virq):
+                raise XenError(EINVAL)
+            if chn.state not in (ECS_VIRQ, ECS_UNBOUND, ECS_INTERDOMAIN):
+                raise XenError(EINVAL)
+            chn.notify_vcpu = b.vcpu
+        return 0
+
+    if cmd == E.EVTCHNOP_unmask:
+        port = guest.read_struct(E.evtchn_unmask, arg).port
+        with ev.lock:
+            if not ev.valid(port):
+                raise XenError(EINVAL)
+            ev.unmask(port)
+        return 0
+
+    if cmd in (E.EVTCHNOP_reset, E.EVTCHNOP_reset_cont):
+        r = guest.read_struct(E.evtchn_reset, arg)
+        target = _domain(vcpu, r.dom, control=True)
+        with target.evtchn.lock:
+            target.evtchn.reset()
+        return 0
+
+    raise XenError(ENOSYS)  # FIFO ABI (init_control, expand_array, set_priority): 2-level only
+
+
+def register(table: HypercallTable) -> None:
+    table.register(HYPERVISOR_event_channel_op, do_event_channel_op, subop_describer(SUBOPS, 2))

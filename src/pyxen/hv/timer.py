@@ -1,0 +1,87 @@
+"""Xen timers: callbacks run at an absolute Xen system time (ns).
+
+One thread per domain keeps a heap of deadlines and sleeps until the earliest, so an idle
+domain with a timer far away costs no CPU. Cancelling or re-arming a timer invalidates its
+old heap entry (lazy deletion) instead of searching the heap.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Callable
+
+from .time import DomainClock
+
+
+class Timer:
+    """One timer (Xen's struct timer): a callback and, while armed, a deadline."""
+
+    __slots__ = ("callback", "deadline", "generation")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.deadline: int | None = None
+        self.generation = 0
+
+    @property
+    def active(self) -> bool:
+        return self.deadline is not None
+
+
+class TimerQueue:
+    def __init__(self, clock: DomainClock, name: str) -> None:
+        self.clock = clock
+        self._heap: list[tuple[int, int, int, Timer]] = []
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"{name}-timers", daemon=True)
+        self._thread.start()
+
+    def set(self, timer: Timer, deadline: int) -> None:
+        """Arm (or re-arm) `timer` for system time `deadline`; a past deadline fires at once."""
+        with self._cond:
+            timer.generation += 1
+            timer.deadline = deadline
+            self._seq += 1
+            heapq.heappush(self._heap, (deadline, self._seq, timer.generation, timer))
+            self._cond.notify()
+
+    def stop(self, timer: Timer) -> None:
+        with self._cond:
+            timer.generation += 1
+            timer.deadline = None
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                due = self._next_due()
+                if due is None:
+                    return
+            due.callback()
+
+    def _next_due(self) -> Timer | None:
+        """Under the lock: wait for and pop the next live timer (None once stopped)."""
+        while not self._stopped:
+            while self._heap and self._heap[0][2] != self._heap[0][3].generation:
+                heapq.heappop(self._heap)  # cancelled or re-armed since
+            if not self._heap:
+                self._cond.wait()
+                continue
+            deadline, _, _, timer = self._heap[0]
+            delay = deadline - self.clock.now()
+            if delay > 0:
+                self._cond.wait(delay / 1e9)
+                continue
+            heapq.heappop(self._heap)
+            timer.deadline = None
+            return timer
+        return None
