@@ -17,6 +17,7 @@ from pyxen.abi.start_info import (
     SIF_INITDOMAIN,
     SIF_PRIVILEGED,
     XEN_HVM_MEMMAP_TYPE_RAM,
+    XEN_HVM_MEMMAP_TYPE_RESERVED,
     XEN_HVM_START_MAGIC_VALUE,
     hvm_memmap_table_entry,
     hvm_modlist_entry,
@@ -31,6 +32,8 @@ from .loader import ImageError, PvhImage, parse_pvh_image
 from .memory import PAGE_SIZE, GuestMemoryError
 from .vcpu import Vcpu
 
+SPECIAL_PAGES_START = 0xFEFF_8000  # Xen's HVM special pages: 8 frames below 0xFF000000
+SPECIAL_PAGES_SIZE = 8 * 4096
 START_INFO_LIMIT = 1 << 30  # some PVH guests map only their first GiB at entry
 MAX_VCPUS = 128  # XEN_LEGACY_MAX_VCPUS is 32; vCPUs above it need register_vcpu_info
 MAX_CMDLINE = 4096
@@ -118,7 +121,7 @@ def _check_config(config: DomainConfig) -> None:
 
 def _boot_data_end(start: int, config: DomainConfig, modules: list[Module]) -> int:
     size = C.sizeof(hvm_start_info) + len(modules) * C.sizeof(hvm_modlist_entry)
-    size += 2 * C.sizeof(hvm_memmap_table_entry) + len(config.cmdline.encode()) + 1
+    size += 3 * C.sizeof(hvm_memmap_table_entry) + len(config.cmdline.encode()) + 1
     size += sum(len(m.cmdline.encode()) + 1 for m in modules)
     end = page_up(start + size)
     for m in modules:
@@ -172,10 +175,15 @@ def _write_start_info(domain: Domain, gpa: int, config: DomainConfig,
 
 
 def boot_memmap(domain: Domain) -> list[hvm_memmap_table_entry]:
-    """The memory map a domain boots with: its RAM, around the MMIO hole."""
-    return [hvm_memmap_table_entry(addr=first << 12, size=count << 12,
-                                   type=XEN_HVM_MEMMAP_TYPE_RAM)
-            for first, count in domain.memory.runs()]
+    """The memory map a domain boots with: its RAM, around the MMIO hole, and Xen's
+    special-page region (store and console rings) reserved below 0xFF000000, as libxl
+    lays it out."""
+    ram = [hvm_memmap_table_entry(addr=first << 12, size=count << 12,
+                                  type=XEN_HVM_MEMMAP_TYPE_RAM)
+           for first, count in domain.memory.runs()]
+    special = hvm_memmap_table_entry(addr=SPECIAL_PAGES_START, size=SPECIAL_PAGES_SIZE,
+                                     type=XEN_HVM_MEMMAP_TYPE_RESERVED)
+    return sorted([*ram, special], key=lambda e: e.addr)
 
 
 def _set_pvh_entry_state(vcpu: Vcpu, entry: int, start_info_gpa: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes as C
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,9 @@ class Channel:
     remote_dom: Domain | None = None  # ECS_INTERDOMAIN
     remote_port: int = 0
     virq: int = 0
+    # ECS_INTERDOMAIN to a service pyxen itself provides in dom0 (xenstored, consoled):
+    # a send from the guest calls it instead of raising an event in another domain.
+    consumer: Callable[[], None] | None = None
 
 
 class EventChannels:
@@ -127,6 +131,23 @@ class EventChannels:
             if v.poll_port is not None and v.poll_port in (0, port):
                 v.poll_port = None
                 v.kick()
+
+    def bind_service(self, remote_domid: int, remote_port: int,
+                     consumer: Callable[[], None]) -> int:
+        """A new port connected to a pyxen service standing as `remote_domid`'s port
+        `remote_port` (what the toolstack sets up for the store and console rings)."""
+        with self.lock:
+            port = self.get_free_port()
+            chn = self.ports[port]
+            chn.state, chn.remote_domid, chn.remote_port = ECS_INTERDOMAIN, remote_domid, remote_port
+            chn.consumer = consumer
+        return port
+
+    def notify_from_service(self, port: int) -> None:
+        """The service signals the guest on `port` (if the guest has not closed it)."""
+        chn = self.ports[port] if self.valid(port) else None
+        if chn is not None and chn.consumer is not None:
+            self.set_pending(chn.notify_vcpu, port)
 
     # --- VIRQs -------------------------------------------------------------------------------
     def send_virq(self, v: Vcpu, virq: int) -> None:
@@ -289,13 +310,18 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         port = guest.read_struct(E.evtchn_send, arg).port
         with ev.lock:
             chn = ev.get(port)
-            if chn.state == ECS_INTERDOMAIN and chn.remote_dom is not None:
+            consumer = chn.consumer if chn.state == ECS_INTERDOMAIN else None
+            if consumer is not None:
+                pass  # called below, outside the event lock (the service takes its own)
+            elif chn.state == ECS_INTERDOMAIN and chn.remote_dom is not None:
                 rd, rport = chn.remote_dom, chn.remote_port
                 rd.evtchn.set_pending(rd.evtchn.ports[rport].notify_vcpu, rport)
             elif chn.state == ECS_IPI:
                 ev.set_pending(chn.notify_vcpu, port)
             elif chn.state != ECS_UNBOUND:  # an unbound port silently drops the notification
                 raise XenError(EINVAL)
+        if consumer is not None:
+            consumer()
         return 0
 
     if cmd == E.EVTCHNOP_status:
@@ -307,8 +333,9 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
             s.u = E.evtchn_status_u()
             if chn.state == ECS_UNBOUND:
                 s.u.unbound = chn.remote_domid
-            elif chn.state == ECS_INTERDOMAIN and chn.remote_dom is not None:
-                s.u.interdomain.dom = chn.remote_dom.domid
+            elif chn.state == ECS_INTERDOMAIN:
+                s.u.interdomain.dom = (chn.remote_dom.domid if chn.remote_dom is not None
+                                       else chn.remote_domid)
                 s.u.interdomain.port = chn.remote_port
             elif chn.state == ECS_VIRQ:
                 s.u.virq = chn.virq

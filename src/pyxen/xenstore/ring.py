@@ -1,0 +1,118 @@
+"""The guest transport: a xenstore_domain_interface ring in the guest's store page.
+
+The guest writes requests into `req` and bumps req_prod, then notifies its store event
+channel; pyxen consumes them (req_cons), feeds them to the domain's Connection, and writes
+replies and watch events into `rsp`, bumping rsp_prod and notifying back. Replies that do
+not fit wait until the guest consumes and notifies again.
+
+Ordering: on x86, stores are not reordered with other stores nor loads with other loads, so
+writing the data before the producer index (and reading the index before the data) is all
+the guest needs to see a consistent ring — the same argument Xen's C xenstored relies on.
+A guest that scribbles on the indices (more than a ring's worth outstanding) gets
+XENSTORE_ERROR_RINGIDX in the page's error field and its connection closed; nobody else is
+affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from collections.abc import Callable
+
+from pyxen.abi.xs_wire import (
+    XENSTORE_ERROR_RINGIDX,
+    XENSTORE_RING_SIZE,
+    XSDI_ERROR,
+    XSDI_REQ,
+    XSDI_REQ_CONS,
+    XSDI_REQ_PROD,
+    XSDI_RSP,
+    XSDI_RSP_CONS,
+    XSDI_RSP_PROD,
+)
+from pyxen.xenstore.xenstored import XenStored
+
+log = logging.getLogger("pyxen.xenstore")
+U32 = struct.Struct("<I")
+MASK = XENSTORE_RING_SIZE - 1
+
+
+class GuestRing:
+    """Serves domain `domid`'s store ring, `page` being a writable 4 KiB buffer of it."""
+
+    def __init__(self, xenstored: XenStored, domid: int, page: memoryview,
+                 notify: Callable[[], None]) -> None:
+        self.page = page
+        self.notify = notify
+        self.out = bytearray()
+        self.failed = False
+        self.lock = threading.Lock()  # the vCPU (requests) and other clients (events) race
+        self.conn = xenstored.connect(domid, self._write, self._closed)
+
+    def _u32(self, offset: int) -> int:
+        return U32.unpack_from(self.page, offset)[0]
+
+    def _set_u32(self, offset: int, value: int) -> None:
+        U32.pack_into(self.page, offset, value & 0xFFFF_FFFF)
+
+    def _copy_out(self, ring: int, index: int, n: int) -> bytes:
+        start = index & MASK
+        first = min(n, XENSTORE_RING_SIZE - start)  # up to the ring's end, then from 0
+        return bytes(self.page[ring + start : ring + start + first]) + \
+            bytes(self.page[ring : ring + n - first])
+
+    def kick(self) -> None:
+        """The guest notified its store port: take its requests, push out pending output."""
+        with self.lock:
+            if self.failed:
+                return
+            cons, prod = self._u32(XSDI_REQ_CONS), self._u32(XSDI_REQ_PROD)
+            avail = (prod - cons) & 0xFFFF_FFFF
+            if avail > XENSTORE_RING_SIZE:
+                self._fail(f"request indices {cons:#x}/{prod:#x} are corrupt")
+                return
+            data = self._copy_out(XSDI_REQ, cons, avail)
+            self._set_u32(XSDI_REQ_CONS, prod)
+        if data:
+            self.conn.feed(data)  # replies come back through _write
+        with self.lock:
+            self._flush()
+
+    def _write(self, data: bytes) -> None:
+        with self.lock:
+            self.out += data
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.failed or not self.out:
+            return
+        cons, prod = self._u32(XSDI_RSP_CONS), self._u32(XSDI_RSP_PROD)
+        used = (prod - cons) & 0xFFFF_FFFF
+        if used > XENSTORE_RING_SIZE:
+            self._fail(f"response indices {cons:#x}/{prod:#x} are corrupt")
+            return
+        n = min(XENSTORE_RING_SIZE - used, len(self.out))
+        if not n:
+            return  # ring full: the guest notifies us when it has consumed some
+        start = prod & MASK
+        first = min(n, XENSTORE_RING_SIZE - start)  # up to the ring's end, then from 0
+        self.page[XSDI_RSP + start : XSDI_RSP + start + first] = self.out[:first]
+        self.page[XSDI_RSP : XSDI_RSP + n - first] = self.out[first:n]
+        del self.out[:n]
+        self._set_u32(XSDI_RSP_PROD, prod + n)
+        self.notify()
+
+    def _fail(self, why: str) -> None:
+        log.warning("dom%d store ring: %s; closing the connection", self.conn.domid, why)
+        self.failed = True
+        self._set_u32(XSDI_ERROR, XENSTORE_ERROR_RINGIDX)
+        self.out.clear()
+        self.conn.close()
+        self.notify()
+
+    def _closed(self) -> None:
+        """The daemon dropped the connection (protocol error, domain released)."""
+        with self.lock:
+            self.failed = True
+            self.out.clear()
