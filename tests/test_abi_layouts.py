@@ -7,12 +7,11 @@ them, and each is compared with the ctypes class.
 from __future__ import annotations
 
 import ctypes as C
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from clayout import check_layout, compile_layouts
 from pyxen.abi import event_channel as ev
 from pyxen.abi import hvm, hvm_vcpu, memory, sched, start_info, vcpu, version, xen
 
@@ -67,9 +66,7 @@ LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
 ]
 
 HEADERS = """
-#include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <xen/xen.h>
 #include <xen/version.h>
 #include <xen/sched.h>
@@ -87,32 +84,10 @@ HEADERS = """
 def c_layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
     if not Path("/usr/include/xen/xen.h").exists():
         pytest.fail("Xen public headers missing: install Debian's libxen-dev")
-    cc = shutil.which("gcc") or shutil.which("cc")
-    assert cc, "a C compiler is needed"
-    lines = [HEADERS, "int main(void) {"]
-    for ctype, cls, renames in LAYOUTS:
-        lines.append(f'  printf("{ctype} sizeof %zu\\n", sizeof({ctype}));')
-        for field, *_ in cls._fields_:
-            member = renames.get(field, field)
-            lines.append(f'  printf("{ctype} {field} %zu\\n", offsetof({ctype}, {member}));')
-    lines.append("  return 0; }")
-    d = tmp_path_factory.mktemp("abi")
-    (d / "layouts.c").write_text("\n".join(lines))
-    build = subprocess.run(
-        [cc, "-D__XEN_TOOLS__", "-o", str(d / "layouts"), str(d / "layouts.c")],
-        capture_output=True, text=True,
-    )
-    assert build.returncode == 0, f"layout program did not compile:\n{build.stderr}"
-    out = subprocess.run([str(d / "layouts")], check=True, capture_output=True, text=True).stdout
-    result = {}
-    for line in out.splitlines():
-        key, value = line.rsplit(" ", 1)
-        result[key] = int(value)
-    return result
+    return compile_layouts(tmp_path_factory.mktemp("abi"), HEADERS, LAYOUTS,
+                           ("-D__XEN_TOOLS__",))
 
 
 @pytest.mark.parametrize(("ctype", "cls", "renames"), LAYOUTS, ids=[x[0] for x in LAYOUTS])
 def test_layout_matches_xen_headers(c_layouts, ctype, cls, renames) -> None:
-    assert C.sizeof(cls) == c_layouts[f"{ctype} sizeof"], f"sizeof({ctype})"
-    for field, *_ in cls._fields_:
-        assert getattr(cls, field).offset == c_layouts[f"{ctype} {field}"], f"{ctype}.{field}"
+    check_layout(c_layouts, ctype, cls, renames)

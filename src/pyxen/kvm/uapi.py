@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ctypes as C
 
+from pyxen.domain.backend import DescriptorTable, Regs, Segment, SpecialRegs
+
 # --- ioctl number encoding (asm-generic/ioctl.h) --------------------------------------------
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
 KVMIO = 0xAE
@@ -34,58 +36,12 @@ def _iowr(nr: int, size: int) -> int:
 
 
 # --- structures -------------------------------------------------------------------------------
-class kvm_regs(C.Structure):
-    _fields_ = [
-        (name, C.c_uint64)
-        for name in (
-            ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"]
-        )
-    ]
-
-
-class kvm_segment(C.Structure):
-    _fields_ = [
-        ("base", C.c_uint64),
-        ("limit", C.c_uint32),
-        ("selector", C.c_uint16),
-        ("type", C.c_uint8),
-        ("present", C.c_uint8),
-        ("dpl", C.c_uint8),
-        ("db", C.c_uint8),
-        ("s", C.c_uint8),
-        ("l", C.c_uint8),
-        ("g", C.c_uint8),
-        ("avl", C.c_uint8),
-        ("unusable", C.c_uint8),
-        ("padding", C.c_uint8),
-    ]
-
-
-class kvm_dtable(C.Structure):
-    _fields_ = [("base", C.c_uint64), ("limit", C.c_uint16), ("padding", C.c_uint16 * 3)]
-
-
-class kvm_sregs(C.Structure):
-    _fields_ = [
-        ("cs", kvm_segment),
-        ("ds", kvm_segment),
-        ("es", kvm_segment),
-        ("fs", kvm_segment),
-        ("gs", kvm_segment),
-        ("ss", kvm_segment),
-        ("tr", kvm_segment),
-        ("ldt", kvm_segment),
-        ("gdt", kvm_dtable),
-        ("idt", kvm_dtable),
-        ("cr0", C.c_uint64),
-        ("cr2", C.c_uint64),
-        ("cr3", C.c_uint64),
-        ("cr4", C.c_uint64),
-        ("cr8", C.c_uint64),
-        ("efer", C.c_uint64),
-        ("apic_base", C.c_uint64),
-        ("interrupt_bitmap", C.c_uint64 * 4),
-    ]
+# The vCPU-backend interface's register structs are defined in KVM's layout on purpose (KVM
+# needs no copy); they are the same types here.
+kvm_regs = Regs
+kvm_segment = Segment
+kvm_dtable = DescriptorTable
+kvm_sregs = SpecialRegs
 
 
 class kvm_vcpu_events(C.Structure):
