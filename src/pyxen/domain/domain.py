@@ -115,7 +115,8 @@ class Domain:
         self.stopping = False
         self._result: Result | None = None
         self._done = threading.Event()
-        self._lock = threading.Lock()
+        self._state_lock = threading.Lock()  # the first outcome wins (_stop)
+        self.domain_lock = threading.RLock()  # Xen's d->domain_lock: vCPU state, watchdogs
 
     def _sync_memory_slots(self, runs: list[tuple[int, int]]) -> None:
         """One backend memory slot per run of populated frames: nothing else is reachable."""
@@ -193,7 +194,7 @@ class Domain:
         self._stop(Result(Outcome.TIMEOUT, f"no shutdown within {seconds:g} s"))
 
     def _stop(self, result: Result) -> None:
-        with self._lock:
+        with self._state_lock:
             if self._result is not None:
                 return
             self._result = result

@@ -6,6 +6,7 @@ Blocking sleeps on the vCPU's wake event, so a blocked vCPU costs no CPU; event 
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -69,7 +70,7 @@ def do_sched_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         if not domain.privileged:
             raise XenError(EPERM)
         cpu = vcpu.guest().read_u32(arg)
-        if cpu != 0xFFFF_FFFF and cpu >= _host_cpus():
+        if cpu != 0xFFFF_FFFF and cpu >= (os.cpu_count() or 1):
             raise XenError(EINVAL)
         return 0
     raise XenError(ENOSYS)
@@ -118,7 +119,7 @@ def domain_watchdog(domain: Domain, wid: int, timeout: int) -> int:
         domain.watchdogs[slot] = timer
         timer.start()
 
-    with domain._lock:
+    with domain.domain_lock:
         if wid == 0:
             for slot in range(NR_DOMAIN_WATCHDOG_TIMERS):
                 if slot not in domain.watchdogs:
@@ -149,12 +150,6 @@ def do_set_timer_op(vcpu: Vcpu, lo: int, hi: int = 0, *_: int) -> int:
     else:
         timers.set(vcpu.singleshot, timeout)
     return 0
-
-
-def _host_cpus() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 def register(table: HypercallTable) -> None:

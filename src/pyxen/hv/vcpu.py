@@ -112,7 +112,7 @@ def do_vcpu_op(caller: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
         return 0
     if cmd == V.VCPUOP_initialise:
         ctx = guest.read_struct(vcpu_hvm_context, arg)
-        with domain._lock:
+        with domain.domain_lock:
             if v.initialised:
                 raise XenError(EEXIST)
             sregs, regs = hvm_context_state(v, ctx)
@@ -121,7 +121,7 @@ def do_vcpu_op(caller: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
             v.initialised = True
         return 0
     if cmd == V.VCPUOP_up:
-        with domain._lock:
+        with domain.domain_lock:
             if not v.initialised:
                 raise XenError(EINVAL)
             if v.online:
