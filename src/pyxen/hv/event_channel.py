@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyxen.abi import event_channel as E
-from pyxen.abi.errno import EEXIST, EINVAL, ENOENT, ENOSPC, ENOSYS, EPERM, ESRCH, XenError
+from pyxen.abi.errno import EBUSY, EEXIST, EINVAL, ENOENT, ENOSPC, ENOSYS, EPERM, ESRCH, XenError
 from pyxen.abi.xen import DOMID_SELF, HYPERVISOR_event_channel_op, shared_info
 
 from . import atomic
@@ -35,6 +35,7 @@ STATUS = {ECS_FREE: E.EVTCHNSTAT_closed, ECS_RESERVED: E.EVTCHNSTAT_closed,
 DEFAULT_MAX_EVENT_CHANNELS = 1023  # xl's default max_event_channels
 EVTCHN_2L_NR_CHANNELS = 64 * 64
 EVTCHNS_PER_BUCKET = 64  # ports become valid a bucket at a time, as in Xen
+NR_PIRQS_DOMU = 24 + 32  # Xen: the host's GSIs (one IO-APIC: 24) + extra_domU_irqs (32)
 PER_VCPU_VIRQS = {E.VIRQ_TIMER, E.VIRQ_DEBUG, E.VIRQ_XENOPROF, E.VIRQ_XENPMU}
 PENDING = shared_info.evtchn_pending.offset
 MASK = shared_info.evtchn_mask.offset
@@ -53,6 +54,7 @@ class Channel:
     remote_dom: Domain | None = None  # ECS_INTERDOMAIN
     remote_port: int = 0
     virq: int = 0
+    pirq: int = 0
     # ECS_INTERDOMAIN to a service pyxen itself provides in dom0 (xenstored, consoled):
     # a send from the guest calls it instead of raising an event in another domain.
     consumer: Callable[[], None] | None = None
@@ -291,9 +293,19 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         return 0
 
     if cmd == E.EVTCHNOP_bind_pirq:
+        # An HVM domain's pirqs are emulated: Xen checks only the range, not permission.
         b = guest.read_struct(E.evtchn_bind_pirq, arg)
-        # A PVH domain has no physical IRQs: no pirq number is in range.
-        raise XenError(EINVAL, f"pirq {b.pirq}: this domain has no physical IRQs")
+        if b.pirq >= NR_PIRQS_DOMU:
+            raise XenError(EINVAL)
+        with ev.lock:
+            if any(c.state == ECS_PIRQ and c.pirq == b.pirq for c in ev.ports):
+                raise XenError(EEXIST)
+            port = ev.get_free_port()
+            chn = ev.ports[port]
+            chn.state, chn.pirq, chn.notify_vcpu = ECS_PIRQ, b.pirq, 0
+        b.port = port
+        guest.write_struct(arg, b)
+        return 0
 
     if cmd == E.EVTCHNOP_close:
         port = guest.read_struct(E.evtchn_close, arg).port
@@ -339,6 +351,8 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
                 s.u.interdomain.port = chn.remote_port
             elif chn.state == ECS_VIRQ:
                 s.u.virq = chn.virq
+            elif chn.state == ECS_PIRQ:
+                s.u.pirq = chn.pirq
         guest.write_struct(arg, s)
         return 0
 
@@ -350,7 +364,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
             chn = ev.get(b.port)
             if chn.state == ECS_VIRQ and not virq_is_global(chn.virq):
                 raise XenError(EINVAL)
-            if chn.state not in (ECS_VIRQ, ECS_UNBOUND, ECS_INTERDOMAIN):
+            if chn.state not in (ECS_VIRQ, ECS_UNBOUND, ECS_INTERDOMAIN, ECS_PIRQ):
                 raise XenError(EINVAL)
             chn.notify_vcpu = b.vcpu
         return 0
@@ -366,6 +380,10 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     if cmd in (E.EVTCHNOP_reset, E.EVTCHNOP_reset_cont):
         r = guest.read_struct(E.evtchn_reset, arg)
         target = _domain(vcpu, r.dom, control=True)
+        if target is not d:
+            raise XenError(EINVAL, "resetting another domain needs it paused by the toolstack")
+        if cmd == E.EVTCHNOP_reset_cont:
+            raise XenError(EBUSY, "no reset to continue")  # pyxen's resets never pause
         with target.evtchn.lock:
             target.evtchn.reset()
         return 0
