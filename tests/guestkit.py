@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pyxen.domain.builder import Module
 from pyxen.domain.domain import DomainConfig
+from pyxen.toolstack.accel import machine_factory
 from pyxen.toolstack.embedded import RunResult, run_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +68,10 @@ class Report:
 
 
 def run_guest(name: str, cmdline: str = "", timeout: float = 30,
-              modules: list[Module] | None = None, **config: object) -> tuple[RunResult, Report]:
-    """Boot guests/build/NAME.elf in this process; its outcome and parsed report."""
+              modules: list[Module] | None = None, accel: str = "auto",
+              **config: object) -> tuple[RunResult, Report]:
+    """Boot guests/build/NAME.elf in this process on backend `accel`; its outcome and report."""
     cfg = DomainConfig(name=name, cmdline=cmdline, **config)  # type: ignore[arg-type]
-    outcome = run_image(image(name), cfg, modules=modules, timeout=timeout)
+    outcome = run_image(image(name), cfg, modules=modules, timeout=timeout,
+                        machine_factory=machine_factory(accel)[0])
     return outcome, Report.parse(outcome.console)

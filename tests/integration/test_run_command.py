@@ -1,5 +1,6 @@
 """`pyxen run` and `pyxen demo` as a user runs them: console on stdout, documented exit codes
-for every way a domain ends, clear one-line errors for bad input and never a traceback."""
+for every way a domain ends, clear one-line errors for bad input and never a traceback.
+Commands that boot a guest run on each vCPU backend (`--accel`, the `accel` fixture)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ def pyxen(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         ("shutdown=poweroff code=reboot", 4, "reboot"),  # SCHEDOP_shutdown_code wins
     ],
 )
-def test_exit_code_tells_how_the_guest_ended(guests, cmdline: str, code: int, outcome) -> None:
-    done = pyxen("run", str(image("sched")), "--cmdline", cmdline, "--timeout", "30")
+def test_exit_code_tells_how_the_guest_ended(guests, accel: str, cmdline: str, code: int,
+                                             outcome) -> None:
+    done = pyxen("run", str(image("sched")), "--cmdline", cmdline, "--timeout", "30",
+                 "--accel", accel)
     assert done.returncode == code, done.stderr
     assert "RESULT" in done.stdout
     assert "Traceback" not in done.stderr
@@ -41,23 +44,24 @@ def test_exit_code_tells_how_the_guest_ended(guests, cmdline: str, code: int, ou
         assert f"domain guest {outcome}" in done.stderr
 
 
-def test_exception_in_the_guest_is_reported_and_crashes_it(guests) -> None:
-    done = pyxen("run", str(image("sched")), "--cmdline", "shutdown=exception")
+def test_exception_in_the_guest_is_reported_and_crashes_it(guests, accel: str) -> None:
+    done = pyxen("run", str(image("sched")), "--cmdline", "shutdown=exception", "--accel", accel)
     assert done.returncode == 3
     assert "PANIC exception vector=14" in done.stdout
 
 
 @pytest.mark.parametrize("how", ["hang", "spin"])
-def test_a_hung_guest_is_stopped_by_timeout(guests, how: str) -> None:
+def test_a_hung_guest_is_stopped_by_timeout(guests, accel: str, how: str) -> None:
     start = time.monotonic()
-    done = pyxen("run", str(image("sched")), "--cmdline", f"shutdown={how}", "--timeout", "2")
+    done = pyxen("run", str(image("sched")), "--cmdline", f"shutdown={how}", "--timeout", "2",
+                 "--accel", accel)
     assert done.returncode == 7, done.stderr
     assert "timeout" in done.stderr
     assert time.monotonic() - start < 20
 
 
-def test_trace_logs_each_hypercall_with_its_result(guests) -> None:
-    done = pyxen("run", str(image("demo")), "--trace")
+def test_trace_logs_each_hypercall_with_its_result(guests, accel: str) -> None:
+    done = pyxen("run", str(image("demo")), "--trace", "--accel", accel)
     assert done.returncode == 0
     assert "xen_version(XENVER_version" in done.stderr
     assert "memory_op(XENMEM_add_to_physmap" in done.stderr
@@ -65,11 +69,28 @@ def test_trace_logs_each_hypercall_with_its_result(guests) -> None:
     assert "= 0" in done.stderr
 
 
-def test_demo_command(guests) -> None:
-    done = pyxen("demo")
+def test_demo_command(guests, accel: str) -> None:
+    done = pyxen("demo", "--accel", accel)
     assert done.returncode == 0, done.stderr
     assert "pyxen guest kit demo" in done.stdout
     assert "Goodbye from the demo guest." in done.stdout
+
+
+def test_auto_accel_says_which_backend_it_chose(guests) -> None:
+    """`--accel auto` (the default) names its choice and the reason in one stderr line."""
+    done = pyxen("run", str(image("demo")))
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("pyxen: accel ")]
+    assert len(lines) == 1, done.stderr
+    chosen = lines[0].split()[2]
+    assert chosen in ("kvm", "soft")
+    assert "(" in lines[0] and lines[0].endswith(")")
+
+
+def test_unknown_accel_is_bad_usage() -> None:
+    done = pyxen("run", "whatever.elf", "--accel", "tcg")
+    assert done.returncode == 2
+    assert "invalid choice" in done.stderr
 
 
 def _refused(*args: str) -> str:

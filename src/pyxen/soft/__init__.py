@@ -1,1 +1,1 @@
-"""pyxen.soft."""
+"""The software-CPU vCPU backend (Unicorn), for hosts where KVM is absent or slow."""

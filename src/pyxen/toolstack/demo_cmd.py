@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=60, metavar="S",
                    help="stop the demo after S seconds (default 60)")
     p.add_argument("--trace", action="store_true", help="log every hypercall on stderr")
+    run_cmd.add_accel_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,4 +45,5 @@ def run(args: argparse.Namespace) -> int:
     run_args.cmdline = "pyxen demo"
     run_args.timeout = args.timeout
     run_args.trace = args.trace
+    run_args.accel = args.accel
     return run_cmd.run(run_args)

@@ -12,6 +12,8 @@ from pyxen.domain.builder import Module, build_domain
 from pyxen.domain.domain import Domain, DomainConfig, Outcome, Result
 from pyxen.hv import hypercall_table
 
+from . import accel
+
 # pyxen run's exit status for each way a domain can end (documented in README.md).
 EXIT_CODES = {
     Outcome.POWEROFF: 0,
@@ -35,12 +37,6 @@ class RunResult:
         return EXIT_CODES[self.result.outcome]
 
 
-def kvm_machine(msr_exits: list[int]) -> MachineBackend:
-    from pyxen.kvm.vm import KvmMachine
-
-    return KvmMachine(msr_exits)
-
-
 def stdout_console(data: bytes) -> None:
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
@@ -52,14 +48,17 @@ def run_image(
     modules: list[Module] | None = None,
     timeout: float | None = None,
     console: Callable[[bytes], None] | None = None,
-    machine_factory: Callable[[list[int]], MachineBackend] = kvm_machine,
+    machine_factory: Callable[[list[int]], MachineBackend] | None = None,
     prepare: Callable[[Domain], None] | None = None,
 ) -> RunResult:
     """Boot `image` and wait until it stops (or `timeout` seconds pass).
 
     Raises ImageError (bad image/config) before anything runs; returns the outcome and the
     console output otherwise. `prepare` may adjust the built domain before it starts.
+    Without a `machine_factory` the backend is chosen as by `--accel auto`.
     """
+    if machine_factory is None:
+        machine_factory = accel.machine_factory("auto")[0]
     captured = bytearray()
 
     def sink(data: bytes) -> None:

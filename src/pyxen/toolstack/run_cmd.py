@@ -10,6 +10,7 @@ from pyxen.domain.builder import load_module
 from pyxen.domain.domain import DomainConfig, Outcome
 from pyxen.domain.loader import ImageError
 
+from . import accel
 from .embedded import EXIT_CODES, run_image, stdout_console
 
 EXIT_HELP = ", ".join(f"{code} {outcome.value}" for outcome, code in
@@ -32,7 +33,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop the guest after S seconds (exit status 7)")
     p.add_argument("--trace", action="store_true",
                    help="log every hypercall with its arguments and result on stderr")
+    add_accel_argument(p)
     p.epilog = f"exit status: {EXIT_HELP}; 2 bad usage"
+
+
+def add_accel_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accel", choices=accel.ACCELS, default="auto",
+                   help="vCPU backend: kvm, soft (a software CPU) or auto (KVM with "
+                        "hardware virtualization, else soft; the choice is shown on stderr)")
+
+
+def select_machine(name: str) -> accel.MachineFactory:
+    """The machine factory for --accel NAME; `auto` says on stderr what it chose and why."""
+    factory, chosen, reason = accel.machine_factory(name)
+    if name == "auto":
+        print(f"pyxen: accel {chosen} ({reason})", file=sys.stderr)
+    return factory
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,11 +66,13 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         modules = [load_module(args.ramdisk)] if args.ramdisk else []
-        outcome = run_image(args.image, config, modules, args.timeout, console=stdout_console)
+        factory = select_machine(args.accel)
+        outcome = run_image(args.image, config, modules, args.timeout, console=stdout_console,
+                            machine_factory=factory)
     except ImageError as e:
         print(f"pyxen: {e}", file=sys.stderr)
         return EXIT_CODES[Outcome.ERROR]
-    except OSError as e:  # e.g. /dev/kvm missing or not permitted
+    except (OSError, RuntimeError) as e:  # e.g. /dev/kvm missing, or no usable engine
         print(f"pyxen: cannot start the domain: {e}", file=sys.stderr)
         return EXIT_CODES[Outcome.ERROR]
     result = outcome.result

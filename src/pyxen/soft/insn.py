@@ -1,0 +1,42 @@
+"""Decoding the few instructions the soft CPU completes itself: port I/O and RDMSR/WRMSR.
+
+The engine stops *before* these (their addresses are Unicorn "exits"), so the VMM sees the
+exact architectural state at the instruction, as a hardware VM exit would show it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIXES = frozenset([0x66, 0x67, 0xF2, 0xF3, 0xF0, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65])
+WRMSR, RDMSR = b"\x0f\x30", b"\x0f\x32"
+
+
+@dataclass(frozen=True, slots=True)
+class PortIo:
+    is_out: bool
+    port: int | None  # None: the port is in DX
+    size: int
+    length: int
+    string: bool
+
+
+def decode_port_io(code: bytes, long_mode: bool, default32: bool) -> PortIo | None:
+    """The port-I/O instruction at the start of `code`, or None if it is not one."""
+    opsize16 = not default32
+    i = 0
+    while i < len(code) and (code[i] in PREFIXES or (long_mode and 0x40 <= code[i] <= 0x4F)):
+        if code[i] == 0x66:
+            opsize16 = default32
+        i += 1
+    if i >= len(code):
+        return None
+    op = code[i]
+    wide = 2 if opsize16 else 4
+    if op in (0xE4, 0xE5, 0xE6, 0xE7) and i + 1 < len(code):
+        return PortIo(op >= 0xE6, code[i + 1], 1 if op & 1 == 0 else wide, i + 2, False)
+    if op in (0xEC, 0xED, 0xEE, 0xEF):
+        return PortIo(op >= 0xEE, None, 1 if op & 1 == 0 else wide, i + 1, False)
+    if op in (0x6C, 0x6D, 0x6E, 0x6F):
+        return PortIo(op >= 0x6E, None, 1 if op & 1 == 0 else wide, i + 1, True)
+    return None

@@ -1,0 +1,47 @@
+"""Guest-physical RAM as the soft backend sees it: the populated runs pyxen maps.
+
+The domain's memfd mapping has offset == guest-physical address, so every slot's host
+address minus its guest address is the same base. `PhysicalRam` views that mapping the way
+`pyxen.hv.pagewalk` and `GuestAccess` read a GuestMemory (`map` + `check_populated`), which
+lets the soft CPU walk the guest's page tables and touch its IDT, GDT, TSS and stacks with
+the hypervisor's own code instead of a second page walker.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+
+from pyxen.domain.memory import GuestMemoryError
+
+
+class PhysicalRam:
+    """The slots of one machine: (gpa, size) per slot number, over one host mapping."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, tuple[int, int, int]] = {}  # slot → (gpa, size, host address)
+        self.generation = 0  # bumped on every change; vCPUs resync their engine's map
+        self.map: C.Array[C.c_char] | None = None
+
+    def add(self, slot: int, gpa: int, size: int, host_address: int) -> None:
+        self.slots[slot] = (gpa, size, host_address)
+        self._changed()
+
+    def remove(self, slot: int) -> None:
+        self.slots.pop(slot, None)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.generation += 1
+        if not self.slots:
+            self.map = None
+            return
+        gpa, _, host = next(iter(self.slots.values()))
+        end = max(g + s for g, s, _ in self.slots.values())
+        self.map = (C.c_char * end).from_address(host - gpa)
+
+    def check_populated(self, gpa: int, length: int) -> int:
+        """`gpa` if [gpa, gpa+length) lies in one slot (GuestMemory's contract)."""
+        for start, size, _ in self.slots.values():
+            if start <= gpa and gpa + max(length, 1) <= start + size:
+                return gpa
+        raise GuestMemoryError(f"guest-physical range {gpa:#x}+{length:#x} is not RAM")

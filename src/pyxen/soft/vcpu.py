@@ -1,0 +1,625 @@
+"""A software vCPU: one Unicorn engine driven by the vCPU's own thread.
+
+How the VM-exit model of `pyxen.domain.backend` maps onto an emulator:
+
+- **Port I/O and RDMSR/WRMSR** stop the engine *before* the instruction: their addresses are
+  Unicorn "exits". An I/O instruction is found the first time its hook fires (the engine is
+  rewound to a snapshot taken at the instruction and the address becomes an exit); MSR
+  instructions are found by scanning the code the guest runs right after it reads a
+  hypervisor CPUID leaf, which is how Xen guests discover the hypercall MSR, and the code
+  a vCPU runs first (for guests that write the MSR without asking CPUID). The
+  backend completes the instruction itself after the exit (so `regs` are exact, as KVM's).
+- **HLT** ends `emu_start`; **kick()** calls `emu_stop` from any thread.
+- **Exceptions and `int n`** come to a hook; they and injected interrupts are delivered
+  through the guest's IDT by `interrupts.deliver`.
+- **MMIO**: an access outside the mapped RAM stops the engine at the instruction; after the
+  VMM answers, the instruction is replayed once against a scratch page.
+- **TSC**: RDTSC/RDTSCP are hooked and return host monotonic time at `tsc_khz`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as C
+import time
+from typing import TYPE_CHECKING
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_ERR_FETCH_UNMAPPED,
+    UC_ERR_INSN_INVALID,
+    UC_ERR_READ_UNMAPPED,
+    UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_BLOCK,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_UNMAPPED,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
+from unicorn.unicorn_py3.unicorn import uclib
+
+from pyxen.domain.backend import Cpuid, Exit, Regs, SpecialRegs
+from pyxen.domain.memory import GuestMemoryError
+from pyxen.hv.guest_access import GuestAccess
+from pyxen.hv.pagewalk import PageFault, PagingState, translate
+
+from .cpustate import (
+    HF_CPL,
+    HF_CS32,
+    HF_CS64,
+    HF_INHIBIT_IRQ,
+    SEG_CS,
+    SEG_DS,
+    SEG_ES,
+    SEG_FS,
+    SEG_GDT,
+    SEG_GS,
+    SEG_IDT,
+    SEG_LDT,
+    SEG_SS,
+    SEG_TR,
+    Context,
+    from_segment,
+    to_segment,
+)
+from .insn import RDMSR, WRMSR, decode_port_io
+from .interrupts import ERROR_CODE_VECTORS, GP, UD, Event, TripleFault, Unsupported, deliver
+
+if TYPE_CHECKING:
+    from .machine import SoftMachine
+
+M32 = 0xFFFF_FFFF
+RFLAGS_IF = 1 << 9
+REG_IDS = [X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX,
+           X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_RSP, X.UC_X86_REG_RBP,
+           X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10, X.UC_X86_REG_R11,
+           X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15,
+           X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS]
+SEGMENTS = {"es": SEG_ES, "cs": SEG_CS, "ss": SEG_SS, "ds": SEG_DS, "fs": SEG_FS,
+            "gs": SEG_GS, "tr": SEG_TR, "ldt": SEG_LDT}
+# Leaves whose sub-leaf (ECX) selects different data (Intel SDM, CPUID).
+INDEXED_LEAVES = frozenset([0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1D,
+                            0x1E, 0x1F, 0x20, 0x23, 0x24, 0x8000001D, 0x80000020, 0x80000026])
+HYPERVISOR_LEAVES = range(0x4000_0000, 0x5000_0000)
+MSR_SCAN_BLOCKS = 20_000  # translation blocks scanned for RDMSR/WRMSR after a Xen CPUID
+BOOT_SCAN_BLOCKS = 2_000  # ... and from the vCPU's first instruction (direct MSR writes)
+MSR_TSC_AUX = 0xC000_0103
+KICK_RETRY_S = 0.0002
+SCRATCH = 4096
+
+
+class SoftVcpu:
+    """One software vCPU (implements pyxen.domain.backend.VcpuBackend)."""
+
+    def __init__(self, machine: SoftMachine, index: int, hypercall_port: int) -> None:
+        self.machine = machine
+        self.index = index
+        self.hypercall_port = hypercall_port
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc.ctl_exits_enabled(True)
+        self.ctx = Context(self.uc, machine.context_header)  # state at the last stop
+        self._snapshot = Context(self.uc, machine.context_header)
+        self.regs = Regs()
+        n = len(REG_IDS)
+        self._reg_ids = (C.c_int * n)(*REG_IDS)
+        self._reg_ptrs = (C.c_void_p * n)(*(C.addressof(self.regs) + 8 * i for i in range(n)))
+        self.thread_id: int | None = None
+        self.exit_port = self.exit_size = self.exit_value = self.exit_msr = 0
+        self.exit_is_write = False
+        self.exit_error = ""
+        self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        self._indexed: frozenset[int] = INDEXED_LEAVES
+        self._exits: set[int] = set()
+        self._code_cache: dict[tuple[int, int], tuple[int, bytes]] = {}
+        self._mapped: set[tuple[int, int, int]] = set()
+        self._ram_generation = -1
+        self._dirty = False  # regs changed by pyxen or by the backend: write before running
+        self._fresh = False  # ctx holds the state of the current stop
+        self._kick = False
+        self._in_emu = False
+        self._entries = 0
+        self._window = False
+        self._stepping = False
+        self._scan_blocks = BOOT_SCAN_BLOCKS
+        self._block_hook: int | None = None
+        self._stop: str | None = None  # why a hook stopped the engine
+        self._exception: tuple[Event, int] | None = None
+        self._rewind: tuple[str, int] | None = None  # (why, rip) to come back to
+        self._unmapped: tuple[int, int, int, int] | None = None
+        self._pending_event: Event | None = None
+        self._io_in_size = 0
+        self._msr_pending: bool | None = None  # True: write, False: read
+        self._mmio_replay: tuple[int, int, bool, int] | None = None
+        self._scratch = C.create_string_buffer(SCRATCH)
+        self._install_hooks()
+
+    # --- hooks ----------------------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        uc = self.uc
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+        # The Python binding does not know RDTSC hooks; the engine does.
+        self._cfuncs = [HOOK_INSN_CPUID_CFUNC(lambda _uc, _ud: self._on_rdtsc(False)),
+                        HOOK_INSN_CPUID_CFUNC(lambda _uc, _ud: self._on_rdtsc(True))]
+        for insn, cfunc in zip((X.UC_X86_INS_RDTSC, X.UC_X86_INS_RDTSCP), self._cfuncs,
+                               strict=True):
+            handle = C.c_size_t()
+            err = uclib.uc_hook_add(uc._uch, C.byref(handle), UC_HOOK_INSN, cfunc, None,
+                                    C.c_uint64(1), C.c_uint64(0), C.c_int(insn))
+            if err:
+                raise UcError(err)
+
+    def _rewind_here(self, why: str) -> None:
+        """Stop and come back to the current instruction: the rest of its translation block
+        still runs before the engine stops, so run() restores this snapshot afterwards."""
+        if self._rewind is None:
+            self._snapshot.save()
+            self._rewind = (why, self.uc.reg_read(X.UC_X86_REG_RIP))
+            self.uc.emu_stop()
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
+        self._rewind_here("io")  # first run of this instruction: it becomes an exit
+
+    def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
+        self._rewind_here("io")
+        return 0xFFFF_FFFF
+
+    def _on_cpuid(self, uc: Uc, _: object) -> int:
+        leaf = uc.reg_read(X.UC_X86_REG_RAX) & M32
+        if leaf in HYPERVISOR_LEAVES and not self._scan_blocks:
+            self._rewind_here("scan")  # scan the code that follows before it runs
+            return 1
+        sub = uc.reg_read(X.UC_X86_REG_RCX) & M32 if leaf in self._indexed else 0
+        values = self._cpuid.get((leaf, sub), (0, 0, 0, 0))
+        for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,
+                               X.UC_X86_REG_RDX), values, strict=True):
+            uc.reg_write(reg, value)
+        return 1
+
+    def _on_rdtsc(self, with_aux: bool) -> int:
+        tsc = self.read_tsc()
+        self.uc.reg_write(X.UC_X86_REG_RAX, tsc & M32)
+        self.uc.reg_write(X.UC_X86_REG_RDX, tsc >> 32)
+        if with_aux:
+            self.uc.reg_write(X.UC_X86_REG_RCX, self.uc.msr_read(MSR_TSC_AUX) & M32)
+        return 1
+
+    def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
+        self.ctx.save()
+        error, is_int, next_eip = self.ctx.pending_exception()
+        if is_int:
+            self._exception = (Event(intno, software=True), next_eip)
+        else:
+            err = error if intno in ERROR_CODE_VECTORS else None
+            self._exception = (Event(intno, err), uc.reg_read(X.UC_X86_REG_RIP))
+        uc.emu_stop()
+
+    def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int,
+                     _: object) -> bool:
+        self._unmapped = (access, address, size, value)
+        return False
+
+    def _on_block(self, uc: Uc, address: int, size: int, _: object) -> None:
+        if self._window and not self._stepping and uc.reg_read(X.UC_X86_REG_RFLAGS) & RFLAGS_IF:
+            self._stop = "window"
+            uc.emu_stop()
+            return
+        if not self._scan_blocks:
+            return
+        self._scan_blocks -= 1
+        if not self._scan_blocks:
+            self._stop = "scan"  # remove this hook
+            uc.emu_stop()
+        code = self._read_linear(address, size)
+        found = {address + i for pattern in (WRMSR, RDMSR) for i in _find_all(code, pattern)}
+        if found - self._exits:
+            self._exits |= found
+            uc.ctl_set_exits(sorted(self._exits))
+            uc.ctl_remove_cache(address, address + size)
+            self._stop = "scan"
+            uc.emu_stop()  # this block has not run: it is retranslated with the new exits
+
+    # --- setup ----------------------------------------------------------------------------
+    def set_cpuid(self, cpuid: Cpuid) -> None:
+        self._cpuid = {(leaf, sub): (a, b, c, d) for leaf, sub, a, b, c, d in cpuid}
+        self._indexed = INDEXED_LEAVES | {leaf for leaf, sub, *_ in cpuid if sub}
+
+    def set_initial_regs(self, regs: Regs) -> None:
+        C.memmove(C.addressof(self.regs), C.addressof(regs), C.sizeof(Regs))
+        self._dirty = True
+
+    def set_sregs(self, sregs: SpecialRegs) -> None:
+        uc = self.uc
+        self._write_regs()
+        for reg, value in ((X.UC_X86_REG_CR4, sregs.cr4), (X.UC_X86_REG_CR3, sregs.cr3),
+                           (X.UC_X86_REG_CR0, sregs.cr0)):
+            uc.reg_write(reg, value)
+        ctx = self.ctx
+        ctx.save()
+        for name, index in SEGMENTS.items():
+            from_segment(getattr(sregs, name), ctx.seg(index))
+        for table, index in ((sregs.gdt, SEG_GDT), (sregs.idt, SEG_IDT)):
+            ctx.seg(index).base, ctx.seg(index).limit = table.base, table.limit
+        for n in range(5):
+            ctx.set_cr(n, getattr(sregs, f"cr{n}", 0))
+        ctx.efer = sregs.efer
+        ctx.recompute_hflags(self.regs.rflags)
+        ctx.restore()
+        self._fresh = False
+        self._dirty = True
+
+    # --- registers --------------------------------------------------------------------------
+    def regs_changed(self) -> None:
+        self._dirty = True
+
+    def _read_regs(self) -> None:
+        uclib.uc_reg_read_batch(self.uc._uch, self._reg_ids, self._reg_ptrs, len(REG_IDS))
+
+    def _write_regs(self) -> None:
+        if self._dirty:
+            uclib.uc_reg_write_batch(self.uc._uch, self._reg_ids, self._reg_ptrs,
+                                     len(REG_IDS))
+            self._dirty = False
+
+    def _state(self) -> Context:
+        if not self._fresh:
+            self._write_regs()
+            self.ctx.save()
+            self._fresh = True
+        return self.ctx
+
+    def sregs(self) -> SpecialRegs:
+        ctx, s = self._state(), SpecialRegs()
+        for name, index in SEGMENTS.items():
+            to_segment(ctx.seg(index), getattr(s, name))
+        s.gdt.base, s.gdt.limit = ctx.seg(SEG_GDT).base, ctx.seg(SEG_GDT).limit
+        s.idt.base, s.idt.limit = ctx.seg(SEG_IDT).base, ctx.seg(SEG_IDT).limit
+        s.cr0, s.cr2, s.cr3, s.cr4 = ctx.cr(0), ctx.cr(2), ctx.cr(3), ctx.cr(4)
+        s.efer = ctx.efer
+        s.apic_base = 0xFEE0_0000 | (0x900 if self.index == 0 else 0x800)
+        return s
+
+    def is_64bit(self) -> bool:
+        return bool(self._state().hflags & HF_CS64)
+
+    def cpl(self) -> int:
+        return self._state().hflags & HF_CPL
+
+    def _paging(self) -> PagingState:
+        ctx = self._state()
+        return PagingState(ctx.cr(0), ctx.cr(3), ctx.cr(4), ctx.efer)
+
+    def _access(self) -> GuestAccess:
+        return GuestAccess(self.machine.ram, self._paging())  # type: ignore[arg-type]
+
+    def _read_linear(self, va: int, size: int) -> bytes:
+        """Guest-virtual bytes, read as the CPU would fetch them (b"" if unmapped)."""
+        ps = PagingState(self.uc.reg_read(X.UC_X86_REG_CR0), self.uc.reg_read(X.UC_X86_REG_CR3),
+                         self.uc.reg_read(X.UC_X86_REG_CR4), self.uc.msr_read(0xC000_0080))
+        try:
+            return GuestAccess(self.machine.ram, ps).read(va, size)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - XenError(EFAULT): not mapped, nothing to scan
+            return b""
+
+    # --- running ----------------------------------------------------------------------------
+    def run(self) -> Exit:
+        self._sync_ram()
+        if self._mmio_replay:
+            self._replay_mmio()
+        if self._pending_event:
+            event, self._pending_event = self._pending_event, None
+            if (trouble := self._deliver(event)) is not None:
+                return trouble
+        while True:
+            if self._kick:
+                self._kick = False
+                return Exit.KICKED
+            if self._window and self._window_open():
+                self._window = False  # one report per request: pyxen asks again if it must
+                return Exit.KICKED
+            self._prepare_block_hook()
+            err = self._emulate()
+            exit_ = self._after_stop(err)
+            if exit_ is not None:
+                return exit_
+
+    def _emulate(self) -> UcError | None:
+        self._write_regs()
+        self._fresh = False
+        self._stop = self._exception = self._rewind = self._unmapped = None
+        self._entries += 1
+        self._in_emu = True
+        try:
+            if not self._kick:
+                self.uc.emu_start(self.regs.rip, 0)
+        except UcError as e:
+            return e
+        finally:
+            self._in_emu = False
+        return None
+
+    def _after_stop(self, err: UcError | None) -> Exit | None:
+        if self._rewind is not None:
+            why, rip = self._rewind
+            self._snapshot.restore()
+            self._exception = self._unmapped = err = None
+            if why == "io":
+                self._add_exit(rip)
+            else:
+                self._scan_blocks = MSR_SCAN_BLOCKS
+                self._stop = "scan"
+        self._read_regs()
+        if err is not None:
+            return self._engine_error(err)
+        if self._exception is not None:
+            event, self.regs.rip = self._exception
+            return self._deliver(event)
+        if self.regs.rip in self._exits:
+            return self._instruction_exit(self.regs.rip)
+        if self._stop == "window":
+            return None  # IF is 1 now: the loop reports the open window
+        if self._stop is None and self._kick:
+            self._kick = False
+            return Exit.KICKED
+        if self._stop is None and self._read_linear(self.regs.rip - 1, 1) == b"\xf4":
+            return Exit.HLT
+        return None  # a hook's stop or a late kick: go on
+
+    def _engine_error(self, err: UcError) -> Exit | None:
+        if err.errno == UC_ERR_INSN_INVALID:
+            return self._deliver(Event(UD))
+        if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED) and self._unmapped:
+            return self._mmio_exit(*self._unmapped)
+        if err.errno == UC_ERR_FETCH_UNMAPPED:
+            return self._error(f"instruction fetch from {self.regs.rip:#x}, which is not RAM")
+        return self._error(f"emulator: {err}")
+
+    def _error(self, why: str) -> Exit:
+        self.exit_error = f"{why} (guest rip={self.regs.rip:#x})"
+        return Exit.ERROR
+
+    def _deliver(self, event: Event) -> Exit | None:
+        ctx = self._state()
+        try:
+            deliver(self.regs, ctx, self._access(), event)
+        except TripleFault:
+            return Exit.SHUTDOWN
+        except Unsupported as e:
+            return self._error(str(e))
+        ctx.restore()
+        self._dirty = True
+        return None
+
+    def _add_exit(self, address: int) -> None:
+        self._exits.add(address)
+        self.uc.ctl_set_exits(sorted(self._exits))
+        self.uc.ctl_remove_cache(address, address + 1)
+
+    # --- exits the backend completes ---------------------------------------------------------
+    def _code_at(self, rip: int) -> bytes:
+        """The instruction bytes at an exit, cached by (rip, cr3) and checked against RAM."""
+        ctx = self._state()
+        key = (rip, ctx.cr(3))
+        cached = self._code_cache.get(key)
+        ram = self.machine.ram.map
+        if cached is not None and ram is not None:
+            gpa, code = cached
+            if ram[gpa : gpa + len(code)] == code:
+                return code
+        code = self._read_linear(rip, 16)
+        try:
+            gpa = translate(self.machine.ram, self._paging(), rip, False)  # type: ignore[arg-type]
+        except (PageFault, GuestMemoryError):
+            return code
+        if code and len(code) == 16:
+            self._code_cache[key] = (gpa, code)
+        return code
+
+    def _instruction_exit(self, rip: int) -> Exit | None:
+        code = self._code_at(rip)
+        if code[:2] in (WRMSR, RDMSR):
+            return self._msr_exit(code[:2] == WRMSR)
+        hflags = self._state().hflags
+        io = decode_port_io(code, bool(hflags & HF_CS64), bool(hflags & HF_CS32))
+        if io is None:  # the code there changed: not an exit any more
+            self._exits.discard(rip)
+            self.uc.ctl_set_exits(sorted(self._exits))
+            self.uc.ctl_remove_cache(rip, rip + 1)
+            return None
+        port = self.regs.rdx & 0xFFFF if io.port is None else io.port
+        if io.string:
+            return self._error(f"string port I/O on port {port:#x}")
+        iopl = self.regs.rflags >> 12 & 3
+        if hflags & HF_CPL > iopl and not self._io_permitted(port, io.size):
+            return self._deliver(Event(GP, 0))
+        self.exit_port, self.exit_size = port, io.size
+        self.regs.rip += io.length
+        self._dirty = True
+        if not io.is_out:
+            self._io_in_size = io.size
+            return Exit.IO_IN
+        if port == self.hypercall_port:
+            return Exit.HYPERCALL
+        self.exit_value = self.regs.rax & ((1 << (8 * io.size)) - 1)
+        return Exit.IO_OUT
+
+    def _io_permitted(self, port: int, size: int) -> bool:
+        """The TSS I/O-permission bitmap's answer (CPL > IOPL)."""
+        tr, acc = self._state().seg(SEG_TR), self._access()
+        try:
+            if tr.limit < 0x67:
+                return False
+            iomap = int.from_bytes(acc.read(tr.base + 0x66, 2), "little")
+            at = iomap + port // 8
+            if at + 1 > tr.limit:
+                return False
+            bits = int.from_bytes(acc.read(tr.base + at, 2), "little")
+        except Exception:  # noqa: BLE001 - an unreadable TSS grants nothing
+            return False
+        return not bits & (((1 << size) - 1) << (port & 7))
+
+    def _msr_exit(self, write: bool) -> Exit | None:
+        if self._state().hflags & HF_CPL:
+            return self._deliver(Event(GP, 0))
+        msr = self.regs.rcx & M32
+        value = (self.regs.rdx & M32) << 32 | (self.regs.rax & M32)
+        if msr in self.machine.msr_exits:
+            self.exit_msr, self.exit_value, self._msr_pending = msr, value, write
+            return Exit.MSR_WRITE if write else Exit.MSR_READ
+        if write:  # the emulated CPU's own MSR
+            self.uc.msr_write(msr, value)
+            self._fresh = False
+        else:
+            self._set_edx_eax(self.uc.msr_read(msr))
+        self.regs.rip += 2
+        self._dirty = True
+        return None
+
+    def _set_edx_eax(self, value: int) -> None:
+        self.regs.rax, self.regs.rdx = value & M32, value >> 32 & M32
+
+    def complete_msr(self, ok: bool, value: int = 0) -> None:
+        if self._msr_pending is None:
+            return
+        if not ok:
+            self._pending_event = Event(GP, 0)
+        else:
+            if not self._msr_pending:
+                self._set_edx_eax(value)
+            self.regs.rip += 2
+            self._dirty = True
+        self._msr_pending = None
+
+    def complete_io_in(self, value: int) -> None:
+        size, self._io_in_size = self._io_in_size, 0
+        if size == 4:
+            self.regs.rax = value & M32
+        elif size:
+            mask = (1 << (8 * size)) - 1
+            self.regs.rax = (self.regs.rax & ~mask) | (value & mask)
+        self._dirty = True
+
+    # --- MMIO ---------------------------------------------------------------------------------
+    def _mmio_exit(self, access: int, address: int, size: int, value: int) -> Exit:
+        write = access == UC_MEM_WRITE_UNMAPPED
+        try:
+            gpa = translate(self.machine.ram, self._paging(), address, write)  # type: ignore[arg-type]
+        except (PageFault, GuestMemoryError):
+            gpa = address
+        self.exit_value, self.exit_size, self.exit_is_write = gpa, size, write
+        self._mmio_replay = (gpa, size, write, value)
+        return Exit.MMIO
+
+    def complete_mmio(self, value: int) -> None:
+        if self._mmio_replay and not self._mmio_replay[2]:
+            gpa, size, _, _ = self._mmio_replay
+            self._mmio_replay = (gpa, size, False, value)
+
+    def _replay_mmio(self) -> None:
+        """Run the instruction once against a scratch page holding the VMM's answer."""
+        assert self._mmio_replay is not None
+        gpa, size, write, value = self._mmio_replay
+        self._mmio_replay = None
+        page, offset = gpa & ~(SCRATCH - 1), gpa & (SCRATCH - 1)
+        C.memset(self._scratch, 0xFF, SCRATCH)
+        if not write:
+            data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+            C.memmove(C.addressof(self._scratch) + offset, data, min(size, SCRATCH - offset))
+        self.uc.mem_map_ptr(page, SCRATCH, UC_PROT_ALL, C.addressof(self._scratch))
+        try:
+            self._step()
+        finally:
+            self.uc.mem_unmap(page, SCRATCH)
+
+    def _step(self) -> None:
+        """Execute exactly one instruction (Unicorn counts only in freshly translated code)."""
+        self._write_regs()
+        rip = self.regs.rip
+        self.uc.ctl_remove_cache(rip, rip + 16)
+        self._stepping = True
+        try:
+            with contextlib.suppress(UcError):
+                self.uc.emu_start(rip, 0, count=1)
+        finally:
+            self._stepping = False
+        self.uc.ctl_remove_cache(rip, rip + 16)
+        self._read_regs()
+        self._fresh = False
+
+    # --- interrupts -----------------------------------------------------------------------------
+    def inject_interrupt(self, vector: int) -> bool:
+        if not self.regs.rflags & RFLAGS_IF or self._state().hflags & HF_INHIBIT_IRQ:
+            return False
+        return self._deliver(Event(vector, external=True)) is None
+
+    def request_interrupt_window(self, wanted: bool) -> None:
+        self._window = wanted
+
+    def _window_open(self) -> bool:
+        """IF=1 and no interrupt shadow: run() reports KICKED so pyxen can inject."""
+        if not self.regs.rflags & RFLAGS_IF:
+            return False
+        if self._state().hflags & HF_INHIBIT_IRQ:  # sti/mov ss shadow: one more instruction
+            self._step()
+        return True
+
+    def _prepare_block_hook(self) -> None:
+        wanted = bool(self._scan_blocks) or (self._window
+                                             and not self.regs.rflags & RFLAGS_IF)
+        if wanted == (self._block_hook is not None):
+            return
+        if wanted:
+            self._block_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        else:
+            assert self._block_hook is not None
+            self.uc.hook_del(self._block_hook)
+            self._block_hook = None
+        self.uc.ctl_flush_tb()  # translated blocks carry (or lack) the hook call
+
+    def kick(self) -> None:
+        """Stop the engine from any thread; retried across the window in which
+        emu_start has been called but the engine has not started yet."""
+        self._kick = True
+        entry = self._entries
+        while self._in_emu and self._kick and self._entries == entry:
+            self.uc.emu_stop()
+            time.sleep(KICK_RETRY_S)
+
+    # --- time, memory, teardown ---------------------------------------------------------------
+    def read_tsc(self) -> int:
+        return (time.monotonic_ns() - self.machine.tsc_epoch_ns) * self.machine.tsc_khz \
+            // 1_000_000
+
+    def _sync_ram(self) -> None:
+        ram = self.machine.ram
+        if self._ram_generation == ram.generation:
+            return
+        self._ram_generation = ram.generation
+        wanted = set(ram.slots.values())
+        for gpa, size, host in sorted(self._mapped - wanted):
+            self.uc.mem_unmap(gpa, size)
+            self._mapped.discard((gpa, size, host))
+        for gpa, size, host in sorted(wanted - self._mapped):
+            self.uc.mem_map_ptr(gpa, size, UC_PROT_ALL, host)
+            self._mapped.add((gpa, size, host))
+
+    def close(self) -> None:
+        self.ctx.close()
+        self._snapshot.close()
+
+
+def _find_all(data: bytes, pattern: bytes) -> list[int]:
+    found, at = [], data.find(pattern)
+    while at >= 0:
+        found.append(at)
+        at = data.find(pattern, at + 1)
+    return found

@@ -1,0 +1,185 @@
+"""The software CPU against the vCPU-backend contract, with tiny 32-bit programs.
+
+The kit guests cover hypercalls, exceptions, ring 3, compat mode and HLT on both backends;
+these cover what no kit guest does yet: MMIO, port input, interrupt injection and the
+interrupt window, exception error codes, triple faults, kicks and MSR exits.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from pyxen.domain.backend import Exit, Regs, SpecialRegs
+from pyxen.domain.builder import _flat_segments
+from pyxen.domain.memory import GuestMemory
+from pyxen.soft.machine import SoftMachine, soft_usable
+
+CODE, IDT, GDT, STACK = 0x1000, 0x2000, 0x3000, 0x8000
+HANDLER = 0x4000  # handler for vector v at HANDLER + 16 * v: mov al, v; out 0xe9, al; hlt
+MSR = 0x4000_0000
+PORT = 0xE8
+
+pytestmark = pytest.mark.skipif(not soft_usable()[0], reason="Unicorn engine not usable")
+
+
+class Cpu:
+    """One SoftVcpu in 32-bit flat protected mode, running `code` at CODE."""
+
+    def __init__(self, code: bytes, idt_limit: int = 256 * 8 - 1) -> None:
+        self.mem = GuestMemory(16 << 20, 16 << 20)
+        self.machine = SoftMachine([MSR])
+        self.machine.map_memory(0, 0, 16 << 20, self.mem.host_address)
+        self.vcpu = self.machine.create_vcpu(0, PORT)
+        self.vcpu.set_cpuid([(0x4000_0000, 0, 0x4000_0005, 0x566E6558, 0x65584D4D, 0x4D4D566E)])
+        self.mem.write(CODE, code)
+        self.mem.write(GDT, struct.pack("<3Q", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF))
+        for v in range(256):
+            handler = HANDLER + 16 * v
+            self.mem.write(handler, bytes([0xB0, v, 0xE6, 0xE9, 0xF4]))
+            gate = (handler & 0xFFFF) | 0x08 << 16 | 0x8E << 40 | (handler >> 16) << 48
+            self.mem.write(IDT + 8 * v, struct.pack("<Q", gate))
+        s = _flat_segments(SpecialRegs())
+        s.gdt.base, s.gdt.limit = GDT, 0x17
+        s.idt.base, s.idt.limit = IDT, idt_limit
+        self.vcpu.set_sregs(s)
+        regs = Regs(rip=CODE, rsp=STACK, rflags=0x2)
+        self.vcpu.set_initial_regs(regs)
+
+    def run(self) -> Exit:
+        return self.vcpu.run()
+
+    def close(self) -> None:
+        self.machine.close()
+        self.mem.close()
+
+
+@pytest.fixture
+def cpu() -> Iterator[type[Cpu]]:
+    made: list[Cpu] = []
+
+    def make(code: bytes, **kw: int) -> Cpu:
+        made.append(Cpu(code, **kw))
+        return made[-1]
+
+    yield make  # type: ignore[misc]
+    for c in made:
+        c.close()
+
+
+def expect_out(c: Cpu, value: int) -> None:
+    assert c.run() is Exit.IO_OUT
+    assert (c.vcpu.exit_port, c.vcpu.exit_value) == (0xE9, value)
+
+
+def test_mmio_read_gets_the_vmm_answer_and_writes_are_reported(cpu) -> None:
+    c = cpu(bytes.fromhex("a1000000f0" "e6e9" "c70500100 0f044332211".replace(" ", "") + "f4"))
+    assert c.run() is Exit.MMIO
+    v = c.vcpu
+    assert (v.exit_value, v.exit_size, v.exit_is_write) == (0xF000_0000, 4, False)
+    v.complete_mmio(0x1234_5678)
+    expect_out(c, 0x78)
+    assert c.run() is Exit.MMIO
+    assert (v.exit_value, v.exit_size, v.exit_is_write) == (0xF000_1000, 4, True)
+    v.complete_mmio(0)
+    assert c.run() is Exit.HLT
+
+
+def test_port_input_gets_the_vmm_answer(cpu) -> None:
+    c = cpu(bytes.fromhex("e460" "e6e9" "f4"))
+    assert c.run() is Exit.IO_IN
+    assert (c.vcpu.exit_port, c.vcpu.exit_size) == (0x60, 1)
+    c.vcpu.complete_io_in(0x5A)
+    expect_out(c, 0x5A)
+    assert c.run() is Exit.HLT
+
+
+def test_hypercall_port_write_exposes_registers_and_takes_rax(cpu) -> None:
+    c = cpu(bytes.fromhex("b811000000" "bf07000000" "e7e8" "e6e9" "f4"))
+    assert c.run() is Exit.HYPERCALL
+    assert (c.vcpu.regs.rax, c.vcpu.regs.rdi) == (0x11, 7)
+    assert not c.vcpu.is_64bit() and c.vcpu.cpl() == 0
+    c.vcpu.regs.rax = 0x99
+    c.vcpu.regs_changed()
+    expect_out(c, 0x99)
+
+
+def test_injected_interrupt_goes_through_the_idt(cpu) -> None:
+    c = cpu(bytes.fromhex("fb" "f4" "f4"))  # sti; hlt
+    assert c.run() is Exit.HLT
+    after_hlt = c.vcpu.regs.rip
+    assert c.vcpu.inject_interrupt(0x20)
+    assert not c.vcpu.regs.rflags & (1 << 9), "an interrupt gate clears IF"
+    expect_out(c, 0x20)
+    eip, cs, eflags = struct.unpack("<3I", c.mem.read(STACK - 12, 12))
+    assert (eip, cs) == (after_hlt, 0x08) and eflags & (1 << 9)
+
+
+def test_interrupts_wait_for_if_and_the_window_opens_after_sti(cpu) -> None:
+    c = cpu(bytes.fromhex("fa" "f4" "fb" "90" "f4"))  # cli; hlt; sti; nop; hlt
+    assert c.run() is Exit.HLT
+    assert not c.vcpu.inject_interrupt(0x21)
+    c.vcpu.request_interrupt_window(True)
+    for _ in range(3):  # KICKED once IF is 1 (and again after the sti shadow, if needed)
+        assert c.run() is Exit.KICKED
+        if c.vcpu.inject_interrupt(0x21):
+            break
+    else:
+        pytest.fail("the interrupt was never accepted")
+    c.vcpu.request_interrupt_window(False)
+    expect_out(c, 0x21)
+
+
+def test_exceptions_reach_the_guest_with_their_error_code(cpu) -> None:
+    handler13 = bytes.fromhex("58" "e6e9" "f4")  # pop the error code; out al
+    c = cpu(bytes.fromhex("0f0b"))  # ud2
+    expect_out(c, 6)
+    c = cpu(bytes.fromhex("66b83812" "8ed8"))  # mov ax, 0x1238; mov ds, ax: #GP(0x1238)
+    c.mem.write(HANDLER + 16 * 13, handler13)
+    expect_out(c, 0x38)
+
+
+def test_a_fault_without_a_handler_is_a_triple_fault(cpu) -> None:
+    c = cpu(bytes.fromhex("0f0b"), idt_limit=0)
+    assert c.run() is Exit.SHUTDOWN
+
+
+def test_kick_from_another_thread_stops_a_spinning_guest(cpu) -> None:
+    c = cpu(bytes.fromhex("ebfe"))  # jmp .
+    kicker = threading.Timer(0.1, c.vcpu.kick)
+    kicker.start()
+    assert c.run() is Exit.KICKED
+    kicker.join()
+
+
+def test_xen_msr_reaches_the_vmm_other_msrs_stay_in_the_cpu(cpu) -> None:
+    code = bytes.fromhex("b800000040" "0fa2"  # cpuid(0x40000000): the guest finds Xen
+                         "b900000040" "b800200000" "31d2" "0f30"  # wrmsr(0x40000000, 0x2000)
+                         "b9000100c0" "b878563412" "0f30"  # wrmsr(FS_BASE): the CPU's own
+                         "b900000040" "0f32" "f4")  # rdmsr(0x40000000)
+    c = cpu(code)
+    assert c.run() is Exit.MSR_WRITE
+    assert (c.vcpu.exit_msr, c.vcpu.exit_value) == (MSR, 0x2000)
+    assert c.vcpu.regs.rbx == 0x566E6558, "CPUID answers from the table pyxen set"
+    c.vcpu.complete_msr(True)
+    assert c.run() is Exit.MSR_READ
+    c.vcpu.complete_msr(False)  # #GP at the rdmsr
+    expect_out(c, 13)
+
+
+def test_string_port_io_is_an_error_naming_the_guest_rip(cpu) -> None:
+    c = cpu(bytes.fromhex("bae9000000" "6e"))  # mov edx, 0xe9; outsb
+    assert c.run() is Exit.ERROR
+    assert "string port I/O" in c.vcpu.exit_error
+    assert f"rip={CODE + 5:#x}" in c.vcpu.exit_error
+
+
+def test_xen_msr_written_without_asking_cpuid_still_reaches_the_vmm(cpu) -> None:
+    c = cpu(bytes.fromhex("b900000040" "b800300000" "31d2" "0f30" "f4"))
+    assert c.run() is Exit.MSR_WRITE
+    assert (c.vcpu.exit_msr, c.vcpu.exit_value) == (MSR, 0x3000)
+    c.vcpu.complete_msr(True)
+    assert c.run() is Exit.HLT
