@@ -21,7 +21,7 @@ from pyxen.abi.xen import DOMID_SELF
 from pyxen.hv.event_channel import DEFAULT_MAX_EVENT_CHANNELS, EventChannels
 from pyxen.hv.shared_info import SharedInfo
 from pyxen.hv.time import DomainClock
-from pyxen.hv.timer import TimerQueue
+from pyxen.hv.timer import TimerQueue, tight_timer_slack
 
 from .memory import GuestMemory
 from .vcpu import Vcpu
@@ -170,7 +170,11 @@ class Domain:
     def start_vcpu(self, vcpu: Vcpu) -> None:
         def body() -> None:
             vcpu.backend.thread_id = threading.get_ident()  # type: ignore[attr-defined]
-            vcpu.run_loop()
+            tight_timer_slack()
+            try:
+                vcpu.run_loop()
+            finally:  # a kick must never signal a thread that is gone
+                vcpu.backend.thread_id = None  # type: ignore[attr-defined]
 
         vcpu.thread = threading.Thread(target=body, name=f"{self.config.name}-vcpu{vcpu.index}",
                                        daemon=True)

@@ -55,6 +55,7 @@ class Vcpu:
         self.calibration: TscCalibration | None = None
         self.upcall_vector = 0  # HVMOP_set_evtchn_upcall_vector (0: the domain's callback)
         self.upcall_edge = False  # per-vCPU vector: an upcall was raised, not yet injected
+        self._window_requested = False
         self.virq_to_evtchn = [0] * NR_VIRQS
         self.poll_port: int | None = None  # SCHEDOP_poll: the port waited for (0: several)
         self.singleshot = Timer(lambda: domain.evtchn.send_virq(self, VIRQ_TIMER))
@@ -172,12 +173,18 @@ class Vcpu:
     def deliver_upcall(self) -> None:
         vector = self.upcall_ready()
         if not vector:
+            if self._window_requested:  # the upcall went away (consumed by polling): a
+                self._window_requested = False  # stale request would exit on every sti
+                self.backend.request_interrupt_window(False)
             return
         if self.backend.inject_interrupt(vector):
             self.upcall_edge = False
-            self.backend.request_interrupt_window(False)
+            wanted = False
         else:  # interrupts off: come back as soon as the guest can take it
-            self.backend.request_interrupt_window(True)
+            wanted = True
+        if wanted or self._window_requested:
+            self.backend.request_interrupt_window(wanted)
+        self._window_requested = wanted
 
     def events_need_delivery(self) -> bool:
         """Xen's local_events_need_delivery for HVM: an upcall that interrupts would take."""
@@ -194,10 +201,13 @@ class Vcpu:
             self.wake.wait(timeout)
         finally:
             self.wake.clear()
-            self.set_runstate(RUNSTATE_running)
+            # Woken while taken down (VCPUOP_down): offline, not running.
+            self.set_runstate(RUNSTATE_running if self.online else RUNSTATE_offline)
 
     def _park(self) -> None:
         """An offline vCPU waits to be brought up (VCPUOP_up) or for the domain to stop."""
+        if self.runstate_state == RUNSTATE_running:
+            self.set_runstate(RUNSTATE_offline)
         self.wake.clear()
         if not self.online and not self.domain.stopping:
             self.wake.wait()

@@ -8,7 +8,7 @@ import ctypes as C
 from typing import TYPE_CHECKING
 
 from pyxen.abi import vcpu as V
-from pyxen.abi.errno import EEXIST, EINVAL, ENOENT, ENOSYS, ETIME, XenError
+from pyxen.abi.errno import EEXIST, EINVAL, ENOENT, ENOSYS, XenError
 from pyxen.abi.event_channel import VIRQ_TIMER
 from pyxen.abi.hvm_vcpu import VCPU_HVM_MODE_32B, VCPU_HVM_MODE_64B, vcpu_hvm_context
 from pyxen.abi.sched import SHUTDOWN_poweroff
@@ -137,8 +137,10 @@ def do_vcpu_op(caller: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
             return 0
         if v.online:
             v.online = False
-            v.set_runstate(V.RUNSTATE_offline)
-            v.kick()
+            # Xen's scheduler: a blocked vCPU stays "blocked" until something wakes it (it
+            # then goes offline); a running one goes offline when it stops running.
+            if v.runstate_state != V.RUNSTATE_blocked:
+                v.kick()
         return 0
     if cmd == V.VCPUOP_set_periodic_timer:
         period = guest.read_struct(V.vcpu_set_periodic_timer, arg).period_ns
@@ -153,10 +155,10 @@ def do_vcpu_op(caller: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
         if v is not caller:
             raise XenError(EINVAL)
         t = guest.read_struct(V.vcpu_set_singleshot_timer, arg)
+        # VCPU_SSHOTTMR_future is ignored, as Xen's 4.17 stable branch does ("can be ignored
+        # by the hypervisor", public/vcpu.h): a past deadline just fires now.
         if t.timeout_abs_ns < domain.clock.now():
-            if t.flags & V.VCPU_SSHOTTMR_future:
-                raise XenError(ETIME)
-            domain.evtchn.send_virq(v, VIRQ_TIMER)  # already expired: the event, now
+            domain.evtchn.send_virq(v, VIRQ_TIMER)
         else:
             domain.timers.set(v.singleshot, t.timeout_abs_ns)
         return 0

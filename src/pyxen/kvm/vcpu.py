@@ -10,6 +10,7 @@ import contextlib
 import ctypes as C
 import fcntl
 import mmap
+import os
 import signal
 import threading
 from typing import TYPE_CHECKING
@@ -226,6 +227,8 @@ class KvmVcpu:
         self.run_page.request_interrupt_window = 1 if wanted else 0
 
     def kick(self) -> None:
+        if self.fd < 0:
+            return  # closed: nothing to kick (and no signal after shutdown)
         self._immediate_exit.value = 1
         tid = self.thread_id
         if tid is not None and _kick_handler_installed:
@@ -233,14 +236,14 @@ class KvmVcpu:
                 signal.pthread_kill(tid, KICK_SIGNAL)
 
     def close(self) -> None:
-        import os
-
-        if self.fd >= 0:
-            for name in [n for n in vars(self) if n.startswith("_") and n not in ("_mm",)]:
-                if isinstance(getattr(self, name), C._SimpleCData | C.Structure):
-                    delattr(self, name)
-            self._io_data.clear()
-            del self.regs, self.run_page
-            self._mm.close()
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd, self.thread_id = self.fd, -1, None  # closed first: kick() sees it
+        if fd < 0:
+            return
+        # Drop every ctypes view into the kvm_run mapping, or the mmap cannot close.
+        for name in [n for n in vars(self) if n.startswith("_") and n != "_mm"]:
+            if isinstance(getattr(self, name), C._SimpleCData | C.Structure):
+                delattr(self, name)
+        self._io_data.clear()
+        del self.regs, self.run_page
+        self._mm.close()
+        os.close(fd)
