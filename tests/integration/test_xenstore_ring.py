@@ -76,3 +76,65 @@ def test_ring_index_corruption_closes_only_that_guests_connection() -> None:
     other = Client.in_process(xsd, 0)
     other.write("/still/working", b"yes")
     assert other.read("/still/working") == b"yes"
+
+
+@pytest.mark.skipif(not shutil.which("xenstore-read"), reason="xenstore-utils not installed")
+def test_pyxen_run_serves_the_guests_store_on_a_socket(guests, tmp_path) -> None:
+    """pyxen run --xenstore-socket: while the guest runs, xenstore-* tools see its domain;
+    when it ends, its nodes are gone (released, as libxl does)."""
+    import sys
+    import time
+
+    sock = tmp_path / "xs.sock"
+    env = {**os.environ, "XENSTORED_PATH": str(sock)}
+    proc = subprocess.Popen([sys.executable, "-m", "pyxen.cli", "run", str(image("block")),
+                             "--cmdline", "idle=4", "--name", "idler",
+                             "--xenstore-socket", str(sock), "--timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):  # the socket appears before the guest starts
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        name = subprocess.run(["xenstore-read", "/local/domain/1/name"], env=env,
+                              capture_output=True, text=True, timeout=10)
+        assert name.stdout.strip() == "idler"
+        listing = subprocess.run(["xenstore-ls", "/local/domain/1"], env=env,
+                                 capture_output=True, text=True, timeout=10).stdout
+        assert "domid = \"1\"" in listing and "memory" in listing
+    finally:
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert not sock.exists()
+
+
+def test_unusable_socket_path_is_a_clear_error(guests) -> None:
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pyxen.cli", "run", str(image("demo")),
+                           "--xenstore-socket", "/proc/nope.sock"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "cannot serve XenStore on /proc/nope.sock" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_ended_domain_is_released_from_the_store(guests) -> None:
+    from pyxen.toolstack.xenstore_service import release_domain
+
+    xsd = XenStored()
+    watcher = Client.in_process(xsd, 0)
+    watcher.watch("@releaseDomain", "rel")
+    assert watcher.next_event(timeout=5).path == "@releaseDomain"  # the initial event
+    handles = []
+
+    def attach(domain) -> None:  # type: ignore[no-untyped-def]
+        attach_xenstore(domain, xsd)
+        handles.append(domain.handle)
+
+    run_image(image("xenstore"), DomainConfig(name="gone", domid=9), timeout=60, prepare=attach)
+    assert watcher.exists("/local/domain/9/data/from-guest")
+    release_domain(xsd, 9, handles[0])
+    assert watcher.next_event(timeout=5).path == "@releaseDomain"
+    assert not watcher.exists("/local/domain/9")
+    assert not watcher.is_domain_introduced(9)

@@ -49,6 +49,20 @@ def write_domain_nodes(xs: Client, domain: Domain) -> None:
         xs.set_perms(f"{home}/{sub}", [f"n{domid}"])  # owned by the domain
 
 
+def release_domain(xenstored: XenStored, domid: int, handle: bytes) -> None:
+    """What libxl does when a domain is destroyed: remove its nodes and release it from the
+    store (its watches and transactions go, @releaseDomain fires)."""
+    toolstack = Client.in_process(xenstored, domid=0)
+    try:
+        for path in (f"/local/domain/{domid}", f"/vm/{uuid.UUID(bytes=handle[:16])}"):
+            if toolstack.exists(path):
+                toolstack.rm(path)
+        if domid != 0 and toolstack.is_domain_introduced(domid):
+            toolstack.release(domid)
+    finally:
+        toolstack.close()
+
+
 def attach_xenstore(domain: Domain, xenstored: XenStored) -> GuestRing:
     """Give `domain` a store ring served by `xenstored`; call before the domain starts."""
     mem = domain.memory
