@@ -85,16 +85,9 @@ int guest_main(void)
     for (unsigned i = 0; i < warmup + samples; i++) {
         if (i == warmup)
             ok0 = recv_cpu_ok;
-        uint64_t p0 = pongs;
-        irq_disable();
-        uint64_t t0 = now_ns();
-        evtchn_send(ping1);
-        uint64_t limit = t0 + 1000 * MS;
-        while (pongs == p0 && now_ns() < limit)
-            safe_halt_cli();
-        uint64_t t1 = now_ns();
-        irq_enable();
-        if (pongs == p0)
+        uint64_t t0;
+        uint64_t rt = ping_and_wait(ping1, &pongs, 1000 * MS, &t0);
+        if (!rt)
             break;
         if (i < warmup)
             continue;
@@ -102,7 +95,7 @@ int guest_main(void)
         if (d < 0)
             negative++;
         one_way[got] = d < 0 ? 0 : (uint64_t)d;
-        round_trip[got] = t1 - t0;
+        round_trip[got] = rt;
         got++;
     }
     HYPERVISOR_set_timer_op(0);

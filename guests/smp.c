@@ -217,18 +217,11 @@ static void pingpong(unsigned n, const char *prefix, bool report)
     ping_idx = 0;
     HYPERVISOR_set_timer_op(now_ns() + 30000 * MS);   /* backstop only */
     for (unsigned i = 0; i < n; i++) {
-        uint64_t p0 = pongs;
-        irq_disable();
-        uint64_t t0 = now_ns();
-        evtchn_send(ping1);
-        uint64_t limit = t0 + 1000 * MS;
-        while (pongs == p0 && now_ns() < limit)
-            safe_halt_cli();
-        uint64_t t1 = now_ns();
-        irq_enable();
-        if (pongs == p0)
+        uint64_t t0;
+        uint64_t round_trip = ping_and_wait(ping1, &pongs, 1000 * MS, &t0);
+        if (!round_trip)
             break;
-        rt[got] = t1 - t0;
+        rt[got] = round_trip;
         int64_t d = (int64_t)(recv_ns[i] - t0);
         if (d < 0)
             negative++;

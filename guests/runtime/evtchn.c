@@ -544,3 +544,19 @@ uint64_t percentile_u64(const uint64_t *sorted, unsigned n, unsigned pct)
     unsigned idx = (unsigned)(((uint64_t)pct * (n - 1) + 50) / 100);
     return sorted[idx < n ? idx : n - 1];
 }
+
+uint64_t ping_and_wait(evtchn_port_t port, volatile uint64_t *counter, uint64_t timeout_ns,
+                       uint64_t *t_send)
+{
+    uint64_t before = *counter;
+    irq_disable();
+    uint64_t t0 = now_ns();
+    evtchn_send(port);
+    uint64_t limit = t0 + timeout_ns;
+    while (*counter == before && now_ns() < limit)
+        safe_halt_cli();
+    uint64_t t1 = now_ns();
+    irq_enable();
+    *t_send = t0;
+    return *counter == before ? 0 : t1 - t0;
+}

@@ -121,6 +121,10 @@ long evtchn_bind_ipi(uint32_t vcpu, evtchn_port_t *port);
 long evtchn_bind_pirq(uint32_t pirq, uint32_t flags, evtchn_port_t *port);
 long evtchn_close(evtchn_port_t port);
 long evtchn_send(evtchn_port_t port);
+/* Send on `port`, then sleep (sti;hlt) until *counter changes or timeout_ns passes.
+ * *t_send gets the send time; returns the round trip in ns, 0 if nothing answered. */
+uint64_t ping_and_wait(evtchn_port_t port, volatile uint64_t *counter, uint64_t timeout_ns,
+                       uint64_t *t_send);
 long evtchn_status(domid_t dom, evtchn_port_t port, struct evtchn_status *st);
 long evtchn_bind_vcpu(evtchn_port_t port, uint32_t vcpu);
 long evtchn_unmask(evtchn_port_t port);         /* EVTCHNOP_unmask */

@@ -212,6 +212,13 @@ def _lock_pair(a: Domain, b: Domain):  # type: ignore[no-untyped-def]
     return _Pair()
 
 
+def _vcpu_id(d: Domain, vcpu_id: int) -> int:
+    """A vCPU id of `d` (Xen's domain_vcpu), else -ENOENT."""
+    if vcpu_id >= len(d.vcpus):
+        raise XenError(ENOENT)
+    return vcpu_id
+
+
 def _domain(vcpu: Vcpu, domid: int, *, control: bool) -> Domain:
     d = vcpu.domain.lookup(domid)
     if d is None:
@@ -266,9 +273,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
             raise XenError(EINVAL)
         if virq_is_global(b.virq) and b.vcpu != 0:
             raise XenError(EINVAL)
-        if b.vcpu >= len(d.vcpus):
-            raise XenError(ENOENT)
-        v = d.vcpus[b.vcpu]
+        v = d.vcpus[_vcpu_id(d, b.vcpu)]
         with ev.lock:
             if v.virq_to_evtchn[b.virq]:
                 raise XenError(EEXIST)
@@ -282,8 +287,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
 
     if cmd == E.EVTCHNOP_bind_ipi:
         b = guest.read_struct(E.evtchn_bind_ipi, arg)
-        if b.vcpu >= len(d.vcpus):
-            raise XenError(ENOENT)
+        _vcpu_id(d, b.vcpu)
         with ev.lock:
             port = ev.get_free_port()
             chn = ev.ports[port]
@@ -358,8 +362,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
 
     if cmd == E.EVTCHNOP_bind_vcpu:
         b = guest.read_struct(E.evtchn_bind_vcpu, arg)
-        if b.vcpu >= len(d.vcpus):
-            raise XenError(ENOENT)
+        _vcpu_id(d, b.vcpu)
         with ev.lock:
             chn = ev.get(b.port)
             if chn.state == ECS_VIRQ and not virq_is_global(chn.virq):
