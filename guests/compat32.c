@@ -68,6 +68,29 @@ int guest_main(void)
              compat_hypercall(__HYPERVISOR_memory_op, XENMEM_current_reservation, (unsigned long)&self, 0, 0, 0),
              HYPERVISOR_memory_op(XENMEM_current_reservation, &self));
 
+    /* XENMEM_add_to_physmap_batch and remove_from_physmap from 32-bit code: 32-bit handles
+     * and 32-bit idxs/gpfns (compat_memory_op's translation). Grant frames, so the
+     * runtime's shared_info stays where it is. */
+    static uint8_t frame[4096] __attribute__((aligned(4096)));
+    static uint32_t idxs[2] = { 0, 4096 }, gpfns[2];
+    static int32_t errs[2] = { 99, 99 };
+    gpfns[0] = gpfns[1] = (uint32_t)((uintptr_t)frame >> 12);
+    struct { uint16_t domid, space, size, foreign; uint32_t idxs, gpfns, errs; } batch = {
+        DOMID_SELF, XENMAPSPACE_grant_table, 2, 0,
+        (uint32_t)(uintptr_t)idxs, (uint32_t)(uintptr_t)gpfns, (uint32_t)(uintptr_t)errs };
+    rc = compat_hypercall(__HYPERVISOR_memory_op, XENMEM_add_to_physmap_batch,
+                          (unsigned long)&batch, 0, 0, 0);
+    check_eq("compat32.compat_add_to_physmap_batch", rc, 0);
+    check("compat32.compat_batch_errs", errs[0] == 0 && errs[1] == EINVAL_,
+          "errs %d %d", errs[0], errs[1]);
+    struct { uint16_t domid; uint32_t gpfn; } remove = { DOMID_SELF, gpfns[0] };
+    rc = compat_hypercall(__HYPERVISOR_memory_op, XENMEM_remove_from_physmap,
+                          (unsigned long)&remove, 0, 0, 0);
+    check_eq("compat32.compat_remove_from_physmap", rc, 0);
+    rc = compat_hypercall(__HYPERVISOR_memory_op, XENMEM_remove_from_physmap,
+                          (unsigned long)&remove, 0, 0, 0);
+    check_eq("compat32.compat_remove_from_physmap_hole", rc, ENOENT_);
+
     /* platform_parameters from a 32-bit caller: the compat virt_start. */
     uint32_t vs = 0xdeadbeef;
     rc = compat_hypercall(__HYPERVISOR_xen_version, XENVER_platform_parameters, (unsigned long)&vs, 0, 0, 0);

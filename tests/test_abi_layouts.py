@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clayout import check_layout, compile_layouts
+from clayout import check_layout, compile_layouts, compile_layouts_i386
 from pyxen.abi import event_channel as ev
 from pyxen.abi import hvm, hvm_vcpu, memory, sched, start_info, vcpu, version, xen
 
@@ -47,6 +47,7 @@ LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
     ("struct hvm_modlist_entry", start_info.hvm_modlist_entry, {}),
     ("struct hvm_memmap_table_entry", start_info.hvm_memmap_table_entry, {}),
     ("struct xen_remove_from_physmap", memory.xen_remove_from_physmap, {}),
+
     ("struct vcpu_register_time_memory_area", vcpu.vcpu_register_time_memory_area,
      {"addr": "addr.p"}),
     ("struct evtchn_alloc_unbound", ev.evtchn_alloc_unbound, {}),
@@ -78,6 +79,32 @@ HEADERS = """
 #include <xen/event_channel.h>
 #include <xen/hvm/hvm_vcpu.h>
 """
+
+
+# pyxen's compat (32-bit guest) layouts against the native structs compiled for i386.
+COMPAT_LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
+    ("struct xen_memory_reservation", memory.compat_memory_reservation, {}),
+    ("struct xen_add_to_physmap", memory.compat_add_to_physmap, {}),
+    ("struct xen_add_to_physmap_batch", memory.compat_add_to_physmap_batch,
+     {"foreign_domid": "u.foreign_domid"}),
+    ("struct xen_remove_from_physmap", memory.compat_remove_from_physmap, {}),
+    ("struct xen_memory_map", memory.compat_memory_map, {}),
+    ("struct sched_poll", sched.compat_sched_poll, {}),
+    ("struct vcpu_runstate_info", vcpu.compat_vcpu_runstate_info, {}),
+    ("struct multicall_entry", xen.compat_multicall_entry, {}),
+]
+
+
+@pytest.fixture(scope="module")
+def c_layouts_i386(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    return compile_layouts_i386(tmp_path_factory.mktemp("abi32"), HEADERS, COMPAT_LAYOUTS,
+                                ("-D__XEN_TOOLS__",))
+
+
+@pytest.mark.parametrize(("ctype", "cls", "renames"), COMPAT_LAYOUTS,
+                         ids=[x[0] for x in COMPAT_LAYOUTS])
+def test_compat_layout_matches_i386(c_layouts_i386, ctype, cls, renames) -> None:
+    check_layout(c_layouts_i386, ctype, cls, renames)
 
 
 @pytest.fixture(scope="module")

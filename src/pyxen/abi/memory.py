@@ -114,3 +114,21 @@ class compat_add_to_physmap(C.Structure):
 
 class compat_memory_map(C.Structure):
     _fields_ = [("nr_entries", C.c_uint32), ("buffer", C.c_uint32)]
+
+
+class compat_add_to_physmap_batch(C.Structure):
+    """32-bit guests: handles are 32 bits; idxs and gpfns are arrays of 32-bit values."""
+
+    _fields_ = [
+        ("domid", C.c_uint16),
+        ("space", C.c_uint16),
+        ("size", C.c_uint16),
+        ("foreign_domid", C.c_uint16),
+        ("idxs", C.c_uint32),
+        ("gpfns", C.c_uint32),
+        ("errs", C.c_uint32),
+    ]
+
+
+class compat_remove_from_physmap(C.Structure):
+    _fields_ = [("domid", C.c_uint16), ("gpfn", C.c_uint32)]

@@ -199,12 +199,12 @@ def add_to_physmap(vcpu: Vcpu, arg: int, start: int) -> int:
 
 
 def add_to_physmap_batch(vcpu: Vcpu, arg: int, start: int) -> int:
-    if vcpu.compat:
-        raise XenError(ENOSYS, "add_to_physmap_batch from 32-bit code is not translated yet")
     if start & ~0xFFFF:
         raise XenError(EDOM)
     guest = vcpu.guest()
-    b = guest.read_struct(M.xen_add_to_physmap_batch, arg)
+    cls = M.compat_add_to_physmap_batch if vcpu.compat else M.xen_add_to_physmap_batch
+    b = guest.read_struct(cls, arg)
+    width, read = (4, guest.read_u32) if vcpu.compat else (8, guest.read_u64)
     if b.space == M.XENMAPSPACE_gmfn_range:
         raise XenError(EOPNOTSUPP)
     d = _permission(vcpu, b.domid, b.space)
@@ -217,8 +217,8 @@ def add_to_physmap_batch(vcpu: Vcpu, arg: int, start: int) -> int:
     if b.space == M.XENMAPSPACE_dev_mmio and b.foreign_domid:
         raise XenError(EOPNOTSUPP)
     for i in range(start, b.size):
-        idx = guest.read_u64(b.idxs + 8 * i)
-        gpfn = guest.read_u64(b.gpfns + 8 * i)
+        idx = read(b.idxs + width * i)
+        gpfn = read(b.gpfns + width * i)
         try:
             if b.space == M.XENMAPSPACE_gmfn_foreign:
                 raise XenError(ENOSYS, "foreign mappings come with the inter-domain issue")
@@ -233,9 +233,8 @@ def add_to_physmap_batch(vcpu: Vcpu, arg: int, start: int) -> int:
 def remove_from_physmap(vcpu: Vcpu, arg: int, start: int) -> int:
     if start:
         raise XenError(EDOM)
-    if vcpu.compat:
-        raise XenError(ENOSYS, "remove_from_physmap from 32-bit code is not translated yet")
-    x = vcpu.guest().read_struct(M.xen_remove_from_physmap, arg)
+    cls = M.compat_remove_from_physmap if vcpu.compat else M.xen_remove_from_physmap
+    x = vcpu.guest().read_struct(cls, arg)
     d = vcpu.domain.lookup(x.domid)
     if d is None:
         raise XenError(ESRCH)
