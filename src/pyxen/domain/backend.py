@@ -168,6 +168,17 @@ class MachineBackend(Protocol):
 
     def unmap_memory(self, slot: int) -> None: ...
 
+    def set_dirty_logging(self, enabled: bool) -> None:
+        """Start (with an empty record) or stop recording which guest frames the *guest*
+        writes — what live migration copies again. pyxen's own writes to guest memory are
+        recorded by the domain, not the backend."""
+        ...
+
+    def fetch_dirty(self) -> set[int]:
+        """Guest frame numbers the guest wrote since logging started or since the previous
+        fetch, which starts a new record. Empty when logging is off."""
+        ...
+
     def create_vcpu(self, index: int, hypercall_port: int) -> VcpuBackend:
         """A new vCPU; its CPUID must be set (set_cpuid) before it first runs."""
         ...

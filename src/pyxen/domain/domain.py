@@ -7,6 +7,7 @@ records the first outcome only and kicks every vCPU out of the guest.
 
 from __future__ import annotations
 
+import ctypes as C
 import enum
 import hashlib
 import logging
@@ -139,6 +140,25 @@ class Domain:
         """The upcall vector from HVM_PARAM_CALLBACK_IRQ when its type is "vector", else 0."""
         via = self.hvm_params[HVM_PARAM_CALLBACK_IRQ]
         return via & 0xFF if via >> 56 == HVM_PARAM_CALLBACK_TYPE_VECTOR else 0
+
+    # --- dirty logging (live migration) ------------------------------------------------------
+    def set_dirty_logging(self, enabled: bool) -> None:
+        """Start (with an empty record) or stop tracking which frames change."""
+        self.memory.host_dirty = set() if enabled else None
+        self.machine.set_dirty_logging(enabled)
+
+    def dirty_frames(self) -> set[int]:
+        """Frames changed since logging started or since the previous call: the guest's
+        writes (from the backend), pyxen's writes, and the Xen pages pyxen updates in place
+        through views (shared_info, grant frames, rings, registered vcpu_info)."""
+        if self.memory.host_dirty is None:
+            return set()
+        frames = self.machine.fetch_dirty() | self.memory.take_host_dirty()
+        frames.update(self.special_frames)
+        for v in self.vcpus:
+            if v.vcpu_info_override is not None:
+                frames.add(C.addressof(v.vcpu_info_override) - self.memory.host_address >> 12)
+        return frames
 
     # --- Xen's domain lookups --------------------------------------------------------------------
     def lookup(self, domid: int) -> Domain | None:

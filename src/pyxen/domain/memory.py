@@ -60,6 +60,7 @@ class GuestMemory:
         self.populated = bytearray(self.limit >> PAGE_SHIFT)
         self.nr_populated = 0
         self.on_layout_change: Callable[[list[Run]], None] | None = None
+        self.host_dirty: set[int] | None = None  # frames pyxen wrote, while dirty logging
         for first, count in initial_ram(initial_bytes):
             self.populated[first : first + count] = b"\1" * count
             self.nr_populated += count
@@ -90,6 +91,15 @@ class GuestMemory:
         return gpa
 
     # --- populate / release -------------------------------------------------------------------
+    def note_write(self, gpa: int, length: int) -> None:
+        """Record frames pyxen itself changed (the backend records the guest's writes)."""
+        if self.host_dirty is not None and length:
+            self.host_dirty.update(range(gpa >> PAGE_SHIFT, (gpa + length - 1 >> PAGE_SHIFT) + 1))
+
+    def take_host_dirty(self) -> set[int]:
+        dirty, self.host_dirty = self.host_dirty, set() if self.host_dirty is not None else None
+        return dirty or set()
+
     def populate(self, gfn: int) -> bool:
         """Give frame `gfn` to the guest, zeroed. False if it is outside the address space.
         Call `commit()` after a batch so the guest sees the new layout."""
@@ -100,6 +110,7 @@ class GuestMemory:
             self.map[offset : offset + PAGE_SIZE] = bytes(PAGE_SIZE)
             self.populated[gfn] = 1
             self.nr_populated += 1
+            self.note_write(offset, PAGE_SIZE)
         return True
 
     def release(self, gfn: int) -> bool:
@@ -140,6 +151,7 @@ class GuestMemory:
     def write(self, gpa: int, data: bytes) -> None:
         offset = self.offset_of(gpa, len(data))
         self.map[offset : offset + len(data)] = data
+        self.note_write(gpa, len(data))
 
     def read_u64(self, gpa: int) -> int:
         return struct.unpack_from("<Q", self.map, self.offset_of(gpa, 8))[0]

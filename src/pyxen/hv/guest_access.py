@@ -53,6 +53,7 @@ class GuestAccess:
         pos = 0
         for o, n in self._chunks(va, len(data), True):
             m[o : o + n] = data[pos : pos + n]
+            self.mem.note_write(o, n)  # the memfd offset is the guest-physical address
             pos += n
 
     def check_writable(self, va: int, length: int) -> None:

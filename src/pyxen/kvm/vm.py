@@ -54,6 +54,8 @@ class KvmMachine(MachineBackend):
         self.vm_fd = ioctl(self.kvm_fd, K.KVM_CREATE_VM, 0)
         self.run_size = ioctl(self.kvm_fd, K.KVM_GET_VCPU_MMAP_SIZE, 0)
         self.vcpus: list[KvmVcpu] = []
+        self._slots: dict[int, tuple[int, int, int]] = {}  # slot → (gpa, size, host address)
+        self._dirty_logging = False
         self._enable_user_space_msrs(msr_exits)
         self.tsc_khz = 0
         install_kick_handler()
@@ -77,13 +79,49 @@ class KvmMachine(MachineBackend):
         ioctl(self.vm_fd, K.KVM_X86_SET_MSR_FILTER, flt)
 
     def map_memory(self, slot: int, gpa: int, size: int, host_address: int) -> None:
+        self._slots[slot] = (gpa, size, host_address)
+        self._set_region(slot)
+
+    def unmap_memory(self, slot: int) -> None:
+        self._slots.pop(slot, None)
+        ioctl(self.vm_fd, K.KVM_SET_USER_MEMORY_REGION, K.kvm_userspace_memory_region(slot=slot))
+
+    def _set_region(self, slot: int) -> None:
+        gpa, size, host_address = self._slots[slot]
+        flags = K.KVM_MEM_LOG_DIRTY_PAGES if self._dirty_logging else 0
         region = K.kvm_userspace_memory_region(
-            slot=slot, flags=0, guest_phys_addr=gpa, memory_size=size, userspace_addr=host_address
+            slot=slot, flags=flags, guest_phys_addr=gpa, memory_size=size,
+            userspace_addr=host_address,
         )
         ioctl(self.vm_fd, K.KVM_SET_USER_MEMORY_REGION, region)
 
-    def unmap_memory(self, slot: int) -> None:
-        ioctl(self.vm_fd, K.KVM_SET_USER_MEMORY_REGION, K.kvm_userspace_memory_region(slot=slot))
+    # --- dirty logging (live migration): KVM's per-slot dirty bitmaps -----------------------
+    def set_dirty_logging(self, enabled: bool) -> None:
+        if enabled == self._dirty_logging:
+            if enabled:
+                self.fetch_dirty()  # restarting: begin with an empty record
+            return
+        self._dirty_logging = enabled
+        for slot in self._slots:  # a flags-only change keeps the slot's memory mapped
+            self._set_region(slot)
+
+    def fetch_dirty(self) -> set[int]:
+        """KVM_GET_DIRTY_LOG per slot: the bitmap of frames written, cleared as it is read."""
+        if not self._dirty_logging:
+            return set()
+        dirty: set[int] = set()
+        for slot, (gpa, size, _) in list(self._slots.items()):
+            frames = size >> 12
+            bitmap = (C.c_uint64 * ((frames + 63) // 64))()
+            ioctl(self.vm_fd, K.KVM_GET_DIRTY_LOG,
+                  K.kvm_dirty_log(slot=slot, dirty_bitmap=C.addressof(bitmap)))
+            base = gpa >> 12
+            for word_index, word in enumerate(bitmap):
+                while word:
+                    bit = (word & -word).bit_length() - 1
+                    dirty.add(base + word_index * 64 + bit)
+                    word &= word - 1
+        return dirty
 
     def host_cpuid(self) -> list[tuple[int, int, int, int, int, int]]:
         n = 256
