@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes as C
 import functools
+import threading
 import time
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc, UcError
@@ -17,6 +18,7 @@ from unicorn import x86_const as X
 from pyxen.domain.backend import Cpuid, MachineBackend
 
 from .cpustate import LayoutError, probe_layout
+from .dirty import QUIESCE_RETRY_S, DirtyLog
 from .memory import PhysicalRam
 from .vcpu import INDEXED_LEAVES, SoftVcpu
 
@@ -59,6 +61,8 @@ class SoftMachine(MachineBackend):
         self.vcpus: list[SoftVcpu] = []
         self.tsc_khz = SOFT_TSC_KHZ
         self.tsc_epoch_ns = time.monotonic_ns()
+        self.log = DirtyLog()
+        self.ram.on_write = self.log.note_write  # guest writes pyxen makes for the CPU
 
     def map_memory(self, slot: int, gpa: int, size: int, host_address: int) -> None:
         self.ram.add(slot, gpa, size, host_address)
@@ -70,12 +74,43 @@ class SoftMachine(MachineBackend):
 
     def _resync_others(self) -> None:
         """Engines map RAM on their own thread; running ones are kicked to pick it up."""
-        import threading
-
         me = threading.get_ident()
         for vcpu in self.vcpus:
             if vcpu.thread_id not in (None, me):
                 vcpu.kick()
+
+    # --- dirty logging (design and measurements: dirty.py) ----------------------------------
+    def set_dirty_logging(self, enabled: bool) -> None:
+        log = self.log
+        with log.cond:
+            log.enabled = enabled
+            log.record = set()
+        # vCPUs in guest code leave it once; they enter again mapped for the new state.
+        self._quiesce()
+        with log.cond:
+            log.record = set()  # writes made before this returned are not wanted
+
+    def fetch_dirty(self) -> set[int]:
+        log = self.log
+        with log.cond:
+            if not log.enabled:
+                return set()
+        self._quiesce()  # running vCPUs publish what they wrote, every store complete
+        with log.cond:
+            frames, log.record = log.record, set()
+        return frames
+
+    def _quiesce(self) -> None:
+        """Kick every vCPU running guest code and wait until each has left it once."""
+        log = self.log
+        with log.cond:
+            running = [(v, v.guest_epoch) for v in self.vcpus if v.in_guest]
+        while running:
+            for vcpu, _ in running:
+                vcpu.kick()
+            with log.cond:
+                log.cond.wait_for(functools.partial(_all_left, running), QUIESCE_RETRY_S)
+                running = [(v, e) for v, e in running if v.guest_epoch == e]
 
     def create_vcpu(self, index: int, hypercall_port: int) -> SoftVcpu:
         vcpu = SoftVcpu(self, index, hypercall_port)
@@ -89,6 +124,10 @@ class SoftMachine(MachineBackend):
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus.clear()
+
+
+def _all_left(running: list[tuple[SoftVcpu, int]]) -> bool:
+    return all(vcpu.guest_epoch != epoch for vcpu, epoch in running)
 
 
 @functools.cache

@@ -10,6 +10,7 @@ the hypervisor's own code instead of a second page walker.
 from __future__ import annotations
 
 import ctypes as C
+from collections.abc import Callable
 
 from pyxen.domain.memory import GuestMemoryError
 
@@ -21,6 +22,9 @@ class PhysicalRam:
         self.slots: dict[int, tuple[int, int, int]] = {}  # slot → (gpa, size, host address)
         self.generation = 0  # bumped on every change; vCPUs resync their engine's map
         self.map: C.Array[C.c_char] | None = None
+        # Writes through GuestAccess here are the emulated CPU's own (interrupt frames on the
+        # guest stack): guest writes, which dirty logging must see.
+        self.on_write: Callable[[int, int], None] | None = None
 
     def add(self, slot: int, gpa: int, size: int, host_address: int) -> None:
         self.slots[slot] = (gpa, size, host_address)
@@ -38,6 +42,11 @@ class PhysicalRam:
         gpa, _, host = next(iter(self.slots.values()))
         end = max(g + s for g, s, _ in self.slots.values())
         self.map = (C.c_char * end).from_address(host - gpa)
+
+    def note_write(self, gpa: int, length: int) -> None:
+        """GuestAccess's hook for every write it makes (GuestMemory's contract)."""
+        if self.on_write is not None:
+            self.on_write(gpa, length)
 
     def check_populated(self, gpa: int, length: int) -> int:
         """`gpa` if [gpa, gpa+length) lies in one slot (GuestMemory's contract)."""

@@ -34,6 +34,7 @@ from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_UNMAPPED,
+    UC_HOOK_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
     UC_PROT_ALL,
@@ -68,6 +69,7 @@ from .cpustate import (
     from_segment,
     to_segment,
 )
+from .dirty import HOOK_MEM_CFUNC, TRACKED
 from .insn import RDMSR, WRMSR, decode_port_io
 from .interrupts import ERROR_CODE_VECTORS, GP, UD, Event, TripleFault, Unsupported, deliver
 
@@ -137,6 +139,13 @@ class SoftVcpu:
         self._msr_pending: bool | None = None  # True: write, False: read
         self._mmio_replay: tuple[int, int, bool, int] | None = None
         self._scratch = C.create_string_buffer(SCRATCH)
+        # Dirty logging (see dirty.py): frames stored to since this vCPU last left guest code,
+        # whether its engine maps RAM read-only for that, and (under machine.log.cond)
+        # whether it is running guest code and how many times it has stopped.
+        self._written: set[int] = set()
+        self._tracking = False
+        self.in_guest = False
+        self.guest_epoch = 0
         self._install_hooks()
 
     # --- hooks ----------------------------------------------------------------------------
@@ -157,6 +166,14 @@ class SoftVcpu:
                                     C.c_uint64(1), C.c_uint64(0), C.c_int(insn))
             if err:
                 raise UcError(err)
+        add = self._written.add  # the hot path while logging: one set insertion per store
+        self._cfuncs.append(HOOK_MEM_CFUNC(
+            lambda _uc, _type, address, _size, _value, _ud: add(address >> 12) or True))
+        handle = C.c_size_t()
+        err = uclib.uc_hook_add(uc._uch, C.byref(handle), UC_HOOK_MEM_WRITE_PROT,
+                                self._cfuncs[-1], None, C.c_uint64(1), C.c_uint64(0))
+        if err:
+            raise UcError(err)
 
     def _rewind_here(self, why: str) -> None:
         """Stop and come back to the current instruction: the rest of its translation block
@@ -337,6 +354,7 @@ class SoftVcpu:
         self._fresh = False
         self._stop = self._exception = self._rewind = self._unmapped = None
         self._entries += 1
+        self._enter_guest()
         self._in_emu = True
         try:
             if not self._kick:
@@ -345,7 +363,38 @@ class SoftVcpu:
             return e
         finally:
             self._in_emu = False
+            self._leave_guest()
         return None
+
+    def _enter_guest(self) -> None:
+        """Before the engine runs: note it (under the log's lock), then map RAM for the
+        logging state read there. A switch made after this waits for _leave_guest."""
+        log = self.machine.log
+        with log.cond:
+            self.in_guest = True
+            track = log.enabled
+        if track != self._tracking:
+            self._map_ram_for_logging(track)
+
+    def _leave_guest(self) -> None:
+        """After the engine stopped: every store it recorded has landed; publish them."""
+        log = self.machine.log
+        with log.cond:
+            if self._written:
+                log.merge(self._written)
+                self._written.clear()
+            self.in_guest = False
+            self.guest_epoch += 1
+            log.cond.notify_all()
+
+    def _map_ram_for_logging(self, track: bool) -> None:
+        """Re-map every slot read-only (stores reach the hook) or read-write. mem_map_ptr,
+        not mem_protect: see dirty.py for what mem_protect does to stores and page walks."""
+        perms = TRACKED if track else UC_PROT_ALL
+        for gpa, size, host in sorted(self._mapped):
+            self.uc.mem_unmap(gpa, size)
+            self.uc.mem_map_ptr(gpa, size, perms, host)
+        self._tracking = track
 
     def _after_stop(self, err: UcError | None) -> Exit | None:
         if self._rewind is not None:
@@ -389,7 +438,7 @@ class SoftVcpu:
 
     def _deliver(self, event: Event) -> Exit | None:
         ctx = self._state()
-        try:
+        try:  # the frame it pushes is recorded by machine.ram.on_write (dirty logging)
             deliver(self.regs, ctx, self._access(), event)
         except TripleFault:
             return Exit.SHUTDOWN
@@ -546,11 +595,13 @@ class SoftVcpu:
         rip = self.regs.rip
         self.uc.ctl_remove_cache(rip, rip + 16)
         self._stepping = True
+        self._enter_guest()
         try:
             with contextlib.suppress(UcError):
                 self.uc.emu_start(rip, 0, count=1)
         finally:
             self._stepping = False
+            self._leave_guest()
         self.uc.ctl_remove_cache(rip, rip + 16)
         self._read_regs()
         self._fresh = False
@@ -608,8 +659,9 @@ class SoftVcpu:
         for gpa, size, host in sorted(self._mapped - wanted):
             self.uc.mem_unmap(gpa, size)
             self._mapped.discard((gpa, size, host))
+        perms = TRACKED if self._tracking else UC_PROT_ALL
         for gpa, size, host in sorted(wanted - self._mapped):
-            self.uc.mem_map_ptr(gpa, size, UC_PROT_ALL, host)
+            self.uc.mem_map_ptr(gpa, size, perms, host)
             self._mapped.add((gpa, size, host))
 
     def close(self) -> None:
