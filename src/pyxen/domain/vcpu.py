@@ -114,11 +114,16 @@ class Vcpu:
         if info is not None:
             write_time_info(info.time, self.calibration, now)
         if self.time_area is not None:
-            area = vcpu_time_info()
-            write_time_info(area, self.calibration, now)
-            area.version &= ~1
+            # The guest may read it meanwhile: version odd, data, then the next even version.
             with contextlib.suppress(XenError):
-                self.guest().write_struct(self.time_area, area)
+                guest = self.guest()
+                version = (guest.read_u32(self.time_area) + 1) | 1
+                guest.write_u32(self.time_area, version)
+                area = vcpu_time_info()
+                write_time_info(area, self.calibration, now)
+                area.version = version + 1
+                guest.write(self.time_area + 4, bytes(area)[4:])
+                guest.write_u32(self.time_area, version + 1)
 
     def set_runstate(self, state: int) -> None:
         now = self.domain.clock.now()
