@@ -161,9 +161,6 @@ class EventChannels:
                 if chn.state == ECS_VIRQ:
                     self.set_pending(chn.notify_vcpu, port)
 
-    def send_global_virq(self, virq: int) -> None:
-        self.send_virq(self.domain.vcpus[0], virq)
-
     # --- closing -----------------------------------------------------------------------------
     def close(self, port: int) -> None:
         chn = self.get(port)

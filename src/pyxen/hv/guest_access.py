@@ -56,10 +56,6 @@ class GuestAccess:
             self.mem.note_write(o, n)  # the memfd offset is the guest-physical address
             pos += n
 
-    def check_writable(self, va: int, length: int) -> None:
-        for _ in self._chunks(va, length, True):
-            pass
-
     def read_struct(self, cls: type[T], va: int) -> T:
         return cls.from_buffer_copy(self.read(va, C.sizeof(cls)))
 
@@ -77,16 +73,3 @@ class GuestAccess:
 
     def write_u64(self, va: int, value: int) -> None:
         self.write(va, struct.pack("<Q", value & 0xFFFF_FFFF_FFFF_FFFF))
-
-    def read_cstring(self, va: int, limit: int) -> bytes:
-        """Bytes up to (not including) a NUL, reading at most `limit` bytes."""
-        out = bytearray()
-        while len(out) < limit:
-            n = min(limit - len(out), PAGE_SIZE - (va & (PAGE_SIZE - 1)))
-            chunk = self.read(va, n)
-            nul = chunk.find(0)
-            if nul >= 0:
-                return bytes(out + chunk[:nul])
-            out += chunk
-            va += n
-        return bytes(out)

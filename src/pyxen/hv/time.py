@@ -76,9 +76,6 @@ class TscCalibration:
     def tsc_at(self, system_time: int) -> int:
         return self.tsc + (system_time - self.system_time) * self.tsc_khz // 1_000_000
 
-    def system_time_at(self, tsc: int) -> int:
-        return self.system_time + (tsc - self.tsc) * 1_000_000 // self.tsc_khz
-
 
 def write_time_info(info: vcpu_time_info, cal: TscCalibration, system_time: int) -> None:
     """Publish a (tsc, system_time) pair with the version protocol guests spin on."""

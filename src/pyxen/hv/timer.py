@@ -34,10 +34,6 @@ class Timer:
         self.deadline: int | None = None
         self.generation = 0
 
-    @property
-    def active(self) -> bool:
-        return self.deadline is not None
-
 
 class TimerQueue:
     def __init__(self, clock: DomainClock, name: str) -> None:
