@@ -3,27 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 from . import run_cmd
-
-GUESTS = Path(__file__).resolve().parents[3] / "guests"
-
-
-def guest_image(name: str) -> Path:
-    """guests/build/NAME.elf, built with make if it is missing or stale."""
-    if not (GUESTS / "Makefile").exists():
-        raise FileNotFoundError(f"the guest kit is not at {GUESTS} (run from a source checkout)")
-    if not shutil.which("make"):
-        raise FileNotFoundError("`make` is needed to build the guest kit")
-    build = subprocess.run(["make", "-s", "-C", str(GUESTS), f"build/{name}.elf"],
-                           capture_output=True, text=True)
-    if build.returncode:
-        raise RuntimeError(f"building guests/{name} failed:\n{build.stdout}{build.stderr}")
-    return GUESTS / "build" / f"{name}.elf"
+from .guestkit import guest_image
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         image = guest_image("demo")
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError) as e:  # GuestKitError is a RuntimeError
         print(f"pyxen: {e}", file=sys.stderr)
         return 1
     run_args = run_cmd.build_parser_defaults()
