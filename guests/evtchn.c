@@ -52,8 +52,6 @@
 #include "guest.h"
 #include "evtchn.h"
 
-#define WAIT_NS 500000000ULL      /* generous: ring 0 is emulated on kvm_pvm hosts */
-
 static unsigned domid;            /* our numeric domid (DOMID_SELF if unknown) */
 static unsigned nr_vcpus;
 static volatile uint64_t cnt[8];  /* delivery counters, one per test handler */
@@ -65,7 +63,7 @@ static void count_handler(evtchn_port_t port, void *arg)
 
 static bool wait_cnt(unsigned i, uint64_t target)
 {
-    return wait_for_count(&cnt[i], target, now_ns() + WAIT_NS);
+    return wait_for_count(&cnt[i], target, now_ns() + WAIT_BOUND_NS);
 }
 
 static void settle(uint64_t ns)

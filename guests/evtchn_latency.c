@@ -74,7 +74,7 @@ int guest_main(void)
     rc = smp_initialise(1, ap_idle);
     if (rc == 0)
         rc = vcpu_up(1);
-    bool up = rc == 0 && wait_for_count(&pongs, 1, now_ns() + 5000 * MS);
+    bool up = rc == 0 && wait_for_count(&pongs, 1, now_ns() + WAIT_BOUND_NS);
     if (!check("evtchn_latency.vcpu1_up", up, "rc %ld, vCPU 1 did not report in", rc))
         return 0;
     block_until(now_ns() + 5 * MS);      /* let vCPU 1 reach hlt */
@@ -86,7 +86,7 @@ int guest_main(void)
         if (i == warmup)
             ok0 = recv_cpu_ok;
         uint64_t t0;
-        uint64_t rt = ping_and_wait(ping1, &pongs, 1000 * MS, &t0);
+        uint64_t rt = ping_and_wait(ping1, &pongs, WAIT_BOUND_NS, &t0);
         if (!rt)
             break;
         if (i < warmup)

@@ -141,7 +141,7 @@ static bool ap_command(unsigned c, unsigned nacks)
     barrier();
     cmd_seq++;
     evtchn_send(kick1);
-    return wait_for_count(&acks, target, now_ns() + 2000 * MS);
+    return wait_for_count(&acks, target, now_ns() + WAIT_BOUND_NS);
 }
 
 static const char *state_name(int s)
@@ -155,7 +155,7 @@ static void expect_runstate(const char *name, int want)
     struct vcpu_runstate_info r;
     long rc = -1;
     /* The state may take a moment to settle (e.g. running -> blocked). */
-    uint64_t end = now_ns() + 500 * MS;
+    uint64_t end = now_ns() + WAIT_BOUND_NS;
     do {
         memset(&r, 0xff, sizeof(r));
         rc = vcpu_runstate(1, &r);
@@ -218,7 +218,7 @@ static void pingpong(unsigned n, const char *prefix, bool report)
     HYPERVISOR_set_timer_op(now_ns() + 30000 * MS);   /* backstop only */
     for (unsigned i = 0; i < n; i++) {
         uint64_t t0;
-        uint64_t round_trip = ping_and_wait(ping1, &pongs, 1000 * MS, &t0);
+        uint64_t round_trip = ping_and_wait(ping1, &pongs, WAIT_BOUND_NS, &t0);
         if (!round_trip)
             break;
         rt[got] = round_trip;
@@ -283,13 +283,13 @@ static void test_bind_vcpu(void)
     check_eq("smp.bind_vcpu_status_vcpu1", st.vcpu, 1);
     uint64_t a0 = acks, h0 = b_hits;
     check_eq("smp.bind_vcpu_send", evtchn_send(a), 0);
-    bool ok = wait_for_count(&acks, a0 + 1, now_ns() + 2000 * MS);
+    bool ok = wait_for_count(&acks, a0 + 1, now_ns() + WAIT_BOUND_NS);
     check("smp.bind_vcpu_delivers_on_vcpu1", ok && b_hits == h0 + 1 && b_cpu == 1,
           "handler ran %lu times, last on vCPU %u", (unsigned long)(b_hits - h0), b_cpu);
     check_eq("smp.bind_vcpu_back_to_vcpu0", evtchn_bind_vcpu(b, 0), 0);
     h0 = b_hits;
     evtchn_send(a);
-    ok = wait_for_count(&b_hits, h0 + 1, now_ns() + 2000 * MS);
+    ok = wait_for_count(&b_hits, h0 + 1, now_ns() + WAIT_BOUND_NS);
     check("smp.bind_vcpu_delivers_on_vcpu0", ok && b_cpu == 0, "handler ran %lu times, last on vCPU %u",
           (unsigned long)(b_hits - h0), b_cpu);
     check_eq("smp.bind_vcpu_ipi_refused", evtchn_bind_vcpu(ping1, 0), EINVAL_);
@@ -324,9 +324,9 @@ static void test_register_vcpu_info(void)
     uint64_t p0 = pongs;
     uint64_t a0 = acks;
     check_eq("smp.up_after_register", vcpu_up(1), 0);
-    check("smp.event_while_down_delivered_after_up", wait_for_count(&pongs, p0 + 1, now_ns() + 2000 * MS),
+    check("smp.event_while_down_delivered_after_up", wait_for_count(&pongs, p0 + 1, now_ns() + WAIT_BOUND_NS),
           "the ping sent while vCPU 1 was down was not answered after VCPUOP_up");
-    check("smp.resumes_after_up", wait_for_count(&acks, a0 + 1, now_ns() + 2000 * MS),
+    check("smp.resumes_after_up", wait_for_count(&acks, a0 + 1, now_ns() + WAIT_BOUND_NS),
           "vCPU 1 did not finish the command it was running when taken down");
     volatile struct vcpu_info *old = &shared_info->vcpu_info[1];
     old->evtchn_upcall_pending = 0;
@@ -377,7 +377,7 @@ int guest_main(void)
     check_eq("smp.initialise_twice", smp_initialise(1, ap_loop), EEXIST_);
     uint64_t a0 = acks;
     check_eq("smp.up_vcpu1", vcpu_up(1), 0);
-    if (!check("smp.vcpu1_started", wait_for_count(&acks, a0 + 1, now_ns() + 5000 * MS),
+    if (!check("smp.vcpu1_started", wait_for_count(&acks, a0 + 1, now_ns() + WAIT_BOUND_NS),
                "vCPU 1 did not report in within 5 s"))
         return 0;
     check_eq("smp.is_up_vcpu1", vcpu_is_up(1), 1);
@@ -405,12 +405,12 @@ int guest_main(void)
     barrier();
     cmd_seq++;
     evtchn_send(kick1);
-    if (wait_for_count(&acks, a0 + 1, now_ns() + 2000 * MS) && spinning)
+    if (wait_for_count(&acks, a0 + 1, now_ns() + WAIT_BOUND_NS) && spinning)
         expect_runstate("smp.runstate_vcpu1_running", RUNSTATE_running);
     else
         test_fail("smp.runstate_vcpu1_running", "vCPU 1 did not start spinning");
     spin_stop = true;
-    wait_for_count(&acks, a0 + 2, now_ns() + 2000 * MS);
+    wait_for_count(&acks, a0 + 2, now_ns() + WAIT_BOUND_NS);
 
     /* IPIs: ping-pong; this is also the latency figure. */
     pingpong(npings, "ipi_pingpong", true);
@@ -421,16 +421,23 @@ int guest_main(void)
               (unsigned long)ap_timer_before, (unsigned long)ap_timer_after);
     check_eq("smp.singleshot_other_vcpu", vcpu_set_singleshot(1, now_ns() + 10 * MS, 0), EINVAL_);
     check_eq("smp.stop_singleshot_other_vcpu", vcpu_stop_singleshot(1), EINVAL_);
-    /* Periodic timer of another vCPU: allowed; it runs once vCPU 1 is scheduled. */
-    uint64_t t0 = evtchn_cpu[1].timer_events;
+    /* Periodic timer of another vCPU: allowed; it runs once vCPU 1 is scheduled.
+     * Counted against the time it was armed for, as this vCPU measured it
+     * (at most one tick per period, the first maybe at once): how many come
+     * depends on the host's load, so only "some, and never too many". */
+    uint64_t t0 = evtchn_cpu[1].timer_events, t_arm = now_ns();
     check_eq("smp.periodic_other_vcpu", vcpu_set_periodic(1, 10 * MS), 0);
     pingpong(1, "ipi_periodic", false);
-    block_until(now_ns() + 100 * MS);
+    uint64_t give_up = now_ns() + WAIT_BOUND_NS;  /* vCPU 1's ticks do not wake us: look */
+    while (evtchn_cpu[1].timer_events - t0 < 5 && now_ns() < give_up)
+        block_until(now_ns() + 10 * MS);
     check_eq("smp.stop_periodic_other_vcpu", vcpu_stop_periodic(1), 0);
-    uint64_t nt = evtchn_cpu[1].timer_events - t0;
-    info("vcpu1_periodic_ticks", "%lu", (unsigned long)nt);
-    check("smp.periodic_other_vcpu_ticks", nt >= 5 && nt <= 15, "%lu ticks on vCPU 1 in ~100 ms at 100 Hz",
-          (unsigned long)nt);
+    uint64_t t_stop = now_ns();
+    uint64_t nt = evtchn_cpu[1].timer_events - t0, most = (t_stop - t_arm) / (10 * MS) + 1;
+    info("vcpu1_periodic_ticks", "%lu %lu", (unsigned long)nt, (unsigned long)(t_stop - t_arm));
+    check("smp.periodic_other_vcpu_ticks", nt >= 5 && nt <= most,
+          "%lu ticks on vCPU 1 in %lu ns at 100 Hz (5..%lu)", (unsigned long)nt,
+          (unsigned long)(t_stop - t_arm), (unsigned long)most);
 
     test_bind_vcpu();
     test_runstate_area();
@@ -443,7 +450,7 @@ int guest_main(void)
     barrier();
     cmd_seq++;
     evtchn_send(kick1);
-    if (!wait_for_count(&acks, a0 + 1, now_ns() + 2000 * MS))
+    if (!wait_for_count(&acks, a0 + 1, now_ns() + WAIT_BOUND_NS))
         test_fail("smp.spin_before_down", "vCPU 1 did not start spinning");
     check_eq("smp.down_vcpu1", vcpu_down(1), 0);
     check_eq("smp.is_up_after_down", vcpu_is_up(1), 0);
@@ -462,12 +469,12 @@ int guest_main(void)
     barrier();
     cmd_seq++;
     evtchn_send(kick1);
-    uint64_t end = now_ns() + 2000 * MS;
+    uint64_t end = now_ns() + WAIT_BOUND_NS;
     while (vcpu_is_up(1) == 1 && now_ns() < end)
         block_until(now_ns() + 2 * MS);
     check_eq("smp.down_self", vcpu_is_up(1), 0);
     check_eq("smp.up_after_down_self", vcpu_up(1), 0);
-    check("smp.down_self_resumes", wait_for_count(&acks, a0 + 1, now_ns() + 2000 * MS) && ap_rc == 0,
+    check("smp.down_self_resumes", wait_for_count(&acks, a0 + 1, now_ns() + WAIT_BOUND_NS) && ap_rc == 0,
           "vCPU 1 did not finish its VCPUOP_down (rc %ld)", ap_rc);
 
     struct vcpu_runstate_info r;

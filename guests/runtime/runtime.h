@@ -37,6 +37,14 @@
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
 
+/* How long a test waits for something that should happen soon: an event, a
+ * reply, another vCPU, a deadline met. Generous on purpose: the host may be
+ * busy, or stall for hundreds of ms. Checks assert that things happen, in
+ * order and never early -- not how fast: speed goes to INFO lines and to
+ * `python -m benchmarks`. A check that something does NOT happen sleeps for
+ * a fixed window instead, which a busy host only lengthens. */
+#define WAIT_BOUND_NS 10000000000ULL
+
 /* Negated Xen errno values, as hypercalls return them. */
 #define EPERM_     (-XEN_EPERM)
 #define ENOENT_    (-XEN_ENOENT)
