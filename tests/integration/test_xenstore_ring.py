@@ -88,17 +88,17 @@ def test_pyxen_run_serves_the_guests_store_on_a_socket(guests, tmp_path) -> None
     sock = tmp_path / "xs.sock"
     env = {**os.environ, "XENSTORED_PATH": str(sock)}
     proc = subprocess.Popen([sys.executable, "-m", "pyxen.cli", "run", str(image("block")),
-                             "--cmdline", "idle=4", "--name", "idler",
+                             "--cmdline", "idle=8", "--name", "idler",
                              "--xenstore-socket", str(sock), "--timeout", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(200):  # the socket appears before the guest starts
-            if sock.exists():
-                break
+        deadline = time.monotonic() + 30  # wait for the domain's node itself, generously
+        name = ""
+        while name != "idler" and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        name = subprocess.run(["xenstore-read", "/local/domain/1/name"], env=env,
-                              capture_output=True, text=True, timeout=10)
-        assert name.stdout.strip() == "idler"
+            name = subprocess.run(["xenstore-read", "/local/domain/1/name"], env=env,
+                                  capture_output=True, text=True, timeout=10).stdout.strip()
+        assert name == "idler"
         listing = subprocess.run(["xenstore-ls", "/local/domain/1"], env=env,
                                  capture_output=True, text=True, timeout=10).stdout
         assert "domid = \"1\"" in listing and "memory" in listing
