@@ -4,6 +4,9 @@
   (guests/evtchn_latency.c, both vCPUs read the same pvclock);
 - timer lateness: how long after a one-shot deadline the VIRQ_TIMER upcall runs
   (guests/timer.c);
+- periodic timer: VIRQ_TIMER ticks per second at 100 Hz (guests/timer.c), against a host
+  thread keeping the same schedule in the same run (Xen's rule: a late tick re-arms a
+  period after now), i.e. what this machine's own timers deliver at that moment;
 - idle CPU: CPU time a guest blocked for a few seconds costs, against the same guest not
   idling.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import resource
 import subprocess
 import sys
+import time
 
 from benchmarks.common import median, report
 from benchmarks.hypercall import build_reference, iterations_address, slope_us, time_reference
@@ -26,6 +30,7 @@ from pyxen.toolstack.demo_cmd import guest_image
 
 SHORT, LONG, ROUNDS = 2_000, 20_000, 5
 IDLE_SECONDS = 4
+PERIOD_S, PERIODIC_SECONDS = 0.010, 2
 
 
 def bare_exit_us() -> float:
@@ -54,6 +59,19 @@ def run_guest(name: str, accel: str, *args: str) -> dict[str, list[str]]:
     return info
 
 
+def host_ticks_per_second(period: float = PERIOD_S, seconds: float = PERIODIC_SECONDS) -> float:
+    """A host thread on a periodic schedule with Xen's catch-up rule: the reference for
+    the guest's tick rate, since a busy machine delays every sleeper alike."""
+    start = now = time.monotonic()
+    due, ticks = start + period, 0
+    while now - start < seconds:
+        time.sleep(max(0.0, due - now))
+        now = time.monotonic()
+        ticks += 1
+        due = due + period if due + period > now else now + period
+    return ticks / (now - start)
+
+
 def idle_cpu_percent(accel: str) -> float:
     def cpu(idle: int) -> float:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -73,7 +91,10 @@ def main() -> None:
         lat = run_guest("evtchn_latency", accel, "--vcpus", "2", "--cmdline", "samples=300")
         send_median = int(lat["send_to_upcall_median_ns"][0]) / 1e3
         send_p99 = int(lat["send_to_upcall_p99_ns"][0]) / 1e3
-        timer = run_guest("timer", accel)
+        timer = run_guest("timer", accel, "--cmdline", f"seconds={PERIODIC_SECONDS}")
+        host_rate = host_ticks_per_second()
+        ticks, interval_ns = (int(x) for x in timer["ticks"][0].split())
+        guest_rate = ticks / (interval_ns / 1e9)
         late = [int(v) / 1e3 for v in timer["oneshot_late_ns"]]
         late_sorted = sorted(late)
         late_p99 = late_sorted[min(len(late) - 1, round(0.99 * (len(late) - 1)))]
@@ -83,11 +104,15 @@ def main() -> None:
               f"p99 {send_p99:.1f} us, ratio to a bare exit {send_median / reference:.1f}")
         print(f"  one-shot timer lateness:          median {median(late):.1f} us, "
               f"p99 {late_p99:.1f} us ({len(late)} shots)")
+        print(f"  periodic timer at {1 / PERIOD_S:.0f} Hz:          {guest_rate:.1f} ticks/s, "
+              f"host thread {host_rate:.1f} ticks/s, ratio {guest_rate / host_rate:.2f}")
         print(f"  idle guest (blocked {IDLE_SECONDS} s):        {idle:.2f} % of a core")
         figures.update({f"{accel}_send_to_upcall_us": send_median,
                         f"{accel}_send_to_upcall_p99_us": send_p99,
                         f"{accel}_timer_late_us": median(late),
                         f"{accel}_timer_late_p99_us": late_p99,
+                        f"{accel}_periodic_ticks_per_s": guest_rate,
+                        f"{accel}_periodic_host_ticks_per_s": host_rate,
                         f"{accel}_idle_cpu_percent": idle})
         if accel == "kvm" or not ratio:
             ratio = send_median / reference
