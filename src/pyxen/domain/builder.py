@@ -9,6 +9,7 @@ problem with the image or config is an ImageError raised before any vCPU runs.
 from __future__ import annotations
 
 import ctypes as C
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,8 @@ from pyxen.hv.hypercall import HYPERCALL_PORT, HypercallTable
 
 from .backend import MachineBackend, Regs, SpecialRegs
 from .domain import Domain, DomainConfig
-from .loader import ImageError, PvhImage, parse_pvh_image
-from .memory import PAGE_SIZE, GuestMemoryError
+from .loader import MAX_IMAGE_BYTES, ImageError, PvhImage, parse_pvh_image, read_bounded
+from .memory import MMIO_HOLE_START, PAGE_SIZE, GuestMemoryError
 from .vcpu import Vcpu
 
 SPECIAL_PAGES_START = 0xFEFF_8000  # Xen's HVM special pages: 8 frames below 0xFF000000
@@ -37,6 +38,7 @@ SPECIAL_PAGES_SIZE = 8 * 4096
 START_INFO_LIMIT = 1 << 30  # some PVH guests map only their first GiB at entry
 MAX_VCPUS = 128  # XEN_LEGACY_MAX_VCPUS is 32; vCPUs above it need register_vcpu_info
 MAX_CMDLINE = 4096
+MAX_NAME = 128  # bytes of UTF-8: a label for logs, XenStore and the memfd (which takes 249)
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,15 @@ def page_up(x: int) -> int:
     return (x + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
-def load_module(path: str | Path) -> Module:
-    try:
-        return Module(Path(path).read_bytes())
-    except OSError as e:
-        raise ImageError(f"{path}: cannot read module: {e.strerror}") from e
+def load_module(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES) -> Module:
+    """A module read from `path`, refused if larger than `max_bytes` (see `image_limit`)."""
+    return Module(read_bounded(path, max_bytes, "module"))
+
+
+def image_limit(config: DomainConfig) -> int:
+    """The largest kernel or module file worth reading for this domain: one larger than its
+    RAM cannot load, and libxc never loads more than 1 GiB."""
+    return min(config.memory_mib << 20, MAX_IMAGE_BYTES)
 
 
 def build_domain(
@@ -68,15 +74,17 @@ def build_domain(
 ) -> Domain:
     """Build a PVH domain. ImageError on any problem with the image or the config."""
     modules = modules or []
-    image = parse_pvh_image(image_path)
-    _check_config(config)
+    check_config(config)  # first: the image's size limit depends on the memory
+    image = parse_pvh_image(image_path, image_limit(config))
     mem_bytes = config.memory_mib << 20
+    low_ram = min(mem_bytes, MMIO_HOLE_START)  # the boot data must sit below the MMIO hole
     start_info_gpa = page_up(image.end)
     layout_end = _boot_data_end(start_info_gpa, config, modules)
-    if image.end > min(mem_bytes, 0xF000_0000) or layout_end > mem_bytes:
+    if image.end > low_ram or layout_end > low_ram:
+        below = "" if low_ram == mem_bytes else f" ({low_ram >> 20} MiB below the MMIO hole)"
         raise ImageError(
             f"{image_path}: the image and its boot data need {layout_end / (1 << 20):.1f} MiB "
-            f"but the domain has {config.memory_mib} MiB of memory"
+            f"but the domain has {config.memory_mib} MiB of memory{below}"
         )
     if start_info_gpa >= START_INFO_LIMIT:
         raise ImageError(f"{image_path}: the image ends above 1 GiB; no room for the start info")
@@ -105,24 +113,64 @@ def build_domain(
     return domain
 
 
-def _check_config(config: DomainConfig) -> None:
-    if config.memory_mib < 1:
-        raise ImageError(f"memory must be at least 1 MiB (got {config.memory_mib})")
-    if config.maxmem_mib is not None and config.maxmem_mib < config.memory_mib:
-        raise ImageError(f"maxmem ({config.maxmem_mib} MiB) is below memory "
-                         f"({config.memory_mib} MiB)")
+def host_memory_mib() -> int:
+    """The host's RAM: a domain cannot be given (or grow to) more, as on Xen."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+
+
+def command_line_bytes(text: str) -> bytes:
+    """A command line as the guest sees it. hvm_start_info carries bytes: a str that came
+    from argv holds any non-UTF-8 bytes as surrogate escapes, and they go through as the
+    bytes the user typed (os.fsencode), as xl passes its argument through."""
+    try:
+        return os.fsencode(text)
+    except UnicodeEncodeError:
+        raise ImageError("the command line is not valid text (it has unpaired surrogates "
+                         "that stand for no byte)") from None
+
+
+def _shown(text: str) -> str:
+    """Text from argv for a message: bytes that are not UTF-8 shown as \\xNN, not as the
+    surrogates Python decoded them to."""
+    try:
+        return repr(os.fsencode(text).decode("utf-8", "backslashreplace"))
+    except UnicodeEncodeError:
+        return ascii(text)
+
+
+def check_config(config: DomainConfig) -> None:
+    """Every rule a domain configuration must follow, in one place (the CLI relies on it):
+    ImageError naming the first broken one."""
+    try:
+        name = config.name.encode()
+    except UnicodeEncodeError:
+        raise ImageError(f"the domain name {_shown(config.name)} is not valid UTF-8 "
+                         f"(XenStore names are UTF-8)") from None
+    if not name or len(name) > MAX_NAME:
+        raise ImageError(f"the domain name must be 1 to {MAX_NAME} bytes long "
+                         f"(got {len(name)})")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in config.name):
+        raise ImageError(f"the domain name {_shown(config.name)} contains control characters")
+    host = host_memory_mib()
+    if not 1 <= config.memory_mib <= host:
+        raise ImageError(f"memory must be between 1 MiB and the host's {host} MiB "
+                         f"(got {config.memory_mib})")
+    if config.maxmem_mib is not None and not config.memory_mib <= config.maxmem_mib <= host:
+        raise ImageError(f"maxmem ({config.maxmem_mib} MiB) must be between memory "
+                         f"({config.memory_mib} MiB) and the host's {host} MiB")
     if not 1 <= config.vcpus <= MAX_VCPUS:
         raise ImageError(f"vcpus must be between 1 and {MAX_VCPUS} (got {config.vcpus})")
     if config.max_vcpus is not None and not config.vcpus <= config.max_vcpus <= MAX_VCPUS:
-        raise ImageError(f"maxvcpus must be between vcpus and {MAX_VCPUS}")
-    if len(config.cmdline.encode()) >= MAX_CMDLINE:
+        raise ImageError(f"maxvcpus must be between vcpus and {MAX_VCPUS} "
+                         f"(got {config.max_vcpus})")
+    if len(command_line_bytes(config.cmdline)) >= MAX_CMDLINE:
         raise ImageError(f"the command line is longer than {MAX_CMDLINE - 1} bytes")
 
 
 def _boot_data_end(start: int, config: DomainConfig, modules: list[Module]) -> int:
     size = C.sizeof(hvm_start_info) + len(modules) * C.sizeof(hvm_modlist_entry)
-    size += 3 * C.sizeof(hvm_memmap_table_entry) + len(config.cmdline.encode()) + 1
-    size += sum(len(m.cmdline.encode()) + 1 for m in modules)
+    size += 3 * C.sizeof(hvm_memmap_table_entry) + len(command_line_bytes(config.cmdline)) + 1
+    size += sum(len(command_line_bytes(m.cmdline)) + 1 for m in modules)
     end = page_up(start + size)
     for m in modules:
         end = page_up(end + len(m.data))
@@ -160,9 +208,10 @@ def _write_start_info(domain: Domain, gpa: int, config: DomainConfig,
     memmap = boot_memmap(domain)
     info.memmap_paddr = place(b"".join(bytes(e) for e in memmap))
     info.memmap_entries = len(memmap)
-    info.cmdline_paddr = place(config.cmdline.encode() + b"\0", 1)
+    info.cmdline_paddr = place(command_line_bytes(config.cmdline) + b"\0", 1)
     entries = []
-    mod_cmdlines = [place(m.cmdline.encode() + b"\0", 1) if m.cmdline else 0 for m in modules]
+    mod_cmdlines = [place(command_line_bytes(m.cmdline) + b"\0", 1) if m.cmdline else 0
+                    for m in modules]
     data_cursor = page_up(cursor + len(modules) * C.sizeof(hvm_modlist_entry) + 8)
     for m, cmd in zip(modules, mod_cmdlines, strict=True):
         mem.write(data_cursor, m.data)

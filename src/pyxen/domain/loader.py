@@ -4,11 +4,17 @@ Accepts ELF64 (EM_X86_64) and ELF32 wrappers (EM_386 or EM_X86_64 in an ELF32 fi
 XEN_ELFNOTE_PHYS32_ENTRY in PT_NOTE segments or, failing that, SHT_NOTE sections, and loads
 PT_LOAD segments at their physical addresses (0 included). Anything wrong is an ImageError
 with a message naming the problem, raised before any vCPU runs.
+
+Only regular files are read, up to a size limit (the domain's memory, at most libxc's 1 GiB):
+a directory, a device such as /dev/zero, a FIFO or a huge sparse file is refused with one
+line, at once and without reading it.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +24,10 @@ from pyxen.abi.start_info import XEN_ELFNOTE_NAME, XEN_ELFNOTE_PHYS32_ENTRY
 
 EM_386 = "EM_386"
 EM_X86_64 = "EM_X86_64"
+ELF_MAGIC = b"\x7fELF"
+# libxc's XC_DOM_DECOMPRESS_MAX: no kernel or module above 1 GiB (XSA-25: a huge image must
+# not exhaust the toolstack's memory).
+MAX_IMAGE_BYTES = 1 << 30
 
 
 class ImageError(ValueError):
@@ -49,12 +59,45 @@ class PvhImage:
         return max(s.paddr + s.memsz for s in self.segments)
 
 
-def parse_pvh_image(path: str | Path) -> PvhImage:
-    """Parse a PVH kernel image; every problem is an ImageError naming the file."""
+FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def read_bounded(path: str | Path, limit: int, what: str) -> bytes:
+    """The contents of the regular file `path`; ImageError naming it if it is anything else
+    (like libxc, which maps the file) or larger than `limit`. A FIFO is opened without
+    waiting for a writer; no more than the size checked against `limit` is ever read."""
     try:
-        raw = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise ImageError(f"{path}: cannot read kernel image: {e.strerror}") from e
+        raise ImageError(f"{path}: cannot read {what}: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = FILE_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+            raise ImageError(f"{path}: is {kind}, not a {what} file")
+        if st.st_size > limit:
+            raise ImageError(f"{path}: {_too_large(what, limit)}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(st.st_size + 1)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read {what}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    if len(data) > st.st_size:
+        raise ImageError(f"{path}: the {what} grew while it was being read")
+    return data
+
+
+def _too_large(what: str, limit: int) -> str:
+    return (f"the {what} is larger than {limit / (1 << 20):g} MiB (a domain loads at most "
+            f"its memory, and never more than {MAX_IMAGE_BYTES >> 20} MiB)")
+
+
+def parse_pvh_image(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES) -> PvhImage:
+    """Parse a PVH kernel image of at most `max_bytes`; every problem is an ImageError
+    naming the file."""
+    raw = read_bounded(path, max_bytes, "kernel image")
     try:
         return _parse(raw)
     except ImageError as e:
@@ -64,7 +107,7 @@ def parse_pvh_image(path: str | Path) -> PvhImage:
 
 
 def _parse(raw: bytes) -> PvhImage:
-    if raw[:4] != b"\x7fELF":
+    if raw[:4] != ELF_MAGIC:
         raise ImageError("not an ELF file (a Xen PVH kernel image must be ELF)")
     elf = ELFFile(io.BytesIO(raw))
     machine = elf["e_machine"]
