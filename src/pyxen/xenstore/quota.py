@@ -6,12 +6,16 @@ refused. Values are per daemon (`Quotas`) and may be overridden per domain.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 
 # Size model of a node record in the C daemon's database: a 24-byte header, 8 bytes per
 # permission entry, the value and the NUL-separated list of children.
 NODE_HEADER_SIZE = 24
 NODE_PERM_SIZE = 8
+# The range the C daemon's option parser (get_optval_int) accepts for a quota. 0 is a real
+# limit (nothing allowed), not "unlimited".
+QUOTA_MAX = 2**31 - 1
 
 
 @dataclass
@@ -52,6 +56,17 @@ class Quotas:
 
     def copy(self) -> Quotas:
         return Quotas(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+
+def parse_quota_value(text: str) -> int:
+    """A quota from the command line: a decimal count from 0 to QUOTA_MAX, nothing else
+    (no sign, no other digits than 0-9), so -E and --quota refuse the same values."""
+    if not re.fullmatch(r"[0-9]+", text):
+        raise ValueError(f"{text!r} is not a whole number from 0 to {QUOTA_MAX}")
+    value = int(text)
+    if value > QUOTA_MAX:
+        raise ValueError(f"{text!r} is larger than {QUOTA_MAX}")
+    return value
 
 
 def node_size(value: bytes, nperms: int, children: tuple[str, ...]) -> int:
