@@ -3,13 +3,19 @@
 Each subcommand lives in the module that implements it; that module provides
 `add_arguments(parser)` and `run(args) -> int`. This file only wires them up, so adding a
 subcommand never means editing another one's code.
+
+Every subcommand runs with the stop signals handled (SIGINT, SIGTERM, SIGHUP: one line on
+stderr, what was built torn down, exit status 128 + signum).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
+
+from pyxen.toolstack.embedded import SignalStop, stop_signals
 
 # subcommand name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -19,10 +25,22 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version; from a source tree that is not installed, the
+    package's own __version__, saying so."""
+    try:
+        return importlib.metadata.version("pyxen")
+    except importlib.metadata.PackageNotFoundError:
+        from pyxen import __version__
+
+        return f"{__version__} (not installed; version of the source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyxen", description="pyxen: the Xen hypervisor in Python on KVM"
     )
+    parser.add_argument("--version", action="version", version=f"pyxen {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
@@ -39,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._module.run(args) or 0)
-    except KeyboardInterrupt:
+        with stop_signals.installed():
+            return int(args._module.run(args) or 0)
+    except SignalStop as e:
+        print(f"pyxen: {e.message}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:  # SIGINT before the handlers were installed
         print("pyxen: interrupted", file=sys.stderr)
         return 130
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from pyxen.domain.backend import MachineBackend
 from pyxen.domain.builder import Module, build_domain
@@ -27,6 +32,83 @@ EXIT_CODES = {
 }
 
 
+# Signals that end a foreground run as Ctrl-C does; the exit status is 128 + signum, as a
+# shell reports for a command they killed (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class SignalStop(BaseException):
+    """A stop signal arrived. Raised in the main thread like KeyboardInterrupt (and, like it,
+    not an Exception), so every `finally` on the way out tears down what it built."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def message(self) -> str:
+        if self.signum == signal.SIGINT:
+            return "interrupted"
+        return f"terminated by {signal.Signals(self.signum).name}"
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP → SignalStop in the main thread, once.
+
+    The first signal raises; later ones are ignored, so a second Ctrl-C cannot cut the
+    teardown the first one started. Inside `deferred()` (teardown that runs anyway, e.g.
+    after the guest powered off) a signal is held and raised when the block ends.
+    """
+
+    def __init__(self) -> None:
+        self._pending: int | None = None
+        self._raised = False
+        self._deferring = 0
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle the stop signals for the duration (main thread only; elsewhere a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._pending, self._raised = None, False
+        # A signal ignored from the start (nohup, a shell's background job) stays ignored.
+        saved = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS
+                 if signal.getsignal(sig) is not signal.SIG_IGN}
+        try:
+            yield
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._pending is None:
+            self._pending = signum
+        self._raise_pending()
+
+    def _raise_pending(self) -> None:
+        if self._pending is not None and not self._raised and not self._deferring:
+            self._raised = True
+            raise SignalStop(self._pending)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block a stop signal must not interrupt; it is raised after the block."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+        self._raise_pending()
+
+
+stop_signals = StopSignals()  # signal handlers are per process: one instance
+
+
 @dataclass
 class RunResult:
     result: Result
@@ -38,8 +120,26 @@ class RunResult:
 
 
 def stdout_console(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+    """The guest's console on stdout. If the reader goes away (`pyxen run … | head`) the
+    guest keeps running, as a Xen guest does when its console is detached: one line on
+    stderr, and the rest of its output is discarded."""
+    global _stdout_closed
+    if _stdout_closed:
+        return
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        _stdout_closed = True
+        # Python would otherwise fail again flushing stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        print("pyxen: stdout is closed: the guest's console output is discarded",
+              file=sys.stderr)
+
+
+_stdout_closed = False
 
 
 def run_image(
@@ -71,7 +171,8 @@ def run_image(
         if prepare:
             prepare(domain)
         domain.start()
-        result = domain.wait(timeout)
+        result = domain.wait(timeout)  # where a stop signal usually lands (SignalStop)
     finally:
-        domain.close()
+        with stop_signals.deferred():
+            domain.close()
     return RunResult(result, bytes(captured))

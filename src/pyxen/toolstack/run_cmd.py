@@ -4,29 +4,54 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
-from pyxen.domain.builder import load_module
+from pyxen.domain.backend import MachineBackend
+from pyxen.domain.builder import check_config, image_limit, load_module
 from pyxen.domain.domain import Domain, DomainConfig, Outcome
 from pyxen.domain.loader import ImageError
 from pyxen.xenstore import XenStored
-from pyxen.xenstore.unix import ThreadedServer
+from pyxen.xenstore.unix import ThreadedServer, prepare_socket_path, socket_path_arg
 
 from . import accel
-from .embedded import EXIT_CODES, run_image, stdout_console
+from .embedded import EXIT_CODES, run_image, stdout_console, stop_signals
 from .xenstore_service import attach_xenstore, release_domain
 
 EXIT_HELP = ", ".join(f"{code} {outcome.value}" for outcome, code in
                       sorted(EXIT_CODES.items(), key=lambda kv: kv[1]))
+EXIT_USAGE = 2
+MAX_TIMEOUT = 365 * 24 * 3600  # a year: anything longer is a typo (omit --timeout for none)
+
+
+def check_timeout(seconds: float) -> None:
+    """--timeout's rule: a finite number of seconds above 0, at most MAX_TIMEOUT."""
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_TIMEOUT:
+        raise ValueError(f"{seconds:g} is not a number of seconds above 0 and at most "
+                         f"{MAX_TIMEOUT} (a year); omit --timeout for none")
+
+
+def timeout_seconds(text: str) -> float:
+    """argparse type for --timeout (also for commands built on `pyxen run`)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    try:
+        check_timeout(seconds)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return seconds
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="a Xen PVH kernel (ELF with XEN_ELFNOTE_PHYS32_ENTRY)")
     p.add_argument("--memory", type=int, default=64, metavar="MiB",
-                   help="guest memory (default 64)")
+                   help="guest memory (default 64; at most the host's RAM)")
     p.add_argument("--maxmem", type=int, metavar="MiB",
                    help="memory the guest may grow to (default: --memory)")
-    p.add_argument("--cmdline", default="", help="the guest's command line")
+    p.add_argument("--cmdline", default="",
+                   help="the guest's command line (passed as the bytes given)")
     p.add_argument("--ramdisk", metavar="FILE", help="a module (ramdisk) for the guest")
     p.add_argument("--dom0", action="store_true",
                    help="run as the privileged initial domain (SIF_INITDOMAIN)")
@@ -36,16 +61,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="vCPUs the guest may bring up (default: --vcpus)")
     p.add_argument("--xenstore", action="store_true",
                    help="serve XenStore to the guest (HVM_PARAM_STORE_PFN/STORE_EVTCHN)")
-    p.add_argument("--xenstore-socket", metavar="PATH",
+    p.add_argument("--xenstore-socket", metavar="PATH", type=socket_path_arg,
                    help="also serve that store on a Unix socket, for xenstore-* tools "
-                        "(implies --xenstore)")
-    p.add_argument("--name", default="guest", help="domain name")
-    p.add_argument("--timeout", type=float, metavar="S",
+                        "(implies --xenstore; the directory must exist)")
+    p.add_argument("--name", default="guest", help="domain name (UTF-8, default guest)")
+    p.add_argument("--timeout", type=timeout_seconds, metavar="S",
                    help="stop the guest after S seconds (exit status 7)")
     p.add_argument("--trace", action="store_true",
                    help="log every hypercall with its arguments and result on stderr")
     add_accel_argument(p)
-    p.epilog = f"exit status: {EXIT_HELP}; 2 bad usage"
+    p.epilog = (f"exit status: {EXIT_HELP}; 2 bad usage; 128+N stopped by signal N "
+                "(130 SIGINT, 129 SIGHUP, 143 SIGTERM)")
 
 
 def add_accel_argument(p: argparse.ArgumentParser) -> None:
@@ -55,16 +81,30 @@ def add_accel_argument(p: argparse.ArgumentParser) -> None:
 
 
 def select_machine(name: str) -> accel.MachineFactory:
-    """The machine factory for --accel NAME; `auto` says on stderr what it chose and why."""
+    """The machine factory for --accel NAME. With `auto` it says on stderr what it chose and
+    why, when the machine is created: a refused image or config stays a one-line error."""
     factory, chosen, reason = accel.machine_factory(name)
-    if name == "auto":
+    if name != "auto":
+        return factory
+
+    def announced(msr_exits: list[int]) -> MachineBackend:
         print(f"pyxen: accel {chosen} ({reason})", file=sys.stderr)
-    return factory
+        return factory(msr_exits)
+
+    return announced
 
 
 def run(args: argparse.Namespace) -> int:
+    """Boot args.image and wait for it. A stop signal (SignalStop, from the CLI's handlers)
+    propagates after the domain is torn down and its socket removed."""
     logging.basicConfig(level=logging.INFO if args.trace else logging.WARNING,
                         format="pyxen: %(message)s", stream=sys.stderr)
+    if args.timeout is not None:  # argparse checked it; callers building args may not have
+        try:
+            check_timeout(args.timeout)
+        except ValueError as e:
+            print(f"pyxen: bad --timeout: {e}", file=sys.stderr)
+            return EXIT_USAGE
     config = DomainConfig(
         name=args.name,
         domid=0 if args.dom0 else 1,
@@ -77,9 +117,10 @@ def run(args: argparse.Namespace) -> int:
         trace=args.trace,
     )
     try:
-        modules = [load_module(args.ramdisk)] if args.ramdisk else []
+        check_config(config)  # before reading files: their size limit comes from the memory
+        modules = [load_module(args.ramdisk, image_limit(config))] if args.ramdisk else []
         factory = select_machine(args.accel)
-        with XenStoreForGuest(args.xenstore or bool(args.xenstore_socket),
+        with XenStoreForGuest(args.xenstore or args.xenstore_socket is not None,
                               args.xenstore_socket, config) as store:
             outcome = run_image(args.image, config, modules, args.timeout,
                                 console=stdout_console, machine_factory=factory,
@@ -98,7 +139,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 class XenStoreForGuest:
-    """--xenstore / --xenstore-socket: a store for the guest, released when it ends."""
+    """--xenstore / --xenstore-socket: a store for the guest, released when it ends.
+
+    The socket is checked on entry (so a bad path fails before the domain is built) but
+    bound only in `attach`, after the domain's nodes are written: a client that waits for
+    the socket to appear can read them at once."""
 
     def __init__(self, wanted: bool, socket_path: str | None, config: DomainConfig) -> None:
         self.xenstored = XenStored() if wanted else None
@@ -108,24 +153,37 @@ class XenStoreForGuest:
         self.handle = b""
 
     def __enter__(self) -> XenStoreForGuest:
-        if self.xenstored is not None and self.socket_path:
+        if self.xenstored is not None and self.socket_path is not None:
             try:
-                self.server = ThreadedServer(self.socket_path, self.xenstored).start()
+                prepare_socket_path(self.socket_path)
             except OSError as e:
-                raise RuntimeError(f"cannot serve XenStore on {self.socket_path}: "
-                                   f"{e.strerror or e}") from e
+                raise self._cannot_serve(e) from e
         return self
 
+    def _cannot_serve(self, e: OSError) -> RuntimeError:
+        return RuntimeError(f"cannot serve XenStore on {self.socket_path}: {e.strerror or e}")
+
     def attach(self, domain: Domain) -> None:
-        if self.xenstored is not None:
-            attach_xenstore(domain, self.xenstored)
-            self.handle = domain.handle
+        if self.xenstored is None:
+            return
+        attach_xenstore(domain, self.xenstored)
+        self.handle = domain.handle
+        if self.socket_path is not None:
+            server = ThreadedServer(self.socket_path, self.xenstored)
+            self.server = server  # before start: __exit__ stops it even if start is cut short
+            try:
+                server.start()
+            except OSError as e:
+                raise self._cannot_serve(e) from e
 
     def __exit__(self, *exc: object) -> None:
-        if self.xenstored is not None and self.handle:
-            release_domain(self.xenstored, self.config.domid, self.handle)
-        if self.server is not None:
-            self.server.stop()
+        with stop_signals.deferred():
+            try:
+                if self.xenstored is not None and self.handle:
+                    release_domain(self.xenstored, self.config.domid, self.handle)
+            finally:
+                if self.server is not None:
+                    self.server.stop()
 
 
 def build_parser_defaults() -> argparse.Namespace:
