@@ -11,6 +11,7 @@ stderr, what was built torn down, exit status 128 + signum).
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import importlib.metadata
 import sys
@@ -23,6 +24,26 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pyxen.toolstack.demo_cmd", "build and run the bundled demo guest"),
     "xenstored": ("pyxen.xenstore.daemon", "run a standalone xenstored on a Unix socket"),
 }
+
+
+def _escape_undecodable(err: UnicodeError) -> tuple[str, int]:
+    """Codec error handler for stderr: argv bytes that are not UTF-8 (which Python holds as
+    surrogate escapes) print as the \\xNN the user typed, not as \\udcNN; anything else
+    that cannot be encoded as a backslash escape."""
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    text = err.object[err.start : err.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else c.encode("ascii", "backslashreplace").decode() for c in text), err.end
+
+
+codecs.register_error("pyxen.escape", _escape_undecodable)
+
+
+def messages_show_bytes() -> None:
+    """Make one-line errors on stderr show undecodable arguments (paths, names) as \\xNN."""
+    if hasattr(sys.stderr, "reconfigure"):
+        sys.stderr.reconfigure(errors="pyxen.escape")
 
 
 def version() -> str:
@@ -51,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    messages_show_bytes()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):

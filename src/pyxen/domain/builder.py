@@ -130,12 +130,14 @@ def command_line_bytes(text: str) -> bytes:
 
 
 def _shown(text: str) -> str:
-    """Text from argv for a message: bytes that are not UTF-8 shown as \\xNN, not as the
-    surrogates Python decoded them to."""
+    """Text from argv, quoted for a one-line message: bytes that are not UTF-8 as \\xNN
+    (not the surrogates Python decoded them to), control characters escaped."""
     try:
-        return repr(os.fsencode(text).decode("utf-8", "backslashreplace"))
+        decoded = os.fsencode(text).decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:
         return ascii(text)
+    return "'" + "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
+                         for c in decoded) + "'"
 
 
 def check_config(config: DomainConfig) -> None:

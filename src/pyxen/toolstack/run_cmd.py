@@ -36,7 +36,7 @@ def timeout_seconds(text: str) -> float:
     try:
         seconds = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
     try:
         check_timeout(seconds)
     except ValueError as e:

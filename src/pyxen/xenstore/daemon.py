@@ -33,7 +33,7 @@ def quota_item(text: str) -> tuple[str, int]:
     name, sep, value = text.partition("=")
     if not sep or name not in Quotas.NAMES:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected WHAT=NB with WHAT one of {', '.join(Quotas.NAMES)}")
+            f"'{text}': expected WHAT=NB with WHAT one of {', '.join(Quotas.NAMES)}")
     try:
         return name, parse_quota_value(value)
     except ValueError as e:
@@ -160,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m pyxen.xenstore.daemon`: the same command without the pyxen CLI."""
+    from pyxen.cli import messages_show_bytes
+
+    messages_show_bytes()
     parser = argparse.ArgumentParser(prog="pyxen xenstored", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -62,10 +62,10 @@ def parse_quota_value(text: str) -> int:
     """A quota from the command line: a decimal count from 0 to QUOTA_MAX, nothing else
     (no sign, no other digits than 0-9), so -E and --quota refuse the same values."""
     if not re.fullmatch(r"[0-9]+", text):
-        raise ValueError(f"{text!r} is not a whole number from 0 to {QUOTA_MAX}")
+        raise ValueError(f"'{text}' is not a whole number from 0 to {QUOTA_MAX}")
     value = int(text)
     if value > QUOTA_MAX:
-        raise ValueError(f"{text!r} is larger than {QUOTA_MAX}")
+        raise ValueError(f"'{text}' is larger than {QUOTA_MAX}")
     return value
 
 

@@ -63,7 +63,7 @@ def check_socket_path(path: str) -> None:
     if not path:
         raise ValueError("the socket path is empty")
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise ValueError(f"the socket path {path!r} is longer than {MAX_SOCKET_PATH} bytes "
+        raise ValueError(f"the socket path {path} is longer than {MAX_SOCKET_PATH} bytes "
                          f"(the limit of a Unix socket address)")
 
 
