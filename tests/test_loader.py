@@ -1,8 +1,10 @@
 """The PVH image loader: both note locations, both ELF classes, and no input that can make it
-fail with anything but a clear ImageError."""
+fail with anything but a clear ImageError (nor read without end); the domain configuration's
+rules, checked before anything is read."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guestkit import image
-from pyxen.domain.loader import ImageError, parse_pvh_image
+from pyxen.domain.builder import (
+    check_config,
+    command_line_bytes,
+    host_memory_mib,
+    image_limit,
+    load_module,
+)
+from pyxen.domain.domain import DomainConfig
+from pyxen.domain.loader import MAX_IMAGE_BYTES, ImageError, parse_pvh_image, read_bounded
 
 
 def test_elf64_with_pt_note(guests) -> None:
@@ -61,3 +71,64 @@ def test_empty_file(tmp_path: Path) -> None:
     p.write_bytes(b"")
     with pytest.raises(ImageError, match="not an ELF file"):
         parse_pvh_image(p)
+
+
+# --- reading files: only regular ones, never past the limit --------------------------------
+
+def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # no writer: opening must not wait for one
+    for path, kind in [("/dev/zero", "a character device"), (fifo, "a FIFO"),
+                       (tmp_path, "a directory")]:
+        with pytest.raises(ImageError, match=f"^{path}: is {kind}, not a kernel image file$"):
+            parse_pvh_image(path)
+        with pytest.raises(ImageError, match=f"is {kind}, not a module file"):
+            load_module(path)
+
+
+def test_a_file_larger_than_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    huge = tmp_path / "huge"
+    with huge.open("wb") as f:
+        f.truncate(1 << 40)  # sparse: a TiB that takes no disk space
+    with pytest.raises(ImageError, match="larger than 1024 MiB"):
+        parse_pvh_image(huge)
+    small = tmp_path / "small"
+    small.write_bytes(bytes(4097))
+    with pytest.raises(ImageError, match="module is larger than 0.00390625 MiB"):
+        read_bounded(small, 4096, "module")
+    assert len(read_bounded(small, 4097, "module")) == 4097
+
+
+def test_image_limit_is_the_memory_at_most_a_gib() -> None:
+    assert image_limit(DomainConfig(memory_mib=64)) == 64 << 20
+    assert image_limit(DomainConfig(memory_mib=4096)) == MAX_IMAGE_BYTES == 1 << 30
+
+
+# --- the domain configuration's rules --------------------------------------------------------
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"name": ""}, "1 to 128 bytes"),
+    ({"name": "x" * 129}, "1 to 128 bytes"),
+    ({"name": "\udcff"}, r"name '\\xff' is not valid UTF-8"),
+    ({"name": "a\nb"}, r"name 'a\\nb' contains control characters"),
+    ({"memory_mib": 0}, "memory must be between 1 MiB"),
+    ({"memory_mib": 1 << 40}, "memory must be between 1 MiB and the host's"),
+    ({"maxmem_mib": 1 << 40}, "maxmem"),
+    ({"vcpus": 0}, "vcpus must be between 1 and 128"),
+    ({"vcpus": 2, "max_vcpus": 1}, "maxvcpus"),
+    ({"cmdline": "x" * 4096}, "longer than 4095 bytes"),
+    ({"cmdline": "\ud800"}, "not valid text"),
+])
+def test_config_rules(changes: dict, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        check_config(DomainConfig(**changes))
+
+
+def test_good_config_passes() -> None:
+    check_config(DomainConfig(name="ünïcode-ok", memory_mib=host_memory_mib(), vcpus=128))
+
+
+def test_command_line_is_the_bytes_given() -> None:
+    assert command_line_bytes("plain") == b"plain"
+    assert command_line_bytes("caf\u00e9") == "café".encode()
+    assert command_line_bytes(os.fsdecode(b"A\xff\xfeB")) == b"A\xff\xfeB"

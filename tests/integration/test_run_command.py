@@ -4,6 +4,8 @@ Commands that boot a guest run on each vCPU backend (`--accel`, the `accel` fixt
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from guestkit import image
+from pyxen.xenstore.client import Client
+from pyxen.xenstore.errors import XenStoreError
 
 PYXEN = [sys.executable, "-m", "pyxen.cli"]
 
@@ -136,3 +140,45 @@ def test_image_larger_than_memory_is_refused(guests) -> None:
 def test_bad_memory_settings_are_refused(guests) -> None:
     assert "maxmem" in _refused(str(image("demo")), "--memory", "32", "--maxmem", "16")
     assert "vcpus" in _refused(str(image("demo")), "--vcpus", "0")
+
+
+def test_store_socket_appears_with_the_domain_nodes_already_in_it(guests, tmp_path: Path) -> None:
+    """pyxen run --xenstore-socket binds the socket only once the domain's nodes are in the
+    store, so the first client that connects reads them. The test waits for the node itself
+    (within 30 s), not for the socket file; then a SIGTERM stops the run, socket removed."""
+    sock = tmp_path / "xs.sock"
+    proc = subprocess.Popen([*PYXEN, "run", str(image("block")), "--cmdline",
+                             "idle=120 idle_how=block", "--name", "idler",
+                             "--xenstore-socket", str(sock), "--accel", "soft"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    first_read: bytes | str | None = None  # what the first connection saw
+    name: bytes | str | None = None
+    listing: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while name != b"idler":
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, f"/local/domain/1/name is {name!r} after 30 s"
+            try:
+                with Client(str(sock), timeout=10) as xs:
+                    try:
+                        name = xs.read("/local/domain/1/name")
+                    except XenStoreError as e:
+                        name = e.name
+                    if first_read is None:
+                        first_read = name
+                    listing = xs.ls("/local/domain/1") if name == b"idler" else []
+            except OSError:  # no socket yet
+                time.sleep(0.1)
+        assert first_read == b"idler", "the socket was served before the domain's nodes"
+        assert {"name", "domid", "memory", "vm"} <= set(listing)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.splitlines() == ["pyxen: terminated by SIGTERM"]
+    assert not os.path.exists(sock)
