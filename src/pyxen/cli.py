@@ -73,13 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     messages_show_bytes()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_module", None):
-        parser.print_help()
-        return 2
     try:
-        with stop_signals.installed():
+        with stop_signals.installed():  # first: building the parser imports every subcommand
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if not getattr(args, "_module", None):
+                parser.print_help()
+                return 2
             return int(args._module.run(args) or 0)
     except SignalStop as e:
         print(f"pyxen: {e.message}", file=sys.stderr)

@@ -277,6 +277,11 @@ def test_numbers_that_are_not_integers_are_bad_usage(option: str, value: str | b
     assert_usage(pyxen("run", "kernel.elf", option, value), option, "invalid int value")
 
 
+def test_empty_paths_are_bad_usage() -> None:
+    assert_usage(pyxen("run", ""), "image", "the path is empty")
+    assert_usage(pyxen("run", "kernel.elf", "--ramdisk", ""), "--ramdisk", "the path is empty")
+
+
 def test_missing_ramdisk_is_refused(guests, tmp_path: Path) -> None:
     assert_refused(pyxen("run", str(image("demo")), "--ramdisk", str(tmp_path / "nope"),
                          "--accel", "soft"), "cannot read module")
@@ -379,3 +384,30 @@ def test_signal_stops_xenstored_cleanly(sig: signal.Signals, tmp_path: Path) -> 
     assert proc.returncode == 128 + sig, stderr
     assert stderr.splitlines() == [_message("pyxen xenstored", sig)]
     assert not sock.exists()
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0, 3.5])
+def test_sigterm_at_any_moment_leaves_nothing_behind(guests, delay: float,
+                                                     tmp_path: Path) -> None:
+    """Whether it lands while Python starts, while the domain is built, or while the guest
+    runs: no traceback, no socket left, and (once pyxen's handlers are in, i.e. unless the
+    interpreter was still starting) status 143 with its one line."""
+    sock = tmp_path / "xs.sock"
+    proc = subprocess.Popen(_argv(("run", str(image("block")), "--cmdline",
+                                   "idle=120 idle_how=block", "--xenstore-socket", str(sock),
+                                   "--accel", "soft")),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_stop_signals)
+    try:
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in stderr
+    assert not sock.exists()
+    if proc.returncode != -signal.SIGTERM:  # killed by the default action while starting
+        assert proc.returncode == 143, stderr
+        assert stderr.splitlines() == ["pyxen: terminated by SIGTERM"]

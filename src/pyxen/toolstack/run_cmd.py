@@ -44,15 +44,25 @@ def timeout_seconds(text: str) -> float:
     return seconds
 
 
+def file_path(text: str) -> str:
+    """argparse type for IMAGE and --ramdisk: an empty path is a usage error (it named no
+    file, and --ramdisk '' used to mean no ramdisk, silently)."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty")
+    return text
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", help="a Xen PVH kernel (ELF with XEN_ELFNOTE_PHYS32_ENTRY)")
+    p.add_argument("image", type=file_path,
+                   help="a Xen PVH kernel (ELF with XEN_ELFNOTE_PHYS32_ENTRY)")
     p.add_argument("--memory", type=int, default=64, metavar="MiB",
                    help="guest memory (default 64; at most the host's RAM)")
     p.add_argument("--maxmem", type=int, metavar="MiB",
                    help="memory the guest may grow to (default: --memory)")
     p.add_argument("--cmdline", default="",
                    help="the guest's command line (passed as the bytes given)")
-    p.add_argument("--ramdisk", metavar="FILE", help="a module (ramdisk) for the guest")
+    p.add_argument("--ramdisk", metavar="FILE", type=file_path,
+                   help="a module (ramdisk) for the guest")
     p.add_argument("--dom0", action="store_true",
                    help="run as the privileged initial domain (SIF_INITDOMAIN)")
     p.add_argument("--vcpus", type=int, default=1,
@@ -118,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         check_config(config)  # before reading files: their size limit comes from the memory
-        modules = [load_module(args.ramdisk, image_limit(config))] if args.ramdisk else []
+        modules = ([load_module(args.ramdisk, image_limit(config))]
+                   if args.ramdisk is not None else [])
         factory = select_machine(args.accel)
         with XenStoreForGuest(args.xenstore or args.xenstore_socket is not None,
                               args.xenstore_socket, config) as store:
