@@ -78,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="WHAT=NB",
         help=f"set any quota by name: {', '.join(Quotas.NAMES)}",
     )
+    parser.epilog = ("exit status: 1 cannot listen (or a bad $XENSTORED_PATH), 2 bad usage, "
+                     "128+N stopped by signal N (130 SIGINT, 129 SIGHUP, 143 SIGTERM)")
 
 
 def quotas_from_args(args: argparse.Namespace) -> Quotas:
