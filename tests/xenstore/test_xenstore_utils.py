@@ -82,7 +82,7 @@ def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
     proc = start_daemon(sock)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0 and b"Traceback" not in err
+    assert proc.returncode == 143 and b"Traceback" not in err
     assert not os.path.exists(sock)
 
 
@@ -91,7 +91,7 @@ def test_sigint_exits_cleanly(tmp_path: Path) -> None:
     proc = start_daemon(sock)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0 and b"Traceback" not in err
+    assert proc.returncode == 130 and b"Traceback" not in err
 
 
 def test_unbindable_socket_is_one_line_error(tmp_path: Path) -> None:

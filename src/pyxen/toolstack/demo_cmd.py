@@ -10,7 +10,7 @@ from .guestkit import guest_image
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout", type=float, default=60, metavar="S",
+    p.add_argument("--timeout", type=run_cmd.timeout_seconds, default=60, metavar="S",
                    help="stop the demo after S seconds (default 60)")
     p.add_argument("--trace", action="store_true", help="log every hypercall on stderr")
     run_cmd.add_accel_argument(p)
