@@ -100,3 +100,37 @@ class evtchn_unmask(C.Structure):
 
 class evtchn_reset(C.Structure):
     _fields_ = [("dom", domid_t)]
+
+
+class evtchn_init_control(C.Structure):
+    _fields_ = [("control_gfn", C.c_uint64), ("offset", C.c_uint32), ("vcpu", C.c_uint32),
+                ("link_bits", C.c_uint8), ("_pad", C.c_uint8 * 7)]
+
+
+class evtchn_expand_array(C.Structure):
+    _fields_ = [("array_gfn", C.c_uint64)]
+
+
+class evtchn_set_priority(C.Structure):
+    _fields_ = [("port", evtchn_port_t), ("priority", C.c_uint32)]
+
+
+# The FIFO ABI: per-port 32-bit event words in guest pages, per-vCPU control blocks.
+EVTCHN_2L_NR_CHANNELS = 64 * 64
+EVTCHN_FIFO_PRIORITY_MAX = 0
+EVTCHN_FIFO_PRIORITY_DEFAULT = 7
+EVTCHN_FIFO_PRIORITY_MIN = 15
+EVTCHN_FIFO_MAX_QUEUES = EVTCHN_FIFO_PRIORITY_MIN + 1
+EVTCHN_FIFO_PENDING = 31
+EVTCHN_FIFO_MASKED = 30
+EVTCHN_FIFO_LINKED = 29
+EVTCHN_FIFO_BUSY = 28
+EVTCHN_FIFO_LINK_BITS = 17
+EVTCHN_FIFO_LINK_MASK = (1 << EVTCHN_FIFO_LINK_BITS) - 1
+EVTCHN_FIFO_NR_CHANNELS = 1 << EVTCHN_FIFO_LINK_BITS
+event_word_t = C.c_uint32
+
+
+class evtchn_fifo_control_block(C.Structure):
+    _fields_ = [("ready", C.c_uint32), ("_rsvd", C.c_uint32),
+                ("head", C.c_uint32 * EVTCHN_FIFO_MAX_QUEUES)]
