@@ -87,6 +87,7 @@ class Domain:
         self.machine = machine
         self.hypercalls = hypercalls
         self._console = console
+        self._console_lock = threading.Lock()  # console_write's chunks never interleave
         self.handle = config.handle or hashlib.md5(f"pyxen:{config.name}".encode()).digest()
         maxmem = config.maxmem_mib or config.memory_mib
         self.memory = GuestMemory(config.memory_mib * MiB, max(maxmem, config.memory_mib) * MiB,
@@ -176,7 +177,10 @@ class Domain:
 
     # --- console --------------------------------------------------------------------------------
     def console_write(self, data: bytes, source: str = "console_io") -> None:
-        self._console(data)
+        """The guest's output from any source (console_io, debugcon, the PV console ring),
+        one chunk at a time in the order it arrived, whichever thread delivers it."""
+        with self._console_lock:
+            self._console(data)
 
     # --- vCPUs ------------------------------------------------------------------------------------
     def add_vcpu(self, vcpu: Vcpu) -> None:
