@@ -67,6 +67,14 @@ DOMID_IDLE = 0x7FFF
 CONSOLEIO_write = 0
 CONSOLEIO_read = 1
 
+# mmuext_op commands (struct mmuext_op).
+MMUEXT_PIN_L1_TABLE = 0
+MMUEXT_PIN_L2_TABLE = 1
+MMUEXT_PIN_L3_TABLE = 2
+MMUEXT_PIN_L4_TABLE = 3
+MMUEXT_UNPIN_TABLE = 4
+MMU_UPDATE_PREEMPTED = 1 << 31
+
 XEN_LEGACY_MAX_VCPUS = 32
 XEN_PAGE_SHIFT = 12
 XEN_PAGE_SIZE = 1 << XEN_PAGE_SHIFT
@@ -136,3 +144,9 @@ class compat_multicall_entry(C.Structure):
     """The 32-bit guests' layout (xen/include/compat): all fields 32 bits wide."""
 
     _fields_ = [("op", C.c_uint32), ("result", C.c_uint32), ("args", C.c_uint32 * 6)]
+
+
+class mmuext_op(C.Structure):
+    """cmd, then arg1 (mfn or linear_addr) and arg2 (nr_ents, vcpumask or src_mfn)."""
+
+    _fields_ = [("cmd", C.c_uint32), ("arg1", C.c_uint64), ("arg2", C.c_uint64)]
