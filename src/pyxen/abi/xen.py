@@ -150,3 +150,9 @@ class mmuext_op(C.Structure):
     """cmd, then arg1 (mfn or linear_addr) and arg2 (nr_ents, vcpumask or src_mfn)."""
 
     _fields_ = [("cmd", C.c_uint32), ("arg1", C.c_uint64), ("arg2", C.c_uint64)]
+
+
+class compat_mmuext_op(C.Structure):
+    """The 32-bit callers' layout: every member 32 bits wide."""
+
+    _fields_ = [("cmd", C.c_uint32), ("arg1", C.c_uint32), ("arg2", C.c_uint32)]
