@@ -20,6 +20,7 @@ from pyxen.abi.hvm import HVM_NR_PARAMS, HVM_PARAM_CALLBACK_IRQ, HVM_PARAM_CALLB
 from pyxen.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 from pyxen.abi.xen import DOMID_SELF
 from pyxen.hv.event_channel import DEFAULT_MAX_EVENT_CHANNELS, EventChannels
+from pyxen.hv.grant_table import GrantTable
 from pyxen.hv.shared_info import SharedInfo
 from pyxen.hv.time import DomainClock
 from pyxen.hv.timer import TimerQueue, tight_timer_slack
@@ -104,12 +105,12 @@ class Domain:
         self.evtchn = EventChannels(self, config.max_event_channels)
         self.timers = TimerQueue(self.clock, config.name)
         self.hvm_params = [0] * HVM_NR_PARAMS
-        self.grant_frames: dict[int, int] = {}  # grant-table frame index → guest frame
         self.max_grant_frames = config.max_grant_frames
+        self.special_frames: dict[int, str] = {}  # gfn → Xen page mapped there
         self.vcpus: list[Vcpu] = []
         self.peers: dict[int, Domain] = {self.domid: self}  # the host's domains, by id
         self.e820: list[tuple[int, int, int]] = []  # (addr, size, type): XENMEM_memory_map
-        self.special_frames: dict[int, str] = {}  # gfn → Xen page mapped there
+        self.grant_table = GrantTable(self, config.max_grant_frames)
         self.extra_pages = 0  # increase_reservation pages (allocated, not mapped: HVM)
         self.max_vcpus = config.max_vcpus or config.vcpus
         self.shutdown_code: int | None = None
@@ -187,6 +188,7 @@ class Domain:
         self.vcpus.append(vcpu)
 
     def start(self) -> None:
+        self.grant_table.seed_reserved()  # as libxl's xc_dom_gnttab_seed, for dom0's backends
         for vcpu in self.vcpus:
             if vcpu.online:
                 self.start_vcpu(vcpu)

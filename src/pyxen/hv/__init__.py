@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from . import console_io, event_channel, hvm, memory, multicall, sched, vcpu, version
+from . import (
+    console_io,
+    event_channel,
+    grant_table,
+    hvm,
+    memory,
+    multicall,
+    sched,
+    vcpu,
+    version,
+)
 from .hypercall import HypercallTable
 
-FAMILIES = (version, console_io, sched, hvm, memory, vcpu, event_channel, multicall)
+FAMILIES = (version, console_io, sched, hvm, memory, vcpu, event_channel, grant_table,
+            multicall)
 
 
 def hypercall_table() -> HypercallTable:

@@ -99,7 +99,9 @@ def reservation_op(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
                        for f in range(gfn, gfn + pages)):
                 break
             for f in range(gfn, gfn + pages):
-                target.special_frames.pop(f, None)
+                kind = target.special_frames.pop(f, None)
+                if kind and kind.startswith("grant_"):
+                    target.grant_table.frame_unmapped(kind)
                 mem.release(f)
         done = i + 1
     return done
@@ -158,10 +160,7 @@ def add_to_physmap_one(vcpu: Vcpu, d: Domain, space: int, idx: int, gpfn: int) -
             raise XenError(EINVAL)
         _place_xen_page(d, "shared_info", gpfn)
     elif space == M.XENMAPSPACE_grant_table:
-        if idx & M.XENMAPIDX_grant_table_status or idx >= d.max_grant_frames:
-            raise XenError(EINVAL)  # grant table v1: no status frames
-        _place_xen_page(d, f"grant_table:{idx}", gpfn)
-        d.grant_frames[idx] = gpfn
+        d.grant_table.map_frame(idx, gpfn)  # shared or (v2, XENMAPIDX_...) status frame
     elif space == M.XENMAPSPACE_gmfn:
         if not d.memory.is_populated(idx) or idx in d.special_frames:
             raise XenError(EINVAL)
@@ -245,8 +244,8 @@ def remove_from_physmap(vcpu: Vcpu, arg: int, start: int) -> int:
     kind = d.special_frames.pop(x.gpfn, None)
     if kind == "shared_info":
         d.shared_info.unmap()
-    elif kind and kind.startswith("grant_table:"):
-        d.grant_frames.pop(int(kind.split(":")[1]), None)
+    elif kind and kind.startswith("grant_"):
+        d.grant_table.frame_unmapped(kind)
     d.memory.release(x.gpfn)
     return 0
 

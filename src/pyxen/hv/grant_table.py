@@ -1,0 +1,862 @@
+"""HYPERVISOR_grant_table_op and each domain's grant table (xen/common/grant_table.c).
+
+A domain's shared grant frames (v1 or v2 entries) and, for v2, its status frames are Xen's
+pages: while the guest has one mapped (XENMEM_add_to_physmap) it lives in guest RAM at that
+frame, which is the page the guest writes; while unmapped pyxen keeps its contents aside, as
+Xen keeps the page. The active entries (pin counts) and the maptrack (handles of the grants
+this domain mapped) are pyxen's own, as in Xen. GTF_reading/GTF_writing are set and cleared
+with real atomic instructions, because the granting guest updates the same words itself.
+
+An HVM guest reaches only the sub-ops Xen's hvm_grant_table_op lets through (query_size,
+setup_table, set_version, get_version, copy, map/unmap_grant_ref, swap_grant_ref); the others
+are -ENOSYS, as on Xen. GrantMapper is the backend side (what dom0 does through gntdev).
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import ctypes.util
+import struct
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pyxen.abi import grant_table as G
+from pyxen.abi.errno import EBUSY, EINVAL, ENOSYS, EPERM, ERANGE, ESRCH, XenError
+from pyxen.abi.hvm import HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_PFN
+from pyxen.abi.memory import XENMAPIDX_grant_table_status
+from pyxen.abi.xen import DOMID_SELF, HYPERVISOR_grant_table_op
+from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
+
+from .hypercall import HypercallTable, subop_describer
+
+if TYPE_CHECKING:
+    from pyxen.domain.domain import Domain
+    from pyxen.domain.vcpu import Vcpu
+
+INITIAL_NR_GRANT_FRAMES = 1
+V1_PER_PAGE = PAGE_SIZE // 8
+V2_PER_PAGE = PAGE_SIZE // 16
+STATUS_PER_PAGE = PAGE_SIZE // 2
+MAPTRACK_PER_PAGE = PAGE_SIZE // 16
+MAX_MAPTRACK_FRAMES = 1024  # Xen's gnttab_max_maptrack_frames default
+INVALID_GFN = (1 << 64) - 1
+PIN_HSTW, PIN_HSTR, PIN_DEVW, PIN_DEVR = 1, 1 << 8, 1 << 16, 1 << 24
+PIN_WRITERS = 0xFF | 0xFF << 16  # host + device writable mappings
+PIN_OVERFLOW = 0x80808080
+HVM_SUBOPS = {G.GNTTABOP_query_size, G.GNTTABOP_setup_table, G.GNTTABOP_set_version,
+              G.GNTTABOP_get_version, G.GNTTABOP_copy, G.GNTTABOP_map_grant_ref,
+              G.GNTTABOP_unmap_grant_ref, G.GNTTABOP_swap_grant_ref}
+SUBOPS = {v: k for k, v in vars(G).items() if k.startswith("GNTTABOP_")}
+
+_atomic = C.CDLL(ctypes.util.find_library("atomic") or "libatomic.so.1")
+_fetch_and_2 = _atomic.__atomic_fetch_and_2
+_fetch_and_2.argtypes = [C.c_void_p, C.c_uint16, C.c_int]
+_fetch_and_2.restype = C.c_uint16
+_fetch_or_2 = _atomic.__atomic_fetch_or_2
+_fetch_or_2.argtypes = [C.c_void_p, C.c_uint16, C.c_int]
+_fetch_or_2.restype = C.c_uint16
+_cmpxchg_4 = _atomic.__atomic_compare_exchange_4
+_cmpxchg_4.argtypes = [C.c_void_p, C.c_void_p, C.c_uint32, C.c_int, C.c_int]
+_cmpxchg_4.restype = C.c_bool
+_SEQ_CST = 5
+
+
+def grant_to_status_frames(frames: int) -> int:
+    return -(-frames * V2_PER_PAGE // STATUS_PER_PAGE)
+
+
+def status_to_grant_frames(frames: int) -> int:
+    return -(-frames * STATUS_PER_PAGE // V2_PER_PAGE)
+
+
+class GrantStatus(Exception):
+    """A grant operation failed with a GNTST_* status (the backend API raises it)."""
+
+    def __init__(self, status: int, why: str = "") -> None:
+        super().__init__(f"GNTST {status}: {why}" if why else f"GNTST {status}")
+        self.status = status
+
+
+@dataclass
+class Active:
+    """Xen's active_grant_entry: who uses a granted entry and how often (pin counts)."""
+
+    pin: int = 0
+    domid: int = 0
+    gfn: int = 0  # the granting (or, transitive, the final) domain's frame
+    start: int = 0
+    length: int = PAGE_SIZE
+    is_sub_page: bool = False
+    trans_domain: Domain | None = None
+    trans_gref: int = 0
+
+
+@dataclass
+class Mapping:
+    """Xen's grant_mapping: one maptrack handle of the domain that mapped a grant."""
+
+    ref: int
+    flags: int
+    domid: int
+    host_gfn: int = 0
+
+
+class GrantTable:
+    """One domain's grant table: frames, version, active entries, maptrack."""
+
+    def __init__(self, domain: Domain, max_frames: int) -> None:
+        self.d = domain
+        self.version = 1
+        self.max_frames = max_frames
+        self.nr_frames = 0
+        self.nr_status = 0
+        self.gfns: dict[str, int] = {}  # "grant_table:i" / "grant_status:i" → guest frame
+        self.aside: dict[str, bytearray] = {}  # contents of the frames not mapped now
+        self.active: dict[int, Active] = {}
+        self.maptrack: list[Mapping | None] = []
+        self.free_handles: deque[int] = deque()
+        self.lock = threading.RLock()
+        self.grow(INITIAL_NR_GRANT_FRAMES)
+
+    # --- frames ----------------------------------------------------------------------------
+    def grow(self, frames: int) -> None:
+        """gnttab_grow_table: at least `frames` shared frames (and v2 status frames)."""
+        frames = max(frames, INITIAL_NR_GRANT_FRAMES)
+        for i in range(self.nr_frames, frames):
+            self.aside[f"grant_table:{i}"] = bytearray(PAGE_SIZE)
+        self.nr_frames = max(self.nr_frames, frames)
+        if self.version == 2:
+            self._populate_status(self.nr_frames)
+
+    def _populate_status(self, frames: int) -> None:
+        want = grant_to_status_frames(frames)
+        for i in range(self.nr_status, want):
+            self.aside[f"grant_status:{i}"] = bytearray(PAGE_SIZE)
+        self.nr_status = max(self.nr_status, want)
+
+    def nr_entries(self) -> int:
+        return self.nr_frames * (V1_PER_PAGE if self.version == 1 else V2_PER_PAGE)
+
+    def frame_gfn(self, key: str) -> int:
+        """The guest frame a grant (or status) frame is mapped at, INVALID_GFN if none."""
+        return self.gfns.get(key, INVALID_GFN)
+
+    def _where(self, key: str, offset: int) -> tuple[bytearray | C.Array, int, int | None]:
+        """(buffer, offset in it, host address or None) of byte `offset` of frame `key`."""
+        gfn = self.gfns.get(key)
+        if gfn is None:
+            return self.aside[key], offset, None
+        gpa = (gfn << PAGE_SHIFT) + offset
+        return self.d.memory.map, gpa, self.d.memory.host_address + gpa  # type: ignore[return-value]
+
+    def page_bytes(self, key: str) -> bytes:
+        buf, off, _ = self._where(key, 0)
+        return bytes(buf[off : off + PAGE_SIZE])
+
+    def map_frame(self, raw_idx: int, gfn: int) -> None:
+        """XENMEM_add_to_physmap(XENMAPSPACE_grant_table): gnttab_map_frame."""
+        with self.lock:
+            if self.version == 2 and raw_idx & XENMAPIDX_grant_table_status:
+                idx = raw_idx & ~XENMAPIDX_grant_table_status
+                if idx >= self.nr_status:
+                    nr_grant = status_to_grant_frames(idx + 1)
+                    if grant_to_status_frames(nr_grant) == idx + 1 and \
+                            nr_grant <= self.max_frames:
+                        self.grow(nr_grant)
+                    if idx >= self.nr_status:
+                        raise XenError(EINVAL)
+                key = f"grant_status:{idx}"
+            else:
+                idx = raw_idx
+                if idx >= self.nr_frames and idx + 1 <= self.max_frames:
+                    self.grow(idx + 1)
+                if idx >= self.nr_frames:
+                    raise XenError(EINVAL)
+                key = f"grant_table:{idx}"
+            self._place(key, gfn)
+
+    def _place(self, key: str, gfn: int) -> None:
+        d = self.d
+        if not d.memory.gfn_backed(gfn):
+            raise XenError(EINVAL, f"gfn {gfn:#x} is outside the domain's physical memory")
+        old = self.gfns.get(key)
+        if old == gfn:
+            return
+        contents = self.page_bytes(key)
+        displaced = d.special_frames.get(gfn)
+        if displaced and displaced.startswith("grant_"):
+            self.frame_unmapped(displaced)  # that frame leaves the guest's physmap
+        d.special_frames.pop(gfn, None)
+        d.memory.populate(gfn)
+        d.memory.write(gfn << PAGE_SHIFT, contents)
+        d.special_frames[gfn] = key
+        self.gfns[key] = gfn
+        self.aside.pop(key, None)
+        if old is not None:
+            del d.special_frames[old]
+            d.memory.release(old)  # the old frame is left empty, as in Xen
+
+    def frame_unmapped(self, key: str) -> None:
+        """The guest removed frame `key` from its physmap: keep its contents aside."""
+        with self.lock:
+            gfn = self.gfns.get(key)
+            if gfn is None:
+                return
+            self.aside[key] = bytearray(self.page_bytes(key))
+            del self.gfns[key]
+
+    def _drop_status_frames(self) -> None:
+        for i in range(self.nr_status):
+            key = f"grant_status:{i}"
+            gfn = self.gfns.pop(key, None)
+            if gfn is not None:
+                self.d.special_frames.pop(gfn, None)
+                self.d.memory.release(gfn)
+            self.aside.pop(key, None)
+        self.nr_status = 0
+        self.d.memory.commit()
+
+    # --- entries ------------------------------------------------------------------------------
+    def _entry(self, ref: int) -> tuple[bytearray | C.Array, int, int | None]:
+        per = V1_PER_PAGE if self.version == 1 else V2_PER_PAGE
+        size = PAGE_SIZE // per
+        return self._where(f"grant_table:{ref // per}", ref % per * size)
+
+    def _status(self, ref: int) -> tuple[bytearray | C.Array, int, int | None]:
+        if self.version == 1:
+            return self._entry(ref)
+        return self._where(f"grant_status:{ref // STATUS_PER_PAGE}", ref % STATUS_PER_PAGE * 2)
+
+    def header(self, ref: int) -> tuple[int, int]:
+        """(flags, domid) of entry `ref`."""
+        buf, off, _ = self._entry(ref)
+        return struct.unpack_from("<HH", buf, off)  # type: ignore[return-value]
+
+    def entry_frame(self, ref: int) -> int:
+        buf, off, _ = self._entry(ref)
+        return struct.unpack_from("<I" if self.version == 1 else "<Q", buf,
+                                  off + (4 if self.version == 1 else 8))[0]
+
+    def sub_page(self, ref: int) -> tuple[int, int]:
+        buf, off, _ = self._entry(ref)
+        return struct.unpack_from("<HH", buf, off + 4)  # type: ignore[return-value]
+
+    def transitive(self, ref: int) -> tuple[int, int]:
+        """(trans_domid, gref) of a v2 transitive entry."""
+        buf, off, _ = self._entry(ref)
+        domid = struct.unpack_from("<H", buf, off + 4)[0]
+        return domid, struct.unpack_from("<I", buf, off + 8)[0]
+
+    def status_word(self, ref: int) -> int:
+        buf, off, _ = self._status(ref)
+        return struct.unpack_from("<H", buf, off)[0]
+
+    def set_status_bits(self, ref: int, bits: int) -> None:
+        buf, off, addr = self._status(ref)
+        if addr is None:
+            struct.pack_into("<H", buf, off, struct.unpack_from("<H", buf, off)[0] | bits)
+        else:
+            _fetch_or_2(addr, bits, _SEQ_CST)
+
+    def clear_status_bits(self, ref: int, bits: int) -> None:
+        buf, off, addr = self._status(ref)
+        if addr is None:
+            struct.pack_into("<H", buf, off, struct.unpack_from("<H", buf, off)[0] & ~bits)
+        else:
+            _fetch_and_2(addr, ~bits & 0xFFFF, _SEQ_CST)
+
+    def _cmpxchg_header(self, ref: int, old: int, new: int) -> int:
+        """Compare-and-swap the (flags, domid) word of entry `ref`; the value found."""
+        buf, off, addr = self._entry(ref)
+        if addr is None:
+            cur = struct.unpack_from("<I", buf, off)[0]
+            if cur == old:
+                struct.pack_into("<I", buf, off, new)
+            return cur
+        expected = C.c_uint32(old)
+        _cmpxchg_4(addr, C.addressof(expected), new, _SEQ_CST, _SEQ_CST)
+        return expected.value
+
+    def write_v1(self, ref: int, flags: int, domid: int, frame: int) -> None:
+        buf, off, _ = self._entry(ref)
+        struct.pack_into("<HHI", buf, off, flags, domid, frame)
+
+    def seed_reserved(self, backend_domid: int = 0) -> None:
+        """xc_dom_gnttab_seed: entries 0 (console ring) and 1 (xenstore ring), granted to the
+        backend domain, for the rings whose HVM params are set when the domain starts."""
+        params = self.d.hvm_params
+        with self.lock:
+            for ref, param in ((G.GNTTAB_RESERVED_CONSOLE, HVM_PARAM_CONSOLE_PFN),
+                               (G.GNTTAB_RESERVED_XENSTORE, HVM_PARAM_STORE_PFN)):
+                if params[param] and self.version == 1:
+                    self.write_v1(ref, G.GTF_permit_access, backend_domid, params[param])
+
+    # --- pin / status (Xen's _set_status) -------------------------------------------------
+    def set_status(self, ref: int, act: Active, readonly: bool, mapflag: bool,
+                   ldomid: int) -> int:
+        mask = G.GTF_type_mask | (G.GTF_sub_page if mapflag else 0)
+        if self.version == 1:
+            flags, domid = self.header(ref)
+            for retry in range(5):
+                if not act.pin and ((flags & mask) != G.GTF_permit_access or domid != ldomid):
+                    return G.GNTST_general_error
+                new = flags | G.GTF_reading
+                if not readonly:
+                    if flags & G.GTF_readonly:
+                        return G.GNTST_general_error
+                    new |= G.GTF_writing
+                old = flags | domid << 16
+                found = self._cmpxchg_header(ref, old, new | domid << 16)
+                if found == old:
+                    return G.GNTST_okay
+                flags, domid = found & 0xFFFF, found >> 16
+                del retry
+            return G.GNTST_general_error
+
+        def bad(flags: int, domid: int) -> bool:
+            kind = flags & mask
+            return kind not in (G.GTF_permit_access, G.GTF_transitive) or domid != ldomid
+
+        flags, domid = self.header(ref)
+        if not act.pin and bad(flags, domid):
+            return G.GNTST_general_error
+        if not readonly and flags & G.GTF_readonly:
+            return G.GNTST_general_error
+        self.set_status_bits(ref, G.GTF_reading | (0 if readonly else G.GTF_writing))
+        flags, domid = self.header(ref)
+        if not act.pin:
+            if bad(flags, domid) or (not readonly and flags & G.GTF_readonly):
+                self.clear_status_bits(ref, G.GTF_reading | G.GTF_writing)
+                return G.GNTST_general_error
+        elif flags & G.GTF_readonly:
+            self.clear_status_bits(ref, G.GTF_writing)
+            return G.GNTST_general_error
+        return G.GNTST_okay
+
+    def release_flags(self, ref: int, act: Active, readonly: bool) -> None:
+        """Clear GTF_writing/GTF_reading once no pin needs them."""
+        bits = 0
+        if not readonly and not act.pin & PIN_WRITERS:
+            bits |= G.GTF_writing
+        if not act.pin:
+            bits |= G.GTF_reading
+        if bits:
+            self.clear_status_bits(ref, bits)
+
+    # --- maptrack -------------------------------------------------------------------------------
+    def get_handle(self) -> int | None:
+        if not self.free_handles:
+            if len(self.maptrack) >= MAX_MAPTRACK_FRAMES * MAPTRACK_PER_PAGE:
+                return None
+            first = len(self.maptrack)
+            self.maptrack.extend([None] * MAPTRACK_PER_PAGE)
+            self.free_handles.extend(range(first + 1, first + MAPTRACK_PER_PAGE))
+            return first
+        return self.free_handles.popleft()
+
+    def put_handle(self, handle: int) -> None:
+        self.maptrack[handle] = None
+        self.free_handles.append(handle)
+
+
+def gnttab(d: Domain) -> GrantTable:
+    return d.grant_table  # type: ignore[no-any-return]
+
+
+def get_paged_frame(rd: Domain, gfn: int) -> int:
+    """GNTST_okay if `gfn` is RAM of `rd` that a grant may name, else GNTST_bad_page."""
+    return G.GNTST_okay if rd.memory.is_populated(gfn) else G.GNTST_bad_page
+
+
+# --- copy (acquire_grant_for_copy / release_grant_for_copy) --------------------------------------
+@dataclass
+class CopyBuf:
+    domain: Domain
+    gfn: int
+    offset: int
+    length: int
+    ref: int | None = None  # the grant held, if any
+    readonly: bool = True
+    holder: Domain | None = None  # the domain whose grant `ref` is
+
+
+def acquire_grant_for_copy(rd: Domain, gref: int, ldom: int, readonly: bool,
+                           allow_transitive: bool) -> tuple[int, CopyBuf | None]:
+    rgt = gnttab(rd)
+    with rgt.lock:
+        if gref >= rgt.nr_entries():
+            return G.GNTST_bad_gntref, None
+        act = rgt.active.setdefault(gref, Active())
+        if act.pin and (act.domid != ldom or act.pin & PIN_OVERFLOW):
+            return G.GNTST_general_error, None
+        old_pin = act.pin
+        flags = rgt.header(gref)[0]
+        if rgt.version == 2 and flags & G.GTF_type_mask == G.GTF_transitive:
+            if not old_pin or (not readonly and not old_pin & PIN_WRITERS):
+                rc = rgt.set_status(gref, act, readonly, False, ldom)
+                if rc != G.GNTST_okay:
+                    return rc, None
+            trans_domid, trans_gref = rgt.transitive(gref)
+            td = rd.peers.get(trans_domid) if trans_domid != rd.domid else None
+            if not allow_transitive or td is None:
+                rgt.release_flags(gref, act, readonly)
+                return G.GNTST_general_error, None
+            rc, inner = acquire_grant_for_copy(td, trans_gref, rd.domid, readonly, False)
+            if rc != G.GNTST_okay or inner is None:
+                rgt.release_flags(gref, act, readonly)
+                return rc, None
+            if not old_pin:
+                act.domid, act.start, act.length = ldom, inner.offset, inner.length
+                act.trans_domain, act.trans_gref, act.gfn = td, trans_gref, inner.gfn
+                act.is_sub_page = True
+        elif not old_pin or (not readonly and not old_pin & PIN_WRITERS):
+            rc = rgt.set_status(gref, act, readonly, False, ldom)
+            if rc != G.GNTST_okay:
+                return rc, None
+            if rgt.version == 2 and flags & G.GTF_sub_page:
+                start, length = rgt.sub_page(gref)
+                sub = True
+            else:
+                start, length, sub = 0, PAGE_SIZE, False
+            gfn = rgt.entry_frame(gref)
+            rc = get_paged_frame(rd, gfn)
+            if rc != G.GNTST_okay:
+                rgt.release_flags(gref, act, readonly)
+                return rc, None
+            if not act.pin:
+                act.domid, act.is_sub_page, act.start, act.length = ldom, sub, start, length
+                act.trans_domain, act.trans_gref, act.gfn = rd, gref, gfn
+        act.pin += PIN_HSTR if readonly else PIN_HSTW
+        owner = act.trans_domain or rd
+        return G.GNTST_okay, CopyBuf(owner, act.gfn, act.start, act.length, gref, readonly)
+
+
+def release_grant_for_copy(rd: Domain, gref: int, readonly: bool) -> None:
+    rgt = gnttab(rd)
+    with rgt.lock:
+        act = rgt.active[gref]
+        act.pin -= PIN_HSTR if readonly else PIN_HSTW
+        if rgt.version == 2:
+            td, trans_gref = act.trans_domain, act.trans_gref
+        else:
+            td, trans_gref = rd, gref
+        rgt.release_flags(gref, act, readonly)
+        if not act.pin:
+            del rgt.active[gref]
+    if td is not None and td is not rd:
+        release_grant_for_copy(td, trans_gref, readonly)
+
+
+def _copy_claim(ld: Domain, dom: Domain, ptr: C.Structure, is_gref: bool,
+                readonly: bool) -> tuple[int, CopyBuf | None]:
+    if is_gref:
+        rc, buf = acquire_grant_for_copy(dom, ptr.u & 0xFFFF_FFFF, ld.domid, readonly, True)
+        if buf is not None:
+            buf.ref, buf.readonly, buf.holder = ptr.u & 0xFFFF_FFFF, readonly, dom
+        return rc, buf
+    rc = get_paged_frame(dom, ptr.u)
+    if rc != G.GNTST_okay:
+        return rc, None
+    return G.GNTST_okay, CopyBuf(dom, ptr.u, 0, PAGE_SIZE)
+
+
+def _copy_release(buf: CopyBuf | None) -> None:
+    if buf is not None and buf.ref is not None and buf.holder is not None:
+        release_grant_for_copy(buf.holder, buf.ref, buf.readonly)
+
+
+def copy_one(ld: Domain, op: C.Structure) -> int:
+    """One gnttab_copy entry: its GNTST status."""
+    doms = []
+    for ptr, is_gref in ((op.source, op.flags & G.GNTCOPY_source_gref),
+                         (op.dest, op.flags & G.GNTCOPY_dest_gref)):
+        if ptr.domid != DOMID_SELF and not is_gref:
+            return G.GNTST_permission_denied  # only DOMID_SELF may name a frame
+        dom = ld.lookup(ptr.domid)
+        if dom is None:
+            return G.GNTST_bad_domain
+        doms.append(dom)
+    src = dest = None
+    try:
+        rc, src = _copy_claim(ld, doms[0], op.source, bool(op.flags & G.GNTCOPY_source_gref),
+                              True)
+        if rc != G.GNTST_okay:
+            return rc
+        rc, dest = _copy_claim(ld, doms[1], op.dest, bool(op.flags & G.GNTCOPY_dest_gref),
+                               False)
+        if rc != G.GNTST_okay:
+            return rc
+        assert src is not None and dest is not None
+        if op.source.offset + op.len > PAGE_SIZE or op.dest.offset + op.len > PAGE_SIZE:
+            return G.GNTST_bad_copy_arg
+        if op.source.offset < src.offset or \
+                op.source.offset + op.len > src.offset + src.length:
+            return G.GNTST_general_error
+        if op.dest.offset < dest.offset or op.dest.offset + op.len > dest.offset + dest.length:
+            return G.GNTST_general_error
+        data = src.domain.memory.read((src.gfn << PAGE_SHIFT) + op.source.offset, op.len)
+        dest.domain.memory.write((dest.gfn << PAGE_SHIFT) + op.dest.offset, data)
+        return G.GNTST_okay
+    finally:
+        _copy_release(dest)
+        _copy_release(src)
+
+
+# --- map / unmap -------------------------------------------------------------------------------
+def pin_for_map(rd: Domain, ref: int, ldomid: int, flags: int) -> tuple[int, Active | None]:
+    """map_grant_ref's checks on the granting side; pins entry `ref` (host or device)."""
+    rgt = gnttab(rd)
+    readonly = bool(flags & G.GNTMAP_readonly)
+    with rgt.lock:
+        if ref >= rgt.nr_entries():
+            return G.GNTST_bad_gntref, None
+        act = rgt.active.setdefault(ref, Active())
+        if act.pin and (act.domid != ldomid or act.pin & PIN_OVERFLOW or act.is_sub_page):
+            return G.GNTST_general_error, None
+        if not act.pin or (not readonly and not act.pin & PIN_WRITERS):
+            rc = rgt.set_status(ref, act, readonly, True, ldomid)
+            if rc != G.GNTST_okay:
+                if not act.pin:
+                    del rgt.active[ref]
+                return rc, None
+            if not act.pin:
+                gfn = rgt.entry_frame(ref)
+                rc = get_paged_frame(rd, gfn)
+                if rc != G.GNTST_okay:
+                    rgt.release_flags(ref, act, readonly)
+                    del rgt.active[ref]
+                    return rc, None
+                act.domid, act.gfn, act.start, act.length = ldomid, gfn, 0, PAGE_SIZE
+                act.is_sub_page, act.trans_domain, act.trans_gref = False, rd, ref
+        if flags & G.GNTMAP_device_map:
+            act.pin += PIN_DEVR if readonly else PIN_DEVW
+        if flags & G.GNTMAP_host_map:
+            act.pin += PIN_HSTR if readonly else PIN_HSTW
+        return G.GNTST_okay, act
+
+
+def unpin_for_map(rd: Domain, ref: int, flags: int) -> None:
+    rgt = gnttab(rd)
+    readonly = bool(flags & G.GNTMAP_readonly)
+    with rgt.lock:
+        act = rgt.active[ref]
+        if flags & G.GNTMAP_device_map:
+            act.pin -= PIN_DEVR if readonly else PIN_DEVW
+        if flags & G.GNTMAP_host_map:
+            act.pin -= PIN_HSTR if readonly else PIN_HSTW
+        rgt.release_flags(ref, act, readonly)
+        if not act.pin:
+            del rgt.active[ref]
+
+
+def map_grant_ref(ld: Domain, op: C.Structure) -> None:
+    """One gnttab_map_grant_ref entry from an HVM guest (status, handle, dev_bus_addr)."""
+    if not op.flags & (G.GNTMAP_device_map | G.GNTMAP_host_map):
+        op.status = G.GNTST_bad_gntref
+        return
+    if op.flags & (G.GNTMAP_device_map | G.GNTMAP_application_map | G.GNTMAP_contains_pte):
+        op.status = G.GNTST_general_error  # no device mapping in an HVM domain
+        return
+    rd = ld.peers.get(op.dom)  # rcu_lock_domain_by_id: DOMID_SELF is no domain here
+    if rd is None:
+        op.status = G.GNTST_bad_domain
+        return
+    lgt = gnttab(ld)
+    with lgt.lock:
+        handle = lgt.get_handle()
+    if handle is None:
+        op.status = G.GNTST_no_device_space
+        return
+    rc, act = pin_for_map(rd, op.ref, ld.domid, op.flags)
+    if rc == G.GNTST_okay:
+        # create_grant_p2m_mapping: the granted page at guest-physical address host_addr.
+        # pyxen's memory layer maps each guest frame to the same frame of the domain's own
+        # memfd and cannot alias another frame there yet, so the p2m insertion fails as
+        # Xen's does when it cannot add the entry: the pin is undone.
+        rc = G.GNTST_general_error
+        unpin_for_map(rd, op.ref, op.flags)
+    with lgt.lock:
+        lgt.put_handle(handle)
+    op.status = rc
+
+
+def unmap_grant_ref(ld: Domain, op: C.Structure) -> None:
+    lgt = gnttab(ld)
+    with lgt.lock:
+        if op.handle >= len(lgt.maptrack) or lgt.maptrack[op.handle] is None:
+            op.status = G.GNTST_bad_handle
+            return
+    op.status = G.GNTST_general_error  # never reached: no guest mapping can be made yet
+
+
+def swap_grant_ref(d: Domain, ref_a: int, ref_b: int) -> int:
+    gt = gnttab(d)
+    with gt.lock:
+        n = gt.nr_entries()
+        if ref_a >= n or ref_b >= n:
+            return G.GNTST_bad_gntref
+        if ref_a == ref_b:
+            return G.GNTST_okay
+        if ref_a in gt.active or ref_b in gt.active:
+            return G.GNTST_eagain
+        size = 8 if gt.version == 1 else 16
+        bufa, offa, _ = gt._entry(ref_a)
+        bufb, offb, _ = gt._entry(ref_b)
+        a, b = bytes(bufa[offa : offa + size]), bytes(bufb[offb : offb + size])
+        bufa[offa : offa + size], bufb[offb : offb + size] = b, a
+        if gt.version == 2:
+            sa, sb = gt.status_word(ref_a), gt.status_word(ref_b)
+            for ref, value in ((ref_a, sb), (ref_b, sa)):
+                buf, off, _ = gt._status(ref)
+                struct.pack_into("<H", buf, off, value)
+        return G.GNTST_okay
+
+
+# --- set_version --------------------------------------------------------------------------------
+def set_version(d: Domain, version: int) -> int:
+    """gnttab_set_version: 0 or -errno; the table's version afterwards is in d.grant_table."""
+    gt = gnttab(d)
+    if version not in (1, 2):
+        return -EINVAL
+    if gt.version == version:
+        return 0
+    with gt.lock:
+        if any(ref >= G.GNTTAB_NR_RESERVED_ENTRIES and act.pin
+               for ref, act in gt.active.items()):
+            return -EBUSY
+        reserved: list[tuple[int, int, int]] = []
+        if gt.version == 2:
+            for ref in range(G.GNTTAB_NR_RESERVED_ENTRIES):
+                kind = gt.header(ref)[0] & G.GTF_type_mask
+                if kind == G.GTF_transitive or \
+                        (kind == G.GTF_permit_access and gt.entry_frame(ref) >> 32):
+                    return -ERANGE
+        for ref in range(G.GNTTAB_NR_RESERVED_ENTRIES):
+            flags, domid = gt.header(ref)
+            if gt.version == 1:
+                reserved.append((flags, domid, gt.entry_frame(ref)))
+            elif flags & G.GTF_type_mask == G.GTF_permit_access:
+                reserved.append((flags | gt.status_word(ref), domid, gt.entry_frame(ref)))
+            else:
+                reserved.append((0, 0, 0))
+        if gt.version == 1:
+            gt._populate_status(gt.nr_frames)
+        else:
+            gt._drop_status_frames()
+        for i in range(gt.nr_frames):
+            buf, off, _ = gt._where(f"grant_table:{i}", 0)
+            buf[off : off + PAGE_SIZE] = bytes(PAGE_SIZE)
+        gt.version = version
+        for ref, (flags, domid, frame) in enumerate(reserved):
+            buf, off, _ = gt._entry(ref)
+            if version == 1:
+                struct.pack_into("<HHI", buf, off, flags, domid, frame & 0xFFFF_FFFF)
+            else:
+                struct.pack_into("<HHIQ", buf, off, flags & ~(G.GTF_reading | G.GTF_writing),
+                                 domid, 0, frame)
+                sbuf, soff, _ = gt._status(ref)
+                struct.pack_into("<H", sbuf, soff, flags & (G.GTF_reading | G.GTF_writing))
+        return 0
+
+
+# --- the hypercall ------------------------------------------------------------------------------
+def _setup_table(vcpu: Vcpu, uop: int, count: int) -> int:
+    if count != 1:
+        raise XenError(EINVAL)
+    guest = vcpu.guest()
+    cls = G.compat_gnttab_setup_table if vcpu.compat else G.gnttab_setup_table
+    op = guest.read_struct(cls, uop)
+    d = vcpu.domain.lookup(op.dom)
+    if d is None:
+        op.status = G.GNTST_bad_domain
+    elif not vcpu.domain.may_control(d):
+        op.status = G.GNTST_permission_denied
+    else:
+        gt = gnttab(d)
+        with gt.lock:
+            if op.nr_frames > gt.max_frames:
+                op.status = G.GNTST_general_error
+            else:
+                if op.nr_frames > gt.nr_frames:
+                    gt.grow(op.nr_frames)
+                op.status = G.GNTST_okay
+                width = 4 if vcpu.compat else 8
+                for i in range(op.nr_frames):
+                    gfn = gt.frame_gfn(f"grant_table:{i}")
+                    if vcpu.compat and gfn >> 32:
+                        op.status = G.GNTST_address_too_big
+                        break
+                    try:
+                        guest.write(op.frame_list + i * width, gfn.to_bytes(width, "little"))
+                    except XenError:
+                        op.status = G.GNTST_bad_virt_addr
+    guest.write(uop + cls.status.offset, struct.pack("<h", op.status))
+    return 0
+
+
+def _query_size(vcpu: Vcpu, uop: int, count: int) -> int:
+    if count != 1:
+        raise XenError(EINVAL)
+    guest = vcpu.guest()
+    op = guest.read_struct(G.gnttab_query_size, uop)
+    d = vcpu.domain.lookup(op.dom)
+    if d is None:
+        op.status = G.GNTST_bad_domain
+    elif not vcpu.domain.may_control(d):
+        op.status = G.GNTST_permission_denied
+    else:
+        gt = gnttab(d)
+        op.nr_frames, op.max_nr_frames, op.status = gt.nr_frames, gt.max_frames, G.GNTST_okay
+    guest.write_struct(uop, op)
+    return 0
+
+
+def _set_version(vcpu: Vcpu, uop: int) -> int:
+    guest = vcpu.guest()
+    op = guest.read_struct(G.gnttab_set_version, uop)
+    rc = set_version(vcpu.domain, op.version)
+    op.version = gnttab(vcpu.domain).version
+    guest.write_struct(uop, op)
+    return rc
+
+
+def _get_version(vcpu: Vcpu, uop: int) -> int:
+    guest = vcpu.guest()
+    op = guest.read_struct(G.gnttab_get_version, uop)
+    d = vcpu.domain.lookup(op.dom)
+    if d is None:
+        raise XenError(ESRCH)
+    if not vcpu.domain.may_control(d):
+        raise XenError(EPERM)
+    guest.write_u32(uop + G.gnttab_get_version.version.offset, gnttab(d).version)
+    return 0
+
+
+def _batch(vcpu: Vcpu, uop: int, count: int, cls: type[C.Structure],
+           one: object, status_only: bool = True) -> int:
+    """The per-entry loop of copy/map/unmap/swap: read, do, write back (status or all)."""
+    guest = vcpu.guest()
+    size = C.sizeof(cls)
+    status_at = cls.status.offset  # type: ignore[attr-defined]
+    for i in range(count):
+        if vcpu.domain.stopping:
+            return 0
+        at = uop + i * size
+        op = guest.read_struct(cls, at)
+        one(vcpu.domain, op)  # type: ignore[operator]
+        if status_only:
+            guest.write(at + status_at, struct.pack("<h", op.status))
+        else:
+            guest.write_struct(at, op)
+    return 0
+
+
+def _copy_entry(d: Domain, op: C.Structure) -> None:
+    op.status = copy_one(d, op)
+
+
+def _swap_entry(d: Domain, op: C.Structure) -> None:
+    op.status = swap_grant_ref(d, op.ref_a, op.ref_b)
+
+
+def do_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> int:
+    cmd &= 0xFFFF_FFFF
+    count &= 0xFFFF_FFFF
+    if cmd not in HVM_SUBOPS:
+        raise XenError(ENOSYS)  # hvm_grant_table_op: everything else "needs auditing"
+    if count >= 1 << 31:
+        raise XenError(EINVAL)
+    compat = vcpu.compat
+    if cmd == G.GNTTABOP_setup_table:
+        return _setup_table(vcpu, uop, count)
+    if cmd == G.GNTTABOP_query_size:
+        return _query_size(vcpu, uop, count)
+    if cmd == G.GNTTABOP_set_version:
+        return _set_version(vcpu, uop)
+    if cmd == G.GNTTABOP_get_version:
+        return _get_version(vcpu, uop)
+    if cmd == G.GNTTABOP_copy:
+        return _batch(vcpu, uop, count, G.compat_gnttab_copy if compat else G.gnttab_copy,
+                      _copy_entry)
+    if cmd == G.GNTTABOP_map_grant_ref:
+        return _batch(vcpu, uop, count,
+                      G.compat_gnttab_map_grant_ref if compat else G.gnttab_map_grant_ref,
+                      map_grant_ref, status_only=False)
+    if cmd == G.GNTTABOP_unmap_grant_ref:
+        return _batch(vcpu, uop, count,
+                      G.compat_gnttab_unmap_grant_ref if compat else G.gnttab_unmap_grant_ref,
+                      unmap_grant_ref)
+    return _batch(vcpu, uop, count, G.gnttab_swap_grant_ref, _swap_entry)
+
+
+def register(table: HypercallTable) -> None:
+    table.register(HYPERVISOR_grant_table_op, do_grant_table_op, subop_describer(SUBOPS, 3))
+
+
+# --- the backend side (dom0's gntdev) ------------------------------------------------------------
+@dataclass
+class GrantMap:
+    """A granted page mapped by a backend: `page` is the real page (the domain's memfd)."""
+
+    domain: Domain
+    ref: int
+    readonly: bool
+    page: memoryview
+
+
+class GrantMapper:
+    """Map and copy other domains' grants as backend domain `domid` does through gntdev,
+    with Xen's checks (GTF_permit_access to `domid`, GTF_readonly, pin counts) and status
+    updates (GTF_reading/GTF_writing while mapped)."""
+
+    def __init__(self, domid: int = 0) -> None:
+        self.domid = domid
+
+    def map(self, rd: Domain, ref: int, readonly: bool = False) -> GrantMap:
+        flags = G.GNTMAP_host_map | (G.GNTMAP_readonly if readonly else 0)
+        rc, act = pin_for_map(rd, ref, self.domid, flags)
+        if rc != G.GNTST_okay or act is None:
+            raise GrantStatus(rc, f"map of d{rd.domid} ref {ref}")
+        gpa = act.gfn << PAGE_SHIFT
+        view = memoryview(rd.memory.map)[gpa : gpa + PAGE_SIZE]
+        return GrantMap(rd, ref, readonly, view.toreadonly() if readonly else view)
+
+    def unmap(self, m: GrantMap) -> None:
+        if not m.readonly:
+            rd = m.domain
+            rd.memory.note_write(gnttab(rd).active[m.ref].gfn << PAGE_SHIFT, PAGE_SIZE)
+        m.page.release()
+        unpin_for_map(m.domain, m.ref, G.GNTMAP_host_map |
+                      (G.GNTMAP_readonly if m.readonly else 0))
+
+    def _copy(self, rd: Domain, ref: int, offset: int, length: int,
+              data: bytes | None) -> bytes:
+        if length < 0 or offset < 0 or offset + length > PAGE_SIZE:
+            raise GrantStatus(G.GNTST_bad_copy_arg)
+        readonly = data is None
+        rc, buf = acquire_grant_for_copy(rd, ref, self.domid, readonly, True)
+        if rc != G.GNTST_okay or buf is None:
+            raise GrantStatus(rc, f"copy through d{rd.domid} ref {ref}")
+        try:
+            if offset < buf.offset or offset + length > buf.offset + buf.length:
+                raise GrantStatus(G.GNTST_general_error, "outside the sub-page grant")
+            gpa = (buf.gfn << PAGE_SHIFT) + offset
+            if data is None:
+                return buf.domain.memory.read(gpa, length)
+            buf.domain.memory.write(gpa, data)
+            return b""
+        finally:
+            release_grant_for_copy(rd, ref, readonly)
+
+    def copy_from(self, rd: Domain, ref: int, offset: int = 0, length: int = PAGE_SIZE) -> bytes:
+        """GNTTABOP_copy from the grant into the backend."""
+        return self._copy(rd, ref, offset, length, None)
+
+    def copy_to(self, rd: Domain, ref: int, data: bytes, offset: int = 0) -> None:
+        """GNTTABOP_copy from the backend into the (writable) grant."""
+        self._copy(rd, ref, offset, len(data), bytes(data))
+
+
+__all__ = ["GrantMapper", "GrantStatus", "GrantTable", "do_grant_table_op"]
