@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 from . import (
+    argo,
     console_io,
+    dm,
+    domctl,
     event_channel,
     grant_table,
     hvm,
+    hypfs,
     memory,
+    mmuext,
     multicall,
+    physdev,
+    platform_op,
     sched,
+    sysctl,
     vcpu,
     version,
+    xenpmu,
+    xsm,
 )
 from .hypercall import HypercallTable
 
 FAMILIES = (version, console_io, sched, hvm, memory, vcpu, event_channel, grant_table,
-            multicall)
+            multicall,
+            # The privileged and platform calls: Xen's answers to a domU, a few sub-ops for dom0.
+            sysctl, domctl, platform_op, physdev, mmuext, xsm, dm, hypfs, argo, xenpmu)
 
 
 def hypercall_table() -> HypercallTable:
