@@ -27,11 +27,20 @@ int guest_main(void)
     long rc;
     char name[64];
 
-    /* Readable by the guest; store/console are 0 (no xenstore/console ring). */
+    /* Readable by the guest; the store's are 0 (no xenstore served). Every domain has a
+     * console ring, as with xl: its parameters are checked by the console_ring guest. */
     static const struct { unsigned idx; const char *key; } zero[] = {
         { HVM_PARAM_STORE_PFN, "store_pfn" }, { HVM_PARAM_STORE_EVTCHN, "store_evtchn" },
+    };
+    static const struct { unsigned idx; const char *key; } console[] = {
         { HVM_PARAM_CONSOLE_PFN, "console_pfn" }, { HVM_PARAM_CONSOLE_EVTCHN, "console_evtchn" },
     };
+    for (unsigned i = 0; i < ARRAY_SIZE(console); i++) {
+        v = 0;
+        snprintf(name, sizeof(name), "hvm_param.get_%s", console[i].key);
+        check_eq(name, hvm_get_param(DOMID_SELF, console[i].idx, &v), 0);
+        info(console[i].key, "%#lx", (unsigned long)v);
+    }
     for (unsigned i = 0; i < ARRAY_SIZE(zero); i++) {
         v = ~0ULL;
         rc = hvm_get_param(DOMID_SELF, zero[i].idx, &v);

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from pyxen.backends.console import ConsoleBackend
 from pyxen.domain.backend import MachineBackend
 from pyxen.domain.builder import Module, build_domain
 from pyxen.domain.domain import Domain, DomainConfig, Outcome, Result
 from pyxen.hv import hypercall_table
 
 from . import accel
+from .console_service import attach_console
+from .terminal import ConsoleInput
 
 # pyxen run's exit status for each way a domain can end (documented in README.md).
 EXIT_CODES = {
@@ -150,12 +153,15 @@ def run_image(
     console: Callable[[bytes], None] | None = None,
     machine_factory: Callable[[list[int]], MachineBackend] | None = None,
     prepare: Callable[[Domain], None] | None = None,
+    console_input: ConsoleInput | None = None,
 ) -> RunResult:
     """Boot `image` and wait until it stops (or `timeout` seconds pass).
 
     Raises ImageError (bad image/config) before anything runs; returns the outcome and the
-    console output otherwise. `prepare` may adjust the built domain before it starts.
-    Without a `machine_factory` the backend is chosen as by `--accel auto`.
+    console output otherwise. Every domain gets a PV console ring, as xl gives one, whose
+    output joins the console; `console_input` feeds its input side. `prepare` may adjust
+    the built domain (its console attached) before it starts. Without a `machine_factory`
+    the backend is chosen as by `--accel auto`.
     """
     if machine_factory is None:
         machine_factory = accel.machine_factory("auto")[0]
@@ -167,12 +173,20 @@ def run_image(
             console(data)
 
     domain = build_domain(image, config, machine_factory, hypercall_table(), sink, modules)
+    ring: ConsoleBackend | None = None
     try:
+        ring = attach_console(domain)
         if prepare:
             prepare(domain)
+        if console_input is not None:
+            console_input.start(ring)
         domain.start()
         result = domain.wait(timeout)  # where a stop signal usually lands (SignalStop)
     finally:
         with stop_signals.deferred():
+            if console_input is not None:
+                console_input.stop()
+            if ring is not None:
+                ring.close()  # what the guest left in its ring is printed
             domain.close()
     return RunResult(result, bytes(captured))

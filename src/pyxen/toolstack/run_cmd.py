@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import os
+import signal
 import sys
+from collections.abc import Callable, Iterator
 
 from pyxen.domain.backend import MachineBackend
 from pyxen.domain.builder import check_config, image_limit, load_module
@@ -15,7 +19,9 @@ from pyxen.xenstore import XenStored
 from pyxen.xenstore.unix import ThreadedServer, prepare_socket_path, socket_path_arg
 
 from . import accel
+from .console_service import remove_console_nodes, write_console_nodes
 from .embedded import EXIT_CODES, run_image, stdout_console, stop_signals
+from .terminal import ESCAPE_NAME, stdin_console, terminal_name
 from .xenstore_service import attach_xenstore, release_domain
 
 EXIT_HELP = ", ".join(f"{code} {outcome.value}" for outcome, code in
@@ -77,10 +83,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="guest", help="domain name (UTF-8, default guest)")
     p.add_argument("--timeout", type=timeout_seconds, metavar="S",
                    help="stop the guest after S seconds (exit status 7)")
+    p.add_argument("--console-log", metavar="FILE",
+                   help="also append the guest's console output to FILE, as bytes")
     p.add_argument("--trace", action="store_true",
                    help="log every hypercall with its arguments and result on stderr")
     add_accel_argument(p)
-    p.epilog = (f"exit status: {EXIT_HELP}; 2 bad usage; 128+N stopped by signal N "
+    p.epilog = (f"console: the guest's output on stdout; stdin goes to its PV console ring "
+                f"(on a terminal: raw, {ESCAPE_NAME} stops the domain as Ctrl-C would). "
+                f"exit status: {EXIT_HELP}; 2 bad usage; 128+N stopped by signal N "
                 "(130 SIGINT, 129 SIGHUP, 143 SIGTERM)")
 
 
@@ -131,11 +141,13 @@ def run(args: argparse.Namespace) -> int:
         modules = ([load_module(args.ramdisk, image_limit(config))]
                    if args.ramdisk is not None else [])
         factory = select_machine(args.accel)
-        with XenStoreForGuest(args.xenstore or args.xenstore_socket is not None,
-                              args.xenstore_socket, config) as store:
+        with console_output(args.console_log) as console, \
+                stdin_console(escape=escape_stops_domain) as keyboard, \
+                XenStoreForGuest(args.xenstore or args.xenstore_socket is not None,
+                                 args.xenstore_socket, config) as store:
             outcome = run_image(args.image, config, modules, args.timeout,
-                                console=stdout_console, machine_factory=factory,
-                                prepare=store.attach)
+                                console=console, machine_factory=factory,
+                                prepare=store.attach, console_input=keyboard)
     except ImageError as e:
         print(f"pyxen: {e}", file=sys.stderr)
         return EXIT_CODES[Outcome.ERROR]
@@ -147,6 +159,34 @@ def run(args: argparse.Namespace) -> int:
     if result.outcome is not Outcome.POWEROFF or args.trace:
         print(f"pyxen: domain {args.name} {result.outcome.value}{detail}", file=sys.stderr)
     return outcome.exit_code
+
+
+@contextlib.contextmanager
+def console_output(log_path: str | None) -> Iterator[Callable[[bytes], None]]:
+    """The guest's console on stdout and, with --console-log, appended to that file."""
+    if log_path is None:
+        yield stdout_console
+        return
+    try:
+        log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise RuntimeError(f"cannot open the console log {log_path}: "
+                           f"{e.strerror or e}") from None
+
+    def both(data: bytes) -> None:
+        log.write(data)
+        stdout_console(data)
+
+    try:
+        yield both
+    finally:
+        log.close()
+
+
+def escape_stops_domain() -> None:
+    """The console escape key was typed: stop the domain as Ctrl-C (SIGINT) does."""
+    print(f"\npyxen: console escape ({ESCAPE_NAME}): stopping the domain", file=sys.stderr)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 class XenStoreForGuest:
@@ -179,6 +219,7 @@ class XenStoreForGuest:
             return
         attach_xenstore(domain, self.xenstored)
         self.handle = domain.handle
+        write_console_nodes(self.xenstored, domain, tty=terminal_name())
         if self.socket_path is not None:
             server = ThreadedServer(self.socket_path, self.xenstored)
             self.server = server  # before start: __exit__ stops it even if start is cut short
@@ -191,6 +232,7 @@ class XenStoreForGuest:
         with stop_signals.deferred():
             try:
                 if self.xenstored is not None and self.handle:
+                    remove_console_nodes(self.xenstored, self.config.domid)
                     release_domain(self.xenstored, self.config.domid, self.handle)
             finally:
                 if self.server is not None:
