@@ -13,6 +13,7 @@ import pytest
 
 from clayout import check_layout, compile_layouts, compile_layouts_i386
 from pyxen.abi import event_channel as ev
+from pyxen.abi import grant_table as gnt
 from pyxen.abi import hvm, hvm_vcpu, memory, sched, start_info, vcpu, version, xen
 
 # (C type, ctypes class, {python field: C member expression} where the names differ)
@@ -68,6 +69,23 @@ LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
     ("struct vcpu_hvm_x86_32", hvm_vcpu.vcpu_hvm_x86_32, {}),
     ("struct vcpu_hvm_x86_64", hvm_vcpu.vcpu_hvm_x86_64, {}),
     ("struct vcpu_hvm_context", hvm_vcpu.vcpu_hvm_context, {}),
+    ("struct grant_entry_v1", gnt.grant_entry_v1, {}),
+    ("struct grant_entry_header", gnt.grant_entry_header, {}),
+    ("union grant_entry_v2", gnt.grant_entry_v2, {"spacer": "__spacer"}),
+    ("struct gnttab_map_grant_ref", gnt.gnttab_map_grant_ref, {}),
+    ("struct gnttab_unmap_grant_ref", gnt.gnttab_unmap_grant_ref, {}),
+    ("struct gnttab_setup_table", gnt.gnttab_setup_table, {}),
+    ("struct gnttab_dump_table", gnt.gnttab_dump_table, {}),
+    ("struct gnttab_transfer", gnt.gnttab_transfer, {}),
+    ("struct gnttab_copy", gnt.gnttab_copy, {}),
+    ("struct gnttab_copy_ptr", gnt.gnttab_copy_ptr, {}),
+    ("struct gnttab_query_size", gnt.gnttab_query_size, {}),
+    ("struct gnttab_unmap_and_replace", gnt.gnttab_unmap_and_replace, {}),
+    ("struct gnttab_set_version", gnt.gnttab_set_version, {}),
+    ("struct gnttab_get_status_frames", gnt.gnttab_get_status_frames, {}),
+    ("struct gnttab_get_version", gnt.gnttab_get_version, {}),
+    ("struct gnttab_swap_grant_ref", gnt.gnttab_swap_grant_ref, {}),
+    ("struct gnttab_cache_flush", gnt.gnttab_cache_flush, {}),
 ]
 
 HEADERS = """
@@ -82,6 +100,7 @@ HEADERS = """
 #include <xen/arch-x86/hvm/start_info.h>
 #include <xen/event_channel.h>
 #include <xen/hvm/hvm_vcpu.h>
+#include <xen/grant_table.h>
 """
 
 
@@ -96,6 +115,10 @@ COMPAT_LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
     ("struct sched_poll", sched.compat_sched_poll, {}),
     ("struct vcpu_runstate_info", vcpu.compat_vcpu_runstate_info, {}),
     ("struct multicall_entry", xen.compat_multicall_entry, {}),
+    ("struct gnttab_setup_table", gnt.compat_gnttab_setup_table, {}),
+    ("struct gnttab_copy", gnt.compat_gnttab_copy, {}),
+    ("struct gnttab_map_grant_ref", gnt.compat_gnttab_map_grant_ref, {}),
+    ("struct gnttab_unmap_grant_ref", gnt.compat_gnttab_unmap_grant_ref, {}),
 ]
 
 
