@@ -24,6 +24,21 @@ _fetch_and_8.restype = C.c_uint64
 _exchange_1 = _lib.__atomic_exchange_1
 _exchange_1.argtypes = [C.c_void_p, C.c_uint8, C.c_int]
 _exchange_1.restype = C.c_uint8
+_fetch_or_4 = _lib.__atomic_fetch_or_4
+_fetch_or_4.argtypes = [C.c_void_p, C.c_uint32, C.c_int]
+_fetch_or_4.restype = C.c_uint32
+_fetch_and_4 = _lib.__atomic_fetch_and_4
+_fetch_and_4.argtypes = [C.c_void_p, C.c_uint32, C.c_int]
+_fetch_and_4.restype = C.c_uint32
+_load_4 = _lib.__atomic_load_4
+_load_4.argtypes = [C.c_void_p, C.c_int]
+_load_4.restype = C.c_uint32
+_store_4 = _lib.__atomic_store_4
+_store_4.argtypes = [C.c_void_p, C.c_uint32, C.c_int]
+_store_4.restype = None
+_cmpxchg_4 = _lib.__atomic_compare_exchange_4
+_cmpxchg_4.argtypes = [C.c_void_p, C.c_void_p, C.c_uint32, C.c_bool, C.c_int, C.c_int]
+_cmpxchg_4.restype = C.c_bool
 
 
 def test_and_set_bit(address: int, bit: int) -> bool:
@@ -42,3 +57,33 @@ def test_bit(address: int, bit: int) -> bool:
 def exchange_byte(address: int, value: int) -> int:
     """Store `value` in the byte at `address`; the old value."""
     return _exchange_1(address, value, _SEQ_CST)
+
+
+# 32-bit words: the FIFO ABI's event words and control-block fields (event_fifo.c).
+def test_and_set_bit32(address: int, bit: int) -> bool:
+    """Set bit `bit` (0..31) of the 32-bit word at `address`; whether it was already set."""
+    return bool(_fetch_or_4(address, 1 << bit, _SEQ_CST) >> bit & 1)
+
+
+def test_and_clear_bit32(address: int, bit: int) -> bool:
+    return bool(_fetch_and_4(address, ~(1 << bit) & 0xFFFF_FFFF, _SEQ_CST) >> bit & 1)
+
+
+def test_bit32(address: int, bit: int) -> bool:
+    return bool(_load_4(address, _SEQ_CST) >> bit & 1)
+
+
+def load32(address: int) -> int:
+    return _load_4(address, _SEQ_CST)
+
+
+def store32(address: int, value: int) -> None:
+    _store_4(address, value & 0xFFFF_FFFF, _SEQ_CST)
+
+
+def cmpxchg32(address: int, old: int, new: int) -> int:
+    """Xen's cmpxchg: store `new` if the word still holds `old`; the value found either way
+    (equal to `old` exactly when the exchange happened)."""
+    expected = C.c_uint32(old)
+    _cmpxchg_4(address, C.addressof(expected), new & 0xFFFF_FFFF, False, _SEQ_CST, _SEQ_CST)
+    return expected.value

@@ -1,44 +1,57 @@
-"""HYPERVISOR_event_channel_op: Xen's 2-level event channels (common/event_channel.c,
-event_2l.c).
+"""HYPERVISOR_event_channel_op: Xen's event channels (common/event_channel.c).
 
-A domain's ports live in `EventChannels`; the guest-visible state is the 2-level bitmaps:
-shared_info.evtchn_pending / evtchn_mask and, per vCPU, vcpu_info.evtchn_pending_sel and
-evtchn_upcall_pending. Raising an event follows Xen's order exactly (pending bit, then mask
-test, then selector, then upcall) with atomic operations on the shared page (hv.atomic), so
-the guest may clear bits concurrently. FIFO event channels are not provided: their sub-ops
-are -ENOSYS, which is how guests learn to stay on the 2-level ABI.
+A domain's ports live in `EventChannels`. What a port's event looks like to the guest
+depends on the ABI the domain uses, so port-level operations (set/clear pending, unmask,
+is_pending, is_masked, the port limit) go through a port-ops object as in Xen's
+evtchn_port_ops: 2-level bitmaps in shared_info (event_2l.py) from the start, FIFO queues in
+guest pages (event_fifo.py) once the guest calls EVTCHNOP_init_control, 2-level again after
+EVTCHNOP_reset.
 """
 
 from __future__ import annotations
 
-import ctypes as C
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyxen.abi import event_channel as E
-from pyxen.abi.errno import EBUSY, EEXIST, EINVAL, ENOENT, ENOSPC, ENOSYS, EPERM, ESRCH, XenError
-from pyxen.abi.xen import DOMID_SELF, HYPERVISOR_event_channel_op, shared_info
+from pyxen.abi.errno import (
+    EACCES,
+    EBUSY,
+    EEXIST,
+    EINVAL,
+    ENOENT,
+    ENOSPC,
+    ENOSYS,
+    EOPNOTSUPP,
+    EPERM,
+    ESRCH,
+    XenError,
+)
+from pyxen.abi.event_channel import EVTCHN_2L_NR_CHANNELS
+from pyxen.abi.xen import DOMID_SELF, HYPERVISOR_event_channel_op
 
-from . import atomic
+from . import event_fifo
+from .event_2l import Evtchn2L, mark_events_pending
+from .event_fifo import EvtchnFifo
 from .hypercall import HypercallTable, subop_describer
 
 if TYPE_CHECKING:
     from pyxen.domain.domain import Domain
     from pyxen.domain.vcpu import Vcpu
 
+__all__ = ["EVTCHN_2L_NR_CHANNELS", "Channel", "EventChannels", "mark_events_pending",
+           "register"]
+
 ECS_FREE, ECS_RESERVED, ECS_UNBOUND, ECS_INTERDOMAIN, ECS_PIRQ, ECS_VIRQ, ECS_IPI = range(7)
 STATUS = {ECS_FREE: E.EVTCHNSTAT_closed, ECS_RESERVED: E.EVTCHNSTAT_closed,
           ECS_UNBOUND: E.EVTCHNSTAT_unbound, ECS_INTERDOMAIN: E.EVTCHNSTAT_interdomain,
           ECS_PIRQ: E.EVTCHNSTAT_pirq, ECS_VIRQ: E.EVTCHNSTAT_virq, ECS_IPI: E.EVTCHNSTAT_ipi}
 DEFAULT_MAX_EVENT_CHANNELS = 1023  # xl's default max_event_channels
-EVTCHN_2L_NR_CHANNELS = 64 * 64
 EVTCHNS_PER_BUCKET = 64  # ports become valid a bucket at a time, as in Xen
 NR_PIRQS_DOMU = 24 + 32  # Xen: the host's GSIs (one IO-APIC: 24) + extra_domU_irqs (32)
 PER_VCPU_VIRQS = {E.VIRQ_TIMER, E.VIRQ_DEBUG, E.VIRQ_XENOPROF, E.VIRQ_XENPMU}
-PENDING = shared_info.evtchn_pending.offset
-MASK = shared_info.evtchn_mask.offset
 SUBOPS = {v: k for k, v in vars(E).items() if k.startswith("EVTCHNOP_")}
 
 
@@ -58,6 +71,14 @@ class Channel:
     # ECS_INTERDOMAIN to a service pyxen itself provides in dom0 (xenstored, consoled):
     # a send from the guest calls it instead of raising an event in another domain.
     consumer: Callable[[], None] | None = None
+    # FIFO ABI state, which (as in Xen's struct evtchn) survives closing the port:
+    priority: int = E.EVTCHN_FIFO_PRIORITY_DEFAULT
+    fifo_pending: bool = False  # raised while its event-array page did not exist yet
+    fifo_lastq: tuple[int, int] = (0, 0)  # (vCPU, priority) of the queue it was last on
+
+    def usable(self) -> bool:
+        """evtchn_usable: only bound ports have events."""
+        return self.state > ECS_RESERVED
 
 
 class EventChannels:
@@ -65,10 +86,17 @@ class EventChannels:
 
     def __init__(self, domain: Domain, max_port: int = DEFAULT_MAX_EVENT_CHANNELS) -> None:
         self.domain = domain
-        self.max_port = min(max_port, EVTCHN_2L_NR_CHANNELS - 1)
+        self.max_evtchn_port = max_port  # the toolstack's limit (xl max_event_channels)
         self.lock = threading.RLock()
         self.ports: list[Channel] = [Channel() for _ in range(EVTCHNS_PER_BUCKET)]
         self.ports[0].state = ECS_RESERVED  # port 0 is never handed out
+        self.port_ops: Evtchn2L | EvtchnFifo = Evtchn2L(self)
+        self._free_hint = 1  # every port below it is bound (speeds up get_free_port)
+
+    @property
+    def max_port(self) -> int:
+        """The highest port the domain may use now, in its current ABI."""
+        return min(self.max_evtchn_port, self.port_ops.max_evtchns - 1)
 
     def valid(self, port: int) -> bool:
         return 0 <= port < len(self.ports)
@@ -79,54 +107,61 @@ class EventChannels:
         return self.ports[port]
 
     def get_free_port(self) -> int:
-        for port, chn in enumerate(self.ports):
-            if chn.state == ECS_FREE:
+        """get_free_port / evtchn_allocate_port: the lowest port that is free and not still
+        queued (FIFO), within the toolstack's and the ABI's limits."""
+        ports, ops = self.ports, self.port_ops
+        while self._free_hint < len(ports) and ports[self._free_hint].state != ECS_FREE:
+            self._free_hint += 1
+        for port in range(self._free_hint, min(len(ports), self.max_evtchn_port + 1)):
+            if port >= ops.max_evtchns:
+                raise XenError(ENOSPC, "no free event channel")
+            if ports[port].state == ECS_FREE and not ops.is_busy(port):
                 return port
-        port = len(self.ports)
-        if port > self.max_port:
+        port = len(ports)
+        if port > self.max_evtchn_port or port >= ops.max_evtchns:
             raise XenError(ENOSPC, "no free event channel")
-        self.ports.extend(Channel() for _ in range(EVTCHNS_PER_BUCKET))
+        ports.extend(Channel() for _ in range(EVTCHNS_PER_BUCKET))
         return port
 
-    # --- the 2-level ABI on the shared page ----------------------------------------------------
-    def _bitmaps(self) -> int:
-        return C.addressof(self.domain.shared_info.page)
+    # --- port operations: the domain's ABI (evtchn_port_*) -------------------------------------
+    def bind(self, port: int) -> Channel:
+        """evtchn_port_init for a port just bound (the caller sets its state)."""
+        chn = self.ports[port]
+        self.port_ops.init(chn)
+        return chn
 
     def set_pending(self, vcpu_id: int, port: int) -> None:
-        """evtchn_2l_set_pending: the strict order Xen uses, with atomic guest-memory ops."""
-        base = self._bitmaps()
-        word, bit = divmod(port, 64)
-        if atomic.test_and_set_bit(base + PENDING + 8 * word, bit):
-            return  # already pending: nothing new to signal
+        """evtchn_port_set_pending: raise `port`'s event towards vCPU `vcpu_id`."""
+        if not self.valid(port) or not self.ports[port].usable():
+            return
         vcpus = self.domain.vcpus
-        v = vcpus[vcpu_id] if vcpu_id < len(vcpus) else vcpus[0]
-        if not atomic.test_bit(base + MASK + 8 * word, bit):
-            info = v.vcpu_info
-            if info is not None and not atomic.test_and_set_bit(
-                    C.addressof(info) + type(info).evtchn_pending_sel.offset, word):
-                mark_events_pending(v)
-        self.check_pollers(port)
+        self.port_ops.set_pending(vcpus[vcpu_id] if vcpu_id < len(vcpus) else vcpus[0], port)
 
     def clear_pending(self, port: int) -> None:
-        word, bit = divmod(port, 64)
-        atomic.test_and_clear_bit(self._bitmaps() + PENDING + 8 * word, bit)
+        if self.valid(port) and self.ports[port].usable():
+            self.port_ops.clear_pending(port)
 
     def is_pending(self, port: int) -> bool:
-        word, bit = divmod(port, 64)
-        return atomic.test_bit(self._bitmaps() + PENDING + 8 * word, bit)
+        return self.valid(port) and self.ports[port].usable() and self.port_ops.is_pending(port)
+
+    def is_masked(self, port: int) -> bool:
+        return (not self.valid(port) or not self.ports[port].usable()
+                or self.port_ops.is_masked(port))
 
     def unmask(self, port: int) -> None:
-        """evtchn_2l_unmask: an unmask that finds the port pending raises the upcall again."""
-        base = self._bitmaps()
-        word, bit = divmod(port, 64)
-        v = self.domain.vcpus[self.ports[port].notify_vcpu]
-        info = v.vcpu_info
-        if (atomic.test_and_clear_bit(base + MASK + 8 * word, bit)
-                and atomic.test_bit(base + PENDING + 8 * word, bit)
-                and info is not None
-                and not atomic.test_and_set_bit(
-                    C.addressof(info) + type(info).evtchn_pending_sel.offset, word)):
-            mark_events_pending(v)
+        """An unmask that finds the port pending delivers its event (both ABIs)."""
+        if self.valid(port) and self.ports[port].usable():
+            self.port_ops.unmask(port)
+
+    def set_priority(self, port: int, priority: int) -> None:
+        """evtchn_port_set_priority: -ENOSYS in 2-level mode, -EACCES for an unbound port."""
+        ops = self.port_ops
+        if not isinstance(ops, EvtchnFifo):
+            raise XenError(ENOSYS, "the 2-level ABI has no priorities")
+        chn = self.get(port)
+        if not chn.usable():
+            raise XenError(EACCES)
+        ops.set_priority(chn, priority)
 
     def check_pollers(self, port: int) -> None:
         for v in self.domain.vcpus:
@@ -140,7 +175,7 @@ class EventChannels:
         `remote_port` (what the toolstack sets up for the store and console rings)."""
         with self.lock:
             port = self.get_free_port()
-            chn = self.ports[port]
+            chn = self.bind(port)
             chn.state, chn.remote_domid, chn.remote_port = ECS_INTERDOMAIN, remote_domid, remote_port
             chn.consumer = consumer
         return port
@@ -175,22 +210,17 @@ class EventChannels:
             peer.state, peer.remote_domid = ECS_UNBOUND, self.domain.domid
             peer.remote_dom = None
         self.clear_pending(port)  # a re-bound port must not inherit an old event
-        self.ports[port] = Channel()
+        self.ports[port] = Channel(priority=chn.priority, fifo_pending=chn.fifo_pending,
+                                   fifo_lastq=chn.fifo_lastq)
+        self._free_hint = min(self._free_hint, port)
 
     def reset(self) -> None:
+        """evtchn_reset: close every port, and go back to the 2-level ABI."""
         for port in range(1, len(self.ports)):
             if self.ports[port].state not in (ECS_FREE, ECS_RESERVED):
                 self.close(port)
-
-
-def mark_events_pending(v: Vcpu) -> None:
-    """vcpu_mark_events_pending: raise the vCPU's upcall if it was not already raised."""
-    info = v.vcpu_info
-    if info is None:
-        return
-    if atomic.exchange_byte(C.addressof(info), 1) == 0:  # evtchn_upcall_pending is byte 0
-        v.upcall_edge = True
-    v.kick()
+        if isinstance(self.port_ops, EvtchnFifo):
+            self.port_ops = Evtchn2L(self)
 
 
 def _lock_pair(a: Domain, b: Domain):  # type: ignore[no-untyped-def]
@@ -236,7 +266,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         remote = d.domid if a.remote_dom == DOMID_SELF else a.remote_dom
         with target.evtchn.lock:
             port = target.evtchn.get_free_port()
-            chn = target.evtchn.ports[port]
+            chn = target.evtchn.bind(port)
             chn.state, chn.remote_domid, chn.notify_vcpu = ECS_UNBOUND, remote, 0
         a.port = port
         guest.write_struct(arg, a)
@@ -254,7 +284,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
             rchn = rd.evtchn.ports[b.remote_port]
             if rchn.state != ECS_UNBOUND or rchn.remote_domid != d.domid:
                 raise XenError(EINVAL, "remote port is not unbound for this domain")
-            lchn = ev.ports[lport]
+            lchn = ev.bind(lport)
             lchn.state, lchn.remote_dom, lchn.remote_port = ECS_INTERDOMAIN, rd, b.remote_port
             lchn.notify_vcpu = 0
             rchn.state, rchn.remote_dom, rchn.remote_port = ECS_INTERDOMAIN, d, lport
@@ -275,7 +305,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
             if v.virq_to_evtchn[b.virq]:
                 raise XenError(EEXIST)
             port = ev.get_free_port()
-            chn = ev.ports[port]
+            chn = ev.bind(port)
             chn.state, chn.notify_vcpu, chn.virq = ECS_VIRQ, b.vcpu, b.virq
             v.virq_to_evtchn[b.virq] = port
         b.port = port
@@ -287,7 +317,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         _vcpu_id(d, b.vcpu)
         with ev.lock:
             port = ev.get_free_port()
-            chn = ev.ports[port]
+            chn = ev.bind(port)
             chn.state, chn.notify_vcpu = ECS_IPI, b.vcpu
         b.port = port
         guest.write_struct(arg, b)
@@ -302,7 +332,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
             if any(c.state == ECS_PIRQ and c.pirq == b.pirq for c in ev.ports):
                 raise XenError(EEXIST)
             port = ev.get_free_port()
-            chn = ev.ports[port]
+            chn = ev.bind(port)
             chn.state, chn.pirq, chn.notify_vcpu = ECS_PIRQ, b.pirq, 0
         b.port = port
         guest.write_struct(arg, b)
@@ -388,7 +418,29 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
             target.evtchn.reset()
         return 0
 
-    raise XenError(ENOSYS)  # FIFO ABI (init_control, expand_array, set_priority): 2-level only
+    if cmd == E.EVTCHNOP_init_control:
+        c = guest.read_struct(E.evtchn_init_control, arg)
+        event_fifo.init_control(ev, c.vcpu, c.control_gfn, c.offset)
+        c.link_bits = E.EVTCHN_FIFO_LINK_BITS
+        guest.write_struct(arg, c)
+        return 0
+
+    if cmd == E.EVTCHNOP_expand_array:
+        gfn = guest.read_struct(E.evtchn_expand_array, arg).array_gfn
+        fifo = ev.port_ops
+        if not isinstance(fifo, EvtchnFifo):
+            raise XenError(EOPNOTSUPP, "expand_array before init_control")
+        with ev.lock:
+            fifo.add_page_to_event_array(gfn)
+        return 0
+
+    if cmd == E.EVTCHNOP_set_priority:
+        p = guest.read_struct(E.evtchn_set_priority, arg)
+        with ev.lock:
+            ev.set_priority(p.port, p.priority)
+        return 0
+
+    raise XenError(ENOSYS)
 
 
 def register(table: HypercallTable) -> None:

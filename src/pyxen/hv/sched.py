@@ -15,7 +15,6 @@ from pyxen.abi.errno import EINVAL, ENOSPC, ENOSYS, EPERM, ESRCH, XenError
 from pyxen.abi.vcpu import RUNSTATE_running
 from pyxen.abi.xen import HYPERVISOR_sched_op, HYPERVISOR_set_timer_op
 
-from .event_channel import EVTCHN_2L_NR_CHANNELS
 from .hypercall import HypercallTable, subop_describer
 
 if TYPE_CHECKING:
@@ -91,7 +90,7 @@ def do_poll(vcpu: Vcpu, arg: int) -> int:
         port = 0
         for i in range(poll.nr_ports):
             port = guest.read_u32(poll.ports + 4 * i)
-            if port >= EVTCHN_2L_NR_CHANNELS:
+            if not ev.valid(port):  # evtchn_port_poll: any valid port, either ABI
                 raise XenError(EINVAL)
             if ev.is_pending(port):
                 return 0
