@@ -12,9 +12,23 @@ from pathlib import Path
 import pytest
 
 from clayout import check_layout, compile_layouts, compile_layouts_i386
+from pyxen.abi import dm_op as dm
+from pyxen.abi import domctl as dctl
 from pyxen.abi import event_channel as ev
 from pyxen.abi import grant_table as gnt
-from pyxen.abi import hvm, hvm_vcpu, memory, sched, start_info, vcpu, version, xen
+from pyxen.abi import (
+    hvm,
+    hvm_vcpu,
+    memory,
+    physdev,
+    platform,
+    sched,
+    start_info,
+    sysctl,
+    vcpu,
+    version,
+    xen,
+)
 
 # (C type, ctypes class, {python field: C member expression} where the names differ)
 LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
@@ -69,6 +83,19 @@ LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
     ("struct vcpu_hvm_x86_32", hvm_vcpu.vcpu_hvm_x86_32, {}),
     ("struct vcpu_hvm_x86_64", hvm_vcpu.vcpu_hvm_x86_64, {}),
     ("struct vcpu_hvm_context", hvm_vcpu.vcpu_hvm_context, {}),
+    ("struct xen_sysctl_physinfo", sysctl.xen_sysctl_physinfo, {}),
+    ("struct xen_sysctl_getdomaininfolist", sysctl.xen_sysctl_getdomaininfolist, {}),
+    ("struct xen_sysctl", sysctl.xen_sysctl, {}),
+    ("struct xen_arch_domainconfig", dctl.xen_arch_domainconfig, {}),
+    ("struct xen_domctl_getdomaininfo", dctl.xen_domctl_getdomaininfo, {}),
+    ("struct xen_domctl", dctl.xen_domctl, {}),
+    ("struct xen_platform_op", platform.xen_platform_op, {}),
+    ("struct physdev_pci_mmcfg_reserved", physdev.physdev_pci_mmcfg_reserved, {}),
+    ("struct physdev_pci_device_add", physdev.physdev_pci_device_add, {}),
+    ("struct physdev_pci_device", physdev.physdev_pci_device, {}),
+    ("struct physdev_dbgp_op", physdev.physdev_dbgp_op, {}),
+    ("struct xen_dm_op_buf", dm.xen_dm_op_buf, {}),
+    ("struct mmuext_op", xen.mmuext_op, {}),
     ("struct grant_entry_v1", gnt.grant_entry_v1, {}),
     ("struct grant_entry_header", gnt.grant_entry_header, {}),
     ("union grant_entry_v2", gnt.grant_entry_v2, {"spacer": "__spacer"}),
@@ -100,6 +127,11 @@ HEADERS = """
 #include <xen/arch-x86/hvm/start_info.h>
 #include <xen/event_channel.h>
 #include <xen/hvm/hvm_vcpu.h>
+#include <xen/sysctl.h>
+#include <xen/domctl.h>
+#include <xen/platform.h>
+#include <xen/physdev.h>
+#include <xen/hvm/dm_op.h>
 #include <xen/grant_table.h>
 """
 
@@ -115,6 +147,8 @@ COMPAT_LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
     ("struct sched_poll", sched.compat_sched_poll, {}),
     ("struct vcpu_runstate_info", vcpu.compat_vcpu_runstate_info, {}),
     ("struct multicall_entry", xen.compat_multicall_entry, {}),
+    ("struct mmuext_op", xen.compat_mmuext_op, {}),
+    ("struct xen_dm_op_buf", dm.compat_dm_op_buf, {}),
     ("struct gnttab_setup_table", gnt.compat_gnttab_setup_table, {}),
     ("struct gnttab_copy", gnt.compat_gnttab_copy, {}),
     ("struct gnttab_map_grant_ref", gnt.compat_gnttab_map_grant_ref, {}),
