@@ -48,7 +48,7 @@ def test_dom0_gets_real_host_and_domain_facts(guests, accel: str) -> None:
 
 @pytest.mark.parametrize(("nr", "args", "text"), [
     (HYPERVISOR_physdev_op, (13, 0x1000), "physdev_op(PHYSDEVOP_map_pirq, 0x1000)"),
-    (HYPERVISOR_sysctl, (0x2000,), "sysctl(0x2000"),
+    (HYPERVISOR_sysctl, (0x2000, 0, 0, 0, 0), "sysctl(0x2000)"),
 ])
 def test_trace_names_the_calls(nr: int, args: tuple[int, ...], text: str) -> None:
     assert hypercall_table().describe(nr, args).startswith(text)

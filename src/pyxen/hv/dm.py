@@ -43,4 +43,5 @@ def do_dm_op(vcpu: Vcpu, domid: int, nr_bufs: int, bufs: int, *_: int) -> int:
 
 
 def register(table: HypercallTable) -> None:
-    table.register(HYPERVISOR_dm_op, do_dm_op)
+    table.register(HYPERVISOR_dm_op, do_dm_op,
+                   lambda a: f"domid {a[0] & 0xFFFF}, {a[1] & 0xFFFF_FFFF} bufs, {a[2]:#x}")

@@ -120,4 +120,4 @@ def do_domctl(vcpu: Vcpu, arg: int, *_: int) -> int:
 
 
 def register(table: HypercallTable) -> None:
-    table.register(HYPERVISOR_domctl, do_domctl)
+    table.register(HYPERVISOR_domctl, do_domctl, lambda args: hex(args[0]))

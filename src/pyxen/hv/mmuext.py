@@ -75,4 +75,5 @@ def do_mmuext_op(vcpu: Vcpu, uops: int, count: int, pdone: int, foreigndom: int,
 
 
 def register(table: HypercallTable) -> None:
-    table.register(X.HYPERVISOR_mmuext_op, do_mmuext_op)
+    table.register(X.HYPERVISOR_mmuext_op, do_mmuext_op,
+                   lambda a: f"{a[0]:#x}, count {a[1]:#x}, done {a[2]:#x}, foreigndom {a[3]:#x}")

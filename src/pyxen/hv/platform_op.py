@@ -36,4 +36,4 @@ def do_platform_op(vcpu: Vcpu, arg: int, *_: int) -> int:
 
 
 def register(table: HypercallTable) -> None:
-    table.register(HYPERVISOR_platform_op, do_platform_op)
+    table.register(HYPERVISOR_platform_op, do_platform_op, lambda args: hex(args[0]))

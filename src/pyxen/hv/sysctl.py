@@ -32,7 +32,8 @@ MAX_NUMNODES = 64  # x86 NODES_SHIFT 6
 
 
 def physinfo(vcpu: Vcpu) -> S.xen_sysctl_physinfo:
-    """The host as Xen would describe it: one NUMA node, the host's CPUs and RAM."""
+    """The host as Xen would describe it: one NUMA node, the host's CPUs and RAM, the guest TSC
+    rate as cpu_khz; hw_cap (Xen's boot CPU feature words) is left 0."""
     cpus = os.cpu_count() or 1
     page = os.sysconf("SC_PAGE_SIZE")
     total = os.sysconf("SC_PHYS_PAGES") * page >> 12
@@ -69,4 +70,4 @@ def do_sysctl(vcpu: Vcpu, arg: int, *_: int) -> int:
 
 
 def register(table: HypercallTable) -> None:
-    table.register(HYPERVISOR_sysctl, do_sysctl)
+    table.register(HYPERVISOR_sysctl, do_sysctl, lambda args: hex(args[0]))

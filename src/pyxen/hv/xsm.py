@@ -51,4 +51,4 @@ def do_xsm_op(vcpu: Vcpu, *_: int) -> int:
 
 
 def register(table: HypercallTable) -> None:
-    table.register(HYPERVISOR_xsm_op, do_xsm_op)
+    table.register(HYPERVISOR_xsm_op, do_xsm_op, lambda args: hex(args[0]))
