@@ -12,11 +12,8 @@ from pathlib import Path
 import pytest
 
 from clayout import check_layout, compile_layouts, compile_layouts_i386
-from pyxen.abi import dm_op as dm
-from pyxen.abi import domctl as dctl
-from pyxen.abi import event_channel as ev
-from pyxen.abi import grant_table as gnt
 from pyxen.abi import (
+    console,
     hvm,
     hvm_vcpu,
     memory,
@@ -29,6 +26,10 @@ from pyxen.abi import (
     version,
     xen,
 )
+from pyxen.abi import dm_op as dm
+from pyxen.abi import domctl as dctl
+from pyxen.abi import event_channel as ev
+from pyxen.abi import grant_table as gnt
 
 # (C type, ctypes class, {python field: C member expression} where the names differ)
 LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
@@ -113,6 +114,7 @@ LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
     ("struct gnttab_get_version", gnt.gnttab_get_version, {}),
     ("struct gnttab_swap_grant_ref", gnt.gnttab_swap_grant_ref, {}),
     ("struct gnttab_cache_flush", gnt.gnttab_cache_flush, {}),
+    ("struct xencons_interface", console.xencons_interface, {}),
 ]
 
 HEADERS = """
@@ -127,6 +129,7 @@ HEADERS = """
 #include <xen/arch-x86/hvm/start_info.h>
 #include <xen/event_channel.h>
 #include <xen/hvm/hvm_vcpu.h>
+#include <xen/io/console.h>
 #include <xen/sysctl.h>
 #include <xen/domctl.h>
 #include <xen/platform.h>
