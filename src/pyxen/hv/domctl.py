@@ -36,7 +36,10 @@ GPADDR_BITS = 52  # the guest-physical address width pyxen's page walk accepts
 
 
 def getdomaininfo(d: Domain) -> D.xen_domctl_getdomaininfo:
-    """Xen's getdomaininfo(): the state `xl list` shows, from pyxen's own bookkeeping."""
+    """Xen's getdomaininfo(): the state `xl list` shows, from pyxen's own bookkeeping.
+
+    arch_config.emulation_flags stays 0: pyxen emulates no local APIC or other device (Xen
+    reports XEN_X86_EMU_LAPIC for a PVH domain)."""
     info = D.xen_domctl_getdomaininfo(domain=d.domid, max_vcpu_id=D.XEN_INVALID_MAX_VCPU_ID)
     flags = D.XEN_DOMINF_blocked
     now = d.clock.now()

@@ -32,6 +32,7 @@ HARDWARE_DOMAIN_ONLY = {P.PHYSDEVOP_pci_mmcfg_reserved, P.PHYSDEVOP_pci_device_a
 
 def do_physdev_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     d = vcpu.domain
+    cmd &= 0xFFFF_FFFF  # Xen's `int cmd`
     if cmd not in HARDWARE_DOMAIN_ONLY or not d.privileged:
         raise XenError(ENOSYS, "not available to an HVM guest without PIRQs")
     guest = vcpu.guest()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes as C
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyxen.abi import domctl as D
@@ -31,15 +32,33 @@ KNOWN = {v for k, v in vars(S).items() if k.startswith("XEN_SYSCTL_") and k[11:1
 MAX_NUMNODES = 64  # x86 NODES_SHIFT 6
 
 
+TOPOLOGY = Path("/sys/devices/system/cpu/cpu0/topology")
+
+
+def _cpu0_siblings(name: str) -> int:
+    """How many CPUs a Linux topology list of CPU 0 names ("0-3,8"), 1 if unknown."""
+    try:
+        text = (TOPOLOGY / name).read_text().strip()
+    except OSError:
+        return 1
+    count = 0
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return max(count, 1)
+
+
 def physinfo(vcpu: Vcpu) -> S.xen_sysctl_physinfo:
     """The host as Xen would describe it: one NUMA node, the host's CPUs and RAM, the guest TSC
     rate as cpu_khz; hw_cap (Xen's boot CPU feature words) is left 0."""
     cpus = os.cpu_count() or 1
+    threads = _cpu0_siblings("thread_siblings_list")
+    cores = max(_cpu0_siblings("core_siblings_list") // threads, 1)
     page = os.sysconf("SC_PAGE_SIZE")
     total = os.sysconf("SC_PHYS_PAGES") * page >> 12
     free = os.sysconf("SC_AVPHYS_PAGES") * page >> 12
     return S.xen_sysctl_physinfo(
-        threads_per_core=1, cores_per_socket=cpus, nr_cpus=cpus, max_cpu_id=cpus - 1,
+        threads_per_core=threads, cores_per_socket=cores, nr_cpus=cpus, max_cpu_id=cpus - 1,
         nr_nodes=1, max_node_id=MAX_NUMNODES - 1, cpu_khz=vcpu.domain.tsc_khz,
         capabilities=S.XEN_SYSCTL_PHYSCAP_hvm | S.XEN_SYSCTL_PHYSCAP_hap,
         total_pages=total, free_pages=free, max_mfn=total - 1)
