@@ -26,7 +26,10 @@
  * (INFO backend_ref) and answers; the guest checks the flags while mapped,
  * that set_version is -EBUSY then, and that the flags clear after unmap.
  *
- * INFO keys: nr_frames, max_nr_frames, backend_ref, backend_pattern.
+ * `bench=N` only times N batched copies (benchmarks/grant.py).
+ *
+ * INFO keys: nr_frames, max_nr_frames, backend_ref, backend_pattern,
+ * bench_copy_bytes, bench_copy_ns.
  */
 #include "guest.h"
 
@@ -408,9 +411,41 @@ static void test_backend(void)
     check_eq("gnttab.set_version_back", use_version(was), 0);
 }
 
+/* `bench=N`: N GNTTABOP_copy hypercalls of 16 4-KiB copies each (benchmarks/grant.py). */
+static void bench(unsigned long rounds)
+{
+    static struct gnttab_copy ops[16];
+    if (!check_eq("gnttab.bench_map_frame", xatp(0, pfn(frames[0])), 0))
+        return;
+    grant(REF_A, self_id(), src, GTF_permit_access);
+    for (unsigned i = 0; i < ARRAY_SIZE(ops); i++) {
+        ops[i].flags = GNTCOPY_source_gref;
+        ops[i].source.u.ref = REF_A;
+        ops[i].source.domid = DOMID_SELF;
+        ops[i].dest.u.gmfn = pfn(dst);
+        ops[i].dest.domid = DOMID_SELF;
+        ops[i].len = 4096;
+    }
+    if (!check_eq("gnttab.bench_shared_info", map_shared_info(), 0))
+        return;
+    long bad = 0;
+    uint64_t t0 = xen_now_ns();
+    for (unsigned long r = 0; r < rounds; r++)
+        bad |= HYPERVISOR_grant_table_op(GNTTABOP_copy, ops, ARRAY_SIZE(ops)) | ops[15].status;
+    uint64_t t1 = xen_now_ns();
+    check_eq("gnttab.bench_copies", bad, 0);
+    info("bench_copy_bytes", "%lu", rounds * ARRAY_SIZE(ops) * 4096);
+    info("bench_copy_ns", "%lu", (unsigned long)(t1 - t0));
+}
+
 int guest_main(void)
 {
     version = 1;
+    const char *rounds = cmdline_get("bench");
+    if (rounds) {
+        bench(strtoul(rounds, NULL, 10));
+        return 0;
+    }
     test_sizes();
     test_versions();
     test_unknown();
