@@ -20,7 +20,11 @@
  *    copy (GNTST_general_error), r/o grants cannot be written.
  *  - map_grant_ref: no host/device flag -> GNTST_bad_gntref; device_map from
  *    HVM -> GNTST_general_error; DOMID_SELF/no domain -> GNTST_bad_domain.
- *  - unmap_grant_ref of an unknown handle: GNTST_bad_handle.
+ *    A granted page (here our own grant) maps at guest-physical host_addr: the
+ *    same page at both frames; GTF_reading|GTF_writing stay set until the
+ *    last mapping goes; a frame already holding a grant mapping is refused.
+ *  - unmap_grant_ref: unknown handle GNTST_bad_handle; wrong host_addr or
+ *    dev_bus_addr GNTST_general_error; host_addr 0 does nothing (okay).
  *
  * With `backend` on the cmdline a page is granted to dom0; the host maps it
  * (INFO backend_ref) and answers; the guest checks the flags while mapped,
@@ -72,6 +76,15 @@ static long use_version(unsigned v)
             rc = xatp(XENMAPIDX_grant_table_status | 0, pfn(status_page));
     }
     return rc;
+}
+
+/* Access guest-physical page `gfn` through an alias mapping. */
+static volatile uint64_t *phys_page(uint64_t gfn)
+{
+    uint64_t va = ALIAS_BASE + 0x200000;
+    if (map_4k(va, gfn << PAGE_SHIFT, PTE_P | PTE_W))
+        return NULL;
+    return (volatile uint64_t *)va;
 }
 
 static uint16_t self_id(void) { return boot.domid_present ? boot.domid : 0; }
@@ -278,6 +291,58 @@ static void test_map_swap(void)
     struct gnttab_unmap_grant_ref u = { .host_addr = pfn(dst) << PAGE_SHIFT, .handle = 12345 };
     HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, &u, 1);
     check_eq("gnttab.unmap_bad_handle", u.status, GNTST_bad_handle);
+
+    /* Our own grant mapped at a free frame above RAM: the same page at two frames. */
+    uint64_t hole = (boot.ram_top >> PAGE_SHIFT) + 64;
+    struct gnttab_map_grant_ref mm[2] = {
+        { .host_addr = hole << PAGE_SHIFT, .flags = GNTMAP_host_map, .ref = REF_A, .dom = me },
+        { .host_addr = (hole + 1) << PAGE_SHIFT, .flags = GNTMAP_host_map, .ref = REF_A, .dom = me },
+    };
+    check_eq("gnttab.map_batch_rc", HYPERVISOR_grant_table_op(GNTTABOP_map_grant_ref, mm, 2), 0);
+    if (!check("gnttab.map_own_grant", mm[0].status == GNTST_okay && mm[1].status == GNTST_okay &&
+               mm[0].handle != mm[1].handle, "statuses %d %d handles %u %u", mm[0].status,
+               mm[1].status, mm[0].handle, mm[1].handle))
+        return;
+    check_eq("gnttab.map_sets_flags", busy_flags(REF_A), GTF_reading | GTF_writing);
+    volatile uint64_t *alias = phys_page(hole);
+    check("gnttab.map_same_page", alias && alias[0] == ((uint64_t *)src)[0] &&
+          alias[511] == ((uint64_t *)src)[511], "the mapped frame does not show the granted page");
+    if (alias) {
+        alias[1] = 0x1122334455667788ULL;
+        check("gnttab.map_writes_through", ((volatile uint64_t *)src)[1] == 0x1122334455667788ULL,
+              "a write at the mapped frame did not reach the granted page");
+    }
+    struct gnttab_map_grant_ref busy = { .host_addr = hole << PAGE_SHIFT, .flags = GNTMAP_host_map,
+                                         .ref = REF_B, .dom = me };
+    HYPERVISOR_grant_table_op(GNTTABOP_map_grant_ref, &busy, 1);
+    check_eq("gnttab.map_over_a_mapping", busy.status, GNTST_general_error);
+    check_eq("gnttab.map_over_flags_clear", busy_flags(REF_B), 0);
+
+    struct gnttab_unmap_grant_ref uu = { .host_addr = (hole + 1) << PAGE_SHIFT, .handle = mm[1].handle };
+    HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, &uu, 1);
+    check_eq("gnttab.unmap_one_of_two", uu.status, GNTST_okay);
+    check_eq("gnttab.unmap_one_keeps_flags", busy_flags(REF_A), GTF_reading | GTF_writing);
+    uu.handle = mm[0].handle;
+    uu.host_addr = (hole + 5) << PAGE_SHIFT;
+    HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, &uu, 1);
+    check_eq("gnttab.unmap_wrong_addr", uu.status, GNTST_general_error);
+    uu.dev_bus_addr = mm[0].dev_bus_addr + PAGE_SIZE;
+    uu.host_addr = hole << PAGE_SHIFT;
+    HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, &uu, 1);
+    check_eq("gnttab.unmap_wrong_bus_addr", uu.status, GNTST_general_error);
+    uu.dev_bus_addr = 0;
+    uu.host_addr = 0;
+    HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, &uu, 1);
+    check_eq("gnttab.unmap_no_addr_is_noop", uu.status, GNTST_okay);
+    check_eq("gnttab.unmap_no_addr_keeps_flags", busy_flags(REF_A), GTF_reading | GTF_writing);
+    if (alias)
+        unmap_4k((uint64_t)(uintptr_t)alias);
+    uu.host_addr = hole << PAGE_SHIFT;
+    HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, &uu, 1);
+    check_eq("gnttab.unmap", uu.status, GNTST_okay);
+    check_eq("gnttab.unmap_clears_flags", busy_flags(REF_A), 0);
+    HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, &uu, 1);
+    check_eq("gnttab.unmap_twice", uu.status, GNTST_bad_handle);
 
     struct gnttab_swap_grant_ref sw = { .ref_a = REF_A, .ref_b = REF_B };
     check_eq("gnttab.swap_rc", HYPERVISOR_grant_table_op(GNTTABOP_swap_grant_ref, &sw, 1), 0);

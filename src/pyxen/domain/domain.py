@@ -95,7 +95,8 @@ class Domain:
                                   name=f"pyxen-{config.name}")
         self.max_pages = max(maxmem, config.memory_mib) * MiB >> 12
         self.memory_lock = threading.RLock()  # populate/release and the slots that follow
-        self._slots: dict[tuple[int, int], int] = {}  # (gpa, size) → backend memory slot
+        self._slots: dict[tuple[int, int, int], int] = {}  # (gpa, size, host) → memory slot
+        self.grant_maps: dict[int, int] = {}  # gfn → host address of a granted page there
         self.memory.on_layout_change = self._sync_memory_slots
         self.memory.commit()
         self.clock = DomainClock()
@@ -122,16 +123,20 @@ class Domain:
         self.domain_lock = threading.RLock()  # Xen's d->domain_lock: vCPU state, watchdogs
 
     def _sync_memory_slots(self, runs: list[tuple[int, int]]) -> None:
-        """One backend memory slot per run of populated frames: nothing else is reachable."""
-        wanted = {(first << 12, count << 12) for first, count in runs}
+        """One backend memory slot per run of populated frames, and one per granted page
+        mapped into the physmap (GNTTABOP_map_grant_ref): nothing else is reachable."""
+        base = self.memory.host_address
+        wanted = {(first << 12, count << 12, base + (first << 12)) for first, count in runs}
+        wanted |= {(gfn << 12, 1 << 12, host) for gfn, host in self.grant_maps.items()
+                   if not self.memory.is_populated(gfn)}
         for key in [k for k in self._slots if k not in wanted]:
             self.machine.unmap_memory(self._slots.pop(key))
         used = set(self._slots.values())
         free = (n for n in range(1 << 15) if n not in used)
-        for gpa, size in sorted(wanted - self._slots.keys()):
+        for gpa, size, host in sorted(wanted - self._slots.keys()):
             slot = next(free)
-            self.machine.map_memory(slot, gpa, size, self.memory.host_address + gpa)
-            self._slots[gpa, size] = slot
+            self.machine.map_memory(slot, gpa, size, host)
+            self._slots[gpa, size, host] = slot
 
     def _vcpu_info_moved(self) -> None:
         for v in self.vcpus:

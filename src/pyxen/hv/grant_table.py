@@ -9,7 +9,11 @@ with real atomic instructions, because the granting guest updates the same words
 
 An HVM guest reaches only the sub-ops Xen's hvm_grant_table_op lets through (query_size,
 setup_table, set_version, get_version, copy, map/unmap_grant_ref, swap_grant_ref); the others
-are -ENOSYS, as on Xen. GrantMapper is the backend side (what dom0 does through gntdev).
+are -ENOSYS, as on Xen. GNTTABOP_map_grant_ref puts the granted page itself at the
+guest-physical host_addr: one more memory slot of the vCPU backend over the granting
+domain's memfd page (Domain.grant_maps), so both frames show the same page. Read-only
+host mappings are refused (GNTST_general_error) until the backends offer read-only slots.
+GrantMapper is the backend side (what dom0 does through gntdev).
 """
 
 from __future__ import annotations
@@ -553,6 +557,44 @@ def unpin_for_map(rd: Domain, ref: int, flags: int) -> None:
             del rgt.active[ref]
 
 
+def machine_address(act: Active) -> int:
+    """dev_bus_addr for a mapped grant: pyxen has no machine frames, so the granting
+    domain's guest frame stands for one."""
+    return act.gfn << PAGE_SHIFT
+
+
+def create_grant_p2m_mapping(ld: Domain, rd: Domain, act: Active, addr: int,
+                             flags: int) -> int:
+    """Put the granted page at guest-physical `addr` of `ld` (the same page, not a copy)."""
+    if flags & ~G.GNTMAP_readonly != G.GNTMAP_host_map:
+        return G.GNTST_general_error
+    if flags & G.GNTMAP_readonly:
+        # p2m_grant_map_ro would need read-only memory slots, which the vCPU backends do
+        # not offer yet: refuse rather than give write access to a read-only grant.
+        return G.GNTST_general_error
+    gfn = addr >> PAGE_SHIFT
+    if not ld.memory.gfn_backed(gfn) or gfn in ld.grant_maps or gfn in ld.special_frames:
+        return G.GNTST_general_error
+    with ld.memory_lock:
+        ld.memory.release(gfn)  # RAM there leaves the physmap, as Xen's p2m entry is replaced
+        ld.grant_maps[gfn] = rd.memory.host_address + machine_address(act)
+        ld.memory.commit()
+    return G.GNTST_okay
+
+
+def replace_grant_p2m_mapping(ld: Domain, rd: Domain, act: Active, addr: int,
+                              new_addr: int) -> int:
+    gfn = addr >> PAGE_SHIFT
+    if new_addr:
+        return G.GNTST_general_error
+    if ld.grant_maps.get(gfn) != rd.memory.host_address + machine_address(act):
+        return G.GNTST_general_error
+    with ld.memory_lock:
+        del ld.grant_maps[gfn]
+        ld.memory.commit()
+    return G.GNTST_okay
+
+
 def map_grant_ref(ld: Domain, op: C.Structure) -> None:
     """One gnttab_map_grant_ref entry from an HVM guest (status, handle, dev_bus_addr)."""
     if not op.flags & (G.GNTMAP_device_map | G.GNTMAP_host_map):
@@ -572,25 +614,54 @@ def map_grant_ref(ld: Domain, op: C.Structure) -> None:
         op.status = G.GNTST_no_device_space
         return
     rc, act = pin_for_map(rd, op.ref, ld.domid, op.flags)
-    if rc == G.GNTST_okay:
-        # create_grant_p2m_mapping: the granted page at guest-physical address host_addr.
-        # pyxen's memory layer maps each guest frame to the same frame of the domain's own
-        # memfd and cannot alias another frame there yet, so the p2m insertion fails as
-        # Xen's does when it cannot add the entry: the pin is undone.
-        rc = G.GNTST_general_error
+    if rc == G.GNTST_okay and act is not None:
+        rc = create_grant_p2m_mapping(ld, rd, act, op.host_addr, op.flags)
+        if rc == G.GNTST_okay:
+            with lgt.lock:
+                lgt.maptrack[handle] = Mapping(op.ref, op.flags, op.dom, op.host_addr >> 12)
+            op.dev_bus_addr, op.handle, op.status = machine_address(act), handle, rc
+            return
         unpin_for_map(rd, op.ref, op.flags)
     with lgt.lock:
         lgt.put_handle(handle)
     op.status = rc
 
 
-def unmap_grant_ref(ld: Domain, op: C.Structure) -> None:
+def unmap_grant_ref(ld: Domain, op: C.Structure, new_addr: int = 0) -> None:
+    """unmap_common + unmap_common_complete for one entry."""
     lgt = gnttab(ld)
     with lgt.lock:
-        if op.handle >= len(lgt.maptrack) or lgt.maptrack[op.handle] is None:
+        m = lgt.maptrack[op.handle] if op.handle < len(lgt.maptrack) else None
+    if m is None:
+        op.status = G.GNTST_bad_handle
+        return
+    rd = ld.peers.get(m.domid)
+    if rd is None:
+        op.status = G.GNTST_bad_handle
+        return
+    rgt = gnttab(rd)
+    with rgt.lock:
+        if m.ref >= rgt.nr_entries() or m.ref not in rgt.active:
             op.status = G.GNTST_bad_handle
             return
-    op.status = G.GNTST_general_error  # never reached: no guest mapping can be made yet
+        act = rgt.active[m.ref]
+        if op.dev_bus_addr and op.dev_bus_addr != machine_address(act):
+            op.status = G.GNTST_general_error
+            return
+        done = 0
+        if op.host_addr and m.flags & G.GNTMAP_host_map:
+            rc = replace_grant_p2m_mapping(ld, rd, act, op.host_addr, new_addr)
+            if rc != G.GNTST_okay:
+                op.status = rc
+                return
+            m.flags &= ~G.GNTMAP_host_map
+            done = G.GNTMAP_host_map | (m.flags & G.GNTMAP_readonly)
+        if not m.flags & (G.GNTMAP_device_map | G.GNTMAP_host_map):
+            with lgt.lock:
+                lgt.put_handle(op.handle)
+        if done:
+            unpin_for_map(rd, m.ref, done)
+    op.status = G.GNTST_okay
 
 
 def swap_grant_ref(d: Domain, ref_a: int, ref_b: int) -> int:
