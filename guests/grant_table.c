@@ -476,6 +476,44 @@ static void test_backend(void)
     check_eq("gnttab.set_version_back", use_version(was), 0);
 }
 
+/* 32-bit callers (compat_grant_table_op): 32-bit frame numbers and handles. */
+struct cptr32 { uint32_t u; uint16_t domid, offset; };  /* compat gnttab_copy_ptr */
+
+static void test_compat(void)
+{
+    static struct { uint16_t dom; uint32_t nr_frames; int16_t status; uint32_t frame_list; } cs;
+    static uint32_t frames32[4];
+    static struct { struct cptr32 source, dest; uint16_t len, flags; int16_t status; } cc;
+    static struct gnttab_query_size q;
+
+    q.dom = DOMID_SELF;
+    long rc = compat_hypercall(__HYPERVISOR_grant_table_op, GNTTABOP_query_size,
+                               (unsigned long)&q, 1, 0, 0);
+    check("gnttab.compat_query_size", rc == 0 && q.status == GNTST_okay && q.nr_frames == 3,
+          "rc %ld status %d nr_frames %u", rc, q.status, q.nr_frames);
+    cs.dom = DOMID_SELF;
+    cs.nr_frames = 2;
+    cs.frame_list = (uint32_t)(uintptr_t)frames32;
+    rc = compat_hypercall(__HYPERVISOR_grant_table_op, GNTTABOP_setup_table, (unsigned long)&cs, 1, 0, 0);
+    check("gnttab.compat_setup_table", rc == 0 && cs.status == GNTST_okay &&
+          frames32[0] == pfn(frames[0]) && frames32[1] == pfn(frames[1]),
+          "rc %ld status %d frames %#x %#x", rc, cs.status, frames32[0], frames32[1]);
+    cs.nr_frames = 3;  /* frame 2 is in no physmap: ~0 does not fit 32 bits */
+    compat_hypercall(__HYPERVISOR_grant_table_op, GNTTABOP_setup_table, (unsigned long)&cs, 1, 0, 0);
+    check_eq("gnttab.compat_setup_table_too_big", cs.status, GNTST_address_too_big);
+
+    grant(REF_A, self_id(), src, GTF_permit_access);
+    memset(dst, 0, sizeof(dst));
+    cc.source.u = REF_A; cc.source.domid = DOMID_SELF; cc.source.offset = 8;
+    cc.dest.u = (uint32_t)pfn(dst); cc.dest.domid = DOMID_SELF; cc.dest.offset = 16;
+    cc.len = 64; cc.flags = GNTCOPY_source_gref; cc.status = 99;
+    rc = compat_hypercall(__HYPERVISOR_grant_table_op, GNTTABOP_copy, (unsigned long)&cc, 1, 0, 0);
+    check("gnttab.compat_copy", rc == 0 && cc.status == GNTST_okay && memcmp(dst + 16, src + 8, 64) == 0,
+          "rc %ld status %d", rc, cc.status);
+    check_eq("gnttab.compat_copy_badptr", compat_hypercall(__HYPERVISOR_grant_table_op, GNTTABOP_copy,
+                                                           0x70000000, 1, 0, 0), EFAULT_);
+}
+
 /* `bench=N`: N GNTTABOP_copy hypercalls of 16 4-KiB copies each (benchmarks/grant.py). */
 static void bench(unsigned long rounds)
 {
@@ -517,6 +555,7 @@ int guest_main(void)
     test_reserved();
     test_copy();
     test_map_swap();
+    test_compat();
     if (cmdline_has("backend"))
         test_backend();
     const char *v = cmdline_get("version");

@@ -765,6 +765,7 @@ def _setup_table(vcpu: Vcpu, uop: int, count: int) -> int:
                         guest.write(op.frame_list + i * width, gfn.to_bytes(width, "little"))
                     except XenError:
                         op.status = G.GNTST_bad_virt_addr
+                        break
     guest.write(uop + cls.status.offset, struct.pack("<h", op.status))
     return 0
 
