@@ -5,6 +5,9 @@ when the guest says so; the guest checks GTF_reading/GTF_writing, -EBUSY and the
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from guestkit import Report, image
@@ -96,3 +99,14 @@ def test_grant_table_guest_as_dom0(guests, accel: str) -> None:
     report.assert_all_passed()
     assert outcome is Outcome.POWEROFF
     assert backend.maps == 2
+
+
+def test_reserved_entries_seeded_for_console_and_xenstore(guests, accel: str) -> None:
+    """`pyxen run --xenstore`: entries 0 and 1 grant the console and store rings to dom0,
+    as libxl's xc_dom_gnttab_seed does; the guest compares them with its HVM params."""
+    done = subprocess.run([sys.executable, "-m", "pyxen.cli", "run", str(image("grant_table")),
+                           "--accel", accel, "--xenstore", "--timeout", "120"],
+                          capture_output=True, text=True, timeout=180)
+    report = Report.parse(done.stdout.encode())
+    report.assert_all_passed()
+    assert {"gnttab.reserved_console", "gnttab.reserved_xenstore"} <= set(report.passed)
