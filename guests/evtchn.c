@@ -40,9 +40,10 @@
  *    evtchn_upcall_pending on its 0->1 transition.
  *  - reset(DOMID_SELF): closes every port; EVTCHNOP_reset_cont with no
  *    reset in progress -> -EBUSY (evtchn_reset: i = !resuming ... ? : 0).
- *  - unknown sub-op -> -ENOSYS. FIFO sub-ops: pyxen is a 2-level-only Xen
- *    and answers -ENOSYS (real 4.17 with FIFO support would accept
- *    init_control; guests fall back to 2-level on -ENOSYS).
+ *  - unknown sub-op -> -ENOSYS. FIFO sub-ops while 2-level (evtchn_fifo.c
+ *    covers the FIFO ABI): init_control for no such vCPU -> -ENOENT,
+ *    expand_array before init_control -> -EOPNOTSUPP, set_priority on a
+ *    valid port -> -ENOSYS (the 2-level port ops have no set_priority).
  *
  * cmdline: upcall=callback (default: HVM_PARAM_CALLBACK_IRQ vector) |
  *          percpu (HVMOP_set_evtchn_upcall_vector)

@@ -13,7 +13,7 @@
  *    (raised when their event-array page is added) and get priority 7.
  *  - expand_array: before init_control -> -EOPNOTSUPP; a gfn that is not RAM
  *    -> -EINVAL; more than 128 pages (2^17 ports) -> -ENOSPC.
- *  - set_priority: 2-level ABI -> -ENOSYS; port not valid -> -EINVAL; port
+ *  - set_priority: port not valid -> -EINVAL (first); 2-level ABI -> -ENOSYS; port
  *    not bound -> -EACCES; priority > 15 -> -EINVAL.
  *  - the port limit is 4096 in 2-level mode and 2^17 in FIFO mode, below
  *    max_event_channels (-ENOSPC after the last port).
@@ -250,6 +250,7 @@ static void test_errors_before_init(void)
     uint8_t lb = 0;
     uint64_t good = pfn_of(cb_pages[0]);
     check_eq("fifo.set_priority_2level", set_priority(1, 3), ENOSYS_);
+    check_eq("fifo.set_priority_2level_bad_port_first", set_priority(200000, 3), EINVAL_);
     check_eq("fifo.expand_array_before_init", expand_array(pfn_of(array_pages[0])), EOPNOTSUPP_);
     check_eq("fifo.init_control_bad_vcpu", init_control(good, 0, nr_vcpus, &lb), ENOENT_);
     check_eq("fifo.init_control_bad_vcpu_first", init_control(~0ULL, 5, 4096, &lb), ENOENT_);

@@ -154,11 +154,12 @@ class EventChannels:
             self.port_ops.unmask(port)
 
     def set_priority(self, port: int, priority: int) -> None:
-        """evtchn_port_set_priority: -ENOSYS in 2-level mode, -EACCES for an unbound port."""
+        """evtchn_set_priority: -EINVAL for an invalid port, then -ENOSYS in 2-level mode,
+        then -EACCES for an unbound port."""
+        chn = self.get(port)
         ops = self.port_ops
         if not isinstance(ops, EvtchnFifo):
             raise XenError(ENOSYS, "the 2-level ABI has no priorities")
-        chn = self.get(port)
         if not chn.usable():
             raise XenError(EACCES)
         ops.set_priority(chn, priority)
