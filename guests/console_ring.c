@@ -12,7 +12,8 @@
  *   only_ring=1     every TEST/INFO/RESULT line goes through the ring, none via console_io
  *   pattern=N       N pattern lines "P<nnnnn> <text>" through the ring (default 150:
  *                   more than 2048 bytes, so the indices wrap; the host checks every byte)
- *   interleave=N    N rounds of one ring line and one console_io line ("ORDER <k> ...")
+ *   interleave=N    N rounds of a ring line, a console_io line and a debug-port (0xE9)
+ *                   line ("ORDER <k> <source>")
  *   echo=N          read N bytes from `in` and write back "ECHO <bytes>"
  *   corrupt=1       set impossible out indices, then check the host stopped serving
  *   bench_kib=N     N KiB through the ring flat out, then the same through console_io;
@@ -189,10 +190,13 @@ static void interleave(unsigned rounds)
 {
     char line[64];
     for (unsigned i = 0; i < rounds; i++) {
-        int n = snprintf(line, sizeof(line), "ORDER %u ring\n", 2 * i);
+        int n = snprintf(line, sizeof(line), "ORDER %u ring\n", 3 * i);
         ring_write(line, (size_t)n);
-        n = snprintf(line, sizeof(line), "ORDER %u console_io\n", 2 * i + 1);
+        n = snprintf(line, sizeof(line), "ORDER %u console_io\n", 3 * i + 1);
         console_write(line, (size_t)n);
+        n = snprintf(line, sizeof(line), "ORDER %u debugcon\n", 3 * i + 2);
+        for (int k = 0; k < n; k++)
+            outb(0xe9, (uint8_t)line[k]);   /* Xen's HVM debug port */
     }
 }
 

@@ -67,11 +67,12 @@ def test_only_ring_output_shows_under_pyxen_run(guests) -> None:
     assert "console_ring.pattern_drained" in report.passed
 
 
-def test_console_io_and_ring_lines_come_out_in_program_order(guests) -> None:
-    _, report = run_guest("console_ring", cmdline="interleave=12", timeout=120)
+def test_ring_console_io_and_debug_port_lines_come_out_in_program_order(guests) -> None:
+    _, report = run_guest("console_ring", cmdline="interleave=9", timeout=120)
     report.assert_all_passed()
     order = [line for line in report.console.splitlines() if line.startswith("ORDER")]
-    assert order == [f"ORDER {k} {'ring' if k % 2 == 0 else 'console_io'}" for k in range(24)]
+    sources = ("ring", "console_io", "debugcon")
+    assert order == [f"ORDER {k} {sources[k % 3]}" for k in range(27)]
 
 
 def test_typed_input_reaches_the_guest_and_the_terminal_is_restored(guests) -> None:
