@@ -214,15 +214,17 @@ class GrantTable:
             del self.gfns[key]
 
     def _drop_status_frames(self) -> None:
-        for i in range(self.nr_status):
-            key = f"grant_status:{i}"
-            gfn = self.gfns.pop(key, None)
-            if gfn is not None:
-                self.d.special_frames.pop(gfn, None)
-                self.d.memory.release(gfn)
-            self.aside.pop(key, None)
-        self.nr_status = 0
-        self.d.memory.commit()
+        """Leaving v2: the status frames go, from the physmap too (as Xen's p2m removal)."""
+        with self.d.memory_lock:
+            for i in range(self.nr_status):
+                key = f"grant_status:{i}"
+                gfn = self.gfns.pop(key, None)
+                if gfn is not None:
+                    self.d.special_frames.pop(gfn, None)
+                    self.d.memory.release(gfn)
+                self.aside.pop(key, None)
+            self.nr_status = 0
+            self.d.memory.commit()
 
     # --- entries ------------------------------------------------------------------------------
     def _entry(self, ref: int) -> tuple[bytearray | C.Array, int, int | None]:
