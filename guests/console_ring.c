@@ -14,7 +14,8 @@
  *                   more than 2048 bytes, so the indices wrap; the host checks every byte)
  *   interleave=N    N rounds of a ring line, a console_io line and a debug-port (0xE9)
  *                   line ("ORDER <k> <source>")
- *   echo=N          read N bytes from `in` and write back "ECHO <bytes>"
+ *   echo=N          read N bytes from `in` and write back "ECHO <bytes>" (wait_s=S: give
+ *                   up waiting for input after S seconds; default 30)
  *   corrupt=1       set impossible out indices, then check the host stopped serving
  *   bench_kib=N     N KiB through the ring flat out, then the same through console_io;
  *                   INFO ring_ns / io_ns (pvclock)
@@ -206,7 +207,9 @@ static void echo(unsigned n)
     if (n > sizeof(buf))
         n = sizeof(buf);
     say("INFO echo_ready %u\n", n);
-    size_t got = ring_read(buf, n, xen_now_ns() + 3 * WAIT_BOUND_NS);
+    const char *w = cmdline_get("wait_s");   /* how long input may take (default 3 bounds) */
+    uint64_t wait = w ? strtoul(w, NULL, 10) * 1000000000ULL : 3 * WAIT_BOUND_NS;
+    size_t got = ring_read(buf, n, xen_now_ns() + wait);
     int len = snprintf(line, sizeof(line), "ECHO ");
     memcpy(line + len, buf, got);
     len += (int)got;

@@ -111,9 +111,9 @@ def test_escape_key_stops_the_domain_and_restores_the_terminal(guests) -> None:
 
 
 def test_piped_input_reaches_the_guest_and_eof_leaves_it_running(guests) -> None:
-    proc = pyxen_run("--cmdline", "echo=6", stdin=subprocess.PIPE)
+    proc = pyxen_run("--cmdline", "echo=6 wait_s=3", stdin=subprocess.PIPE)
     out, err = proc.communicate(b"pipe", timeout=180)  # 4 bytes, then EOF
-    # EOF stops the feeding, not the domain: it waits for its 6 bytes, reports, ends.
+    # EOF stops the feeding, not the domain: it waits 3 s for its 6 bytes, reports, ends.
     assert proc.returncode == 0, err
     assert b"ECHO pipe\n" in out
     report = Report.parse(out)
