@@ -84,10 +84,10 @@ def test_typed_input_reaches_the_guest_and_the_terminal_is_restored(guests) -> N
         assert b"echo_ready" in shown, shown
         during = termios.tcgetattr(slave)
         assert not during[3] & (termios.ICANON | termios.ECHO | termios.ISIG)  # raw input
-        os.write(master, b"typed-in!")
+        os.write(master, b"typed\x03in!")  # Ctrl-C is a key for the guest, not a signal
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-        assert b"ECHO typed-in!\n" in shown + out
+        assert b"ECHO typed\x03in!\n" in shown + out
         assert termios.tcgetattr(slave) == before
     finally:
         os.close(master)
