@@ -28,6 +28,8 @@
  *
  * cmdline: max_port=N -- the domain's max_event_channels (xl default 1023);
  *          the exhaustion checks expect it.
+ *          bench=N -- only time N sends from vCPU 0 to an IPI port of vCPU 1
+ *          (needs --vcpus 2; INFO send_to_upcall_median_ns/_p99_ns).
  * INFO keys: max_port_2l, max_port_fifo, high_port, upcalls.
  */
 #include "guest.h"
@@ -54,6 +56,9 @@ static volatile unsigned order_n;
 static volatile bool logging;
 static unsigned nr_vcpus;
 static unsigned long max_port = 1023;
+static volatile evtchn_port_t bench_port;      /* bench=N: the IPI port timed on vCPU 1 */
+static volatile evtchn_port_t bench_reply;     /* ... and vCPU 1's answer to vCPU 0 */
+static volatile uint64_t bench_t, bench_count;
 
 static long raw_op(int cmd, void *arg) { return HYPERVISOR_event_channel_op(cmd, arg); }
 
@@ -115,6 +120,11 @@ static void dispatch(unsigned cpu, evtchn_port_t port)
         hits[port]++;
     if (logging && order_n < LOG_MAX)
         order_log[order_n++] = port;
+    if (port == bench_port) {
+        bench_t = now_ns();
+        bench_count++;
+        evtchn_send(bench_reply);       /* wakes vCPU 0 from its hlt */
+    }
     if (port == c->timer_port) {
         c->timer_events++;
         c->last_timer_ns = now_ns();
@@ -516,6 +526,49 @@ static void test_reset(void)
     check("fifo.reset_2level_low_port", p >= 1 && p < NR_PORTS_2L, "port %u", p);
 }
 
+/* bench=N: send -> upcall latency from vCPU 0 to vCPU 1 through FIFO queues (the
+ * 2-level figure comes from guests/evtchn_latency.c in the same benchmark run). */
+static uint64_t bench_samples[4000];
+
+static void bench(unsigned n)
+{
+    if (n > ARRAY_SIZE(bench_samples))
+        n = ARRAY_SIZE(bench_samples);
+    if (nr_vcpus < 2 || !wait_for_count(&ap_ready, 1, now_ns() + FIFO_WAIT_NS)) {
+        check("fifo.bench_needs_2_vcpus", false, "%u vCPUs", nr_vcpus);
+        return;
+    }
+    irq_disable();
+    bool ok = init_control(pfn_of(cb_pages[0]), 0, 0, NULL) == 0;
+    cb[0] = (volatile struct evtchn_fifo_control_block *)cb_pages[0];
+    fifo_active = true;
+    ok &= init_control(pfn_of(cb_pages[1]), 0, 1, NULL) == 0;
+    cb[1] = (volatile struct evtchn_fifo_control_block *)cb_pages[1];
+    ok &= add_array_page() == 0;
+    evtchn_port_t p = bind_ipi_unmasked(1);
+    bench_reply = bind_ipi_unmasked(0);
+    irq_enable();
+    check("fifo.bench_setup", ok && p && bench_reply, "setup failed");
+    if (!ok || !p || !bench_reply)
+        return;
+    bench_port = p;
+    unsigned got = 0;
+    for (unsigned i = 0; i < n + 10; i++) {
+        uint64_t t_send;
+        if (!ping_and_wait(p, &bench_count, FIFO_WAIT_NS, &t_send))
+            break;
+        if (i >= 10)
+            bench_samples[got++] = bench_t > t_send ? bench_t - t_send : 0;
+    }
+    check("fifo.bench_all_answered", got == n, "%u of %u", got, n);
+    if (got) {
+        sort_u64(bench_samples, got);
+        info("send_to_upcall_median_ns", "%lu",
+             (unsigned long)percentile_u64(bench_samples, got, 50));
+        info("send_to_upcall_p99_ns", "%lu", (unsigned long)percentile_u64(bench_samples, got, 99));
+    }
+}
+
 int guest_main(void)
 {
     const char *mp = cmdline_get("max_port");
@@ -533,6 +586,12 @@ int guest_main(void)
         check_eq("fifo.ap_up", vcpu_up(1), 0);
     }
 
+    const char *bn = cmdline_get("bench");
+    if (bn) {
+        bench((unsigned)strtoul(bn, NULL, 10));
+        irq_disable();
+        return 0;
+    }
     test_errors_before_init();
     test_switch();
     if (fifo_active) {
