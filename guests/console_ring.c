@@ -34,23 +34,6 @@ static evtchn_port_t port;
 static bool only_ring;
 static unsigned passed, failed;   /* only_ring's own counts (the runtime's print via console_io) */
 
-static void notify(void)
-{
-    struct evtchn_send send = { .port = port };
-    HYPERVISOR_event_channel_op(EVTCHNOP_send, &send);
-}
-
-/* Wait until our port is pending (or the deadline), then clear it. */
-static void wait_port(uint64_t deadline)
-{
-    evtchn_port_t ports[1] = { port };
-    struct sched_poll p = { .nr_ports = 1, .timeout = deadline };
-    set_xen_guest_handle(p.ports, ports);
-    HYPERVISOR_sched_op(SCHEDOP_poll, &p);
-    volatile unsigned long *pending = &shared_info->evtchn_pending[port / 64];
-    __atomic_fetch_and(pending, ~(1UL << (port % 64)), __ATOMIC_SEQ_CST);
-}
-
 /* Copy into `out` as space allows (wrapping), notifying after each chunk; false if the
  * host made no room within the bound. */
 static bool ring_write(const char *s, size_t len)
@@ -65,8 +48,8 @@ static bool ring_write(const char *s, size_t len)
         if (!space) {
             if (xen_now_ns() >= deadline)
                 return false;
-            notify();
-            wait_port(deadline);
+            notify_port(port);
+            poll_port(port, deadline);
             continue;
         }
         uint32_t n = len < space ? (uint32_t)len : space;
@@ -76,7 +59,7 @@ static bool ring_write(const char *s, size_t len)
         intf->out_prod = prod + n;
         s += n;
         len -= n;
-        notify();
+        notify_port(port);
     }
     return true;
 }
@@ -87,7 +70,7 @@ static bool ring_drained(uint64_t deadline)
     while (intf->out_cons != intf->out_prod) {
         if (xen_now_ns() >= deadline)
             return false;
-        wait_port(deadline);
+        poll_port(port, deadline);
     }
     return true;
 }
@@ -104,14 +87,14 @@ static size_t ring_read(char *buf, size_t n, uint64_t deadline)
         if (cons == prod) {
             if (xen_now_ns() >= deadline)
                 break;
-            wait_port(deadline);
+            poll_port(port, deadline);
             continue;
         }
         while (cons != prod && got < n)
             buf[got++] = intf->in[MASK_XENCONS_IDX(cons++, intf->in)];
         barrier();
         intf->in_cons = cons;
-        notify();  /* room in `in` for what the host holds back */
+        notify_port(port);  /* room in `in` for what the host holds back */
     }
     return got;
 }
@@ -225,7 +208,7 @@ static void corrupt(void)
     rcheck("console_ring.drained_before", ring_drained(xen_now_ns() + WAIT_BOUND_NS), "not drained");
     XENCONS_RING_IDX cons = intf->out_cons;
     intf->out_prod = cons + 0x10000;   /* 64 KiB outstanding in a 2 KiB ring: impossible */
-    notify();
+    notify_port(port);
     intf->out_prod = cons;             /* sane again: the host must not come back */
     ring_write(after, sizeof(after) - 1);
     sleep_until(xen_now_ns() + 300000000ULL);  /* a window for a consumer that should not come */

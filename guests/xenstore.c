@@ -12,7 +12,7 @@
 #include <xen/event_channel.h>
 
 #define STORE_VA (ALIAS_BASE + 0x200000ULL)
-#define POLL_NS  2000000000ULL   /* give up on a reply after 2 s of system time */
+#define POLL_NS  WAIT_BOUND_NS   /* give up on a reply after this much system time */
 
 static volatile struct xenstore_domain_interface *ring;
 static evtchn_port_t port;
@@ -23,31 +23,13 @@ static char home[64];
 static char event_path[256], event_token[64];
 static int events_seen;
 
-static void notify(void)
-{
-    struct evtchn_send send = { .port = port };
-    HYPERVISOR_event_channel_op(EVTCHNOP_send, &send);
-}
-
-/* Wait until our port is pending (or the deadline), then clear it. */
-static bool wait_port(uint64_t deadline)
-{
-    evtchn_port_t ports[1] = { port };
-    struct sched_poll p = { .nr_ports = 1, .timeout = deadline };
-    set_xen_guest_handle(p.ports, ports);
-    HYPERVISOR_sched_op(SCHEDOP_poll, &p);
-    volatile unsigned long *pending = &shared_info->evtchn_pending[port / 64];
-    __atomic_fetch_and(pending, ~(1UL << (port % 64)), __ATOMIC_SEQ_CST);
-    return xen_now_ns() < deadline;
-}
-
 static void ring_write(const void *data, uint32_t len)
 {
     const char *p = data;
     while (len) {
         XENSTORE_RING_IDX cons = ring->req_cons, prod = ring->req_prod;
         uint32_t space = XENSTORE_RING_SIZE - (prod - cons);
-        if (!space) { notify(); wait_port(xen_now_ns() + POLL_NS); continue; }
+        if (!space) { notify_port(port); poll_port(port, xen_now_ns() + POLL_NS); continue; }
         uint32_t n = len < space ? len : space;
         for (uint32_t i = 0; i < n; i++)
             ring->req[MASK_XENSTORE_IDX(prod + i)] = p[i];
@@ -56,7 +38,7 @@ static void ring_write(const void *data, uint32_t len)
         p += n;
         len -= n;
     }
-    notify();
+    notify_port(port);
 }
 
 /* Read exactly len bytes of response; false on timeout. */
@@ -68,7 +50,7 @@ static bool ring_read(void *data, uint32_t len)
         XENSTORE_RING_IDX cons = ring->rsp_cons, prod = ring->rsp_prod;
         barrier();
         if (prod == cons) {
-            if (!wait_port(deadline))
+            if (!poll_port(port, deadline))
                 return false;
             continue;
         }
@@ -77,7 +59,7 @@ static bool ring_read(void *data, uint32_t len)
             p[i] = ring->rsp[MASK_XENSTORE_IDX(cons + i)];
         barrier();
         ring->rsp_cons = cons + n;
-        notify();  /* room in the response ring for anything xenstored holds back */
+        notify_port(port);  /* room in the response ring for anything xenstored holds back */
         p += n;
         len -= n;
     }

@@ -130,6 +130,11 @@ long map_shared_info(void);        /* 0 or -errno; idempotent */
 uint64_t xen_system_time_ns(const struct vcpu_time_info *t); /* with version loop */
 uint64_t xen_now_ns(void);        /* vcpu 0's time from shared_info */
 void xen_wallclock(uint64_t *sec, uint32_t *nsec); /* boot wallclock (version loop) */
+/* A ring's event channel, without the event-channel library: send on `port`;
+ * sleep in SCHEDOP_poll until it is pending or system time `deadline`, then
+ * clear it (false once the deadline has passed). */
+void notify_port(evtchn_port_t port);
+bool poll_port(evtchn_port_t port, uint64_t deadline);
 
 /* ---- console / printf (runtime/printf.c) ---- */
 void console_write(const char *s, size_t len);

@@ -260,3 +260,20 @@ void runtime_main(void)
     guest_main();
     finish();
 }
+
+void notify_port(evtchn_port_t port)
+{
+    struct evtchn_send send = { .port = port };
+    HYPERVISOR_event_channel_op(EVTCHNOP_send, &send);
+}
+
+bool poll_port(evtchn_port_t port, uint64_t deadline)
+{
+    evtchn_port_t ports[1] = { port };
+    struct sched_poll p = { .nr_ports = 1, .timeout = deadline };
+    set_xen_guest_handle(p.ports, ports);
+    HYPERVISOR_sched_op(SCHEDOP_poll, &p);
+    volatile unsigned long *pending = &shared_info->evtchn_pending[port / 64];
+    __atomic_fetch_and(pending, ~(1UL << (port % 64)), __ATOMIC_SEQ_CST);
+    return xen_now_ns() < deadline;
+}
