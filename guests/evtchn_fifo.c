@@ -271,6 +271,11 @@ static void test_errors_before_init(void)
     check_eq("fifo.init_control_gfn_not_ram", init_control(0xf0000, 0, 0, &lb), EINVAL_);
     check_eq("fifo.init_control_gfn_huge", init_control(1ULL << 40, 0, 0, &lb), EINVAL_);
     check_eq("fifo.init_control_badptr", raw_op(EVTCHNOP_init_control, BAD_PTR), EFAULT_);
+    /* XSA-188's sequence (XTF): a bad gfn, then expand_array must not use the
+     * control block that failed. */
+    check_eq("fifo.init_control_gfn_minus_2", init_control((uint64_t)-2, 0, 0, &lb), EINVAL_);
+    check_eq("fifo.expand_array_after_failed_init", expand_array(pfn_of(array_pages[0])),
+             EOPNOTSUPP_);
     /* Nothing above switched the domain. */
     check_eq("fifo.still_2level_after_failures", set_priority(1, 3), ENOSYS_);
 }
