@@ -737,18 +737,24 @@ def set_version(d: Domain, version: int) -> int:
 
 
 # --- the hypercall ------------------------------------------------------------------------------
+def _controlled(vcpu: Vcpu, domid: int) -> tuple[Domain | None, int]:
+    """The domain a setup_table/query_size names, or the GNTST status refusing it."""
+    d = vcpu.domain.lookup(domid)
+    if d is None:
+        return None, G.GNTST_bad_domain
+    if not vcpu.domain.may_control(d):
+        return None, G.GNTST_permission_denied
+    return d, G.GNTST_okay
+
+
 def _setup_table(vcpu: Vcpu, uop: int, count: int) -> int:
     if count != 1:
         raise XenError(EINVAL)
     guest = vcpu.guest()
     cls = G.compat_gnttab_setup_table if vcpu.compat else G.gnttab_setup_table
     op = guest.read_struct(cls, uop)
-    d = vcpu.domain.lookup(op.dom)
-    if d is None:
-        op.status = G.GNTST_bad_domain
-    elif not vcpu.domain.may_control(d):
-        op.status = G.GNTST_permission_denied
-    else:
+    d, op.status = _controlled(vcpu, op.dom)
+    if d is not None:
         gt = gnttab(d)
         with gt.lock:
             if op.nr_frames > gt.max_frames:
@@ -777,12 +783,8 @@ def _query_size(vcpu: Vcpu, uop: int, count: int) -> int:
         raise XenError(EINVAL)
     guest = vcpu.guest()
     op = guest.read_struct(G.gnttab_query_size, uop)
-    d = vcpu.domain.lookup(op.dom)
-    if d is None:
-        op.status = G.GNTST_bad_domain
-    elif not vcpu.domain.may_control(d):
-        op.status = G.GNTST_permission_denied
-    else:
+    d, op.status = _controlled(vcpu, op.dom)
+    if d is not None:
         gt = gnttab(d)
         op.nr_frames, op.max_nr_frames, op.status = gt.nr_frames, gt.max_frames, G.GNTST_okay
     guest.write_struct(uop, op)
