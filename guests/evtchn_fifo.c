@@ -118,7 +118,7 @@ static void dispatch(unsigned cpu, evtchn_port_t port)
     cpu_hits[cpu]++;
     if (port < MAX_TRACKED)
         hits[port]++;
-    if (logging && order_n < LOG_MAX)
+    if (logging && port != c->timer_port && order_n < LOG_MAX)  /* a stray tick: not ours */
         order_log[order_n++] = port;
     if (port == bench_port) {
         bench_t = now_ns();
