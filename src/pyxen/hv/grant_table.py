@@ -19,7 +19,6 @@ GrantMapper is the backend side (what dom0 does through gntdev).
 from __future__ import annotations
 
 import ctypes as C
-import ctypes.util
 import struct
 import threading
 from collections import deque
@@ -33,6 +32,7 @@ from pyxen.abi.memory import XENMAPIDX_grant_table_status
 from pyxen.abi.xen import DOMID_SELF, HYPERVISOR_grant_table_op
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
 
+from . import atomic
 from .hypercall import HypercallTable, subop_describer
 
 if TYPE_CHECKING:
@@ -54,19 +54,6 @@ HVM_SUBOPS = {G.GNTTABOP_query_size, G.GNTTABOP_setup_table, G.GNTTABOP_set_vers
               G.GNTTABOP_unmap_grant_ref, G.GNTTABOP_swap_grant_ref}
 SUBOPS = {v: k for k, v in vars(G).items() if k.startswith("GNTTABOP_")}
 
-# PyDLL: these calls keep the GIL. Dropping it (CDLL) around a one-instruction call lets a
-# waiting thread take the GIL for a whole switch interval, which made each copy ~10x slower.
-_atomic = C.PyDLL(ctypes.util.find_library("atomic") or "libatomic.so.1")
-_fetch_and_2 = _atomic.__atomic_fetch_and_2
-_fetch_and_2.argtypes = [C.c_void_p, C.c_uint16, C.c_int]
-_fetch_and_2.restype = C.c_uint16
-_fetch_or_2 = _atomic.__atomic_fetch_or_2
-_fetch_or_2.argtypes = [C.c_void_p, C.c_uint16, C.c_int]
-_fetch_or_2.restype = C.c_uint16
-_cmpxchg_4 = _atomic.__atomic_compare_exchange_4
-_cmpxchg_4.argtypes = [C.c_void_p, C.c_void_p, C.c_uint32, C.c_int, C.c_int]
-_cmpxchg_4.restype = C.c_bool
-_SEQ_CST = 5
 
 
 def grant_to_status_frames(frames: int) -> int:
@@ -266,14 +253,14 @@ class GrantTable:
         if addr is None:
             struct.pack_into("<H", buf, off, struct.unpack_from("<H", buf, off)[0] | bits)
         else:
-            _fetch_or_2(addr, bits, _SEQ_CST)
+            atomic.or16(addr, bits)
 
     def clear_status_bits(self, ref: int, bits: int) -> None:
         buf, off, addr = self._status(ref)
         if addr is None:
             struct.pack_into("<H", buf, off, struct.unpack_from("<H", buf, off)[0] & ~bits)
         else:
-            _fetch_and_2(addr, ~bits & 0xFFFF, _SEQ_CST)
+            atomic.and_not16(addr, bits)
 
     def _cmpxchg_header(self, ref: int, old: int, new: int) -> int:
         """Compare-and-swap the (flags, domid) word of entry `ref`; the value found."""
@@ -283,9 +270,7 @@ class GrantTable:
             if cur == old:
                 struct.pack_into("<I", buf, off, new)
             return cur
-        expected = C.c_uint32(old)
-        _cmpxchg_4(addr, C.addressof(expected), new, _SEQ_CST, _SEQ_CST)
-        return expected.value
+        return atomic.cmpxchg32(addr, old, new)
 
     def write_v1(self, ref: int, flags: int, domid: int, frame: int) -> None:
         buf, off, _ = self._entry(ref)
