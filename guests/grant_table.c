@@ -25,6 +25,11 @@
  *    last mapping goes; a frame already holding a grant mapping is refused.
  *  - unmap_grant_ref: unknown handle GNTST_bad_handle; wrong host_addr or
  *    dev_bus_addr GNTST_general_error; host_addr 0 does nothing (okay).
+ *  - GNTMAP_host_map|GNTMAP_readonly maps the page read-only (p2m_grant_map_ro):
+ *    only GTF_reading is set; a GTF_readonly grant without GNTMAP_readonly is
+ *    GNTST_general_error. A write there is not a fault: p2m_grant_map_ro is a
+ *    write-discard type, so hvm_hap_nested_page_fault hands it to the emulator,
+ *    which drops the store and retires the instruction; the page is unchanged.
  *
  * With `backend` on the cmdline a page is granted to dom0; the host maps it
  * (INFO backend_ref) and answers; the guest checks the flags while mapped,
@@ -360,6 +365,57 @@ static void test_map_swap(void)
     grant(REF_B, me, dst, GTF_permit_access);
 }
 
+/* A store, then a locked read-modify-write (*v gets the old value), at p with a
+ * kernel-fault catcher armed: whether either faulted. */
+static __attribute__((noinline, noclone)) bool stores_faulted(volatile uint64_t *p, uint64_t *v)
+{
+    extern char gnttab_store_done[];
+    arm_kernel_fault(gnttab_store_done);
+    asm volatile("movq %1, (%2)\n\tlock xaddq %1, (%2)\n\t"
+                 ".globl gnttab_store_done\ngnttab_store_done:"
+                 : "=r"(*v) : "0"(*v), "r"(p) : "memory");
+    disarm_kernel_fault();
+    return user_fault.faulted;
+}
+
+static void test_map_readonly(void)
+{
+    uint16_t me = self_id();
+    uint64_t hole = (boot.ram_top >> PAGE_SHIFT) + 64;
+    volatile uint64_t *page = (volatile uint64_t *)dst;  /* REF_RO grants it read-only */
+    page[0] = 0x524f2d4752414e54ULL;
+    page[511] = version;
+    struct gnttab_map_grant_ref m = { .host_addr = hole << PAGE_SHIFT, .flags = GNTMAP_host_map,
+                                      .ref = REF_RO, .dom = me };
+    HYPERVISOR_grant_table_op(GNTTABOP_map_grant_ref, &m, 1);
+    check_eq("gnttab.map_ro_grant_writable", m.status, GNTST_general_error);
+    check_eq("gnttab.map_ro_grant_writable_flags", busy_flags(REF_RO), 0);
+    m.flags = GNTMAP_host_map | GNTMAP_readonly;
+    HYPERVISOR_grant_table_op(GNTTABOP_map_grant_ref, &m, 1);
+    if (!check_eq("gnttab.map_readonly", m.status, GNTST_okay))
+        return;
+    check_eq("gnttab.map_readonly_flags", busy_flags(REF_RO), GTF_reading);
+    volatile uint64_t *alias = phys_page(hole);
+    if (alias) {
+        check("gnttab.map_readonly_reads", alias[0] == page[0] && alias[511] == version,
+              "the read-only frame does not show the granted page");
+        uint64_t before = page[2], v = ~before;
+        bool faulted = stores_faulted(&alias[2], &v);
+        check("gnttab.map_readonly_write_no_fault", !faulted, "vector %lu rip %#lx",
+              (unsigned long)user_fault.vector, (unsigned long)user_fault.rip);
+        check("gnttab.map_readonly_rmw_reads", faulted || v == before,
+              "lock xadd read %#lx, the page holds %#lx", (unsigned long)v,
+              (unsigned long)before);
+        check("gnttab.map_readonly_write_dropped", page[2] == before && alias[2] == before,
+              "the write reached the page: %#lx", (unsigned long)page[2]);
+        unmap_4k((uint64_t)(uintptr_t)alias);
+    }
+    struct gnttab_unmap_grant_ref u = { .host_addr = hole << PAGE_SHIFT, .handle = m.handle };
+    HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, &u, 1);
+    check_eq("gnttab.unmap_readonly", u.status, GNTST_okay);
+    check_eq("gnttab.unmap_readonly_flags", busy_flags(REF_RO), 0);
+}
+
 static void test_reserved(void)
 {
     uint64_t store = 0, console = 0;
@@ -555,6 +611,7 @@ int guest_main(void)
     test_reserved();
     test_copy();
     test_map_swap();
+    test_map_readonly();
     test_compat();
     if (cmdline_has("backend"))
         test_backend();
@@ -564,6 +621,7 @@ int guest_main(void)
         check_eq("gnttab.v2_again", use_version(2), 0);
         test_copy();
         test_map_swap();
+        test_map_readonly();
         if (cmdline_has("backend"))
             test_backend();
     }

@@ -4,6 +4,7 @@ sees in its grant entries (GTF_reading/GTF_writing, v2 status frames), with Xen'
 
 from __future__ import annotations
 
+import ctypes as C
 import struct
 from collections.abc import Iterator
 
@@ -16,11 +17,15 @@ from pyxen.abi.memory import XENMAPIDX_grant_table_status
 from pyxen.domain.domain import Domain, DomainConfig
 from pyxen.hv import hypercall_table
 from pyxen.hv.grant_table import (
+    PIN_HSTR,
+    PIN_HSTW,
     GrantMapper,
     GrantStatus,
     acquire_grant_for_copy,
+    map_grant_ref,
     release_grant_for_copy,
     set_version,
+    unmap_grant_ref,
 )
 
 PAGE = 4096
@@ -32,11 +37,17 @@ DATA_GFN = 0x200
 class NoMachine:
     """A vCPU backend stand-in: these tests never run guest code."""
 
-    def map_memory(self, slot: int, gpa: int, size: int, host: int) -> None:
-        pass
+    readonly_memory = True
+
+    def __init__(self) -> None:
+        self.slots: dict[int, tuple[int, int, int, bool]] = {}
+
+    def map_memory(self, slot: int, gpa: int, size: int, host: int,
+                   readonly: bool = False) -> None:
+        self.slots[slot] = (gpa, size, host, readonly)
 
     def unmap_memory(self, slot: int) -> None:
-        pass
+        del self.slots[slot]
 
     def set_dirty_logging(self, enabled: bool) -> None:
         pass
@@ -252,3 +263,69 @@ def test_copy_pins_are_released(doms) -> None:
     assert flags_v1(d1, 10) & BUSY == BUSY
     release_grant_for_copy(d1, 10, False)
     assert flags_v1(d1, 10) & BUSY == 0 and not d1.grant_table.active
+
+
+# --- GNTTABOP_map_grant_ref from an HVM guest: the granted page as a memory slot -------------
+HOST_GFN = 0x1000  # above the 8 MiB of RAM: where the mapping guest puts the granted page
+
+
+def map_op(dom: int, ref: int, flags: int, gfn: int = HOST_GFN) -> G.gnttab_map_grant_ref:
+    return G.gnttab_map_grant_ref(host_addr=gfn << 12, flags=flags, ref=ref, dom=dom)
+
+
+def test_readonly_host_map_is_a_readonly_slot(doms) -> None:
+    """GNTMAP_host_map|GNTMAP_readonly: Xen's p2m_grant_map_ro. One read-only host pin,
+    GTF_reading only; the mapping guest's slot over the granter's page is read-only."""
+    _, d1, d2 = doms
+    d1.memory.write(DATA_GFN << 12, b"granted")
+    grant_v1(d1, 10, 2, DATA_GFN)
+    op = map_op(1, 10, G.GNTMAP_host_map | G.GNTMAP_readonly)
+    map_grant_ref(d2, op)
+    assert op.status == G.GNTST_okay
+    assert d1.grant_table.active[10].pin == PIN_HSTR
+    assert flags_v1(d1, 10) == G.GTF_permit_access | G.GTF_reading
+    host = d1.memory.host_address + (DATA_GFN << 12)
+    assert (HOST_GFN << 12, PAGE, host, True) in d2.machine.slots.values()
+    assert C.string_at(host, 7) == b"granted"  # the slot shows the granter's page
+    un = G.gnttab_unmap_grant_ref(host_addr=HOST_GFN << 12, handle=op.handle)
+    unmap_grant_ref(d2, un)
+    assert un.status == G.GNTST_okay
+    assert flags_v1(d1, 10) == G.GTF_permit_access and 10 not in d1.grant_table.active
+    assert all(gpa != HOST_GFN << 12 for gpa, *_ in d2.machine.slots.values())
+
+
+def test_readonly_grant_needs_a_readonly_map(doms) -> None:
+    """A GTF_readonly grant: a writable map is GNTST_general_error, flags untouched; with
+    GNTMAP_readonly it maps. Beside a writable map of a writable grant the pins add up."""
+    _, d1, d2 = doms
+    grant_v1(d1, 10, 2, DATA_GFN, G.GTF_permit_access | G.GTF_readonly)
+    op = map_op(1, 10, G.GNTMAP_host_map)
+    map_grant_ref(d2, op)
+    assert op.status == G.GNTST_general_error
+    assert flags_v1(d1, 10) & BUSY == 0 and 10 not in d1.grant_table.active
+    assert not d2.grant_maps
+    op = map_op(1, 10, G.GNTMAP_host_map | G.GNTMAP_readonly)
+    map_grant_ref(d2, op)
+    assert op.status == G.GNTST_okay and flags_v1(d1, 10) & BUSY == G.GTF_reading
+    grant_v1(d1, 11, 2, DATA_GFN)
+    rw = map_op(1, 11, G.GNTMAP_host_map, HOST_GFN + 1)
+    ro = map_op(1, 11, G.GNTMAP_host_map | G.GNTMAP_readonly, HOST_GFN + 2)
+    map_grant_ref(d2, rw)
+    map_grant_ref(d2, ro)
+    assert rw.status == ro.status == G.GNTST_okay
+    assert d1.grant_table.active[11].pin == PIN_HSTW + PIN_HSTR
+    assert flags_v1(d1, 11) & BUSY == BUSY
+    assert {gfn: readonly for gfn, (_, readonly) in d2.grant_maps.items()} == \
+        {HOST_GFN: True, HOST_GFN + 1: False, HOST_GFN + 2: True}
+
+
+def test_readonly_map_refused_without_readonly_slots(doms) -> None:
+    """A backend without read-only slots (KVM lacking KVM_CAP_READONLY_MEM) cannot give a
+    read-only mapping: refused rather than mapped writable."""
+    _, d1, d2 = doms
+    d2.machine.readonly_memory = False
+    grant_v1(d1, 10, 2, DATA_GFN)
+    op = map_op(1, 10, G.GNTMAP_host_map | G.GNTMAP_readonly)
+    map_grant_ref(d2, op)
+    assert op.status == G.GNTST_general_error
+    assert flags_v1(d1, 10) & BUSY == 0 and 10 not in d1.grant_table.active

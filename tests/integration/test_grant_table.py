@@ -1,7 +1,8 @@
 """Grant tables from inside a guest (guests/grant_table.c, v1 and v2) and from the backend
 side: the guest grants a page to dom0, pyxen's GrantMapper maps it while the guest waits in
 its console write, reads the guest's pattern from the real page, writes a reply, and unmaps
-when the guest says so; the guest checks GTF_reading/GTF_writing, -EBUSY and the reply."""
+when the guest says so; the guest checks GTF_reading/GTF_writing, -EBUSY and the reply. The
+guest also maps its own read-only grant read-only and writes to it (Xen drops the write)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,10 @@ def test_grant_table_guest(guests, accel: str, cmdline: str) -> None:
     report.assert_all_passed()
     assert outcome is Outcome.POWEROFF
     assert report.value("max_nr_frames") == "32"
+    # GNTMAP_readonly: mapped read-only; the guest's writes there are dropped, not faulted
+    assert {"gnttab.map_readonly_reads", "gnttab.map_readonly_write_no_fault",
+            "gnttab.map_readonly_rmw_reads", "gnttab.map_readonly_write_dropped",
+            "gnttab.unmap_readonly_flags"} <= set(report.passed)
     if cmdline:
         assert "gnttab.v2_copy" in report.passed and "gnttab.sub_page_after" in report.passed
 

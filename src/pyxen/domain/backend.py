@@ -30,7 +30,8 @@ class Exit(enum.IntEnum):
     SHUTDOWN = 6  # triple fault
     KICKED = 7  # kick() from another thread, or a signal
     ERROR = 8  # the backend cannot go on: exit_error says why
-    MMIO = 9  # access to guest-physical exit_value that is not RAM; reads need complete_mmio
+    MMIO = 9  # access to guest-physical exit_value that is not RAM (or a write to a
+    #           read-only slot); reads need complete_mmio
 
 
 class Regs(C.Structure):
@@ -164,7 +165,14 @@ class MachineBackend(Protocol):
     name: str
     tsc_khz: int
 
-    def map_memory(self, slot: int, gpa: int, size: int, host_address: int) -> None: ...
+    readonly_memory: bool  # whether map_memory(readonly=True) is offered
+
+    def map_memory(self, slot: int, gpa: int, size: int, host_address: int,
+                   readonly: bool = False) -> None:
+        """Guest-physical [gpa, gpa+size) is the host memory at host_address. A readonly
+        slot is read and executed as RAM, but a guest write to it is not made: it is
+        reported as Exit.MMIO (write, exit_value = its gpa) for the hypervisor to decide."""
+        ...
 
     def unmap_memory(self, slot: int) -> None: ...
 

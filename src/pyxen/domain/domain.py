@@ -95,8 +95,10 @@ class Domain:
                                   name=f"pyxen-{config.name}")
         self.max_pages = max(maxmem, config.memory_mib) * MiB >> 12
         self.memory_lock = threading.RLock()  # populate/release and the slots that follow
-        self._slots: dict[tuple[int, int, int], int] = {}  # (gpa, size, host) → memory slot
-        self.grant_maps: dict[int, int] = {}  # gfn → host address of a granted page there
+        self._slots: dict[tuple[int, int, int, bool], int] = {}  # (gpa, size, host, ro) → slot
+        # gfn → (host address, read-only) of a granted page mapped there: Xen's p2m_grant_map_rw
+        # or p2m_grant_map_ro
+        self.grant_maps: dict[int, tuple[int, bool]] = {}
         self.memory.on_layout_change = self._sync_memory_slots
         self.memory.commit()
         self.clock = DomainClock()
@@ -124,19 +126,21 @@ class Domain:
 
     def _sync_memory_slots(self, runs: list[tuple[int, int]]) -> None:
         """One backend memory slot per run of populated frames, and one per granted page
-        mapped into the physmap (GNTTABOP_map_grant_ref): nothing else is reachable."""
+        mapped into the physmap (GNTTABOP_map_grant_ref; read-only for GNTMAP_readonly):
+        nothing else is reachable."""
         base = self.memory.host_address
-        wanted = {(first << 12, count << 12, base + (first << 12)) for first, count in runs}
-        wanted |= {(gfn << 12, 1 << 12, host) for gfn, host in self.grant_maps.items()
+        wanted = {(first << 12, count << 12, base + (first << 12), False)
+                  for first, count in runs}
+        wanted |= {(gfn << 12, 1 << 12, host, ro) for gfn, (host, ro) in self.grant_maps.items()
                    if not self.memory.is_populated(gfn)}
         for key in [k for k in self._slots if k not in wanted]:
             self.machine.unmap_memory(self._slots.pop(key))
         used = set(self._slots.values())
         free = (n for n in range(1 << 15) if n not in used)
-        for gpa, size, host in sorted(wanted - self._slots.keys()):
+        for gpa, size, host, ro in sorted(wanted - self._slots.keys()):
             slot = next(free)
-            self.machine.map_memory(slot, gpa, size, host)
-            self._slots[gpa, size, host] = slot
+            self.machine.map_memory(slot, gpa, size, host, readonly=ro)
+            self._slots[gpa, size, host, ro] = slot
 
     def _vcpu_info_moved(self) -> None:
         for v in self.vcpus:

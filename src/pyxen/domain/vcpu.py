@@ -248,8 +248,7 @@ class Vcpu:
         elif exit_ is Exit.IO_IN:
             backend.complete_io_in((1 << (8 * backend.exit_size)) - 1)  # no device
         elif exit_ is Exit.MMIO:
-            # Not RAM and no device model: reads see all-ones, writes vanish (Xen).
-            backend.complete_mmio((1 << 64) - 1)
+            self._mmio(backend.exit_value, backend.exit_is_write)
         elif exit_ is Exit.MSR_WRITE:
             backend.complete_msr(self._msr_write(backend.exit_msr, backend.exit_value))
         elif exit_ is Exit.MSR_READ:
@@ -263,6 +262,18 @@ class Vcpu:
         else:
             domain.vmm_error(f"vCPU{self.index}: {backend.exit_error} "
                              f"(guest rip={backend.regs.rip:#x})")
+
+    def _mmio(self, gpa: int, write: bool) -> None:
+        """An access the backend could not make as RAM, completed as Xen's
+        hvm_hap_nested_page_fault does for an HVM guest with no device model: a read of
+        no RAM sees all-ones; a write to no RAM vanishes; and a write to a read-only grant
+        mapping (p2m_grant_map_ro, one of Xen's write-discard p2m types) goes to the
+        emulator, which drops the store and retires the instruction: no fault, the page
+        keeps its contents."""
+        if write and self.domain.trace and gpa >> PAGE_SHIFT in self.domain.grant_maps:
+            log.info("d%dv%d write to read-only grant mapping at %#x dropped",
+                     self.domain.domid, self.index, gpa)
+        self.backend.complete_mmio((1 << 64) - 1)
 
     def _port_write(self, port: int, size: int, value: int) -> None:
         if port == DEBUGCON_PORT:

@@ -11,8 +11,9 @@ An HVM guest reaches only the sub-ops Xen's hvm_grant_table_op lets through (que
 setup_table, set_version, get_version, copy, map/unmap_grant_ref, swap_grant_ref); the others
 are -ENOSYS, as on Xen. GNTTABOP_map_grant_ref puts the granted page itself at the
 guest-physical host_addr: one more memory slot of the vCPU backend over the granting
-domain's memfd page (Domain.grant_maps), so both frames show the same page. Read-only
-host mappings are refused (GNTST_general_error) until the backends offer read-only slots.
+domain's memfd page (Domain.grant_maps), so both frames show the same page. With
+GNTMAP_readonly the slot is read-only (Xen's p2m_grant_map_ro): the guest's writes there are
+dropped (see Vcpu._mmio).
 GrantMapper is the backend side (what dom0 does through gntdev).
 """
 
@@ -555,16 +556,17 @@ def create_grant_p2m_mapping(ld: Domain, rd: Domain, act: Active, addr: int,
     """Put the granted page at guest-physical `addr` of `ld` (the same page, not a copy)."""
     if flags & ~G.GNTMAP_readonly != G.GNTMAP_host_map:
         return G.GNTST_general_error
-    if flags & G.GNTMAP_readonly:
-        # p2m_grant_map_ro would need read-only memory slots, which the vCPU backends do
-        # not offer yet: refuse rather than give write access to a read-only grant.
+    readonly = bool(flags & G.GNTMAP_readonly)
+    if readonly and not ld.machine.readonly_memory:
+        # A backend without read-only slots (KVM lacking KVM_CAP_READONLY_MEM): refuse
+        # rather than give write access to a read-only mapping.
         return G.GNTST_general_error
     gfn = addr >> PAGE_SHIFT
     if not ld.memory.gfn_backed(gfn) or gfn in ld.grant_maps or gfn in ld.special_frames:
         return G.GNTST_general_error
     with ld.memory_lock:
         ld.memory.release(gfn)  # RAM there leaves the physmap, as Xen's p2m entry is replaced
-        ld.grant_maps[gfn] = rd.memory.host_address + machine_address(act)
+        ld.grant_maps[gfn] = (rd.memory.host_address + machine_address(act), readonly)
         ld.memory.commit()
     return G.GNTST_okay
 
@@ -574,7 +576,8 @@ def replace_grant_p2m_mapping(ld: Domain, rd: Domain, act: Active, addr: int,
     gfn = addr >> PAGE_SHIFT
     if new_addr:
         return G.GNTST_general_error
-    if ld.grant_maps.get(gfn) != rd.memory.host_address + machine_address(act):
+    host, _ = ld.grant_maps.get(gfn, (None, False))
+    if host != rd.memory.host_address + machine_address(act):
         return G.GNTST_general_error
     with ld.memory_lock:
         del ld.grant_maps[gfn]

@@ -263,6 +263,7 @@ KVM_X86_SET_MSR_FILTER = _iow(0xC6, C.sizeof(kvm_msr_filter))
 KVM_CAP_IRQCHIP = 0
 KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_SYNC_REGS = 74
+KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_X86_USER_SPACE_MSR = 188
 KVM_CAP_X86_MSR_FILTER = 189
@@ -279,6 +280,7 @@ KVM_MSR_FILTER_WRITE = 1 << 1
 KVM_MSR_FILTER_DEFAULT_ALLOW = 0
 
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
 
 # --- exit reasons -----------------------------------------------------------------------------
 KVM_EXIT_UNKNOWN = 0

@@ -54,7 +54,10 @@ class KvmMachine(MachineBackend):
         self.vm_fd = ioctl(self.kvm_fd, K.KVM_CREATE_VM, 0)
         self.run_size = ioctl(self.kvm_fd, K.KVM_GET_VCPU_MMAP_SIZE, 0)
         self.vcpus: list[KvmVcpu] = []
-        self._slots: dict[int, tuple[int, int, int]] = {}  # slot → (gpa, size, host address)
+        self._slots: dict[int, tuple[int, int, int, bool]] = {}  # slot → (gpa, size, host, ro)
+        # Read-only slots: a guest write exits as KVM_EXIT_MMIO (write) and is not made.
+        self.readonly_memory = ioctl(self.kvm_fd, K.KVM_CHECK_EXTENSION,
+                                     K.KVM_CAP_READONLY_MEM) > 0
         self._dirty_logging = False
         self._enable_user_space_msrs(msr_exits)
         self.tsc_khz = 0
@@ -78,8 +81,11 @@ class KvmMachine(MachineBackend):
             flt.ranges[i].bitmap = C.addressof(bitmap)
         ioctl(self.vm_fd, K.KVM_X86_SET_MSR_FILTER, flt)
 
-    def map_memory(self, slot: int, gpa: int, size: int, host_address: int) -> None:
-        self._slots[slot] = (gpa, size, host_address)
+    def map_memory(self, slot: int, gpa: int, size: int, host_address: int,
+                   readonly: bool = False) -> None:
+        if readonly and not self.readonly_memory:
+            raise KvmError(22, "KVM lacks KVM_CAP_READONLY_MEM")
+        self._slots[slot] = (gpa, size, host_address, readonly)
         self._set_region(slot)
 
     def unmap_memory(self, slot: int) -> None:
@@ -87,8 +93,10 @@ class KvmMachine(MachineBackend):
         ioctl(self.vm_fd, K.KVM_SET_USER_MEMORY_REGION, K.kvm_userspace_memory_region(slot=slot))
 
     def _set_region(self, slot: int) -> None:
-        gpa, size, host_address = self._slots[slot]
+        gpa, size, host_address, readonly = self._slots[slot]
         flags = K.KVM_MEM_LOG_DIRTY_PAGES if self._dirty_logging else 0
+        if readonly:
+            flags |= K.KVM_MEM_READONLY
         region = K.kvm_userspace_memory_region(
             slot=slot, flags=flags, guest_phys_addr=gpa, memory_size=size,
             userspace_addr=host_address,
@@ -110,7 +118,7 @@ class KvmMachine(MachineBackend):
         if not self._dirty_logging:
             return set()
         dirty: set[int] = set()
-        for slot, (gpa, size, _) in list(self._slots.items()):
+        for slot, (gpa, size, _, _) in list(self._slots.items()):
             frames = size >> 12
             bitmap = (C.c_uint64 * ((frames + 63) // 64))()
             ioctl(self.vm_fd, K.KVM_GET_DIRTY_LOG,

@@ -64,8 +64,11 @@ class SoftMachine(MachineBackend):
         self.log = DirtyLog()
         self.ram.on_write = self.log.note_write  # guest writes pyxen makes for the CPU
 
-    def map_memory(self, slot: int, gpa: int, size: int, host_address: int) -> None:
-        self.ram.add(slot, gpa, size, host_address)
+    readonly_memory = True  # read-only slots: mapped read+exec, writes stop at the write hook
+
+    def map_memory(self, slot: int, gpa: int, size: int, host_address: int,
+                   readonly: bool = False) -> None:
+        self.ram.add(slot, gpa, size, host_address, readonly)
         self._resync_others()
 
     def unmap_memory(self, slot: int) -> None:

@@ -14,6 +14,9 @@ How the VM-exit model of `pyxen.domain.backend` maps onto an emulator:
   through the guest's IDT by `interrupts.deliver`.
 - **MMIO**: an access outside the mapped RAM stops the engine at the instruction; after the
   VMM answers, the instruction is replayed once against a scratch page.
+- **Read-only slots** are mapped read + execute; the write-protection hook refuses a store
+  to one (the engine stops at the instruction), which is reported as an MMIO write at its
+  guest-physical address; the instruction is then replayed once against a copy of the slot.
 - **TSC**: RDTSC/RDTSCP are hooked and return host monotonic time at `tsc_khz`.
 """
 
@@ -29,6 +32,7 @@ from unicorn import (
     UC_ERR_FETCH_UNMAPPED,
     UC_ERR_INSN_INVALID,
     UC_ERR_READ_UNMAPPED,
+    UC_ERR_WRITE_PROT,
     UC_ERR_WRITE_UNMAPPED,
     UC_HOOK_BLOCK,
     UC_HOOK_INSN,
@@ -119,7 +123,7 @@ class SoftVcpu:
         self._indexed: frozenset[int] = INDEXED_LEAVES
         self._exits: set[int] = set()
         self._code_cache: dict[tuple[int, int], tuple[int, bytes]] = {}
-        self._mapped: set[tuple[int, int, int]] = set()
+        self._mapped: set[tuple[int, int, int, bool]] = set()  # (gpa, size, host, read-only)
         self._ram_generation = -1
         self._dirty = False  # regs changed by pyxen or by the backend: write before running
         self._fresh = False  # ctx holds the state of the current stop
@@ -134,6 +138,7 @@ class SoftVcpu:
         self._exception: tuple[Event, int] | None = None
         self._rewind: tuple[str, int] | None = None  # (why, rip) to come back to
         self._unmapped: tuple[int, int, int, int] | None = None
+        self._ro_write: tuple[int, int, int] | None = None  # (gpa, size, value) refused
         self._pending_event: Event | None = None
         self._io_in_size = 0
         self._msr_pending: bool | None = None  # True: write, False: read
@@ -167,8 +172,17 @@ class SoftVcpu:
             if err:
                 raise UcError(err)
         add = self._written.add  # the hot path while logging: one set insertion per store
-        self._cfuncs.append(HOOK_MEM_CFUNC(
-            lambda _uc, _type, address, _size, _value, _ud: add(address >> 12) or True))
+        readonly = self.machine.ram.readonly_frames
+
+        def on_write_prot(_uc: int, _type: int, address: int, size: int, value: int,
+                          _ud: int) -> bool:
+            if address >> 12 in readonly:  # a read-only slot: the store is refused
+                self._ro_write = (address, size, value)
+                return False
+            add(address >> 12)
+            return True
+
+        self._cfuncs.append(HOOK_MEM_CFUNC(on_write_prot))
         handle = C.c_size_t()
         err = uclib.uc_hook_add(uc._uch, C.byref(handle), UC_HOOK_MEM_WRITE_PROT,
                                 self._cfuncs[-1], None, C.c_uint64(1), C.c_uint64(0))
@@ -352,7 +366,7 @@ class SoftVcpu:
     def _emulate(self) -> UcError | None:
         self._write_regs()
         self._fresh = False
-        self._stop = self._exception = self._rewind = self._unmapped = None
+        self._stop = self._exception = self._rewind = self._unmapped = self._ro_write = None
         self._entries += 1
         self._enter_guest()
         self._in_emu = True
@@ -390,17 +404,16 @@ class SoftVcpu:
     def _map_ram_for_logging(self, track: bool) -> None:
         """Re-map every slot read-only (stores reach the hook) or read-write. mem_map_ptr,
         not mem_protect: see dirty.py for what mem_protect does to stores and page walks."""
-        perms = TRACKED if track else UC_PROT_ALL
-        for gpa, size, host in sorted(self._mapped):
-            self.uc.mem_unmap(gpa, size)
-            self.uc.mem_map_ptr(gpa, size, perms, host)
         self._tracking = track
+        for view in sorted(self._mapped):
+            self.uc.mem_unmap(view[0], view[1])
+            self.uc.mem_map_ptr(view[0], view[1], self._perms(view), view[2])
 
     def _after_stop(self, err: UcError | None) -> Exit | None:
         if self._rewind is not None:
             why, rip = self._rewind
             self._snapshot.restore()
-            self._exception = self._unmapped = err = None
+            self._exception = self._unmapped = self._ro_write = err = None
             if why == "io":
                 self._add_exit(rip)
             else:
@@ -428,6 +441,8 @@ class SoftVcpu:
             return self._deliver(Event(UD))
         if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED) and self._unmapped:
             return self._mmio_exit(*self._unmapped)
+        if err.errno == UC_ERR_WRITE_PROT and self._ro_write:
+            return self._readonly_write_exit(*self._ro_write)
         if err.errno == UC_ERR_FETCH_UNMAPPED:
             return self._error(f"instruction fetch from {self.regs.rip:#x}, which is not RAM")
         return self._error(f"emulator: {err}")
@@ -568,6 +583,13 @@ class SoftVcpu:
         self._mmio_replay = (gpa, size, write, value)
         return Exit.MMIO
 
+    def _readonly_write_exit(self, gpa: int, size: int, value: int) -> Exit:
+        """A store refused by a read-only slot (the write hook has its guest-physical
+        address): reported as an MMIO write, replayed by run() on a copy of the slot."""
+        self.exit_value, self.exit_size, self.exit_is_write = gpa, size, True
+        self._mmio_replay = (gpa, size, True, value)
+        return Exit.MMIO
+
     def complete_mmio(self, value: int) -> None:
         if self._mmio_replay and not self._mmio_replay[2]:
             gpa, size, _, _ = self._mmio_replay
@@ -578,6 +600,10 @@ class SoftVcpu:
         assert self._mmio_replay is not None
         gpa, size, write, value = self._mmio_replay
         self._mmio_replay = None
+        slot = next((m for m in self._mapped if m[0] <= gpa < m[0] + m[1]), None)
+        if slot is not None:
+            self._replay_on_copy(slot)
+            return
         page, offset = gpa & ~(SCRATCH - 1), gpa & (SCRATCH - 1)
         C.memset(self._scratch, 0xFF, SCRATCH)
         if not write:
@@ -588,6 +614,25 @@ class SoftVcpu:
             self._step()
         finally:
             self.uc.mem_unmap(page, SCRATCH)
+
+    def _replay_on_copy(self, slot: tuple[int, int, int, bool]) -> None:
+        """Run the instruction once with a private copy of the read-only slot in its place
+        (it reads what the slot holds; what it writes there is dropped)."""
+        gpa, size, host, _ = slot
+        copy = C.create_string_buffer(size)
+        C.memmove(copy, host, size)
+        self._mapped.discard(slot)  # a logging switch during the step must not re-map it
+        self.uc.mem_unmap(gpa, size)
+        self.uc.mem_map_ptr(gpa, size, UC_PROT_ALL, C.addressof(copy))
+        try:
+            self._step()
+        finally:
+            self.uc.mem_unmap(gpa, size)
+            self.uc.mem_map_ptr(gpa, size, self._perms(slot), host)
+            self._mapped.add(slot)
+
+    def _perms(self, view: tuple[int, int, int, bool]) -> int:
+        return TRACKED if self._tracking or view[3] else UC_PROT_ALL
 
     def _step(self) -> None:
         """Execute exactly one instruction (Unicorn counts only in freshly translated code)."""
@@ -655,14 +700,13 @@ class SoftVcpu:
         if self._ram_generation == ram.generation:
             return
         self._ram_generation = ram.generation
-        wanted = set(ram.slots.values())
-        for gpa, size, host in sorted(self._mapped - wanted):
-            self.uc.mem_unmap(gpa, size)
-            self._mapped.discard((gpa, size, host))
-        perms = TRACKED if self._tracking else UC_PROT_ALL
-        for gpa, size, host in sorted(wanted - self._mapped):
-            self.uc.mem_map_ptr(gpa, size, perms, host)
-            self._mapped.add((gpa, size, host))
+        wanted = ram.views()
+        for view in sorted(self._mapped - wanted):
+            self.uc.mem_unmap(view[0], view[1])
+            self._mapped.discard(view)
+        for view in sorted(wanted - self._mapped):
+            self.uc.mem_map_ptr(view[0], view[1], self._perms(view), view[2])
+            self._mapped.add(view)
 
     def close(self) -> None:
         self.ctx.close()
