@@ -14,6 +14,9 @@ from pyxen.toolstack.embedded import RunResult, run_image
 ROOT = Path(__file__).resolve().parents[1]
 GUESTS = ROOT / "guests"
 BUILD = GUESTS / "build"
+# How long a kit guest may run before a test gives up: generous, since a busy 2-core host
+# (and kvm_pvm, which emulates guest ring 0) can make a guest 10x slower than usual.
+GUEST_TIMEOUT = 300
 
 
 def build_guests() -> None:
@@ -67,7 +70,7 @@ class Report:
         assert self.passed, "the guest ran no test"
 
 
-def run_guest(name: str, cmdline: str = "", timeout: float = 30,
+def run_guest(name: str, cmdline: str = "", timeout: float = GUEST_TIMEOUT,
               modules: list[Module] | None = None, accel: str = "auto",
               **config: object) -> tuple[RunResult, Report]:
     """Boot guests/build/NAME.elf in this process on backend `accel`; its outcome and report."""

@@ -15,7 +15,7 @@ import termios
 import time
 from pathlib import Path
 
-from guestkit import Report, image, run_guest
+from guestkit import GUEST_TIMEOUT, Report, image, run_guest
 from pyxen.abi.hvm import HVM_PARAM_CONSOLE_EVTCHN
 from pyxen.domain.domain import Domain, DomainConfig, Outcome
 from pyxen.toolstack.console_service import CONSOLE_GFN, backend_path
@@ -49,7 +49,7 @@ def read_until(proc: subprocess.Popen[bytes], marker: bytes, seconds: float = 60
 
 
 def test_ring_guest_on_each_backend(guests, accel) -> None:
-    outcome, report = run_guest("console_ring", accel=accel, timeout=120)
+    outcome, report = run_guest("console_ring", accel=accel, timeout=GUEST_TIMEOUT)
     report.assert_all_passed()
     assert outcome.result.outcome is Outcome.POWEROFF
     assert int(report.value("console_pfn"), 16) == CONSOLE_GFN
@@ -68,7 +68,7 @@ def test_only_ring_output_shows_under_pyxen_run(guests) -> None:
 
 
 def test_ring_console_io_and_debug_port_lines_come_out_in_program_order(guests) -> None:
-    _, report = run_guest("console_ring", cmdline="interleave=9", timeout=120)
+    _, report = run_guest("console_ring", cmdline="interleave=9", timeout=GUEST_TIMEOUT)
     report.assert_all_passed()
     order = [line for line in report.console.splitlines() if line.startswith("ORDER")]
     sources = ("ring", "console_io", "debugcon")
@@ -184,7 +184,7 @@ def test_xenstore_console_nodes_as_libxl_writes_them(guests) -> None:
 
     with store:
         outcome = run_image(image("console_ring"), DomainConfig(name="withstore", domid=4),
-                            timeout=120, prepare=prepare)
+                            timeout=GUEST_TIMEOUT, prepare=prepare)
     Report.parse(outcome.console).assert_all_passed()
     assert seen["ring-ref"] == str(CONSOLE_GFN)
     assert seen["port"] == str(seen["port_param"])

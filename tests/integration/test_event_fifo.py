@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from guestkit import run_guest
+from guestkit import GUEST_TIMEOUT, run_guest
 from pyxen.domain.domain import Outcome
 
 MAX_PORT = 4351  # max_event_channels: past 2-level's 4096 ports, so FIFO ports go beyond
@@ -31,7 +31,7 @@ def test_fifo_guest_passes(guests, accel: str, vcpus: int) -> None:
 
 def test_fifo_guest_with_xl_default_limit(guests) -> None:
     """xl's default max_event_channels (1023) bounds both ABIs."""
-    outcome, report = run_guest("evtchn_fifo", accel="auto", timeout=120)
+    outcome, report = run_guest("evtchn_fifo", accel="auto", timeout=GUEST_TIMEOUT)
     report.assert_all_passed()
     assert report.value("max_port_2l") == "1023"
     assert report.value("max_port_fifo") == "1023"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from guestkit import image, run_guest
+from guestkit import GUEST_TIMEOUT, image, run_guest
 from pyxen.domain.domain import Outcome
 
 
@@ -29,26 +29,26 @@ from pyxen.domain.domain import Outcome
     ("evtchn_latency", "samples=50 upcall=percpu", 2),
 ])
 def test_event_guest_passes(guests, accel: str, name: str, cmdline: str, vcpus: int) -> None:
-    outcome, report = run_guest(name, cmdline=cmdline, vcpus=vcpus, accel=accel, timeout=60)
+    outcome, report = run_guest(name, cmdline=cmdline, vcpus=vcpus, accel=accel, timeout=GUEST_TIMEOUT)
     report.assert_all_passed()
     assert outcome.result.outcome is Outcome.POWEROFF, outcome.result
 
 
 def test_one_shot_timers_never_fire_early(guests, accel: str) -> None:
-    outcome, report = run_guest("timer", accel=accel, timeout=60)
+    outcome, report = run_guest("timer", accel=accel, timeout=GUEST_TIMEOUT)
     late = [int(v) for v in report.info["oneshot_late_ns"]]
     assert late and min(late) >= 0
 
 
 def test_smp_guest_brings_up_its_second_vcpu(guests, accel: str) -> None:
-    outcome, report = run_guest("smp", vcpus=2, accel=accel, timeout=60)
+    outcome, report = run_guest("smp", vcpus=2, accel=accel, timeout=GUEST_TIMEOUT)
     report.assert_all_passed()
     assert int(report.value("ipi_samples")) > 0
     assert int(report.value("vcpu1_runstate_running_ns")) > 0
 
 
 def test_last_vcpu_down_powers_off(guests, accel: str) -> None:
-    outcome, report = run_guest("smp", cmdline="end=vcpu_down", vcpus=2, accel=accel, timeout=60)
+    outcome, report = run_guest("smp", cmdline="end=vcpu_down", vcpus=2, accel=accel, timeout=GUEST_TIMEOUT)
     assert outcome.result.outcome is Outcome.POWEROFF
 
 

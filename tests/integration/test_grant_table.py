@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from guestkit import Report, image
+from guestkit import GUEST_TIMEOUT, Report, image
 from pyxen.abi import grant_table as G
 from pyxen.domain.domain import DomainConfig, Outcome
 from pyxen.hv.grant_table import GrantMap, GrantMapper
@@ -56,7 +56,7 @@ class Backend:
 def run(accel: str, cmdline: str, backend: Backend | None = None,
         **config: object) -> tuple[Outcome, Report]:
     cfg = DomainConfig(name="grant_table", cmdline=cmdline, **config)  # type: ignore[arg-type]
-    result = run_image(image("grant_table"), cfg, timeout=120,
+    result = run_image(image("grant_table"), cfg, timeout=GUEST_TIMEOUT,
                        machine_factory=machine_factory(accel)[0],
                        console=backend.console if backend else None,
                        prepare=backend.prepare if backend else None)

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from guestkit import Report, image
+from guestkit import GUEST_TIMEOUT, Report, image
 from pyxen.domain.domain import DomainConfig, Outcome
 from pyxen.toolstack.embedded import run_image
 from pyxen.toolstack.xenstore_service import attach_xenstore
@@ -21,7 +21,7 @@ from pyxen.xenstore.unix import ThreadedServer
 
 def test_guest_uses_its_store_over_the_ring(guests, tmp_path) -> None:
     xsd = XenStored()
-    outcome = run_image(image("xenstore"), DomainConfig(name="ringer", domid=7), timeout=60,
+    outcome = run_image(image("xenstore"), DomainConfig(name="ringer", domid=7), timeout=GUEST_TIMEOUT,
                         prepare=lambda d: attach_xenstore(d, xsd))
     report = Report.parse(outcome.console)
     report.assert_all_passed()
@@ -38,7 +38,7 @@ def test_host_tools_see_what_the_guest_wrote(guests, tmp_path) -> None:
     xsd = XenStored()
     sock = str(tmp_path / "xs.sock")
     with ThreadedServer(sock, xsd):
-        outcome = run_image(image("xenstore"), DomainConfig(name="shared", domid=3), timeout=60,
+        outcome = run_image(image("xenstore"), DomainConfig(name="shared", domid=3), timeout=GUEST_TIMEOUT,
                             prepare=lambda d: attach_xenstore(d, xsd))
         Report.parse(outcome.console).assert_all_passed()
         env = {**os.environ, "XENSTORED_PATH": sock}
@@ -52,7 +52,7 @@ def test_host_tools_see_what_the_guest_wrote(guests, tmp_path) -> None:
 
 def test_a_guest_without_a_store_is_told_so(guests) -> None:
     """No store served: HVM_PARAM_STORE_PFN/EVTCHN are 0 and the guest reports it."""
-    outcome = run_image(image("xenstore"), DomainConfig(name="nostore"), timeout=30)
+    outcome = run_image(image("xenstore"), DomainConfig(name="nostore"), timeout=GUEST_TIMEOUT)
     report = Report.parse(outcome.console)
     assert int(report.value("store_pfn"), 16) == 0
     assert "xenstore.advertised" in report.failed
@@ -132,7 +132,7 @@ def test_ended_domain_is_released_from_the_store(guests) -> None:
         attach_xenstore(domain, xsd)
         handles.append(domain.handle)
 
-    run_image(image("xenstore"), DomainConfig(name="gone", domid=9), timeout=60, prepare=attach)
+    run_image(image("xenstore"), DomainConfig(name="gone", domid=9), timeout=GUEST_TIMEOUT, prepare=attach)
     assert watcher.exists("/local/domain/9/data/from-guest")
     release_domain(xsd, 9, handles[0])
     assert watcher.next_event(timeout=5).path == "@releaseDomain"

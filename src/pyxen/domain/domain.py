@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyxen.domain")
 MiB = 1 << 20
+CONSOLE_LINGER = 0.05  # seconds an unfinished console line waits for its end
 DEFAULT_MAX_GRANT_FRAMES = 32  # xl's default max_grant_frames
 NR_DOMAIN_WATCHDOG_TIMERS = 2
 
@@ -88,7 +89,9 @@ class Domain:
         self.machine = machine
         self.hypercalls = hypercalls
         self._console = console
-        self._console_lock = threading.Lock()  # console_write's chunks never interleave
+        self._console_lock = threading.Lock()  # console_write's lines never interleave
+        self._console_held: dict[str, bytes] = {}  # each source's unfinished line
+        self._console_flush: threading.Timer | None = None
         self.handle = config.handle or hashlib.md5(f"pyxen:{config.name}".encode()).digest()
         maxmem = config.maxmem_mib or config.memory_mib
         self.memory = GuestMemory(config.memory_mib * MiB, max(maxmem, config.memory_mib) * MiB,
@@ -188,9 +191,29 @@ class Domain:
     # --- console --------------------------------------------------------------------------------
     def console_write(self, data: bytes, source: str = "console_io") -> None:
         """The guest's output from any source (console_io, debugcon, the PV console ring),
-        one chunk at a time in the order it arrived, whichever thread delivers it."""
+        whichever thread delivers it, merged a whole line at a time in the order the lines
+        end: one source's unfinished line never splices into another's (the ring drains
+        wherever its notify fell, often mid-line). An unfinished line, such as a prompt, is
+        shown once it has waited CONSOLE_LINGER seconds."""
         with self._console_lock:
-            self._console(data)
+            held = self._console_held.pop(source, b"") + data
+            cut = held.rfind(b"\n") + 1
+            if cut:
+                self._console(held[:cut])
+            if cut < len(held):
+                self._console_held[source] = held[cut:]
+                if self._console_flush is None:
+                    self._console_flush = threading.Timer(CONSOLE_LINGER, self.flush_console)
+                    self._console_flush.daemon = True
+                    self._console_flush.start()
+
+    def flush_console(self) -> None:
+        """Show every source's unfinished line now."""
+        with self._console_lock:
+            self._console_flush = None
+            for rest in self._console_held.values():
+                self._console(rest)
+            self._console_held.clear()
 
     # --- vCPUs ------------------------------------------------------------------------------------
     def add_vcpu(self, vcpu: Vcpu) -> None:
@@ -262,7 +285,10 @@ class Domain:
         for vcpu in self.vcpus:
             vcpu.kick()
         for vcpu in self.vcpus:
-            if vcpu.thread is not None:
+            if vcpu.thread is not None and vcpu.thread.ident is not None:  # started
                 vcpu.thread.join(timeout=5)
+        if self._console_flush is not None:
+            self._console_flush.cancel()
+        self.flush_console()
         self.machine.close()
         self.memory.close()
