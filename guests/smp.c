@@ -252,6 +252,9 @@ static void pingpong(unsigned n, const char *prefix, bool report)
 static void test_runstate_area(void)
 {
     struct vcpu_register_runstate_memory_area ra;
+    /* vCPU 1 is on its way back to hlt after its last command: on a busy host it may
+     * still be running. The area must show the state it is in, so wait for blocked. */
+    expect_runstate("smp.vcpu1_blocked_before_area", RUNSTATE_blocked);
     memset(&rs_area, 0xff, sizeof(rs_area));
     set_xen_guest_handle(ra.addr.h, &rs_area);
     check_eq("smp.register_runstate_area_vcpu1",
