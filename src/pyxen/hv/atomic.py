@@ -18,38 +18,32 @@ import ctypes.util
 _lib = C.PyDLL(ctypes.util.find_library("atomic") or "libatomic.so.1")
 _SEQ_CST = 5
 
-_fetch_or_8 = _lib.__atomic_fetch_or_8
-_fetch_or_8.argtypes = [C.c_void_p, C.c_uint64, C.c_int]
-_fetch_or_8.restype = C.c_uint64
-_fetch_and_8 = _lib.__atomic_fetch_and_8
-_fetch_and_8.argtypes = [C.c_void_p, C.c_uint64, C.c_int]
-_fetch_and_8.restype = C.c_uint64
-_exchange_1 = _lib.__atomic_exchange_1
-_exchange_1.argtypes = [C.c_void_p, C.c_uint8, C.c_int]
-_exchange_1.restype = C.c_uint8
-_fetch_or_4 = _lib.__atomic_fetch_or_4
-_fetch_or_4.argtypes = [C.c_void_p, C.c_uint32, C.c_int]
-_fetch_or_4.restype = C.c_uint32
-_fetch_and_4 = _lib.__atomic_fetch_and_4
-_fetch_and_4.argtypes = [C.c_void_p, C.c_uint32, C.c_int]
-_fetch_and_4.restype = C.c_uint32
-_load_4 = _lib.__atomic_load_4
-_load_4.argtypes = [C.c_void_p, C.c_int]
-_load_4.restype = C.c_uint32
-_store_4 = _lib.__atomic_store_4
-_store_4.argtypes = [C.c_void_p, C.c_uint32, C.c_int]
-_store_4.restype = None
-_fetch_or_2 = _lib.__atomic_fetch_or_2
-_fetch_or_2.argtypes = [C.c_void_p, C.c_uint16, C.c_int]
-_fetch_or_2.restype = C.c_uint16
-_fetch_and_2 = _lib.__atomic_fetch_and_2
-_fetch_and_2.argtypes = [C.c_void_p, C.c_uint16, C.c_int]
-_fetch_and_2.restype = C.c_uint16
+
+def _bind(name: str, restype: type | None, *argtypes: type) -> C._CFuncPtr:  # type: ignore[name-defined]
+    """One libatomic entry point with its C signature."""
+    fn = getattr(_lib, name)
+    fn.argtypes, fn.restype = list(argtypes), restype
+    return fn
+
+
+def _rmw(op: str, size: int, ctype: type) -> C._CFuncPtr:  # type: ignore[name-defined]
+    """__atomic_<op>_<size>(ptr, value, order) -> old value."""
+    return _bind(f"__atomic_{op}_{size}", ctype, C.c_void_p, ctype, C.c_int)
+
+
+_fetch_or_8 = _rmw("fetch_or", 8, C.c_uint64)
+_fetch_and_8 = _rmw("fetch_and", 8, C.c_uint64)
+_exchange_1 = _rmw("exchange", 1, C.c_uint8)
+_fetch_or_4 = _rmw("fetch_or", 4, C.c_uint32)
+_fetch_and_4 = _rmw("fetch_and", 4, C.c_uint32)
+_fetch_or_2 = _rmw("fetch_or", 2, C.c_uint16)
+_fetch_and_2 = _rmw("fetch_and", 2, C.c_uint16)
+_load_4 = _bind("__atomic_load_4", C.c_uint32, C.c_void_p, C.c_int)
+_store_4 = _bind("__atomic_store_4", None, C.c_void_p, C.c_uint32, C.c_int)
 # libatomic's entry point has no `weak` flag (that is the compiler builtin's): pointer,
 # expected pointer, desired, success order, failure order.
-_cmpxchg_4 = _lib.__atomic_compare_exchange_4
-_cmpxchg_4.argtypes = [C.c_void_p, C.c_void_p, C.c_uint32, C.c_int, C.c_int]
-_cmpxchg_4.restype = C.c_bool
+_cmpxchg_4 = _bind("__atomic_compare_exchange_4", C.c_bool,
+                   C.c_void_p, C.c_void_p, C.c_uint32, C.c_int, C.c_int)
 
 
 def test_and_set_bit(address: int, bit: int) -> bool:
