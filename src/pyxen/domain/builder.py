@@ -24,8 +24,8 @@ from pyxen.abi.start_info import (
     hvm_modlist_entry,
     hvm_start_info,
 )
-from pyxen.hv.cpuid import HYPERCALL_MSR, guest_cpuid
 from pyxen.hv.hypercall import HYPERCALL_PORT, HypercallTable
+from pyxen.x86.cpuid import HYPERCALL_MSR, guest_cpuid
 
 from .backend import MachineBackend, Regs, SpecialRegs
 from .domain import Domain, DomainConfig

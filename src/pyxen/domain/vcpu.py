@@ -13,13 +13,13 @@ from pyxen.abi.event_channel import NR_VIRQS, VIRQ_TIMER
 from pyxen.abi.sched import SHUTDOWN_poweroff
 from pyxen.abi.vcpu import RUNSTATE_blocked, RUNSTATE_offline, RUNSTATE_running
 from pyxen.abi.xen import vcpu_info, vcpu_time_info
-from pyxen.hv.cpuid import HYPERCALL_MSR
 from pyxen.hv.guest_access import GuestAccess
 from pyxen.hv.hypercall import format_result, hypercall_page
 from pyxen.hv.pagewalk import PagingState
 from pyxen.hv.time import TscCalibration, write_time_info
 from pyxen.hv.timer import Timer
 from pyxen.hv.vcpu import publish_runstate
+from pyxen.x86.cpuid import HYPERCALL_MSR
 
 from .backend import Exit, VcpuBackend
 from .memory import PAGE_SHIFT, PAGE_SIZE, GuestMemoryError

@@ -15,8 +15,8 @@ from pyxen import __version__
 from pyxen.abi import version as V
 from pyxen.abi.errno import EINVAL, ENOBUFS, ENOSYS, EPERM, XenError
 from pyxen.abi.xen import XEN_PAGE_SIZE, HYPERVISOR_xen_version
+from pyxen.x86.cpuid import XEN_MAJOR, XEN_MINOR
 
-from .cpuid import XEN_MAJOR, XEN_MINOR
 from .hypercall import HypercallTable, subop_describer
 
 if TYPE_CHECKING:
