@@ -95,9 +95,42 @@ class kvm_run_system_event(C.Structure):
     _fields_ = [("type", C.c_uint32), ("ndata", C.c_uint32), ("data", C.c_uint64 * 16)]
 
 
+class kvm_xen_hcall(C.Structure):
+    """A Xen hypercall KVM intercepted (KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL)."""
+
+    _fields_ = [
+        ("longmode", C.c_uint32),
+        ("cpl", C.c_uint32),
+        ("input", C.c_uint64),
+        ("result", C.c_uint64),  # what KVM puts in rax when it completes the call
+        ("params", C.c_uint64 * 6),
+    ]
+
+
+class kvm_xen_exit_u(C.Union):
+    _fields_ = [("hcall", kvm_xen_hcall)]
+
+
+class kvm_xen_exit(C.Structure):
+    _fields_ = [("type", C.c_uint32), ("u", kvm_xen_exit_u)]
+
+
+class kvm_xen_hvm_config(C.Structure):
+    _fields_ = [
+        ("flags", C.c_uint32),
+        ("msr", C.c_uint32),
+        ("blob_addr_32", C.c_uint64),
+        ("blob_addr_64", C.c_uint64),
+        ("blob_size_32", C.c_uint8),
+        ("blob_size_64", C.c_uint8),
+        ("pad2", C.c_uint8 * 30),
+    ]
+
+
 class kvm_run_exit(C.Union):
     _fields_ = [
         ("io", kvm_run_io),
+        ("xen", kvm_xen_exit),
         ("mmio", kvm_run_mmio),
         ("msr", kvm_run_msr),
         ("internal", kvm_run_internal),
@@ -258,10 +291,12 @@ KVM_ENABLE_CAP = _iow(0xA3, C.sizeof(kvm_enable_cap))
 KVM_SIGNAL_MSI = _iow(0xA5, C.sizeof(kvm_msi))
 KVM_GET_TSC_KHZ = _io(0xA3)
 KVM_X86_SET_MSR_FILTER = _iow(0xC6, C.sizeof(kvm_msr_filter))
+KVM_XEN_HVM_CONFIG = _iow(0x7A, C.sizeof(kvm_xen_hvm_config))
 
 # --- capabilities -------------------------------------------------------------------------------
 KVM_CAP_IRQCHIP = 0
 KVM_CAP_NR_MEMSLOTS = 10
+KVM_CAP_XEN_HVM = 38  # the answer is a mask of KVM_XEN_HVM_CONFIG_* flags
 KVM_CAP_SYNC_REGS = 74
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
@@ -298,6 +333,12 @@ KVM_EXIT_INTERNAL_ERROR = 17
 KVM_EXIT_SYSTEM_EVENT = 24
 KVM_EXIT_X86_RDMSR = 29
 KVM_EXIT_X86_WRMSR = 30
+KVM_EXIT_XEN = 34
+KVM_EXIT_XEN_HCALL = 1
+
+# KVM_XEN_HVM_CONFIG flags (and the KVM_CAP_XEN_HVM answer's bits).
+KVM_XEN_HVM_CONFIG_HYPERCALL_MSR = 1 << 0
+KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL = 1 << 1
 
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1

@@ -80,6 +80,9 @@ class KvmVcpu:
         self.exit_error = ""
         self.exit_is_write = False
         self._pending_in: tuple[int, int] | None = None
+        # A vmcall/vmmcall KVM handed over (KVM_EXIT_XEN): its result travels in hcall.result.
+        self._xen_hcall = self.run_page.exit.xen.u.hcall
+        self._xen_result_due = False
         self._fresh = False  # sync regs hold valid state only after the first exit
 
     # --- setup ---------------------------------------------------------------------------
@@ -126,6 +129,9 @@ class KvmVcpu:
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> Exit:
+        if self._xen_result_due:  # KVM completes the call from hcall.result, not from rax
+            self._xen_hcall.result = self.regs.rax
+            self._xen_result_due = False
         try:
             fcntl.ioctl(self.fd, K.KVM_RUN, 0)  # releases the GIL; EINTR raises
         except InterruptedError:
@@ -170,6 +176,11 @@ class KvmVcpu:
             self.exit_size = m.len
             self.exit_is_write = bool(m.is_write)
             return Exit.MMIO
+        if reason == K.KVM_EXIT_XEN and run.exit.xen.type == K.KVM_EXIT_XEN_HCALL:
+            # vmcall/vmmcall with Xen's registers (sync regs hold them): the same dispatch as
+            # the hypercall page's port write; the result goes back through run() above.
+            self._xen_result_due = True
+            return Exit.HYPERCALL
         if reason == K.KVM_EXIT_HLT:
             return Exit.HLT
         if reason == K.KVM_EXIT_SHUTDOWN:

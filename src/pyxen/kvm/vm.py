@@ -10,6 +10,7 @@ from pyxen.domain.backend import MachineBackend
 from . import uapi as K
 from .ioctl import KvmError, ioctl
 from .vcpu import KvmVcpu, install_kick_handler
+from .xen import enable_hypercall_intercept
 
 DEV_KVM = "/dev/kvm"
 REQUIRED_CAPS = {
@@ -60,6 +61,8 @@ class KvmMachine(MachineBackend):
                                      K.KVM_CAP_READONLY_MEM) > 0
         self._dirty_logging = False
         self._enable_user_space_msrs(msr_exits)
+        # vmcall/vmmcall as Xen hypercalls (KVM_EXIT_XEN) where the host's KVM offers it.
+        self.xen_hypercalls = enable_hypercall_intercept(self.vm_fd)
         self.tsc_khz = 0
         install_kick_handler()
 

@@ -164,7 +164,7 @@ def run_image(
     the backend is chosen as by `--accel auto`.
     """
     if machine_factory is None:
-        machine_factory = accel.machine_factory("auto")[0]
+        machine_factory = accel.machine_factory("auto", image)[0]
     captured = bytearray()
 
     def sink(data: bytes) -> None:

@@ -100,15 +100,22 @@ def add_accel_argument(p: argparse.ArgumentParser) -> None:
                         "hardware virtualization, else soft; the choice is shown on stderr)")
 
 
-def select_machine(name: str) -> accel.MachineFactory:
+def select_machine(name: str, image: str | None = None) -> accel.MachineFactory:
     """The machine factory for --accel NAME. With `auto` it says on stderr what it chose and
-    why, when the machine is created: a refused image or config stays a one-line error."""
-    factory, chosen, reason = accel.machine_factory(name)
-    if name != "auto":
-        return factory
+    why (the guest `image` may rule KVM out); an explicit `kvm` warns when that KVM cannot
+    take the image's hypercalls. Both when the machine is created: a refused image or
+    config stays a one-line error."""
+    factory, chosen, reason = accel.machine_factory(name, image)
+    if name == "auto":
+        message = f"pyxen: accel {chosen} ({reason})"
+    else:
+        warning = accel.kvm_warning(image) if chosen == "kvm" else None
+        if warning is None:
+            return factory
+        message = f"pyxen: warning: {warning}"
 
     def announced(msr_exits: list[int]) -> MachineBackend:
-        print(f"pyxen: accel {chosen} ({reason})", file=sys.stderr)
+        print(message, file=sys.stderr)
         return factory(msr_exits)
 
     return announced
@@ -140,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         check_config(config)  # before reading files: their size limit comes from the memory
         modules = ([load_module(args.ramdisk, image_limit(config))]
                    if args.ramdisk is not None else [])
-        factory = select_machine(args.accel)
+        factory = select_machine(args.accel, args.image)
         with console_output(args.console_log) as console, \
                 stdin_console(escape=escape_stops_domain) as keyboard, \
                 XenStoreForGuest(args.xenstore or args.xenstore_socket is not None,
