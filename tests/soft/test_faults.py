@@ -10,12 +10,20 @@ from __future__ import annotations
 import struct
 
 import pytest
-from unicorn import UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_INTR, UC_MODE_64, Uc, UcError
+from unicorn import (
+    UC_ARCH_X86,
+    UC_ERR_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_MODE_32,
+    UC_MODE_64,
+    Uc,
+    UcError,
+)
 from unicorn import x86_const as X
 
 from pyxen.domain.backend import Regs
 from pyxen.soft.cpustate import Context, probe_layout
-from pyxen.soft.faults import decode, refine
+from pyxen.soft.faults import decode, refine, software_length
 from pyxen.soft.interrupts import (
     BP,
     DB,
@@ -194,3 +202,27 @@ def test_decode_finds_prefixes_modrm_sib_and_displacement(code: str, length: int
 
 def test_decode_of_a_cut_instruction_is_none() -> None:
     assert decode(bytes.fromhex("488b44"), True) is None
+
+
+@pytest.mark.parametrize(("code", "vector", "length"), [
+    ("cc", 3, 1), ("cd03", 3, 2), ("cdcc", 0xCC, 2), ("ce", 4, 1), ("cd04", 4, 2),
+    ("cdce", 0xCE, 2), ("cd80", 0x80, 2),
+])
+def test_software_interrupt_length_from_the_byte_before_the_next_rip(code: str, vector: int,
+                                                                    length: int) -> None:
+    raw = bytes.fromhex(code)
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)  # into exists outside 64-bit mode only
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, raw)
+    uc.reg_write(X.UC_X86_REG_EFLAGS, 0x802)  # OF, so that into raises #OF
+    seen: list[tuple[int, int]] = []
+
+    def on_interrupt(u: Uc, intno: int, _: object) -> None:
+        seen.append((intno, u.reg_read(X.UC_X86_REG_EIP)))
+        u.emu_stop()
+
+    uc.hook_add(UC_HOOK_INTR, on_interrupt)
+    uc.emu_start(0x1000, 0x1000 + len(raw), count=1)
+    (intno, after), = seen
+    assert (intno, after) == (vector, 0x1000 + len(raw))  # the address after the instruction
+    assert software_length(intno, uc.mem_read(after - 1, 1)[0]) == length

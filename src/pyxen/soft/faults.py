@@ -162,6 +162,14 @@ def refine(event: Event, rip: int, code: bytes, long_mode: bool, cs64: bool,
     return event, rip
 
 
+def software_length(vector: int, last_byte: int) -> int:
+    """The length of the `int3`/`into`/`int n` that raised software interrupt `vector`, from
+    the byte before the address Unicorn reports (it gives only the address after it).
+    `int3` (CC) reports 3 and `into` (CE) 4, while `int n` (CD n) ends with n itself, so the
+    two never mix: CD CC reports 0xCC, CD 03 ends in 03. Prefixes before CD are not counted."""
+    return 1 if (vector, last_byte) in ((3, 0xCC), (4, 0xCE)) else 2
+
+
 def _icebp(event: Event, rip: int, code: bytes, cs64: bool) -> tuple[Event, int]:
     insn = decode(code, cs64)
     if insn is None or insn.map != 0 or insn.opcode != ICEBP:
