@@ -8,6 +8,11 @@ to any other frame is not RAM (on Xen, with no device model behind it, reads are
 writes vanish). Populating allocates a zeroed page, releasing punches it out of the memfd, so
 host memory really follows the domain's reservation. The memfd also lets another process map
 a granted page (fd passing), the way Xen remaps pages between domains.
+
+A layout change reaches the backend as several slot calls (a release in the middle of a run
+unmaps the run's slot, then maps the two halves). vCPUs keep running meanwhile, so each
+`commit()` is one `LayoutChange`: a backend that cannot let a vCPU see the state between two
+of those calls joins it and finishes its work when the change ends (see `layout_change`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import ctypes as C
 import mmap
 import os
 import struct
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -26,6 +32,56 @@ FOUR_GIB = 1 << 32
 GIB = 1 << 30
 
 Run = tuple[int, int]  # (first gfn, number of frames)
+
+
+class LayoutChange:
+    """The backend slot calls of one layout change, made on one thread. A backend whose
+    intermediate states must not reach a running vCPU registers, once per change, what to do
+    when the change is whole (publish it, let paused vCPUs run again)."""
+
+    def __init__(self) -> None:
+        self._at_end: dict[object, Callable[[], None]] = {}
+
+    def at_end(self, key: object, done: Callable[[], None]) -> bool:
+        """Run `done` when the change ends (once per key); True if `key` is new to it."""
+        if key in self._at_end:
+            return False
+        self._at_end[key] = done
+        return True
+
+    def finish(self) -> None:
+        """Every backend's end runs, even if one fails (paused vCPUs must not stay paused)."""
+        failed: Exception | None = None
+        for done in self._at_end.values():
+            try:
+                done()
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the others ran
+                failed = failed or e
+        if failed is not None:
+            raise failed
+
+
+_current = threading.local()
+
+
+def current_layout_change() -> LayoutChange | None:
+    """The layout change this thread is making, if any (backends call this in map_memory)."""
+    return getattr(_current, "change", None)
+
+
+@contextlib.contextmanager
+def layout_change() -> Iterator[LayoutChange]:
+    """Bracket a batch of slot calls; nested brackets join the outermost one."""
+    outer = current_layout_change()
+    if outer is not None:
+        yield outer
+        return
+    change = _current.change = LayoutChange()
+    try:
+        yield change
+    finally:
+        _current.change = None
+        change.finish()
 
 
 class GuestMemoryError(ValueError):
@@ -136,9 +192,11 @@ class GuestMemory:
             pos = stop
 
     def commit(self) -> None:
-        """Publish the populated layout to the backend (after populate/release)."""
+        """Publish the populated layout to the backend (after populate/release), as one
+        change: no vCPU sees a range that stays RAM unmapped on the way."""
         if self.on_layout_change:
-            self.on_layout_change(self.runs())
+            with layout_change():
+                self.on_layout_change(self.runs())
 
     def max_populated_gfn(self) -> int:
         return max(self.populated.rfind(1), 0)

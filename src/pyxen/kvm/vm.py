@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ctypes as C
 import os
+import threading
 
 from pyxen.domain.backend import MachineBackend
+from pyxen.domain.memory import current_layout_change
 
 from . import uapi as K
+from .gate import GatedVcpu, RunGate
 from .ioctl import KvmError, ioctl
 from .vcpu import KvmVcpu, install_kick_handler
 from .xen import enable_hypercall_intercept
@@ -55,6 +58,7 @@ class KvmMachine(MachineBackend):
         self.vm_fd = ioctl(self.kvm_fd, K.KVM_CREATE_VM, 0)
         self.run_size = ioctl(self.kvm_fd, K.KVM_GET_VCPU_MMAP_SIZE, 0)
         self.vcpus: list[KvmVcpu] = []
+        self.gate = RunGate()  # closed while a layout change deletes and re-creates slots
         self._slots: dict[int, tuple[int, int, int, bool]] = {}  # slot → (gpa, size, host, ro)
         # Read-only slots: a guest write exits as KVM_EXIT_MMIO (write) and is not made.
         self.readonly_memory = ioctl(self.kvm_fd, K.KVM_CHECK_EXTENSION,
@@ -92,8 +96,19 @@ class KvmMachine(MachineBackend):
         self._set_region(slot)
 
     def unmap_memory(self, slot: int) -> None:
+        # Inside a layout change, what this slot held may come back in other slots: no vCPU
+        # runs until the change is whole (gate.py). A lone deletion is atomic for KVM.
+        change = current_layout_change()
+        if change is not None and change.at_end(self.gate, self.gate.open):
+            self.gate.close(self._kick_others)
         self._slots.pop(slot, None)
         ioctl(self.vm_fd, K.KVM_SET_USER_MEMORY_REGION, K.kvm_userspace_memory_region(slot=slot))
+
+    def _kick_others(self) -> None:
+        me = threading.get_ident()
+        for vcpu in self.vcpus:
+            if vcpu.thread_id != me:
+                vcpu.kick()
 
     def _set_region(self, slot: int) -> None:
         gpa, size, host_address, readonly = self._slots[slot]
@@ -151,7 +166,8 @@ class KvmMachine(MachineBackend):
         ]
 
     def create_vcpu(self, index: int, hypercall_port: int) -> KvmVcpu:
-        vcpu = KvmVcpu(self, index, hypercall_port)
+        vcpu = GatedVcpu(self, index, hypercall_port)
+        vcpu.gate = self.gate
         self.vcpus.append(vcpu)
         if not self.tsc_khz:
             self.tsc_khz = vcpu.tsc_khz()

@@ -16,6 +16,7 @@ from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as X
 
 from pyxen.domain.backend import Cpuid, MachineBackend
+from pyxen.domain.memory import current_layout_change
 
 from .cpustate import LayoutError, probe_layout
 from .dirty import QUIESCE_RETRY_S, DirtyLog
@@ -69,18 +70,35 @@ class SoftMachine(MachineBackend):
     def map_memory(self, slot: int, gpa: int, size: int, host_address: int,
                    readonly: bool = False) -> None:
         self.ram.add(slot, gpa, size, host_address, readonly)
-        self._resync_others()
+        self._layout_changed()
 
     def unmap_memory(self, slot: int) -> None:
         self.ram.remove(slot)
-        self._resync_others()
+        self._layout_changed()
 
-    def _resync_others(self) -> None:
-        """Engines map RAM on their own thread; running ones are kicked to pick it up."""
-        me = threading.get_ident()
-        for vcpu in self.vcpus:
-            if vcpu.thread_id not in (None, me):
+    def _layout_changed(self) -> None:
+        """Within a layout change (GuestMemory.commit) the slot calls are published together
+        when it ends: an engine never maps the state between an unmap and the maps that
+        follow it (a run split in two, a hole filled)."""
+        change = current_layout_change()
+        if change is None:
+            self._publish()
+        else:
+            change.at_end(self, self._publish)
+
+    def _publish(self) -> None:
+        """Every engine maps the new layout before it runs guest code again, as Xen's p2m
+        change and TLB flush are done when the hypercall returns: the others are kicked
+        (each re-syncs at its next entry, under ram.lock, which waits for the end of this)
+        and this waits until each one running guest code has left it."""
+        with self.ram.lock:
+            self.ram.publish()
+            me = threading.get_ident()
+            others = [v for v in self.vcpus if v.thread_id not in (None, me)]
+            for vcpu in others:  # out of run() too: the loop in it re-enters unsynced
                 vcpu.kick()
+            self._quiesce(others)
+            self.ram.settle()
 
     # --- dirty logging (design and measurements: dirty.py) ----------------------------------
     def set_dirty_logging(self, enabled: bool) -> None:
@@ -89,7 +107,7 @@ class SoftMachine(MachineBackend):
             log.enabled = enabled
             log.record = set()
         # vCPUs in guest code leave it once; they enter again mapped for the new state.
-        self._quiesce()
+        self._quiesce(self.vcpus)
         with log.cond:
             log.record = set()  # writes made before this returned are not wanted
 
@@ -98,16 +116,16 @@ class SoftMachine(MachineBackend):
         with log.cond:
             if not log.enabled:
                 return set()
-        self._quiesce()  # running vCPUs publish what they wrote, every store complete
+        self._quiesce(self.vcpus)  # running vCPUs publish what they wrote, every store complete
         with log.cond:
             frames, log.record = log.record, set()
         return frames
 
-    def _quiesce(self) -> None:
-        """Kick every vCPU running guest code and wait until each has left it once."""
+    def _quiesce(self, vcpus: list[SoftVcpu]) -> None:
+        """Kick those of `vcpus` running guest code and wait until each has left it once."""
         log = self.log
         with log.cond:
-            running = [(v, v.guest_epoch) for v in self.vcpus if v.in_guest]
+            running = [(v, v.guest_epoch) for v in vcpus if v.in_guest]
         while running:
             for vcpu, _ in running:
                 vcpu.kick()

@@ -5,61 +5,94 @@ address minus its guest address is the same base. `PhysicalRam` views that mappi
 `pyxen.hv.pagewalk` and `GuestAccess` read a GuestMemory (`map` + `check_populated`), which
 lets the soft CPU walk the guest's page tables and touch its IDT, GDT, TSS and stacks with
 the hypervisor's own code instead of a second page walker.
+
+Slot calls change a *pending* table; vCPUs read only a published `Layout`, an immutable
+snapshot replaced in one assignment. The machine publishes once a whole layout change has been
+made (a split run is unmapped and mapped again in two halves: no vCPU may see the gap), under
+`lock`, which an engine takes to read the layout it is about to map.
 """
 
 from __future__ import annotations
 
 import ctypes as C
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pyxen.domain.memory import GuestMemoryError
+
+View = tuple[int, int, int, bool]  # (gpa, size, host address, read-only)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One published state of the machine's RAM: what every engine maps."""
+
+    generation: int
+    views: frozenset[View]
+    readonly_frames: frozenset[int]
+    map: C.Array[C.c_char] | None  # guest-physical bytes, for pyxen's own page walks
+
+    def check_populated(self, gpa: int, length: int) -> int:
+        for start, size, _, _ in self.views:
+            if start <= gpa and gpa + max(length, 1) <= start + size:
+                return gpa
+        raise GuestMemoryError(f"guest-physical range {gpa:#x}+{length:#x} is not RAM")
+
+
+EMPTY = Layout(0, frozenset(), frozenset(), None)
 
 
 class PhysicalRam:
     """The slots of one machine: (gpa, size) per slot number, over one host mapping."""
 
     def __init__(self) -> None:
-        self.slots: dict[int, tuple[int, int, int]] = {}  # slot → (gpa, size, host address)
-        self.readonly_slots: set[int] = set()
+        self._slots: dict[int, View] = {}  # pending: what the next publish() shows
+        self.layout = EMPTY
+        # Held while a layout is published and until every engine left the previous one;
+        # an engine reads the layout it maps under it.
+        self.lock = threading.Lock()
         # Frames of the read-only slots, changed in place: every engine's write hook reads it.
+        # It grows at publish() and shrinks at settle(), when no engine maps the old layout.
         self.readonly_frames: set[int] = set()
-        self.generation = 0  # bumped on every change; vCPUs resync their engine's map
-        self.map: C.Array[C.c_char] | None = None
         # Writes through GuestAccess here are the emulated CPU's own (interrupt frames on the
         # guest stack): guest writes, which dirty logging must see.
         self.on_write: Callable[[int, int], None] | None = None
 
+    # --- pending changes (the thread making a layout change) -----------------------------------
     def add(self, slot: int, gpa: int, size: int, host_address: int,
             readonly: bool = False) -> None:
-        self.slots[slot] = (gpa, size, host_address)
-        if readonly:
-            self.readonly_slots.add(slot)
-        else:
-            self.readonly_slots.discard(slot)
-        self._changed()
+        self._slots[slot] = (gpa, size, host_address, readonly)
 
     def remove(self, slot: int) -> None:
-        self.slots.pop(slot, None)
-        self.readonly_slots.discard(slot)
-        self._changed()
+        self._slots.pop(slot, None)
 
-    def views(self) -> set[tuple[int, int, int, bool]]:
+    def publish(self) -> Layout:
+        """Make the pending slots the layout engines map; the old read-only frames stay
+        refused until settle()."""
+        views = frozenset(self._slots.values())
+        ro = frozenset(f for gpa, size, _, readonly in views if readonly
+                       for f in range(gpa >> 12, gpa + size >> 12))
+        self.readonly_frames |= ro  # added before the stale ones go: no gap
+        self.layout = Layout(self.layout.generation + 1, views, ro, _guest_bytes(views))
+        return self.layout
+
+    def settle(self) -> None:
+        """No engine maps an older layout any more: drop its read-only frames."""
+        self.readonly_frames &= self.layout.readonly_frames
+
+    # --- the published layout (any thread) ---------------------------------------------------
+    @property
+    def generation(self) -> int:
+        return self.layout.generation
+
+    @property
+    def map(self) -> C.Array[C.c_char] | None:
+        return self.layout.map
+
+    def views(self) -> frozenset[View]:
         """(gpa, size, host address, read-only) of every slot: what each engine maps."""
-        return {(*self.slots[n], n in self.readonly_slots) for n in self.slots}
-
-    def _changed(self) -> None:
-        self.generation += 1
-        frames = {f for n in self.readonly_slots
-                  for f in range(self.slots[n][0] >> 12, sum(self.slots[n][:2]) >> 12)}
-        self.readonly_frames |= frames  # added before the stale ones go: no gap
-        self.readonly_frames &= frames
-        if not self.slots:
-            self.map = None
-            return
-        # The largest slot is domain RAM (granted pages are single-page slots elsewhere).
-        gpa, _, host = max(self.slots.values(), key=lambda s: s[1])
-        end = max(g + s for g, s, _ in self.slots.values())
-        self.map = (C.c_char * end).from_address(host - gpa)
+        return self.layout.views
 
     def note_write(self, gpa: int, length: int) -> None:
         """GuestAccess's hook for every write it makes (GuestMemory's contract)."""
@@ -68,7 +101,14 @@ class PhysicalRam:
 
     def check_populated(self, gpa: int, length: int) -> int:
         """`gpa` if [gpa, gpa+length) lies in one slot (GuestMemory's contract)."""
-        for start, size, _ in self.slots.values():
-            if start <= gpa and gpa + max(length, 1) <= start + size:
-                return gpa
-        raise GuestMemoryError(f"guest-physical range {gpa:#x}+{length:#x} is not RAM")
+        return self.layout.check_populated(gpa, length)
+
+
+def _guest_bytes(views: frozenset[View]) -> C.Array[C.c_char] | None:
+    """The domain's memfd mapping seen from guest-physical 0: the largest slot is domain RAM
+    (granted pages are single-page slots elsewhere)."""
+    if not views:
+        return None
+    gpa, _, host, _ = max(views, key=lambda v: v[1])
+    end = max(g + s for g, s, _, _ in views)
+    return (C.c_char * end).from_address(host - gpa)
