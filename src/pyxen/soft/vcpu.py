@@ -699,8 +699,10 @@ class SoftVcpu:
         ram = self.machine.ram
         if self._ram_generation == ram.generation:
             return
-        self._ram_generation = ram.generation
-        wanted = ram.views()
+        with ram.lock:  # a layout being published: wait until every engine has left the old
+            layout = ram.layout
+        self._ram_generation = layout.generation
+        wanted = layout.views
         for view in sorted(self._mapped - wanted):
             self.uc.mem_unmap(view[0], view[1])
             self._mapped.discard(view)
