@@ -198,6 +198,16 @@ def test_a_page_fault_while_delivering_a_benign_exception_is_delivered_with_cr2(
     assert c.run_handler() == PF
 
 
+def test_a_frame_across_two_pages_faults_at_the_first_push_into_the_missing_one(cpu) -> None:
+    c = cpu()
+    c.mem.write(TSS + 0x24, struct.pack("<Q", IST1 + 0x10))  # SS, RSP above IST1; the rest below
+    c.gate(UD, HANDLERS + 16 * UD, ist=1)
+    c.map(IST1 - 0x1000, 0)
+    c.deliver(Event(UD))
+    assert c.regs.rip == HANDLERS + 16 * PF and c.ctx.cr(2) == IST1 - 8
+    assert c.mem.read(IST1, 16) == b"\0" * 16  # nothing of the failed frame was written
+
+
 def test_a_write_protected_stack_gives_error_code_present_and_write(cpu) -> None:
     c = cpu()
     c.gate(UD, HANDLERS + 16 * UD, ist=1)

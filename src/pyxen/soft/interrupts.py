@@ -18,7 +18,6 @@ since a fault in their delivery is a fault *of* that instruction.
 
 from __future__ import annotations
 
-import ctypes as C
 import struct
 from dataclasses import dataclass
 
@@ -94,14 +93,13 @@ class Unsupported(Exception):
 
 def deliver(regs: Regs, ctx: Context, acc: GuestAccess, event: Event) -> None:
     """Deliver `event`; regs and ctx (saved) are updated, the caller restores ctx."""
-    saved = _Snapshot(regs, ctx)
     try:
         _deliver_once(regs, ctx, acc, event)
     except Fault as f:
-        if not f.committed:
-            saved.restore(regs, ctx)
-            if event.length:
-                regs.rip = (regs.rip - event.length) & (M64 if _cs64(ctx) else M32)
+        # Each path below changes regs and ctx only after its last check has passed (and a
+        # task switch marks the faults after its commit point), so the state is as it was.
+        if not f.committed and event.length:
+            regs.rip = (regs.rip - event.length) & (M64 if _cs64(ctx) else M32)
         if f.vector == PF and f.address is not None:
             ctx.set_cr(2, f.address)  # CR2 is loaded even when the #PF becomes a #DF
         deliver(regs, ctx, acc, _nested(event, f))
@@ -123,26 +121,6 @@ def _nested(first: Event, second: Fault) -> Event:
     if escalates and (kind == "pf" or (kind == "contributory" and second.vector != PF)):
         return Event(DF, 0)
     return Event(second.vector, second.error)
-
-
-class _Snapshot:
-    """The state a failed delivery attempt may have changed, to put back before the next."""
-
-    __slots__ = ("regs", "segs", "crs", "hflags")
-
-    def __init__(self, regs: Regs, ctx: Context) -> None:
-        self.regs = bytes(regs)
-        self.segs = [bytes(ctx.seg(i)) for i in range(10)]
-        self.crs = (ctx.cr(0), ctx.cr(3))
-        self.hflags = ctx.hflags
-
-    def restore(self, regs: Regs, ctx: Context) -> None:
-        C.memmove(C.addressof(regs), self.regs, len(self.regs))
-        for i, raw in enumerate(self.segs):
-            C.memmove(C.addressof(ctx.seg(i)), raw, len(raw))
-        ctx.set_cr(0, self.crs[0])
-        ctx.set_cr(3, self.crs[1])
-        ctx.hflags = self.hflags
 
 
 def _cs64(ctx: Context) -> bool:
@@ -167,8 +145,10 @@ def _canonical(ctx: Context, va: int) -> bool:
     return top in (0, (1 << (65 - bits)) - 1)
 
 
-def _page(acc: GuestAccess, va: int, size: int, write: bool, user: bool) -> int:
-    """The memfd offset of [va, va+size) (within one page), or the #PF the access raises."""
+def _page(acc: GuestAccess, va: int, size: int, write: bool, user: bool,
+          fault_at: int | None = None) -> int:
+    """The memfd offset of [va, va+size) (within one page), or the #PF the access raises
+    (at `fault_at`, the access that touches the page first, if not va)."""
     va &= M64
     ps = acc.paging
     if ps.paging and ps.efer & EFER_LMA:
@@ -184,7 +164,7 @@ def _page(acc: GuestAccess, va: int, size: int, write: bool, user: bool) -> int:
         except PageFault:
             present = 0
         raise Fault(PF, present | (PF_W if write else 0) | (PF_U if user else 0),
-                    address=va) from None
+                    address=va if fault_at is None else fault_at & M64) from None
     try:
         return acc.mem.check_populated(gpa, size)
     except GuestMemoryError as e:
@@ -225,22 +205,23 @@ def _store(acc: GuestAccess, pieces: list[tuple[int, int, int]], data: bytes) ->
 def _push(acc: GuestAccess, top: int, words: list[int], size: int, user: bool,
           mask: int = M64) -> int:
     """Push `words` in order below linear address `top` (the first one highest), as the CPU
-    does one at a time: a #PF names the first word that cannot be written. The new bottom."""
-    fmt = {2: "<H", 4: "<I", 8: "<Q"}[size]
-    pieces, data = [], b""
-    for i, w in enumerate(words):
-        at = (top - size * (i + 1)) & mask
-        chunk = struct.pack(fmt, w & ((1 << 8 * size) - 1))
-        first = 4096 - (at & 0xFFF)
-        if first >= size:
-            pieces.append((_page(acc, at, size, True, user), len(data), size))
-        else:  # the word straddles two pages
-            pieces.append((_page(acc, at, first, True, user), len(data), first))
-            pieces.append((_page(acc, at + first, size - first, True, user), len(data) + first,
-                           size - first))
-        data += chunk
+    does one at a time: a #PF names the first word that cannot be written. Each page is
+    walked once. The new bottom."""
+    fmt = {2: "H", 4: "I", 8: "Q"}[size]
+    n = len(words)
+    bottom = top - size * n
+    if bottom < 0 or top > mask + 1:  # the frame wraps around the address space
+        raise Unsupported(f"an interrupt frame that wraps around the address space at {top:#x}")
+    data = struct.pack(f"<{n}{fmt}", *(w & ((1 << 8 * size) - 1) for w in reversed(words)))
+    pieces, high = [], top
+    while high > bottom:  # page by page, from the top: the order the pushes touch them
+        low = max((high - 1) & ~0xFFF, bottom)
+        first = bottom + (high - 1 - bottom) // size * size  # the first word to touch it
+        offset = _page(acc, low, high - low, True, user, fault_at=max(first, low))
+        pieces.append((offset, low - bottom, high - low))
+        high = low
     _store(acc, pieces, data)
-    return (top - size * len(words)) & mask
+    return bottom & mask
 
 
 # --- descriptors --------------------------------------------------------------------------------
