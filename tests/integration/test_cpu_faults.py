@@ -9,11 +9,13 @@ backend that cannot do something is named for what it lacks.
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import time
 
 import pytest
 
-from guestkit import Report, run_guest
+from guestkit import Report, image, run_guest
 from pyxen.domain.domain import Outcome
 from pyxen.toolstack.accel import hardware_virtualization
 
@@ -100,3 +102,14 @@ def test_a_triple_fault_ends_the_domain_as_a_crash_at_once(guests, accel: str) -
     assert "triple fault" in outcome.result.detail, outcome.result
     assert elapsed < TRIPLE_TIMEOUT / 2, f"the domain ended only after {elapsed:.0f} s"
     assert "still_running" not in report.console
+
+
+def test_pyxen_run_reports_a_triple_fault_as_exit_status_3(guests, accel: str) -> None:
+    """What a user sees: `pyxen run` ends by itself with the crash status and says why."""
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pyxen.cli", "run", str(image("cpu_triple")),
+                           "--accel", accel, "--timeout", str(int(TRIPLE_TIMEOUT))],
+                          capture_output=True, text=True, timeout=TRIPLE_TIMEOUT + 60)
+    assert done.returncode == 3, (done.returncode, done.stderr[-1500:])
+    assert "triple fault" in done.stderr
+    assert time.monotonic() - start < TRIPLE_TIMEOUT / 2
