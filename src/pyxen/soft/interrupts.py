@@ -175,6 +175,8 @@ def _page(acc: GuestAccess, va: int, size: int, write: bool, user: bool,
 def _read(acc: GuestAccess, va: int, fmt: str) -> tuple[int, ...]:
     """An implicit supervisor-mode read (IDT, GDT, LDT, TSS)."""
     size = struct.calcsize(fmt)
+    if (va & 0xFFF) + size <= 4096:  # the usual case: one page
+        return struct.unpack_from(fmt, acc.mem.map, _page(acc, va, size, False, False))
     out = bytearray()
     while len(out) < size:
         at = va + len(out)
