@@ -21,38 +21,40 @@ KICK_RETRY_S = 0.001  # a kick sent just before KVM_RUN began is sent again
 
 
 class RunGate:
-    """Counts the vCPUs inside KVM_RUN; while closed, none enters."""
+    """Counts the vCPUs inside KVM_RUN; while closed, none enters. The hot path (enter and
+    leave around every KVM_RUN) takes a plain lock twice and nothing else."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # opened, or the last vCPU left
         self._closed = 0  # layout changes in progress
         self._inside = 0
 
     def enter(self) -> None:
-        with self._cond:
+        with self._lock:
             while self._closed:
-                self._cond.wait()
+                self._changed.wait()
             self._inside += 1
 
     def leave(self) -> None:
-        with self._cond:
+        with self._lock:
             self._inside -= 1
             if self._closed and not self._inside:
-                self._cond.notify_all()
+                self._changed.notify_all()
 
     def close(self, kick: Callable[[], None]) -> None:
         """Return once no vCPU is inside KVM_RUN and none can enter until open()."""
-        with self._cond:
+        with self._lock:
             self._closed += 1
             while self._inside:
                 kick()
-                self._cond.wait(KICK_RETRY_S)
+                self._changed.wait(KICK_RETRY_S)
 
     def open(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed -= 1
             if not self._closed:
-                self._cond.notify_all()
+                self._changed.notify_all()
 
 
 class GatedVcpu(KvmVcpu):
