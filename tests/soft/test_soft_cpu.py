@@ -88,13 +88,24 @@ def test_mmio_read_gets_the_vmm_answer_and_writes_are_reported(cpu) -> None:
     assert c.run() is Exit.HLT
 
 
-def test_port_input_gets_the_vmm_answer(cpu) -> None:
-    c = cpu(bytes.fromhex("e460" "e6e9" "f4"))
-    assert c.run() is Exit.IO_IN
-    assert (c.vcpu.exit_port, c.vcpu.exit_size) == (0x60, 1)
-    c.vcpu.complete_io_in(0x5A)
-    expect_out(c, 0x5A)
+def test_port_input_reads_no_device_inside_the_engine(cpu) -> None:
+    """IN is answered in its hook (all ones: no device), without an exit; the register
+    instructions after it see the value, and the OUT after them reports exact state."""
+    c = cpu(bytes.fromhex("b812345678" "e460" "89c3" "e6e9" "f4"))  # mov; in al; mov ebx,eax
+    expect_out(c, 0xFF)
+    assert (c.vcpu.regs.rax, c.vcpu.regs.rbx) == (0x785634FF, 0x785634FF)
     assert c.run() is Exit.HLT
+
+
+def test_out_reports_the_state_at_the_instruction(cpu) -> None:
+    """The engine runs register-only instructions past a stop request; the exit must not
+    show their effects (they run again, once, after the VMM answers)."""
+    c = cpu(bytes.fromhex("b811000000" "e7e8" "40" "40" "e6e9" "f4"))  # out; inc eax x2; out
+    assert c.run() is Exit.HYPERCALL
+    assert (c.vcpu.regs.rax, c.vcpu.regs.rip) == (0x11, CODE + 7)
+    c.vcpu.regs.rax = 0x30
+    c.vcpu.regs_changed()
+    expect_out(c, 0x32)
 
 
 def test_hypercall_port_write_exposes_registers_and_takes_rax(cpu) -> None:

@@ -97,6 +97,13 @@ class SpecialRegs(C.Structure):
 Cpuid = list[tuple[int, int, int, int, int, int]]  # (leaf, subleaf, eax, ebx, ecx, edx)
 
 
+def no_device_read(size: int) -> int:
+    """What a port read returns where no device answers (all ones), as on Xen for a PVH
+    guest without a device model. One rule for both backends: KVM asks pyxen through
+    Exit.IO_IN, the software CPU answers inside its IN hook without stopping."""
+    return (1 << (8 * size)) - 1
+
+
 class VcpuBackend(Protocol):
     """One virtual CPU of one domain; driven by exactly one thread.
 

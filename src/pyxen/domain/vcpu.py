@@ -21,7 +21,7 @@ from pyxen.hv.timer import Timer
 from pyxen.hv.vcpu import publish_runstate
 from pyxen.x86.cpuid import HYPERCALL_MSR
 
-from .backend import Exit, VcpuBackend
+from .backend import Exit, VcpuBackend, no_device_read
 from .memory import PAGE_SHIFT, PAGE_SIZE, GuestMemoryError
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ class Vcpu:
         if exit_ is Exit.IO_OUT:
             self._port_write(backend.exit_port, backend.exit_size, backend.exit_value)
         elif exit_ is Exit.IO_IN:
-            backend.complete_io_in((1 << (8 * backend.exit_size)) - 1)  # no device
+            backend.complete_io_in(no_device_read(backend.exit_size))
         elif exit_ is Exit.MMIO:
             self._mmio(backend.exit_value, backend.exit_is_write)
         elif exit_ is Exit.MSR_WRITE:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes as C
 from dataclasses import dataclass
 
-from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, Uc
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -28,6 +28,10 @@ ENV_SEGS = 184  # ES, CS, SS, DS, FS, GS, then LDT, TR, GDT, IDT: 24 bytes each
 ENV_CR = 424
 ENV_EFER = 592
 ENV_DR = 5400  # dr[0]; error_code, exception_is_int, exception_next_eip precede it
+# QEMU's "exception in flight" (int old_exception), after dr[8] and four breakpoint pointers.
+# QEMU resets it when it delivers an exception itself; Unicorn hands exceptions to a hook
+# instead, so pyxen must reset it after each delivery, or the next #PF becomes a #DF.
+ENV_OLD_EXCEPTION = ENV_DR + 96
 SEG_ES, SEG_CS, SEG_SS, SEG_DS, SEG_FS, SEG_GS, SEG_LDT, SEG_TR, SEG_GDT, SEG_IDT = range(10)
 
 # QEMU's hflags bits.
@@ -84,8 +88,22 @@ def probe_layout() -> int:
     ctx.save()
     if not ctx.hflags & HF_LMA or not ctx.efer & EFER_LMA:
         raise LayoutError(f"unicorn {uc_version()}: unexpected mode flags layout")
+    if ctx.old_exception != -1 or _divide_error_in_flight(uc, ctx) != 0:
+        raise LayoutError(f"unicorn {uc_version()}: unexpected exception state layout")
     ctx.close()
     return header
+
+
+def _divide_error_in_flight(uc: Uc, ctx: Context) -> int:
+    """Raise #DE (contributory, so QEMU records it as in flight) and read the record back."""
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\x31\xc9\xf7\xf1")  # xor %ecx,%ecx; div %ecx
+    uc.reg_write(X.UC_X86_REG_RIP, 0x1000)
+    handle = uc.hook_add(UC_HOOK_INTR, lambda u, _n, _d: u.emu_stop())
+    uc.emu_start(0x1000, 0x1004)
+    uc.hook_del(handle)
+    ctx.save()
+    return ctx.old_exception
 
 
 def uc_version() -> str:
@@ -139,6 +157,14 @@ class Context:
 
     def set_cr(self, n: int, value: int) -> None:
         C.c_uint64.from_address(self._at(ENV_CR + 8 * n)).value = value
+
+    @property
+    def old_exception(self) -> int:
+        return C.c_int32.from_address(self._at(ENV_OLD_EXCEPTION)).value
+
+    @old_exception.setter
+    def old_exception(self, value: int) -> None:
+        C.c_int32.from_address(self._at(ENV_OLD_EXCEPTION)).value = value
 
     def seg(self, index: int) -> SegmentCache:
         return SegmentCache.from_address(self._at(ENV_SEGS + 24 * index))

@@ -1,8 +1,5 @@
-"""Decoding the few instructions the soft CPU completes itself: port I/O and RDMSR/WRMSR.
-
-The engine stops *before* these (their addresses are Unicorn "exits"), so the VMM sees the
-exact architectural state at the instruction, as a hardware VM exit would show it.
-"""
+"""Decoding the few instructions the soft CPU completes itself: port I/O, RDMSR/WRMSR and
+the VMCALL/VMMCALL hypercall instructions (see vcpu.py for how the engine stops at them)."""
 
 from __future__ import annotations
 
@@ -10,6 +7,7 @@ from dataclasses import dataclass
 
 PREFIXES = frozenset([0x66, 0x67, 0xF2, 0xF3, 0xF0, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65])
 WRMSR, RDMSR = b"\x0f\x30", b"\x0f\x32"
+HYPERCALL_INSNS = (b"\x0f\x01\xc1", b"\x0f\x01\xd9")  # VMCALL (Intel), VMMCALL (AMD)
 
 
 @dataclass(frozen=True, slots=True)

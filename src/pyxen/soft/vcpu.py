@@ -2,16 +2,30 @@
 
 How the VM-exit model of `pyxen.domain.backend` maps onto an emulator:
 
-- **Port I/O and RDMSR/WRMSR** stop the engine *before* the instruction: their addresses are
-  Unicorn "exits". An I/O instruction is found the first time its hook fires (the engine is
-  rewound to a snapshot taken at the instruction and the address becomes an exit); MSR
-  instructions are found by scanning the code the guest runs right after it reads a
-  hypervisor CPUID leaf, which is how Xen guests discover the hypercall MSR, and the code
-  a vCPU runs first (for guests that write the MSR without asking CPUID). The
-  backend completes the instruction itself after the exit (so `regs` are exact, as KVM's).
+- **Port I/O** comes to the engine's IN/OUT hooks; no state is kept per address, so nothing
+  can go stale when the guest changes its page tables. A stop requested in a hook takes
+  effect only at the engine's next memory access or block end (register-only instructions
+  after it still run), so a hook that must stop *rewinds*: it snapshots the CPU state at
+  the instruction, stops, and run() restores the snapshot and completes the instruction
+  itself -- exact state, as a hardware VM exit shows it. An OUT does that (a write to the
+  hypercall port is Exit.HYPERCALL). An IN is answered inside its hook ("no device": all
+  ones) and does not stop. Both check the I/O permission (CPL > IOPL: the TSS bitmap), which
+  the engine does not; a refused one is rewound and faulted.
+- **RDMSR/WRMSR** of the MSRs pyxen owns (Xen's hypercall-page MSR): the engine has no hook
+  for them, so they are found by scanning the code the guest runs right after it reads a
+  hypervisor CPUID leaf (how Xen guests discover that MSR) and the code a vCPU runs first;
+  each site gets a code hook that stops the engine *before* the instruction when ECX names
+  such an MSR, and pyxen completes it (other MSRs run in the engine). A code hook is only
+  consulted when the engine translates that address, so an unmapped site costs nothing; a
+  site whose code changed is dropped the next time it fires.
+- **VMCALL/VMMCALL** are invalid instructions to the engine: they are Xen hypercalls
+  (Linux since the XSA-466 fixes uses them instead of the hypercall page).
+- **SYSCALL/SYSENTER** come to hooks (the engine skips them); `fastcall` performs them.
 - **HLT** ends `emu_start`; **kick()** calls `emu_stop` from any thread.
 - **Exceptions and `int n`** come to a hook; they and injected interrupts are delivered
-  through the guest's IDT by `interrupts.deliver`.
+  through the guest's IDT by `interrupts.deliver`. QEMU's record of the exception in flight
+  is cleared after each delivery (else the next #PF would become a #DF), and a stop the
+  engine gives no reason for, repeated at one address, ends the vCPU instead of spinning.
 - **MMIO**: an access outside the mapped RAM stops the engine at the instruction; after the
   VMM answers, the instruction is replayed once against a scratch page.
 - **Read-only slots** are mapped read + execute; the write-protection hook refuses a store
@@ -35,6 +49,7 @@ from unicorn import (
     UC_ERR_WRITE_PROT,
     UC_ERR_WRITE_UNMAPPED,
     UC_HOOK_BLOCK,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_UNMAPPED,
@@ -49,12 +64,14 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
 from unicorn.unicorn_py3.unicorn import uclib
 
-from pyxen.domain.backend import Cpuid, Exit, Regs, SpecialRegs
+from pyxen.domain.backend import Cpuid, Exit, Regs, SpecialRegs, no_device_read
 from pyxen.domain.memory import GuestMemoryError
 from pyxen.hv.guest_access import GuestAccess
 from pyxen.hv.pagewalk import PageFault, PagingState, translate
 
+from . import fastcall
 from .cpustate import (
+    EFER_LMA,
     HF_CPL,
     HF_CS32,
     HF_CS64,
@@ -74,8 +91,18 @@ from .cpustate import (
     to_segment,
 )
 from .dirty import HOOK_MEM_CFUNC, TRACKED
-from .insn import RDMSR, WRMSR, decode_port_io
-from .interrupts import ERROR_CODE_VECTORS, GP, UD, Event, TripleFault, Unsupported, deliver
+from .faults import refine, software_length
+from .insn import HYPERCALL_INSNS, RDMSR, WRMSR, decode_port_io
+from .interrupts import (
+    ERROR_CODE_VECTORS,
+    GP,
+    NM,
+    UD,
+    Event,
+    TripleFault,
+    Unsupported,
+    deliver,
+)
 
 if TYPE_CHECKING:
     from .machine import SoftMachine
@@ -97,6 +124,10 @@ MSR_SCAN_BLOCKS = 20_000  # translation blocks scanned for RDMSR/WRMSR after a X
 BOOT_SCAN_BLOCKS = 2_000  # ... and from the vCPU's first instruction (direct MSR writes)
 MSR_TSC_AUX = 0xC000_0103
 KICK_RETRY_S = 0.0002
+# Stops with no reason (late kicks) in a row at one address before the vCPU gives up: the
+# engine's own triple-fault handling ends emu_start like that, and must not spin.
+IDLE_STOPS_LIMIT = 10_000
+REFINED_VECTORS = frozenset([UD, NM, GP])  # what Unicorn reports differently (faults.py)
 SCRATCH = 4096
 
 
@@ -108,7 +139,7 @@ class SoftVcpu:
         self.index = index
         self.hypercall_port = hypercall_port
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        self.uc.ctl_exits_enabled(True)
+        self.uc.ctl_exits_enabled(True)  # and none set: `until` never stops a guest at 0
         self.ctx = Context(self.uc, machine.context_header)  # state at the last stop
         self._snapshot = Context(self.uc, machine.context_header)
         self.regs = Regs()
@@ -121,7 +152,13 @@ class SoftVcpu:
         self.exit_error = ""
         self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self._indexed: frozenset[int] = INDEXED_LEAVES
-        self._exits: set[int] = set()
+        self._msr_sites: dict[int, int] = {}  # address of a RDMSR/WRMSR -> its code hook
+        self._msr_at: int | None = None  # the engine stopped before the MSR instruction here
+        self._io: tuple[int, int, int, int] | None = None  # OUT: (port, size, value, rip)
+        self._fast_call: str | None = None  # "syscall" / "sysenter" skipped by the engine
+        self._idle_stops = 0
+        self._last_idle_rip = -1
+        self._rip_buf = C.c_uint64()
         self._code_cache: dict[tuple[int, int], tuple[int, bytes]] = {}
         self._mapped: set[tuple[int, int, int, bool]] = set()  # (gpa, size, host, read-only)
         self._ram_generation = -1
@@ -140,7 +177,6 @@ class SoftVcpu:
         self._unmapped: tuple[int, int, int, int] | None = None
         self._ro_write: tuple[int, int, int] | None = None  # (gpa, size, value) refused
         self._pending_event: Event | None = None
-        self._io_in_size = 0
         self._msr_pending: bool | None = None  # True: write, False: read
         self._mmio_replay: tuple[int, int, bool, int] | None = None
         self._scratch = C.create_string_buffer(SCRATCH)
@@ -159,6 +195,8 @@ class SoftVcpu:
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         # The Python binding does not know RDTSC hooks; the engine does.
@@ -197,12 +235,48 @@ class SoftVcpu:
             self._rewind = (why, self.uc.reg_read(X.UC_X86_REG_RIP))
             self.uc.emu_stop()
 
+    def _rip_now(self) -> int:
+        uclib.uc_reg_read(self.uc._uch, X.UC_X86_REG_RIP, C.byref(self._rip_buf))
+        return self._rip_buf.value
+
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
-        self._rewind_here("io")  # first run of this instruction: it becomes an exit
+        """Rewound to the OUT; run() completes it and reports the exit."""
+        if self._rewind is None:
+            self._io = (port, size, value, self._rip_now())
+            self._rewind_here("out")
 
     def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
-        self._rewind_here("io")
-        return 0xFFFF_FFFF
+        """Answered here; the engine goes on. A refused IN is rewound and faulted."""
+        if not self._io_allowed_now(port, size):
+            self._rewind_here("io-denied")
+        return no_device_read(size)
+
+    def _io_allowed_now(self, port: int, size: int) -> bool:
+        cr0 = self.uc.reg_read(X.UC_X86_REG_CR0)
+        if not cr0 & 1:
+            return True
+        rflags = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+        cpl = self.uc.reg_read(X.UC_X86_REG_CS) & 3
+        if cpl <= (rflags >> 12 & 3) and not rflags & (1 << 17):
+            return True
+        try:
+            return self._io_permitted(port, size)
+        finally:
+            self._fresh = False  # the state saved in here is not the state at the stop
+
+    def _on_syscall(self, uc: Uc, _: object) -> None:
+        self._fast_call = "syscall"  # skipped by the engine: run() performs it
+        uc.emu_stop()
+
+    def _on_sysenter(self, uc: Uc, _: object) -> None:
+        self._fast_call = "sysenter"
+        uc.emu_stop()
+
+    def _on_msr_site(self, uc: Uc, address: int, size: int, _: object) -> None:
+        """Before a RDMSR/WRMSR found by the scan: stop if it is for an MSR pyxen owns."""
+        if uc.reg_read(X.UC_X86_REG_ECX) & M32 in self.machine.msr_exits:
+            self._msr_at = address
+            uc.emu_stop()
 
     def _on_cpuid(self, uc: Uc, _: object) -> int:
         leaf = uc.reg_read(X.UC_X86_REG_RAX) & M32
@@ -252,12 +326,13 @@ class SoftVcpu:
             uc.emu_stop()
         code = self._read_linear(address, size)
         found = {address + i for pattern in (WRMSR, RDMSR) for i in _find_all(code, pattern)}
-        if found - self._exits:
-            self._exits |= found
-            uc.ctl_set_exits(sorted(self._exits))
+        if found - self._msr_sites.keys():
+            for site in found - self._msr_sites.keys():
+                self._msr_sites[site] = uc.hook_add(UC_HOOK_CODE, self._on_msr_site, None,
+                                                    site, site)
             uc.ctl_remove_cache(address, address + size)
             self._stop = "scan"
-            uc.emu_stop()  # this block has not run: it is retranslated with the new exits
+            uc.emu_stop()  # this block has not run: it is retranslated with the new hooks
 
     # --- setup ----------------------------------------------------------------------------
     def set_cpuid(self, cpuid: Cpuid) -> None:
@@ -367,6 +442,7 @@ class SoftVcpu:
         self._write_regs()
         self._fresh = False
         self._stop = self._exception = self._rewind = self._unmapped = self._ro_write = None
+        self._io = self._msr_at = self._fast_call = None
         self._entries += 1
         self._enter_guest()
         self._in_emu = True
@@ -414,31 +490,52 @@ class SoftVcpu:
             why, rip = self._rewind
             self._snapshot.restore()
             self._exception = self._unmapped = self._ro_write = err = None
-            if why == "io":
-                self._add_exit(rip)
-            else:
-                self._scan_blocks = MSR_SCAN_BLOCKS
-                self._stop = "scan"
+            io, self._io = self._io, None
+            self._msr_at = self._fast_call = None
+            self._read_regs()
+            if why == "out" and io is not None:
+                return self._out_exit(*io)
+            if why == "io-denied":
+                return self._deliver(Event(GP, 0))
+            self._scan_blocks = MSR_SCAN_BLOCKS
+            self._stop = "scan"
+            return None
         self._read_regs()
         if err is not None:
             return self._engine_error(err)
         if self._exception is not None:
             event, self.regs.rip = self._exception
-            return self._deliver(event)
-        if self.regs.rip in self._exits:
-            return self._instruction_exit(self.regs.rip)
-        if self._stop == "window":
-            return None  # IF is 1 now: the loop reports the open window
-        if self._stop is None and self._kick:
+            return self._deliver_engine_event(event)
+        if self._msr_at is not None:
+            return self._msr_site_exit(self._msr_at)
+        if self._fast_call is not None:
+            return self._perform_fast_call(self._fast_call)
+        if self._stop is not None:
+            return None  # a hook's stop ("window": IF is 1 now; the loop reports it)
+        if self._kick:
             self._kick = False
             return Exit.KICKED
-        if self._stop is None and self._read_linear(self.regs.rip - 1, 1) == b"\xf4":
+        if self._read_linear(self.regs.rip - 1, 1) == b"\xf4":
             return Exit.HLT
-        return None  # a hook's stop or a late kick: go on
+        return self._idle_stop()
+
+    def _idle_stop(self) -> Exit | None:
+        """A stop with no reason: a late kick (go on) -- unless it repeats at one address,
+        which is the engine giving up (its own triple-fault path): never spin on that."""
+        if self.regs.rip != self._last_idle_rip:
+            self._last_idle_rip, self._idle_stops = self.regs.rip, 0
+        self._idle_stops += 1
+        if self._idle_stops >= IDLE_STOPS_LIMIT:
+            return self._error("the emulator stops here without a reason, repeatedly")
+        return None
 
     def _engine_error(self, err: UcError) -> Exit | None:
         if err.errno == UC_ERR_INSN_INVALID:
-            return self._deliver(Event(UD))
+            if self._code_at(self.regs.rip)[:3] in HYPERCALL_INSNS:
+                self.regs.rip += 3  # VMCALL/VMMCALL: a Xen hypercall, as on HVM Xen
+                self._dirty = True
+                return Exit.HYPERCALL
+            return self._deliver_engine_event(Event(UD))
         if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED) and self._unmapped:
             return self._mmio_exit(*self._unmapped)
         if err.errno == UC_ERR_WRITE_PROT and self._ro_write:
@@ -446,6 +543,20 @@ class SoftVcpu:
         if err.errno == UC_ERR_FETCH_UNMAPPED:
             return self._error(f"instruction fetch from {self.regs.rip:#x}, which is not RAM")
         return self._error(f"emulator: {err}")
+
+    def _deliver_engine_event(self, event: Event) -> Exit | None:
+        """An exception the engine raised at regs.rip: corrected where Unicorn's differs from
+        the CPU's (faults.refine), given its instruction length if it is an `int`."""
+        if event.software:
+            last = self._read_linear(self.regs.rip - 1, 1)
+            length = software_length(event.vector, last[0] if last else 0)
+            event = Event(event.vector, software=True, length=length)
+        elif event.vector in REFINED_VECTORS:
+            ctx = self._state()
+            event, self.regs.rip = refine(event, self.regs.rip, self._code_at(self.regs.rip),
+                                          bool(ctx.efer & EFER_LMA), bool(ctx.hflags & HF_CS64),
+                                          ctx.cr(0), ctx.cr(4), self.regs)
+        return self._deliver(event)
 
     def _error(self, why: str) -> Exit:
         self.exit_error = f"{why} (guest rip={self.regs.rip:#x})"
@@ -459,14 +570,10 @@ class SoftVcpu:
             return Exit.SHUTDOWN
         except Unsupported as e:
             return self._error(str(e))
+        ctx.old_exception = -1  # delivered: nothing in flight any more (QEMU's own rule)
         ctx.restore()
         self._dirty = True
         return None
-
-    def _add_exit(self, address: int) -> None:
-        self._exits.add(address)
-        self.uc.ctl_set_exits(sorted(self._exits))
-        self.uc.ctl_remove_cache(address, address + 1)
 
     # --- exits the backend completes ---------------------------------------------------------
     def _code_at(self, rip: int) -> bytes:
@@ -479,7 +586,7 @@ class SoftVcpu:
             gpa, code = cached
             if ram[gpa : gpa + len(code)] == code:
                 return code
-        code = self._read_linear(rip, 16)
+        code = self._read_linear(rip, 16) or self._read_linear(rip, min(16, 4096 - (rip & 0xFFF)))
         try:
             gpa = translate(self.machine.ram, self._paging(), rip, False)  # type: ignore[arg-type]
         except (PageFault, GuestMemoryError):
@@ -488,33 +595,45 @@ class SoftVcpu:
             self._code_cache[key] = (gpa, code)
         return code
 
-    def _instruction_exit(self, rip: int) -> Exit | None:
-        code = self._code_at(rip)
-        if code[:2] in (WRMSR, RDMSR):
-            return self._msr_exit(code[:2] == WRMSR)
-        hflags = self._state().hflags
-        io = decode_port_io(code, bool(hflags & HF_CS64), bool(hflags & HF_CS32))
-        if io is None:  # the code there changed: not an exit any more
-            self._exits.discard(rip)
-            self.uc.ctl_set_exits(sorted(self._exits))
-            self.uc.ctl_remove_cache(rip, rip + 1)
-            return None
-        port = self.regs.rdx & 0xFFFF if io.port is None else io.port
-        if io.string:
+    def _out_exit(self, port: int, size: int, value: int, rip: int) -> Exit | None:
+        """The engine is back at an OUT at `rip` (rewound): check it, report it."""
+        ctx = self._state()
+        hflags = ctx.hflags
+        io = decode_port_io(self._code_at(rip), bool(hflags & HF_CS64), bool(hflags & HF_CS32))
+        if io is None or io.string:
             return self._error(f"string port I/O on port {port:#x}")
         iopl = self.regs.rflags >> 12 & 3
-        if hflags & HF_CPL > iopl and not self._io_permitted(port, io.size):
+        if ctx.cr(0) & 1 and (hflags & HF_CPL > iopl or self.regs.rflags & (1 << 17)) \
+                and not self._io_permitted(port, size):
             return self._deliver(Event(GP, 0))
-        self.exit_port, self.exit_size = port, io.size
-        self.regs.rip += io.length
+        self.exit_port, self.exit_size = port, size
+        self.regs.rip = rip + io.length
         self._dirty = True
-        if not io.is_out:
-            self._io_in_size = io.size
-            return Exit.IO_IN
         if port == self.hypercall_port:
             return Exit.HYPERCALL
-        self.exit_value = self.regs.rax & ((1 << (8 * io.size)) - 1)
+        self.exit_value = value & ((1 << (8 * size)) - 1)
         return Exit.IO_OUT
+
+    def _msr_site_exit(self, rip: int) -> Exit | None:
+        """Stopped before a scanned RDMSR/WRMSR site for an MSR pyxen owns."""
+        code = self._code_at(rip)[:2]
+        if code not in (WRMSR, RDMSR):  # the code there changed: forget the site
+            self.uc.hook_del(self._msr_sites.pop(rip))
+            self.uc.ctl_remove_cache(rip, rip + 1)
+            return None
+        return self._msr_exit(code == WRMSR)
+
+    def _perform_fast_call(self, kind: str) -> Exit | None:
+        """SYSCALL/SYSENTER, which the engine skips: performed by `fastcall`."""
+        ctx = self._state()
+        self.regs.rip -= 2  # the engine left RIP after the instruction
+        perform = fastcall.syscall if kind == "syscall" else fastcall.sysenter
+        fault = perform(self.regs, ctx, self.uc.msr_read)
+        if fault is not None:
+            return self._deliver(fault)
+        ctx.restore()
+        self._dirty = True
+        return None
 
     def _io_permitted(self, port: int, size: int) -> bool:
         """The TSS I/O-permission bitmap's answer (CPL > IOPL)."""
@@ -564,13 +683,7 @@ class SoftVcpu:
         self._msr_pending = None
 
     def complete_io_in(self, value: int) -> None:
-        size, self._io_in_size = self._io_in_size, 0
-        if size == 4:
-            self.regs.rax = value & M32
-        elif size:
-            mask = (1 << (8 * size)) - 1
-            self.regs.rax = (self.regs.rax & ~mask) | (value & mask)
-        self._dirty = True
+        """Never needed: port reads are answered inside the IN hook (no_device_read)."""
 
     # --- MMIO ---------------------------------------------------------------------------------
     def _mmio_exit(self, access: int, address: int, size: int, value: int) -> Exit:
@@ -665,6 +778,7 @@ class SoftVcpu:
         if not self.regs.rflags & RFLAGS_IF:
             return False
         if self._state().hflags & HF_INHIBIT_IRQ:  # sti/mov ss shadow: one more instruction
+            self._sync_ram()  # a layout change may have landed since run() synced
             self._step()
         return True
 
