@@ -33,20 +33,6 @@ GROUPS = {
     "ss_push": "ss_noncanonical",
 }
 
-# The software CPU needs the vCPU's exit path to pass Event.length for software interrupts
-# (faults.software_length) and to run faults.refine() before delivery: soft/vcpu.py, in
-# progress. Until then these fail there.
-SOFT_NEEDS_WIRING = {
-    "int_gate_dpl_intn": "soft/vcpu.py does not yet pass Event.length: the #GP is reported "
-                         "after the int instruction",
-    "int_gate_dpl_int3": "soft/vcpu.py does not yet pass Event.length: the #GP is reported "
-                         "after int3",
-    "icebp": "soft/vcpu.py does not yet call faults.refine(): ICEBP arrives as #UD",
-    "ss_rbp": "soft/vcpu.py does not yet call faults.refine(): Unicorn reports #GP(0)",
-    "ss_push": "soft/vcpu.py does not yet call faults.refine(): Unicorn reports #GP(0), "
-               "whose delivery on the non-canonical stack then triple-faults",
-}
-
 # What this host's kvm_pvm (no vmx/svm: guest ring 0 is emulated) was seen to do instead.
 KVM_PVM = {
     "pf_while_delivering": "kvm_pvm delivers a #PF raised while pushing a benign "
@@ -68,11 +54,9 @@ def group_report(accel: str, group: str) -> tuple[Outcome, Report]:
 
 
 @pytest.mark.parametrize("check", list(GROUPS))
-def test_cpu_faults_check(guests, accel: str, check: str, request: pytest.FixtureRequest) -> None:
+def test_cpu_faults_check(guests, accel: str, check: str) -> None:
     if accel == "kvm" and check in KVM_PVM and not hardware_virtualization():
         pytest.skip(KVM_PVM[check])
-    if accel == "soft" and check in SOFT_NEEDS_WIRING:
-        request.applymarker(pytest.mark.xfail(reason=SOFT_NEEDS_WIRING[check], strict=False))
     outcome, report = group_report(accel, GROUPS[check])
     full = f"cpu_faults.{check}"
     assert full not in report.failed, f"{full}: {report.failed[full]}"

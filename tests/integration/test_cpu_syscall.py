@@ -21,12 +21,9 @@ INTEL = ["compat_syscall_ud_intel", "sysenter_reaches_eip", "sysenter_kernel_cpl
 AMD = ["compat_syscall_cstar_amd", "compat_sysretl_selectors", "sysenter64_ud_amd"]
 
 
-def test_fast_system_calls_from_ring3(guests, accel: str, request: pytest.FixtureRequest) -> None:
+def test_fast_system_calls_from_ring3(guests, accel: str) -> None:
     if accel == "kvm" and not hardware_virtualization():
         pytest.skip(KVM_PVM)
-    if accel == "soft":
-        request.applymarker(pytest.mark.xfail(strict=False,
-                                              reason="waiting for the soft exit-path hook"))
     outcome, report = run_guest("cpu_syscall", accel=accel)
     assert outcome.result.outcome is Outcome.POWEROFF, outcome.result
     report.assert_all_passed()
