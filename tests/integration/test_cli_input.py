@@ -376,7 +376,7 @@ def test_signal_stops_xenstored_cleanly(sig: signal.Signals, tmp_path: Path) -> 
     try:
         _wait_for(lambda: _connectable(sock), "socket", proc)
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=20)
+        _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -401,7 +401,7 @@ def test_sigterm_at_any_moment_leaves_nothing_behind(guests, delay: float,
     try:
         time.sleep(delay)
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
+        _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

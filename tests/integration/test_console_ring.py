@@ -79,7 +79,7 @@ def test_typed_input_reaches_the_guest_and_the_terminal_is_restored(guests) -> N
     master, slave = os.openpty()
     try:
         before = termios.tcgetattr(slave)
-        proc = pyxen_run("--cmdline", "echo=9", stdin=slave)
+        proc = pyxen_run("--cmdline", "echo=9 wait_s=300", stdin=slave)
         shown = read_until(proc, b"echo_ready")
         assert b"echo_ready" in shown, shown
         during = termios.tcgetattr(slave)
@@ -98,10 +98,12 @@ def test_escape_key_stops_the_domain_and_restores_the_terminal(guests) -> None:
     master, slave = os.openpty()
     try:
         before = termios.tcgetattr(slave)
-        proc = pyxen_run("--cmdline", "echo=100", stdin=slave)
+        # The guest waits for input far longer than a busy host can delay it: the escape,
+        # not the guest's own deadline, must end the domain.
+        proc = pyxen_run("--cmdline", "echo=100 wait_s=300", stdin=slave)
         assert b"echo_ready" in read_until(proc, b"echo_ready")
         os.write(master, b"ab\x1d")  # Ctrl-]
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err  # stopped as by Ctrl-C
         assert b"console escape" in err and b"Traceback" not in err
         assert termios.tcgetattr(slave) == before

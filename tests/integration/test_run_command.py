@@ -161,7 +161,7 @@ def test_store_socket_appears_with_the_domain_nodes_already_in_it(guests, tmp_pa
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, f"/local/domain/1/name is {name!r} after 30 s"
             try:
-                with Client(str(sock), timeout=10) as xs:
+                with Client(str(sock), timeout=120) as xs:
                     try:
                         name = xs.read("/local/domain/1/name")
                     except XenStoreError as e:
@@ -174,7 +174,7 @@ def test_store_socket_appears_with_the_domain_nodes_already_in_it(guests, tmp_pa
         assert first_read == b"idler", "the socket was served before the domain's nodes"
         assert {"name", "domid", "memory", "vm"} <= set(listing)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -43,10 +43,10 @@ def test_host_tools_see_what_the_guest_wrote(guests, tmp_path) -> None:
         Report.parse(outcome.console).assert_all_passed()
         env = {**os.environ, "XENSTORED_PATH": sock}
         read = subprocess.run(["xenstore-read", "/local/domain/3/data/from-guest"],
-                              capture_output=True, text=True, env=env, timeout=10)
+                              capture_output=True, text=True, env=env, timeout=120)
         assert read.stdout.strip() == "ring ok"
         name = subprocess.run(["xenstore-read", "/local/domain/3/name"],
-                              capture_output=True, text=True, env=env, timeout=10)
+                              capture_output=True, text=True, env=env, timeout=120)
         assert name.stdout.strip() == "shared"
 
 
@@ -97,10 +97,10 @@ def test_pyxen_run_serves_the_guests_store_on_a_socket(guests, tmp_path) -> None
         while name != "idler" and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
             name = subprocess.run(["xenstore-read", "/local/domain/1/name"], env=env,
-                                  capture_output=True, text=True, timeout=10).stdout.strip()
+                                  capture_output=True, text=True, timeout=120).stdout.strip()
         assert name == "idler"
         listing = subprocess.run(["xenstore-ls", "/local/domain/1"], env=env,
-                                 capture_output=True, text=True, timeout=10).stdout
+                                 capture_output=True, text=True, timeout=120).stdout
         assert "domid = \"1\"" in listing and "memory" in listing
     finally:
         out, err = proc.communicate(timeout=60)

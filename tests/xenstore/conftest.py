@@ -46,7 +46,7 @@ def daemon(tmp_path: Path) -> Iterator[str]:
     proc = start_daemon(sock)
     yield sock
     proc.terminate()
-    proc.wait(timeout=10)
+    proc.wait(timeout=120)
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def test_watch_prints_events(utils_env: dict[str, str]) -> None:
     assert proc.stdout.readline() == "/watched/a\n"
     run(utils_env, "xenstore-rm", "/watched")
     assert proc.stdout.readline() == "/watched\n"
-    assert proc.wait(timeout=10) == 0
+    assert proc.wait(timeout=120) == 0
 
 
 def test_long_directory_listing(utils_env: dict[str, str]) -> None:
@@ -81,7 +81,7 @@ def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
     sock = str(tmp_path / "t.sock")
     proc = start_daemon(sock)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and b"Traceback" not in err
     assert not os.path.exists(sock)
 
@@ -90,7 +90,7 @@ def test_sigint_exits_cleanly(tmp_path: Path) -> None:
     sock = str(tmp_path / "i.sock")
     proc = start_daemon(sock)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=10)
+    _, err = proc.communicate(timeout=120)  # a generous bound: the host may be busy
     assert proc.returncode == 130 and b"Traceback" not in err
 
 
