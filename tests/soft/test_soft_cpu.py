@@ -194,3 +194,18 @@ def test_xen_msr_written_without_asking_cpuid_still_reaches_the_vmm(cpu) -> None
     assert (c.vcpu.exit_msr, c.vcpu.exit_value) == (MSR, 0x3000)
     c.vcpu.complete_msr(True)
     assert c.run() is Exit.HLT
+
+
+def test_cr4_bits_cpuid_does_not_offer_raise_gp_and_others_are_written(cpu) -> None:
+    """mov to CR4 is checked against the CPUID policy (x86.cr4): VMXE (no VMX in this CPUID)
+    faults with #GP(0) at the instruction and leaves CR4 alone; PGE is written."""
+    # mov $0x2080,%eax; mov %eax,%cr4 (VMXE|PGE: #GP); out 0xe9 from the #GP handler
+    c = cpu(bytes.fromhex("b880200000" "0f22e0" "f4"))
+    expect_out(c, 13)
+    assert c.vcpu.sregs().cr4 & (1 << 13) == 0
+    error, eip = struct.unpack("<2I", c.mem.read(STACK - 16, 8))
+    assert (error, eip) == (0, CODE + 5)  # #GP(0) at the mov
+    c2 = cpu(bytes.fromhex("b880000000" "0f22e0" "e6e9" "f4"))  # PGE only: allowed
+    expect_out(c2, 0x80)
+    assert c2.vcpu.sregs().cr4 & 0x80
+    assert c2.vcpu.regs.rip == CODE + 10

@@ -32,6 +32,12 @@ ENV_DR = 5400  # dr[0]; error_code, exception_is_int, exception_next_eip precede
 # QEMU resets it when it delivers an exception itself; Unicorn hands exceptions to a hook
 # instead, so pyxen must reset it after each delivery, or the next #PF becomes a #DF.
 ENV_OLD_EXCEPTION = ENV_DR + 96
+# QEMU's SVM intercept bitmaps follow it (uint64 intercept, uint16 intercept_cr_read,
+# uint16 intercept_cr_write). With HF_GUEST set, a CR write whose bit is set here becomes
+# EXCP_VMEXIT + SVM_EXIT_WRITE_CR0 + n at the instruction, before it changes anything: the
+# only way to see a CR4 write, which QEMU 5 accepts whatever CPUID offers.
+ENV_INTERCEPT_CR_WRITE = ENV_DR + 130
+EXCP_VMEXIT_WRITE_CR4 = 0x100 + 0x14
 SEG_ES, SEG_CS, SEG_SS, SEG_DS, SEG_FS, SEG_GS, SEG_LDT, SEG_TR, SEG_GDT, SEG_IDT = range(10)
 
 # QEMU's hflags bits.
@@ -44,6 +50,7 @@ HF_PE = 1 << 7
 HF_LMA = 1 << 14
 HF_CS64 = 1 << 15
 HF_VM = 1 << 17
+HF_GUEST = 1 << 21  # "in an SVM guest": QEMU then checks the intercept bitmaps
 
 # QEMU's segment-cache flags: the descriptor's high dword.
 DESC_TYPE_SHIFT = 8
@@ -90,8 +97,23 @@ def probe_layout() -> int:
         raise LayoutError(f"unicorn {uc_version()}: unexpected mode flags layout")
     if ctx.old_exception != -1 or _divide_error_in_flight(uc, ctx) != 0:
         raise LayoutError(f"unicorn {uc_version()}: unexpected exception state layout")
+    if _cr4_write_intercepted(uc, ctx) != EXCP_VMEXIT_WRITE_CR4:
+        raise LayoutError(f"unicorn {uc_version()}: unexpected intercept state layout")
     ctx.close()
     return header
+
+
+def _cr4_write_intercepted(uc: Uc, ctx: Context) -> int | None:
+    """Intercept CR4 writes, write CR4, and return what the interrupt hook saw."""
+    ctx.save()
+    ctx.intercept_cr4_writes()
+    ctx.restore()
+    uc.mem_write(0x1000, b"\x0f\x22\xe0")  # mov %rax,%cr4
+    seen: list[int] = []
+    handle = uc.hook_add(UC_HOOK_INTR, lambda u, n, _d: (seen.append(n), u.emu_stop()))
+    uc.emu_start(0x1000, 0x1003)
+    uc.hook_del(handle)
+    return seen[0] if seen else None
 
 
 def _divide_error_in_flight(uc: Uc, ctx: Context) -> int:
@@ -165,6 +187,11 @@ class Context:
     @old_exception.setter
     def old_exception(self, value: int) -> None:
         C.c_int32.from_address(self._at(ENV_OLD_EXCEPTION)).value = value
+
+    def intercept_cr4_writes(self) -> None:
+        """Make a guest's CR4 writes reach the interrupt hook (EXCP_VMEXIT_WRITE_CR4)."""
+        self.hflags = self.hflags | HF_GUEST
+        C.c_uint16.from_address(self._at(ENV_INTERCEPT_CR_WRITE)).value = 1 << 4
 
     def seg(self, index: int) -> SegmentCache:
         return SegmentCache.from_address(self._at(ENV_SEGS + 24 * index))

@@ -38,3 +38,28 @@ def decode_port_io(code: bytes, long_mode: bool, default32: bool) -> PortIo | No
     if op in (0x6C, 0x6D, 0x6E, 0x6F):
         return PortIo(op >= 0x6E, None, 1 if op & 1 == 0 else wide, i + 1, True)
     return None
+
+
+# Register numbers (ModRM/REX order) -> pyxen.domain.backend.Regs field names.
+GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+
+
+@dataclass(frozen=True, slots=True)
+class MovToCr:
+    cr: int
+    gpr: int  # source register number (GPR_NAMES)
+    length: int
+
+
+def decode_mov_to_cr(code: bytes, long_mode: bool) -> MovToCr | None:
+    """`mov %reg,%crN` (0F 22 /r) at the start of `code`, or None."""
+    i, rex = 0, 0
+    while i < len(code) and (code[i] in PREFIXES or (long_mode and 0x40 <= code[i] <= 0x4F)):
+        rex = code[i] if 0x40 <= code[i] <= 0x4F else 0
+        i += 1
+    if code[i : i + 2] != b"\x0f\x22" or i + 2 >= len(code):
+        return None
+    modrm = code[i + 2]
+    return MovToCr(cr=(modrm >> 3 & 7) | (8 if rex & 4 else 0),
+                   gpr=(modrm & 7) | (8 if rex & 1 else 0), length=i + 3)

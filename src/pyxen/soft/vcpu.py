@@ -21,6 +21,8 @@ How the VM-exit model of `pyxen.domain.backend` maps onto an emulator:
 - **VMCALL/VMMCALL** are invalid instructions to the engine: they are Xen hypercalls
   (Linux since the XSA-466 fixes uses them instead of the hypercall page).
 - **SYSCALL/SYSENTER** come to hooks (the engine skips them); `fastcall` performs them.
+- **CR4 writes** are intercepted through QEMU's SVM intercept bitmap (see cpustate.py) and
+  checked against the CPUID policy (x86.cr4): a bit for a feature not offered is #GP(0).
 - **HLT** ends `emu_start`; **kick()** calls `emu_stop` from any thread.
 - **Exceptions and `int n`** come to a hook; they and injected interrupts are delivered
   through the guest's IDT by `interrupts.deliver`. QEMU's record of the exception in flight
@@ -68,10 +70,12 @@ from pyxen.domain.backend import Cpuid, Exit, Regs, SpecialRegs, no_device_read
 from pyxen.domain.memory import GuestMemoryError
 from pyxen.hv.guest_access import GuestAccess
 from pyxen.hv.pagewalk import PageFault, PagingState, translate
+from pyxen.x86 import cr4
 
 from . import fastcall
 from .cpustate import (
     EFER_LMA,
+    EXCP_VMEXIT_WRITE_CR4,
     HF_CPL,
     HF_CS32,
     HF_CS64,
@@ -92,7 +96,7 @@ from .cpustate import (
 )
 from .dirty import HOOK_MEM_CFUNC, TRACKED
 from .faults import refine, software_length
-from .insn import HYPERCALL_INSNS, RDMSR, WRMSR, decode_port_io
+from .insn import GPR_NAMES, HYPERCALL_INSNS, RDMSR, WRMSR, decode_mov_to_cr, decode_port_io
 from .interrupts import (
     ERROR_CODE_VECTORS,
     GP,
@@ -108,6 +112,7 @@ if TYPE_CHECKING:
     from .machine import SoftMachine
 
 M32 = 0xFFFF_FFFF
+M64 = 0xFFFF_FFFF_FFFF_FFFF
 RFLAGS_IF = 1 << 9
 REG_IDS = [X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX,
            X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_RSP, X.UC_X86_REG_RBP,
@@ -156,6 +161,8 @@ class SoftVcpu:
         self._msr_at: int | None = None  # the engine stopped before the MSR instruction here
         self._io: tuple[int, int, int, int] | None = None  # OUT: (port, size, value, rip)
         self._fast_call: str | None = None  # "syscall" / "sysenter" skipped by the engine
+        self._cr4_at: int | None = None  # stopped before a mov to CR4 here
+        self._cr4_valid = cr4.ALWAYS
         self._idle_stops = 0
         self._last_idle_rip = -1
         self._rip_buf = C.c_uint64()
@@ -188,6 +195,9 @@ class SoftVcpu:
         self.in_guest = False
         self.guest_epoch = 0
         self._install_hooks()
+        self.ctx.save()
+        self.ctx.intercept_cr4_writes()
+        self.ctx.restore()
 
     # --- hooks ----------------------------------------------------------------------------
     def _install_hooks(self) -> None:
@@ -227,12 +237,12 @@ class SoftVcpu:
         if err:
             raise UcError(err)
 
-    def _rewind_here(self, why: str) -> None:
+    def _rewind_here(self, why: str, rip: int | None = None) -> None:
         """Stop and come back to the current instruction: the rest of its translation block
         still runs before the engine stops, so run() restores this snapshot afterwards."""
         if self._rewind is None:
             self._snapshot.save()
-            self._rewind = (why, self.uc.reg_read(X.UC_X86_REG_RIP))
+            self._rewind = (why, self._rip_now() if rip is None else rip)
             self.uc.emu_stop()
 
     def _rip_now(self) -> int:
@@ -242,8 +252,9 @@ class SoftVcpu:
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
         """Rewound to the OUT; run() completes it and reports the exit."""
         if self._rewind is None:
-            self._io = (port, size, value, self._rip_now())
-            self._rewind_here("out")
+            rip = self._rip_now()
+            self._io = (port, size, value, rip)
+            self._rewind_here("out", rip)
 
     def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
         """Answered here; the engine goes on. A refused IN is rewound and faulted."""
@@ -299,6 +310,10 @@ class SoftVcpu:
         return 1
 
     def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
+        if intno == EXCP_VMEXIT_WRITE_CR4:  # at the instruction, before it changed CR4
+            self._cr4_at = self._rip_now()
+            uc.emu_stop()
+            return
         self.ctx.save()
         error, is_int, next_eip = self.ctx.pending_exception()
         if is_int:
@@ -338,6 +353,7 @@ class SoftVcpu:
     def set_cpuid(self, cpuid: Cpuid) -> None:
         self._cpuid = {(leaf, sub): (a, b, c, d) for leaf, sub, a, b, c, d in cpuid}
         self._indexed = INDEXED_LEAVES | {leaf for leaf, sub, *_ in cpuid if sub}
+        self._cr4_valid = cr4.cr4_valid_bits(cpuid)
 
     def set_initial_regs(self, regs: Regs) -> None:
         C.memmove(C.addressof(self.regs), C.addressof(regs), C.sizeof(Regs))
@@ -442,7 +458,7 @@ class SoftVcpu:
         self._write_regs()
         self._fresh = False
         self._stop = self._exception = self._rewind = self._unmapped = self._ro_write = None
-        self._io = self._msr_at = self._fast_call = None
+        self._io = self._msr_at = self._fast_call = self._cr4_at = None
         self._entries += 1
         self._enter_guest()
         self._in_emu = True
@@ -489,6 +505,9 @@ class SoftVcpu:
         if self._rewind is not None:
             why, rip = self._rewind
             self._snapshot.restore()
+            # The snapshot is now the engine's state: it serves as this stop's context.
+            self.ctx, self._snapshot = self._snapshot, self.ctx
+            self._fresh = True
             self._exception = self._unmapped = self._ro_write = err = None
             io, self._io = self._io, None
             self._msr_at = self._fast_call = None
@@ -506,6 +525,8 @@ class SoftVcpu:
         if self._exception is not None:
             event, self.regs.rip = self._exception
             return self._deliver_engine_event(event)
+        if self._cr4_at is not None:
+            return self._cr4_write(self._cr4_at)
         if self._msr_at is not None:
             return self._msr_site_exit(self._msr_at)
         if self._fast_call is not None:
@@ -622,6 +643,23 @@ class SoftVcpu:
             self.uc.ctl_remove_cache(rip, rip + 1)
             return None
         return self._msr_exit(code == WRMSR)
+
+    def _cr4_write(self, rip: int) -> Exit | None:
+        """A `mov` to CR4 (intercepted before it ran): #GP(0) for a bit whose feature CPUID
+        does not offer, else the engine's own CR4 update."""
+        hflags = self._state().hflags
+        mov = decode_mov_to_cr(self._code_at(rip), bool(hflags & HF_CS64))
+        if mov is None or mov.cr != 4:
+            return self._error("an intercepted CR4 write that is not a mov to CR4")
+        value = getattr(self.regs, GPR_NAMES[mov.gpr])
+        value &= M64 if hflags & HF_CS64 else M32
+        if value & ~self._cr4_valid:
+            return self._deliver(Event(GP, 0))
+        self.uc.reg_write(X.UC_X86_REG_CR4, value)
+        self.regs.rip = rip + mov.length
+        self._dirty = True
+        self._fresh = False
+        return None
 
     def _perform_fast_call(self, kind: str) -> Exit | None:
         """SYSCALL/SYSENTER, which the engine skips: performed by `fastcall`."""
