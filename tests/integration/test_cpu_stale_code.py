@@ -1,0 +1,41 @@
+"""The cpu_stale_code kit guest: code the guest ran and then unmapped must not make its next
+page fault a double fault (what stopped Debian's Linux at its first #PF on the software CPU).
+
+On the software CPU, removing an engine hook makes Unicorn re-translate the addresses that
+hook saw; one no longer mapped page-faults inside Unicorn, and QEMU keeps that fault as "in
+flight" unless pyxen clears it (guests/cpu_stale_code.c).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from guestkit import run_guest
+from pyxen.domain.domain import Outcome
+
+CHECKS = ["first_pf", "second_pf"]
+# Until soft/vcpu.py clears QEMU's old_exception after uc.hook_del / ctl_remove_cache (strict:
+# once it does, this marker must go).
+SOFT_BUG = "soft vCPU: Unicorn's TB invalidation at unmapped code leaves old_exception set"
+
+
+@pytest.fixture(scope="module")
+def reports() -> dict:
+    return {}
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_cpu_stale_code(guests, accel: str, check: str, reports: dict,
+                        request: pytest.FixtureRequest) -> None:
+    if accel == "soft" and check == "first_pf":
+        request_xfail = pytest.mark.xfail(strict=True, reason=SOFT_BUG)
+        request.applymarker(request_xfail)
+    if accel not in reports:
+        outcome, report = run_guest("cpu_stale_code", accel=accel)
+        reports[accel] = (outcome.result.outcome, report)
+    outcome, report = reports[accel]
+    full = f"cpu_stale_code.{check}"
+    assert full not in report.failed, f"{full}: {report.failed[full]}"
+    assert full in report.passed, f"the guest did not report {full}; it ended {outcome}:\n" \
+        f"{report.console[-1500:]}"
+    assert outcome is Outcome.POWEROFF, f"{full} passed, but the domain ended {outcome}"
