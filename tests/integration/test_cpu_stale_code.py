@@ -3,7 +3,7 @@ page fault a double fault (what stopped Debian's Linux at its first #PF on the s
 
 On the software CPU, removing an engine hook makes Unicorn re-translate the addresses that
 hook saw; one no longer mapped page-faults inside Unicorn, and QEMU keeps that fault as "in
-flight" unless pyxen clears it (guests/cpu_stale_code.c).
+flight" (and in CR2) unless pyxen restores the state around the call (SoftVcpu._invalidating).
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ from guestkit import run_guest
 from pyxen.domain.domain import Outcome
 
 CHECKS = ["first_pf", "second_pf"]
-# Until soft/vcpu.py clears QEMU's old_exception after uc.hook_del / ctl_remove_cache (strict:
-# once it does, this marker must go).
-SOFT_BUG = "soft vCPU: Unicorn's TB invalidation at unmapped code leaves old_exception set"
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +22,7 @@ def reports() -> dict:
 
 
 @pytest.mark.parametrize("check", CHECKS)
-def test_cpu_stale_code(guests, accel: str, check: str, reports: dict,
-                        request: pytest.FixtureRequest) -> None:
-    if accel == "soft" and check == "first_pf":
-        request_xfail = pytest.mark.xfail(strict=True, reason=SOFT_BUG)
-        request.applymarker(request_xfail)
+def test_cpu_stale_code(guests, accel: str, check: str, reports: dict) -> None:
     if accel not in reports:
         outcome, report = run_guest("cpu_stale_code", accel=accel)
         reports[accel] = (outcome.result.outcome, report)

@@ -209,3 +209,42 @@ def test_cr4_bits_cpuid_does_not_offer_raise_gp_and_others_are_written(cpu) -> N
     expect_out(c2, 0x80)
     assert c2.vcpu.sregs().cr4 & 0x80
     assert c2.vcpu.regs.rip == CODE + 10
+
+
+def test_a_hypercall_the_domain_runs_inline_never_leaves_the_engine(cpu) -> None:
+    """inline_hypercall runs inside the OUT hook: the result lands in rax and the guest goes
+    on (its next OUT is the first exit); declining (None) makes it a normal exit."""
+    code = bytes.fromhex("b811000000" "e7e8" "e6e9" "f4")  # mov $0x11,%eax; hypercall; out al
+    c = cpu(code)
+    seen: list[int] = []
+
+    def inline() -> bool:
+        seen.append(c.vcpu.regs.rax)
+        c.vcpu.regs.rax = 0x42
+        c.vcpu.regs_changed()
+        return True
+
+    c.vcpu.inline_hypercall = inline
+    expect_out(c, 0x42)
+    assert seen == [0x11]
+    declined = cpu(code)
+    declined.vcpu.inline_hypercall = lambda: None
+    assert declined.run() is Exit.HYPERCALL
+    assert declined.vcpu.regs.rip == CODE + 7  # after the OUT, as after any exit
+
+
+def test_an_inline_hypercall_with_work_left_stops_the_engine_after_it(cpu) -> None:
+    """False: the hypercall is done (rax set) but an event is due: run() returns KICKED,
+    so the vCPU loop can deliver it. (The engine stops at its next memory access or block
+    end: here the load right after the call.)"""
+    c = cpu(bytes.fromhex("b811000000" "e7e8" "8b1c24" "e6e9" "f4"))  # ...; mov (%esp),%ebx
+
+    def inline() -> bool:
+        c.vcpu.regs.rax = 0x43
+        c.vcpu.regs_changed()
+        return False
+
+    c.vcpu.inline_hypercall = inline
+    assert c.run() is Exit.KICKED
+    assert (c.vcpu.regs.rax, c.vcpu.regs.rip) == (0x43, CODE + 7)
+    expect_out(c, 0x43)

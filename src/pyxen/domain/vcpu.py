@@ -42,6 +42,8 @@ class Vcpu:
         self.domain = domain
         self.index = index
         self.backend = backend
+        if hasattr(backend, "inline_hypercall"):  # an optional backend capability
+            backend.inline_hypercall = self.hypercall_inline
         self.online = index == 0
         self.initialised = index == 0  # vCPU 0 boots at the PVH entry; others need
         #                                VCPUOP_initialise
@@ -219,20 +221,35 @@ class Vcpu:
         if self.online and self.runstate_state == RUNSTATE_offline:
             self.set_runstate(RUNSTATE_running)
 
+    def _hypercall_args(self) -> tuple[int, tuple[int, int, int, int, int]]:
+        """Xen's calling convention: the number and five arguments, by the caller's CS.L."""
+        regs = self.backend.regs
+        if self.backend.is_64bit():
+            self.compat = False
+            return regs.rax & M32, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8)
+        self.compat = True
+        return regs.rax & M32, (regs.rbx & M32, regs.rcx & M32, regs.rdx & M32,
+                                regs.rsi & M32, regs.rdi & M32)
+
+    def hypercall_inline(self) -> bool | None:
+        """For a backend that can run a hypercall without leaving its engine (the software
+        CPU's OUT hook): run it here if its family allows that (HypercallTable.inline).
+        None: not here, exit as usual; True: done, go on; False: done, but leave the engine
+        now (an event to deliver, the domain stopping)."""
+        if self.backend.cpl():
+            return None
+        nr, args = self._hypercall_args()
+        if self.domain.trace or not self.domain.hypercalls.may_run_inline(nr, args):
+            return None
+        self.hypercall()
+        return not (self.domain.stopping or self.upcall_ready())
+
     def hypercall(self) -> None:
         """The hot path: decode Xen's calling convention, dispatch, return the result."""
         backend = self.backend
         regs = backend.regs
-        nr = regs.rax & M32
-        if backend.is_64bit():
-            self.compat = False
-            args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8)
-            mask = M64
-        else:
-            self.compat = True
-            args = (regs.rbx & M32, regs.rcx & M32, regs.rdx & M32, regs.rsi & M32,
-                    regs.rdi & M32)
-            mask = M32
+        nr, args = self._hypercall_args()
+        mask = M32 if self.compat else M64
         # Xen: hypercalls only from guest kernel mode (the stubs check too, see hypercall.py)
         result = -errno.EPERM if backend.cpl() else self.domain.hypercalls.call(self, nr, args)
         regs.rax = result & mask

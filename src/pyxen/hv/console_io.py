@@ -41,4 +41,5 @@ def do_console_io(vcpu: Vcpu, cmd: int, count: int, buffer: int, *_: int) -> int
 
 def register(table: HypercallTable) -> None:
     names = {CONSOLEIO_write: "CONSOLEIO_write", CONSOLEIO_read: "CONSOLEIO_read"}
-    table.register(HYPERVISOR_console_io, do_console_io, subop_describer(names, 3))
+    table.register(HYPERVISOR_console_io, do_console_io, subop_describer(names, 3),
+                   inline=frozenset([CONSOLEIO_write]))

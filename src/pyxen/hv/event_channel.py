@@ -445,4 +445,5 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
 
 
 def register(table: HypercallTable) -> None:
-    table.register(HYPERVISOR_event_channel_op, do_event_channel_op, subop_describer(SUBOPS, 2))
+    table.register(HYPERVISOR_event_channel_op, do_event_channel_op, subop_describer(SUBOPS, 2),
+                   inline=frozenset([E.EVTCHNOP_send, E.EVTCHNOP_status, E.EVTCHNOP_unmask]))

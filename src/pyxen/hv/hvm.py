@@ -121,4 +121,5 @@ def do_hvm_op(vcpu: Vcpu, op: int, arg: int, *_: int) -> int:
 
 
 def register(table: HypercallTable) -> None:
-    table.register(HYPERVISOR_hvm_op, do_hvm_op, subop_describer(SUBOPS, 2))
+    table.register(HYPERVISOR_hvm_op, do_hvm_op, subop_describer(SUBOPS, 2),
+                   inline=frozenset([H.HVMOP_get_param]))

@@ -67,12 +67,26 @@ class HypercallTable:
     def __init__(self) -> None:
         self.handlers: list[Handler | None] = [None] * NR_HYPERCALL_SLOTS
         self.describers: dict[int, Callable[[tuple[int, ...]], str]] = {}
+        self.inline: dict[int, frozenset[int] | None] = {}
 
     def register(self, nr: int, handler: Handler,
-                 describe: Callable[[tuple[int, ...]], str] | None = None) -> None:
+                 describe: Callable[[tuple[int, ...]], str] | None = None,
+                 inline: frozenset[int] | bool = False) -> None:
+        """`inline`: the sub-ops (first argument; True: all) that may run inside a vCPU
+        backend's execution engine, without leaving it: they complete at once, never block
+        or sleep, never change the memory layout or the caller's registers beyond rax, and
+        never use a continuation. Everything else is dispatched after a normal exit."""
         self.handlers[nr] = handler
         if describe:
             self.describers[nr] = describe
+        if inline:
+            self.inline[nr] = None if inline is True else frozenset(inline)
+
+    def may_run_inline(self, nr: int, args: tuple[int, ...]) -> bool:
+        if nr not in self.inline:
+            return False
+        subops = self.inline[nr]
+        return subops is None or args[0] in subops
 
     def call(self, vcpu: Vcpu, nr: int, args: tuple[int, int, int, int, int]) -> int:
         """Run hypercall `nr`; returns the (signed) result, -errno on failure."""

@@ -153,4 +153,4 @@ def do_set_timer_op(vcpu: Vcpu, lo: int, hi: int = 0, *_: int) -> int:
 
 def register(table: HypercallTable) -> None:
     table.register(HYPERVISOR_sched_op, do_sched_op, subop_describer(SUBOPS, 2))
-    table.register(HYPERVISOR_set_timer_op, do_set_timer_op)
+    table.register(HYPERVISOR_set_timer_op, do_set_timer_op, inline=True)

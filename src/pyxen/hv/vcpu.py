@@ -262,4 +262,6 @@ def hvm_context_state(v: Vcpu, ctx: vcpu_hvm_context) -> tuple[SpecialRegs, Regs
 
 
 def register(table: HypercallTable) -> None:
-    table.register(HYPERVISOR_vcpu_op, do_vcpu_op, subop_describer(SUBOPS, 3))
+    table.register(HYPERVISOR_vcpu_op, do_vcpu_op, subop_describer(SUBOPS, 3),
+                   inline=frozenset([V.VCPUOP_set_singleshot_timer,
+                                     V.VCPUOP_stop_singleshot_timer, V.VCPUOP_is_up]))

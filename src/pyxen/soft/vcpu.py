@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as C
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from unicorn import (
@@ -163,6 +165,10 @@ class SoftVcpu:
         self._fast_call: str | None = None  # "syscall" / "sysenter" skipped by the engine
         self._cr4_at: int | None = None  # stopped before a mov to CR4 here
         self._cr4_valid = cr4.ALWAYS
+        # Set by the domain's vCPU: runs a hypercall from inside the OUT hook where the
+        # hypercall's family allows it (see Vcpu.hypercall_inline); None: always exit.
+        self.inline_hypercall: Callable[[], bool | None] | None = None
+        self._rax_buf = C.c_uint64()
         self._idle_stops = 0
         self._last_idle_rip = -1
         self._rip_buf = C.c_uint64()
@@ -252,9 +258,33 @@ class SoftVcpu:
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
         """Rewound to the OUT; run() completes it and reports the exit."""
         if self._rewind is None:
+            if port == self.hypercall_port and self.inline_hypercall is not None \
+                    and self._hypercall_in_hook():
+                return
             rip = self._rip_now()
             self._io = (port, size, value, rip)
             self._rewind_here("out", rip)
+
+    def _hypercall_in_hook(self) -> bool:
+        """Run the hypercall without leaving the engine, if the domain agrees. The engine's
+        registers are exact here (synced for the hook) and it reads rax back afterwards."""
+        assert self.inline_hypercall is not None
+        self._read_regs()
+        self.ctx.save()
+        self._fresh = True  # cpl() and is_64bit() from the state at the OUT
+        try:
+            done = self.inline_hypercall()
+        finally:
+            self._fresh = False
+        if done is None:
+            return False
+        self._rax_buf.value = self.regs.rax
+        uclib.uc_reg_write(self.uc._uch, X.UC_X86_REG_RAX, C.byref(self._rax_buf))
+        self._dirty = False  # the other registers in self.regs are the engine's already
+        if not done:  # something to deliver: leave the engine (the hypercall is complete)
+            self._stop = "inline"
+            self.uc.emu_stop()
+        return True
 
     def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
         """Answered here; the engine goes on. A refused IN is rewound and faulted."""
@@ -531,6 +561,8 @@ class SoftVcpu:
             return self._msr_site_exit(self._msr_at)
         if self._fast_call is not None:
             return self._perform_fast_call(self._fast_call)
+        if self._stop == "inline":
+            return Exit.KICKED  # a hypercall run in the hook left work for the vCPU loop
         if self._stop is not None:
             return None  # a hook's stop ("window": IF is 1 now; the loop reports it)
         if self._kick:
@@ -639,8 +671,8 @@ class SoftVcpu:
         """Stopped before a scanned RDMSR/WRMSR site for an MSR pyxen owns."""
         code = self._code_at(rip)[:2]
         if code not in (WRMSR, RDMSR):  # the code there changed: forget the site
-            self.uc.hook_del(self._msr_sites.pop(rip))
-            self.uc.ctl_remove_cache(rip, rip + 1)
+            self._invalidating(self.uc.hook_del, self._msr_sites.pop(rip))
+            self._invalidating(self.uc.ctl_remove_cache, rip, rip + 1)
             return None
         return self._msr_exit(code == WRMSR)
 
@@ -789,7 +821,7 @@ class SoftVcpu:
         """Execute exactly one instruction (Unicorn counts only in freshly translated code)."""
         self._write_regs()
         rip = self.regs.rip
-        self.uc.ctl_remove_cache(rip, rip + 16)
+        self._invalidating(self.uc.ctl_remove_cache, rip, rip + 16)
         self._stepping = True
         self._enter_guest()
         try:
@@ -797,10 +829,20 @@ class SoftVcpu:
                 self.uc.emu_start(rip, 0, count=1)
         finally:
             self._stepping = False
+            self._fresh = False
             self._leave_guest()
-        self.uc.ctl_remove_cache(rip, rip + 16)
+        self._invalidating(self.uc.ctl_remove_cache, rip, rip + 16)
         self._read_regs()
         self._fresh = False
+
+    def _invalidating(self, call: Callable[..., object], *args: object) -> None:
+        """Unicorn re-translates what a hook removal or cache invalidation covers, with the
+        guest's current page tables; a page fault there is swallowed but leaves QEMU's
+        old_exception (the guest's next #PF would become #DF) and CR2 changed. So keep the
+        architectural state across such a call (guests/cpu_stale_code checks it)."""
+        ctx = self._state()
+        call(*args)
+        ctx.restore()
 
     # --- interrupts -----------------------------------------------------------------------------
     def inject_interrupt(self, vector: int) -> bool:
@@ -829,7 +871,7 @@ class SoftVcpu:
             self._block_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
         else:
             assert self._block_hook is not None
-            self.uc.hook_del(self._block_hook)
+            self._invalidating(self.uc.hook_del, self._block_hook)
             self._block_hook = None
         self.uc.ctl_flush_tb()  # translated blocks carry (or lack) the hook call
 
@@ -837,6 +879,9 @@ class SoftVcpu:
         """Stop the engine from any thread; retried across the window in which
         emu_start has been called but the engine has not started yet."""
         self._kick = True
+        if threading.get_ident() == self.thread_id:  # from one of this engine's hooks
+            self.uc.emu_stop()
+            return
         entry = self._entries
         while self._in_emu and self._kick and self._entries == entry:
             self.uc.emu_stop()

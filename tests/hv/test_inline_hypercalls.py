@@ -1,0 +1,27 @@
+"""Which hypercalls may run inside a vCPU backend's engine (HypercallTable.inline)."""
+
+from __future__ import annotations
+
+from pyxen.abi import event_channel as E
+from pyxen.abi import hvm as H
+from pyxen.abi.xen import (
+    HYPERVISOR_event_channel_op,
+    HYPERVISOR_hvm_op,
+    HYPERVISOR_memory_op,
+    HYPERVISOR_sched_op,
+    HYPERVISOR_xen_version,
+)
+from pyxen.hv import hypercall_table
+
+
+def test_only_calls_that_complete_at_once_run_inline() -> None:
+    table = hypercall_table()
+    assert table.may_run_inline(HYPERVISOR_xen_version, (0, 0, 0, 0, 0))
+    assert table.may_run_inline(HYPERVISOR_event_channel_op, (E.EVTCHNOP_send, 0, 0, 0, 0))
+    assert table.may_run_inline(HYPERVISOR_hvm_op, (H.HVMOP_get_param, 0, 0, 0, 0))
+    # These block, change the memory layout, or allocate: always a normal exit.
+    assert not table.may_run_inline(HYPERVISOR_sched_op, (1, 0, 0, 0, 0))  # SCHEDOP_block
+    assert not table.may_run_inline(HYPERVISOR_memory_op, (1, 0, 0, 0, 0))  # decrease_res.
+    assert not table.may_run_inline(HYPERVISOR_event_channel_op,
+                                    (E.EVTCHNOP_alloc_unbound, 0, 0, 0, 0))
+    assert not table.may_run_inline(HYPERVISOR_hvm_op, (H.HVMOP_set_param, 0, 0, 0, 0))
