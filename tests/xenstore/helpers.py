@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -25,10 +26,26 @@ def wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 1
 
 
 def start_daemon(sock: str, *extra: str) -> subprocess.Popen[bytes]:
+    # -X faulthandler: a daemon that hangs can be made to show where (stopped_daemon).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyxen.xenstore.daemon", "--socket", sock, *extra],
+        [sys.executable, "-X", "faulthandler", "-m", "pyxen.xenstore.daemon", "--socket", sock,
+         *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     wait_for_socket(sock, proc)
     return proc
+
+
+def stopped_daemon(proc: subprocess.Popen[bytes], sig: int, timeout: float = 120) -> bytes:
+    """Send `sig` and wait for the daemon to end; its stderr. If it does not end in time
+    (a hang, not slowness: the bound is generous), fail with the Python stacks of all its
+    threads (SIGABRT makes faulthandler print them)."""
+    proc.send_signal(sig)
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"xenstored did not stop on signal {sig} within {timeout} s; "
+                             f"its threads:\n{err.decode(errors='replace')}") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import start_daemon
+from .helpers import start_daemon, stopped_daemon
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("xenstore-read"), reason="Debian xenstore-utils not installed"
@@ -80,8 +80,7 @@ def test_xenstore_control(utils_env: dict[str, str]) -> None:
 def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
     sock = str(tmp_path / "t.sock")
     proc = start_daemon(sock)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    err = stopped_daemon(proc, signal.SIGTERM)
     assert proc.returncode == 143 and b"Traceback" not in err
     assert not os.path.exists(sock)
 
@@ -89,8 +88,7 @@ def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
 def test_sigint_exits_cleanly(tmp_path: Path) -> None:
     sock = str(tmp_path / "i.sock")
     proc = start_daemon(sock)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)  # a generous bound: the host may be busy
+    err = stopped_daemon(proc, signal.SIGINT)
     assert proc.returncode == 130 and b"Traceback" not in err
 
 

@@ -12,6 +12,7 @@ import enum
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ MiB = 1 << 20
 CONSOLE_LINGER = 0.05  # seconds an unfinished console line waits for its end
 DEFAULT_MAX_GRANT_FRAMES = 32  # xl's default max_grant_frames
 NR_DOMAIN_WATCHDOG_TIMERS = 2
+WAIT_SLICE_S = 0.25  # how long the main thread waits for the domain between signal checks
 
 
 class Outcome(enum.Enum):
@@ -269,9 +271,15 @@ class Domain:
         self._done.set()
 
     def wait(self, timeout: float | None = None) -> Result:
-        """Block until the domain stops, or `timeout` seconds pass (→ Outcome.TIMEOUT)."""
-        if not self._done.wait(timeout):
-            self.timeout(timeout or 0)
+        """Block until the domain stops, or `timeout` seconds pass (→ Outcome.TIMEOUT).
+        Waits in slices: a signal the kernel delivered to another thread only reaches the
+        main thread's Python handler when the main thread runs again."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._done.wait(WAIT_SLICE_S if deadline is None
+                                  else max(0.0, min(WAIT_SLICE_S, deadline - time.monotonic()))):
+            if deadline is not None and time.monotonic() >= deadline:
+                self.timeout(timeout or 0)
+                break
         assert self._result is not None
         return self._result
 
