@@ -24,36 +24,14 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include "ref_common.h"
 
 #define MEM_SIZE (16u << 20)
 #define PORT 0xE8
 #define XEN_MSR 0x40000000u
 #define HC_sched_op 29
 
-static void die(const char *what) { perror(what); exit(1); }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
-static void load_elf(const char *path, uint8_t *mem)
-{
-    int fd = open(path, O_RDONLY);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st)) die(path);
-    uint8_t *img = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (img == MAP_FAILED) die("mmap image");
-    Elf64_Ehdr *eh = (Elf64_Ehdr *)img;
-    for (int i = 0; i < eh->e_phnum; i++) {
-        Elf64_Phdr *ph = (Elf64_Phdr *)(img + eh->e_phoff + i * eh->e_phentsize);
-        if (ph->p_type != PT_LOAD) continue;
-        if (ph->p_paddr + ph->p_memsz > MEM_SIZE) { fprintf(stderr, "segment too big\n"); exit(1); }
-        memcpy(mem + ph->p_paddr, img + ph->p_offset, ph->p_filesz);
-    }
-}
 
 static void flat(struct kvm_segment *s, uint16_t sel, uint8_t type)
 {
@@ -84,7 +62,7 @@ int main(int argc, char **argv)
     struct kvm_userspace_memory_region region = {
         .slot = 0, .guest_phys_addr = 0, .memory_size = MEM_SIZE, .userspace_addr = (uint64_t)mem };
     if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region)) die("memory region");
-    load_elf(argv[1], mem);
+    load_elf(argv[1], mem, MEM_SIZE);
     memcpy(mem + iter_gpa, &iterations, sizeof iterations);
 
     struct kvm_enable_cap cap = { .cap = KVM_CAP_X86_USER_SPACE_MSR };

@@ -28,6 +28,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include "ref_common.h"
 
 /* From Unicorn 2.1's unicorn.h (x86.h names struct uc_struct in prototypes). */
 struct uc_struct;
@@ -60,35 +61,12 @@ struct vmm {
     bool shutdown;
 };
 
-static void die(const char *what) { perror(what); exit(1); }
 
 static void check(uc_err err, const char *what)
 {
     if (err) { fprintf(stderr, "%s: %s\n", what, uc_strerror(err)); exit(1); }
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
-static void load_elf(const char *path, uint8_t *mem)
-{
-    int fd = open(path, O_RDONLY);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st)) die(path);
-    uint8_t *img = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (img == MAP_FAILED) die("mmap image");
-    Elf64_Ehdr *eh = (Elf64_Ehdr *)img;
-    for (int i = 0; i < eh->e_phnum; i++) {
-        Elf64_Phdr *ph = (Elf64_Phdr *)(img + eh->e_phoff + i * eh->e_phentsize);
-        if (ph->p_type != PT_LOAD) continue;
-        if (ph->p_paddr + ph->p_memsz > MEM_SIZE) { fprintf(stderr, "segment too big\n"); exit(1); }
-        memcpy(mem + ph->p_paddr, img + ph->p_offset, ph->p_filesz);
-    }
-}
 
 /* The whole hypercall handler: rax = 0 for everything but the final sched_op. */
 static void on_out(uc_engine *uc, uint32_t port, int size, uint32_t value, void *data)
@@ -129,7 +107,7 @@ int main(int argc, char **argv)
 
     uint8_t *mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) die("mmap");
-    load_elf(argv[1], mem);
+    load_elf(argv[1], mem, MEM_SIZE);
     memcpy(mem + iter_gpa, &iterations, sizeof iterations);
     /* Unicorn 2.1 cannot hook WRMSR, and its CPU ignores the Xen MSR: the page goes where
      * the guest will ask for it (its `hypercall_page` symbol, given by the harness) before
