@@ -232,26 +232,11 @@ def test_gate_keeps_vcpus_out_while_closed() -> None:
     gate.close(kick)  # returns only once the vCPU left
     assert kicks and gate._inside == 0
     t.join(10)
-    entered = threading.Event()
-
-    def late_vcpu() -> None:
-        gate.enter()
-        entered.set()
-        gate.leave()
-
-    late = threading.Thread(target=late_vcpu)
-    late.start()
-    assert not entered.wait(0.1)  # waits at the closed gate
-    gate.open()
-    assert entered.wait(10)
-    late.join(10)
+    assert_waits_until_opened(gate)
 
 
-def test_gate_nests() -> None:
-    gate = RunGate()
-    gate.close(lambda: None)
-    gate.close(lambda: None)
-    gate.open()
+def assert_waits_until_opened(gate: RunGate) -> None:
+    """A vCPU arriving at the closed gate enters only once it is opened."""
     entered = threading.Event()
 
     def vcpu() -> None:
@@ -261,10 +246,18 @@ def test_gate_nests() -> None:
 
     t = threading.Thread(target=vcpu)
     t.start()
-    assert not entered.wait(0.1)  # one change still in progress
+    assert not entered.wait(0.1)  # waits at the closed gate
     gate.open()
     assert entered.wait(10)
     t.join(10)
+
+
+def test_gate_nests() -> None:
+    gate = RunGate()
+    gate.close(lambda: None)
+    gate.close(lambda: None)
+    gate.open()
+    assert_waits_until_opened(gate)  # one change still in progress
 
 
 @pytest.fixture
