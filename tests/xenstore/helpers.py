@@ -25,11 +25,18 @@ def wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 1
     raise RuntimeError("xenstored did not start listening")
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_daemon(sock: str, *extra: str) -> subprocess.Popen[bytes]:
     # -X faulthandler: a daemon that hangs can be made to show where (stopped_daemon).
+    # preexec_fn: a test run from a shell's background job inherits SIGINT ignored (POSIX),
+    # which the daemon rightly honours (nohup); the tests send it as from a terminal.
     proc = subprocess.Popen(
         [sys.executable, "-X", "faulthandler", "-m", "pyxen.xenstore.daemon", "--socket", sock,
          *extra],
+        preexec_fn=default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -71,6 +71,8 @@ class StopSignals:
         self._pending: int | None = None
         self._raised = False
         self._deferring = 0
+        self._ignored: set[int] = set()
+        self._requested: int | None = None
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -78,17 +80,26 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        self._pending, self._raised = None, False
-        # A signal ignored from the start (nohup, a shell's background job) stays ignored.
-        saved = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS
-                 if signal.getsignal(sig) is not signal.SIG_IGN}
+        self._pending, self._raised, self._requested = None, False, None
+        # A signal ignored from the start (nohup, a shell's background job) stays ignored
+        # when it comes from outside; the handler is there for request() only.
+        self._ignored = {sig for sig in STOP_SIGNALS if signal.getsignal(sig) is signal.SIG_IGN}
+        saved = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         try:
             yield
         finally:
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
 
+    def request(self, signum: int) -> None:
+        """Stop as `signum` would (the console escape), even where it is ignored from
+        outside: sent to the main thread itself, whose blocking wait it interrupts."""
+        self._requested = signum
+        signal.pthread_kill(threading.main_thread().ident or 0, signum)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum in self._ignored and signum != self._requested:
+            return
         if self._pending is None:
             self._pending = signum
         self._raise_pending()

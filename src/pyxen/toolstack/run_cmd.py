@@ -8,7 +8,6 @@ import logging
 import math
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 
 from pyxen.domain.backend import MachineBackend
@@ -193,9 +192,7 @@ def console_output(log_path: str | None) -> Iterator[Callable[[bytes], None]]:
 def escape_stops_domain() -> None:
     """The console escape key was typed: stop the domain as Ctrl-C (SIGINT) does."""
     print(f"\npyxen: console escape ({ESCAPE_NAME}): stopping the domain", file=sys.stderr)
-    # To the main thread itself: a process-directed signal may land on another thread, and
-    # then the main thread's blocking wait is not interrupted to run the handler.
-    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+    stop_signals.request(signal.SIGINT)
 
 
 class XenStoreForGuest:
