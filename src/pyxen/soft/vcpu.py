@@ -169,6 +169,7 @@ class SoftVcpu:
         # hypercall's family allows it (see Vcpu.hypercall_inline); None: always exit.
         self.inline_hypercall: Callable[[], bool | None] | None = None
         self._rax_buf = C.c_uint64()
+        self._in_hook = False
         self._idle_stops = 0
         self._last_idle_rip = -1
         self._rip_buf = C.c_uint64()
@@ -272,10 +273,11 @@ class SoftVcpu:
         self._read_regs()
         self.ctx.save()
         self._fresh = True  # cpl() and is_64bit() from the state at the OUT
+        self._in_hook = True  # kick() must not wait for this engine: it may hold what we need
         try:
             done = self.inline_hypercall()
         finally:
-            self._fresh = False
+            self._fresh = self._in_hook = False
         if done is None:
             return False
         self._rax_buf.value = self.regs.rax
@@ -879,7 +881,9 @@ class SoftVcpu:
         """Stop the engine from any thread; retried across the window in which
         emu_start has been called but the engine has not started yet."""
         self._kick = True
-        if threading.get_ident() == self.thread_id:  # from one of this engine's hooks
+        if self._in_hook or threading.get_ident() == self.thread_id:
+            # The engine is running a hook (perhaps waiting for a lock the caller holds):
+            # it has started, so one stop request holds; waiting for it could deadlock.
             self.uc.emu_stop()
             return
         entry = self._entries
