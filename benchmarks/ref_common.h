@@ -1,6 +1,6 @@
 /*
  * What the C reference VMMs in benchmarks/ share: a fatal error, the monotonic clock,
- * and loading a guest ELF's PT_LOAD segments at their physical addresses.
+ * loading a guest ELF's PT_LOAD segments at their physical addresses, and the page file.
  */
 #ifndef PYXEN_BENCH_REF_COMMON_H
 #define PYXEN_BENCH_REF_COMMON_H
@@ -39,6 +39,14 @@ static void load_elf(const char *path, uint8_t *mem, uint64_t mem_size)
         if (ph->p_paddr + ph->p_memsz > mem_size) { fprintf(stderr, "segment too big\n"); exit(1); }
         memcpy(mem + ph->p_paddr, img + ph->p_offset, ph->p_filesz);
     }
+}
+
+/* The hypercall page pyxen would write (a file of 4096 bytes from the harness). */
+static void read_page(const char *path, uint8_t page[4096])
+{
+    FILE *pf = fopen(path, "rb");
+    if (!pf || fread(page, 1, 4096, pf) != 4096) die(path);
+    fclose(pf);
 }
 
 #endif

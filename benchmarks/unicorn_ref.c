@@ -93,9 +93,7 @@ int main(int argc, char **argv)
         return 2;
     }
     uint8_t stubs[4096];
-    FILE *pf = fopen(argv[5], "rb");
-    if (!pf || fread(stubs, 1, sizeof stubs, pf) != sizeof stubs) die(argv[5]);
-    fclose(pf);
+    read_page(argv[5], stubs);
     uint64_t entry = strtoull(argv[2], NULL, 0), iter_gpa = strtoull(argv[3], NULL, 0);
     uint64_t iterations = strtoull(argv[4], NULL, 0), page_gpa = strtoull(argv[6], NULL, 0);
     struct vmm vmm = { .stop_each = argc == 8 && !strcmp(argv[7], "stop") };
