@@ -98,6 +98,15 @@ def test_readonly_frames_outlive_the_layout_until_settled() -> None:
     assert refused == set() and ram.readonly_frames is refused
 
 
+def small_domain(machine: object) -> Iterator[Domain]:
+    """An 8 MiB domain on `machine`, closed afterwards."""
+    d = Domain(DomainConfig(name="layout", memory_mib=8), machine, hypercall_table(),
+               lambda data: None)
+    yield d
+    d.machine.close()
+    d.memory.close()
+
+
 @pytest.fixture
 def soft_domain() -> Iterator[Domain]:
     from pyxen.soft.machine import SoftMachine, soft_usable
@@ -105,11 +114,7 @@ def soft_domain() -> Iterator[Domain]:
     ok, why = soft_usable()
     if not ok:
         pytest.skip(f"the soft backend is not usable here: {why}")
-    d = Domain(DomainConfig(name="layout", memory_mib=8), SoftMachine([]), hypercall_table(),
-               lambda data: None)
-    yield d
-    d.machine.close()
-    d.memory.close()
+    yield from small_domain(SoftMachine([]))
 
 
 def covered(views: frozenset[tuple[int, int, int, bool]], gfn: int) -> bool:
@@ -267,11 +272,7 @@ def kvm_domain() -> Iterator[Domain]:
     ok, why = kvm_usable()
     if not ok:
         pytest.skip(f"KVM is not usable here: {why}")
-    d = Domain(DomainConfig(name="layout", memory_mib=8), KvmMachine([]), hypercall_table(),
-               lambda data: None)
-    yield d
-    d.machine.close()
-    d.memory.close()
+    yield from small_domain(KvmMachine([]))
 
 
 def test_kvm_slots_are_rebuilt_with_no_vcpu_inside(kvm_domain: Domain) -> None:
