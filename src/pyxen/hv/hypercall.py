@@ -74,8 +74,10 @@ class HypercallTable:
                  inline: frozenset[int] | bool = False) -> None:
         """`inline`: the sub-ops (first argument; True: all) that may run inside a vCPU
         backend's execution engine, without leaving it: they complete at once, never block
-        or sleep, never change the memory layout or the caller's registers beyond rax, and
-        never use a continuation. Everything else is dispatched after a normal exit."""
+        or sleep, never change the memory layout or take the lock that guards it
+        (Domain.memory_lock: a layout change holds it while it waits for every vCPU to leave
+        guest code), never change the caller's registers beyond rax, and never use a
+        continuation. Everything else is dispatched after a normal exit."""
         self.handlers[nr] = handler
         if describe:
             self.describers[nr] = describe
