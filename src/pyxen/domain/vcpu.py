@@ -241,19 +241,21 @@ class Vcpu:
         nr, args = self._hypercall_args()
         if self.domain.trace or not self.domain.hypercalls.may_run_inline(nr, args):
             return None
-        self.hypercall()
+        self._complete_hypercall(nr, args, self.domain.hypercalls.call(self, nr, args))
         return not (self.domain.stopping or self.upcall_ready())
 
     def hypercall(self) -> None:
         """The hot path: decode Xen's calling convention, dispatch, return the result."""
-        backend = self.backend
-        regs = backend.regs
         nr, args = self._hypercall_args()
-        mask = M32 if self.compat else M64
         # Xen: hypercalls only from guest kernel mode (the stubs check too, see hypercall.py)
-        result = -errno.EPERM if backend.cpl() else self.domain.hypercalls.call(self, nr, args)
-        regs.rax = result & mask
-        backend.regs_changed()
+        result = -errno.EPERM if self.backend.cpl() \
+            else self.domain.hypercalls.call(self, nr, args)
+        self._complete_hypercall(nr, args, result)
+
+    def _complete_hypercall(self, nr: int, args: tuple[int, ...], result: int) -> None:
+        """The result in rax, in the caller's width; --trace's line."""
+        self.backend.regs.rax = result & (M32 if self.compat else M64)
+        self.backend.regs_changed()
         if self.domain.trace:
             log.info("d%dv%d %s = %s", self.domain.domid, self.index,
                      self.domain.hypercalls.describe(nr, args), format_result(result))

@@ -116,6 +116,8 @@ if TYPE_CHECKING:
 M32 = 0xFFFF_FFFF
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 RFLAGS_IF = 1 << 9
+RFLAGS_VM = 1 << 17
+IO_CHECK_REGS = (X.UC_X86_REG_CR0, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CS)
 REG_IDS = [X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX,
            X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_RSP, X.UC_X86_REG_RBP,
            X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10, X.UC_X86_REG_R11,
@@ -173,6 +175,10 @@ class SoftVcpu:
         self._idle_stops = 0
         self._last_idle_rip = -1
         self._rip_buf = C.c_uint64()
+        self._io_reg_vals = [C.c_uint64() for _ in IO_CHECK_REGS]
+        self._io_reg_ids = (C.c_int * len(IO_CHECK_REGS))(*IO_CHECK_REGS)
+        self._io_reg_ptrs = (C.c_void_p * len(IO_CHECK_REGS))(
+            *(C.addressof(v) for v in self._io_reg_vals))
         self._code_cache: dict[tuple[int, int], tuple[int, bytes]] = {}
         self._mapped: set[tuple[int, int, int, bool]] = set()  # (gpa, size, host, read-only)
         self._ram_generation = -1
@@ -295,17 +301,20 @@ class SoftVcpu:
         return no_device_read(size)
 
     def _io_allowed_now(self, port: int, size: int) -> bool:
-        cr0 = self.uc.reg_read(X.UC_X86_REG_CR0)
-        if not cr0 & 1:
-            return True
-        rflags = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
-        cpl = self.uc.reg_read(X.UC_X86_REG_CS) & 3
-        if cpl <= (rflags >> 12 & 3) and not rflags & (1 << 17):
-            return True
+        """_io_allowed for an IN, from inside its hook (one batched register read)."""
+        uclib.uc_reg_read_batch(self.uc._uch, self._io_reg_ids, self._io_reg_ptrs, 3)
+        cr0, rflags, cs = (v.value for v in self._io_reg_vals)
         try:
-            return self._io_permitted(port, size)
+            return self._io_allowed(port, size, cr0, rflags, cs & 3)
         finally:
-            self._fresh = False  # the state saved in here is not the state at the stop
+            self._fresh = False  # a state saved in here is not the state at the stop
+
+    def _io_allowed(self, port: int, size: int, cr0: int, rflags: int, cpl: int) -> bool:
+        """Port I/O is allowed in real mode, at CPL <= IOPL outside virtual-8086 mode, and
+        otherwise where the TSS I/O-permission bitmap allows it (the engine checks none)."""
+        if not cr0 & 1 or (cpl <= (rflags >> 12 & 3) and not rflags & RFLAGS_VM):
+            return True
+        return self._io_permitted(port, size)
 
     def _on_syscall(self, uc: Uc, _: object) -> None:
         self._fast_call = "syscall"  # skipped by the engine: run() performs it
@@ -657,9 +666,7 @@ class SoftVcpu:
         io = decode_port_io(self._code_at(rip), bool(hflags & HF_CS64), bool(hflags & HF_CS32))
         if io is None or io.string:
             return self._error(f"string port I/O on port {port:#x}")
-        iopl = self.regs.rflags >> 12 & 3
-        if ctx.cr(0) & 1 and (hflags & HF_CPL > iopl or self.regs.rflags & (1 << 17)) \
-                and not self._io_permitted(port, size):
+        if not self._io_allowed(port, size, ctx.cr(0), self.regs.rflags, hflags & HF_CPL):
             return self._deliver(Event(GP, 0))
         self.exit_port, self.exit_size = port, size
         self.regs.rip = rip + io.length
