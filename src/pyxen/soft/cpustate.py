@@ -108,24 +108,27 @@ def _cr4_write_intercepted(uc: Uc, ctx: Context) -> int | None:
     ctx.save()
     ctx.intercept_cr4_writes()
     ctx.restore()
-    uc.mem_write(0x1000, b"\x0f\x22\xe0")  # mov %rax,%cr4
-    seen: list[int] = []
-    handle = uc.hook_add(UC_HOOK_INTR, lambda u, n, _d: (seen.append(n), u.emu_stop()))
-    uc.emu_start(0x1000, 0x1003)
-    uc.hook_del(handle)
+    seen = _interrupts_of(uc, b"\x0f\x22\xe0")  # mov %rax,%cr4
     return seen[0] if seen else None
 
 
 def _divide_error_in_flight(uc: Uc, ctx: Context) -> int:
     """Raise #DE (contributory, so QEMU records it as in flight) and read the record back."""
-    uc.mem_map(0x1000, 0x1000)
-    uc.mem_write(0x1000, b"\x31\xc9\xf7\xf1")  # xor %ecx,%ecx; div %ecx
-    uc.reg_write(X.UC_X86_REG_RIP, 0x1000)
-    handle = uc.hook_add(UC_HOOK_INTR, lambda u, _n, _d: u.emu_stop())
-    uc.emu_start(0x1000, 0x1004)
-    uc.hook_del(handle)
+    _interrupts_of(uc, b"\x31\xc9\xf7\xf1")  # xor %ecx,%ecx; div %ecx
     ctx.save()
     return ctx.old_exception
+
+
+def _interrupts_of(uc: Uc, code: bytes) -> list[int]:
+    """Run `code` at 0x1000 (mapped on first use) up to its first interrupt; the vectors."""
+    if not any(begin <= 0x1000 <= end for begin, end, _ in uc.mem_regions()):
+        uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, code)
+    seen: list[int] = []
+    handle = uc.hook_add(UC_HOOK_INTR, lambda u, n, _d: (seen.append(n), u.emu_stop()))
+    uc.emu_start(0x1000, 0x1000 + len(code))
+    uc.hook_del(handle)
+    return seen
 
 
 def uc_version() -> str:
