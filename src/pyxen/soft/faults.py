@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pyxen.domain.backend import Regs
 
+from .insn import GPR_NAMES
 from .interrupts import DB, GP, NM, SS, UD, Event
 
 CR0_EM, CR0_TS = 1 << 2, 1 << 3
@@ -38,8 +39,6 @@ NO_MODRM_0F = frozenset([0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0E, 0
 # 0F-map opcodes that are SSE (XMM registers) without a mandatory prefix.
 SSE_NO_PREFIX = frozenset([*range(0x10, 0x18), *range(0x28, 0x30), *range(0x50, 0x60),
                            0xC2, 0xC6])
-REG_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -282,7 +281,7 @@ def _memory_operand(insn: Insn, regs: Regs | None) -> list[tuple[bool, int | Non
         return [(ss, None, 1)]
     address = insn.disp
     if base is not None:
-        address += getattr(regs, REG_NAMES[base])
+        address += getattr(regs, GPR_NAMES[base])
     if index is not None:
-        address += getattr(regs, REG_NAMES[index]) * scale
+        address += getattr(regs, GPR_NAMES[index]) * scale
     return [(ss, address & M64, 1)]

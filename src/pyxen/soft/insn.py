@@ -19,14 +19,21 @@ class PortIo:
     string: bool
 
 
+def _prefixes(code: bytes, long_mode: bool) -> tuple[int, int, bool]:
+    """Where the opcode starts, the REX byte right before it (0 if none), and whether an
+    operand-size prefix (66) was seen."""
+    i, rex, opsize = 0, 0, False
+    while i < len(code) and (code[i] in PREFIXES or (long_mode and 0x40 <= code[i] <= 0x4F)):
+        rex = code[i] if 0x40 <= code[i] <= 0x4F else 0
+        opsize = opsize or code[i] == 0x66
+        i += 1
+    return i, rex, opsize
+
+
 def decode_port_io(code: bytes, long_mode: bool, default32: bool) -> PortIo | None:
     """The port-I/O instruction at the start of `code`, or None if it is not one."""
-    opsize16 = not default32
-    i = 0
-    while i < len(code) and (code[i] in PREFIXES or (long_mode and 0x40 <= code[i] <= 0x4F)):
-        if code[i] == 0x66:
-            opsize16 = default32
-        i += 1
+    i, _, opsize = _prefixes(code, long_mode)
+    opsize16 = default32 if opsize else not default32
     if i >= len(code):
         return None
     op = code[i]
@@ -54,10 +61,7 @@ class MovToCr:
 
 def decode_mov_to_cr(code: bytes, long_mode: bool) -> MovToCr | None:
     """`mov %reg,%crN` (0F 22 /r) at the start of `code`, or None."""
-    i, rex = 0, 0
-    while i < len(code) and (code[i] in PREFIXES or (long_mode and 0x40 <= code[i] <= 0x4F)):
-        rex = code[i] if 0x40 <= code[i] <= 0x4F else 0
-        i += 1
+    i, rex, _ = _prefixes(code, long_mode)
     if code[i : i + 2] != b"\x0f\x22" or i + 2 >= len(code):
         return None
     modrm = code[i + 2]
