@@ -12,7 +12,6 @@ import enum
 import hashlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from pyxen.hv.grant_table import GrantTable
 from pyxen.hv.shared_info import SharedInfo
 from pyxen.hv.time import DomainClock
 from pyxen.hv.timer import TimerQueue, tight_timer_slack
+from pyxen.threads import start_worker
 
 from .memory import GuestMemory
 from .vcpu import Vcpu
@@ -39,7 +39,6 @@ MiB = 1 << 20
 CONSOLE_LINGER = 0.05  # seconds an unfinished console line waits for its end
 DEFAULT_MAX_GRANT_FRAMES = 32  # xl's default max_grant_frames
 NR_DOMAIN_WATCHDOG_TIMERS = 2
-WAIT_SLICE_S = 0.25  # how long the main thread waits for the domain between signal checks
 
 
 class Outcome(enum.Enum):
@@ -207,7 +206,7 @@ class Domain:
                 if self._console_flush is None:
                     self._console_flush = threading.Timer(CONSOLE_LINGER, self.flush_console)
                     self._console_flush.daemon = True
-                    self._console_flush.start()
+                    start_worker(self._console_flush)
 
     def flush_console(self) -> None:
         """Show every source's unfinished line now."""
@@ -238,7 +237,7 @@ class Domain:
 
         vcpu.thread = threading.Thread(target=body, name=f"{self.config.name}-vcpu{vcpu.index}",
                                        daemon=True)
-        vcpu.thread.start()
+        start_worker(vcpu.thread)
 
     # --- lifecycle --------------------------------------------------------------------------------
     def shutdown(self, reason: int, detail: str = "") -> None:
@@ -272,14 +271,10 @@ class Domain:
 
     def wait(self, timeout: float | None = None) -> Result:
         """Block until the domain stops, or `timeout` seconds pass (→ Outcome.TIMEOUT).
-        Waits in slices: a signal the kernel delivered to another thread only reaches the
-        main thread's Python handler when the main thread runs again."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._done.wait(WAIT_SLICE_S if deadline is None
-                                  else max(0.0, min(WAIT_SLICE_S, deadline - time.monotonic()))):
-            if deadline is not None and time.monotonic() >= deadline:
-                self.timeout(timeout or 0)
-                break
+        One sleep, no polling: the domain's threads block the stop signals
+        (`pyxen.threads`), so a signal interrupts this wait in the main thread."""
+        if not self._done.wait(timeout):
+            self.timeout(timeout or 0)
         assert self._result is not None
         return self._result
 

@@ -12,6 +12,8 @@ import heapq
 import threading
 from collections.abc import Callable
 
+from pyxen.threads import start_worker
+
 from .time import DomainClock
 
 PR_SET_TIMERSLACK = 29
@@ -43,7 +45,7 @@ class TimerQueue:
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=f"{name}-timers", daemon=True)
-        self._thread.start()
+        start_worker(self._thread)
 
     def set(self, timer: Timer, deadline: int) -> None:
         """Arm (or re-arm) `timer` for system time `deadline`; a past deadline fires at once."""

@@ -17,6 +17,7 @@ from pyxen.domain.backend import MachineBackend
 from pyxen.domain.builder import Module, build_domain
 from pyxen.domain.domain import Domain, DomainConfig, Outcome, Result
 from pyxen.hv import hypercall_table
+from pyxen.threads import STOP_SIGNALS
 
 from . import accel
 from .console_service import attach_console
@@ -35,9 +36,8 @@ EXIT_CODES = {
 }
 
 
-# Signals that end a foreground run as Ctrl-C does; the exit status is 128 + signum, as a
-# shell reports for a command they killed (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# A stop signal (STOP_SIGNALS) ends a foreground run as Ctrl-C does; the exit status is
+# 128 + signum, as a shell reports for a command one killed (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
 
 
 class SignalStop(BaseException):

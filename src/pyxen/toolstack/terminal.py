@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from pyxen.backends.console import ConsoleBackend
+from pyxen.threads import start_worker
 
 ESCAPE = b"\x1d"  # Ctrl-]
 ESCAPE_NAME = "Ctrl-]"
@@ -95,7 +96,7 @@ class ConsoleInput:
     def start(self, backend: ConsoleBackend) -> None:
         self._thread = threading.Thread(target=self._run, args=(backend,),
                                         name="console-input", daemon=True)
-        self._thread.start()
+        start_worker(self._thread)
 
     def _run(self, backend: ConsoleBackend) -> None:
         while not self._stop.is_set():

@@ -45,6 +45,7 @@ from pyxen.abi.xs_wire import (
     XS_WATCH_EVENT,
     XS_WRITE,
 )
+from pyxen.threads import start_worker
 from pyxen.xenstore.codec import Framer, Message, encode
 from pyxen.xenstore.errors import XenStoreError
 
@@ -421,7 +422,7 @@ class Watcher:
         self._stopped = threading.Event()
         client.watch(path, token)
         self.thread = threading.Thread(target=self._run, name=f"xs-watch {path}", daemon=True)
-        self.thread.start()
+        start_worker(self.thread)
 
     def _run(self) -> None:
         while not self._stopped.is_set():

@@ -9,15 +9,15 @@ import os
 import signal
 import sys
 
+from pyxen.threads import STOP_SIGNALS
 from pyxen.xenstore.quota import QUOTA_MAX, Quotas, parse_quota_value
 from pyxen.xenstore.unix import UnixServer, check_socket_path, socket_path_arg
 from pyxen.xenstore.xenstored import XenStored
 
 DEFAULT_SOCKET = "/var/run/xenstored/socket"  # where Debian's xenstore-utils look
-# Signals that stop the daemon cleanly (socket removed), with exit status 128 + signum as a
-# shell reports for a command killed by them. (The C xenstored reopens its log on SIGHUP;
-# this one logs to stderr and has no log file, so a hangup stops it.)
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The stop signals (STOP_SIGNALS) stop the daemon cleanly (socket removed), with exit status
+# 128 + signum as a shell reports for a command killed by them. (The C xenstored reopens its
+# log on SIGHUP; this one logs to stderr and has no log file, so a hangup stops it.)
 
 
 def quota_number(text: str) -> int:

@@ -15,6 +15,7 @@ import socket
 import stat
 import threading
 
+from pyxen.threads import start_worker
 from pyxen.xenstore.connection import Connection
 from pyxen.xenstore.xenstored import XenStored
 
@@ -180,7 +181,7 @@ class ThreadedServer:
             self._stopped.set_result(None)
 
     def start(self) -> ThreadedServer:
-        self._thread.start()
+        start_worker(self._thread)
         try:
             self._ready.wait()
         except BaseException:
