@@ -14,41 +14,49 @@ from collections.abc import Callable
 
 from pyxen.abi.hvm import HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN
 from pyxen.backends.console import ConsoleBackend
-from pyxen.domain.builder import SPECIAL_PAGES_START
 from pyxen.domain.domain import Domain
-from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
 from pyxen.xenstore.client import Client
 from pyxen.xenstore.xenstored import XenStored
 
+from .service_ring import (
+    SERVICE_DOMID,
+    SPECIAL_GFN_BASE,
+    ServiceRing,
+    place_service_ring,
+    ring_page,
+)
+
 SPECIALPAGE_CONSOLE = 7  # libxc's index of the console ring among the special pages
-CONSOLE_GFN = (SPECIAL_PAGES_START >> PAGE_SHIFT) + SPECIALPAGE_CONSOLE
+CONSOLE_GFN = SPECIAL_GFN_BASE + SPECIALPAGE_CONSOLE
 XENCONSOLED_PORT = 2  # the console back end's own end of the channel, as dom0 sees it
-BACKEND_DOMID = 0
+BACKEND_DOMID = SERVICE_DOMID
 LIBXL_XENCONSOLE_LIMIT = 1048576
 LIBXL_XENCONSOLE_PROTOCOL = "vt100"
 XenbusStateInitialising = 1
 
 
+def place_console_ring(domain: Domain, consumer: Callable[[], None]) -> ServiceRing:
+    """The guest half: the ring page and its port, advertised by HVM params."""
+    return place_service_ring(domain, "console", CONSOLE_GFN, XENCONSOLED_PORT,
+                              HVM_PARAM_CONSOLE_PFN, HVM_PARAM_CONSOLE_EVTCHN, consumer)
+
+
+def console_ring_of(domain: Domain) -> ServiceRing:
+    """The console ring `place_console_ring` gave `domain`, from its HVM params."""
+    return ServiceRing("console", domain.hvm_params[HVM_PARAM_CONSOLE_PFN],
+                       domain.hvm_params[HVM_PARAM_CONSOLE_EVTCHN])
+
+
 def attach_console(domain: Domain, output: Callable[[bytes], None] | None = None) -> ConsoleBackend:
     """Give `domain` a console ring served by pyxen; call before the domain starts. The
     guest's output goes to `output`, by default the domain's console (source "ring")."""
-    mem = domain.memory
-    with domain.memory_lock:
-        mem.populate(CONSOLE_GFN)
-        mem.commit()
-    domain.special_frames[CONSOLE_GFN] = "console"
-    offset = CONSOLE_GFN << PAGE_SHIFT
-    page = memoryview(mem.map)[offset : offset + PAGE_SIZE]
     holder: list[ConsoleBackend] = []
-    port = domain.evtchn.bind_service(BACKEND_DOMID, XENCONSOLED_PORT,
-                                      consumer=lambda: holder[0].kick())
+    ring = place_console_ring(domain, consumer=lambda: holder[0].kick())
     sink = output or (lambda data: domain.console_write(data, source="ring"))
-    backend = ConsoleBackend(page, sink, lambda: domain.evtchn.notify_from_service(port),
-                             name=f"dom{domain.domid} ({domain.config.name})")
-    holder.append(backend)
-    domain.hvm_params[HVM_PARAM_CONSOLE_PFN] = CONSOLE_GFN
-    domain.hvm_params[HVM_PARAM_CONSOLE_EVTCHN] = port
-    return backend
+    holder.append(ConsoleBackend(ring_page(domain, ring.gfn), sink,
+                                 lambda: domain.evtchn.notify_from_service(ring.port),
+                                 name=f"dom{domain.domid} ({domain.config.name})"))
+    return holder[0]
 
 
 def frontend_path(domid: int) -> str:
@@ -63,10 +71,10 @@ def libxl_path(domid: int) -> str:
     return f"/libxl/{domid}/device/console/0"
 
 
-def write_console_nodes(xenstored: XenStored, domain: Domain, tty: str = "") -> None:
-    """libxl__device_console_add for console 0 with a xenconsoled back end, from the
-    domain's HVM_PARAM_CONSOLE_PFN/EVTCHN. `tty`: the terminal the console is on, if any."""
-    domid = domain.domid
+def write_console_nodes(xenstored: XenStored, domid: int, ring: ServiceRing,
+                        tty: str = "") -> None:
+    """libxl__device_console_add for console 0 with a xenconsoled back end, for the ring
+    the domain was given. `tty`: the terminal the console is on, if any."""
     front, back = frontend_path(domid), backend_path(domid)
     ro = [f"n{BACKEND_DOMID}", f"r{domid}"]  # libxl's ro_frontend_perms and backend_perms
     rw = [f"n{domid}", f"r{BACKEND_DOMID}"]  # frontend_perms: owned by the domain
@@ -88,8 +96,7 @@ def write_console_nodes(xenstored: XenStored, domain: Domain, tty: str = "") -> 
                 for key, value in (
                         ("limit", str(LIBXL_XENCONSOLE_LIMIT)), ("type", "xenconsoled"),
                         ("output", "pty"), ("tty", tty),
-                        ("port", str(domain.hvm_params[HVM_PARAM_CONSOLE_EVTCHN])),
-                        ("ring-ref", str(domain.hvm_params[HVM_PARAM_CONSOLE_PFN]))):
+                        ("port", str(ring.port)), ("ring-ref", str(ring.gfn))):
                     set_node(xs, f"{front}/{key}", value, ro, tx.id)
                 if xs.exists(back, tx.id):
                     xs.rm(back, tx.id)

@@ -18,7 +18,7 @@ from pyxen.xenstore import XenStored
 from pyxen.xenstore.unix import ThreadedServer, prepare_socket_path, socket_path_arg
 
 from . import accel
-from .console_service import remove_console_nodes, write_console_nodes
+from .console_service import console_ring_of, remove_console_nodes, write_console_nodes
 from .embedded import EXIT_CODES, run_image, stdout_console, stop_signals
 from .terminal import ESCAPE_NAME, stdin_console, terminal_name
 from .xenstore_service import attach_xenstore, release_domain
@@ -225,7 +225,8 @@ class XenStoreForGuest:
             return
         attach_xenstore(domain, self.xenstored)
         self.handle = domain.handle
-        write_console_nodes(self.xenstored, domain, tty=terminal_name())
+        write_console_nodes(self.xenstored, domain.domid, console_ring_of(domain),
+                            tty=terminal_name())
         if self.socket_path is not None:
             server = ThreadedServer(self.socket_path, self.xenstored)
             self.server = server  # before start: __exit__ stops it even if start is cut short

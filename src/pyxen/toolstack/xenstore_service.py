@@ -11,42 +11,56 @@ writable by it) before the domain is introduced.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from pyxen.abi.hvm import HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN
-from pyxen.domain.builder import SPECIAL_PAGES_START
 from pyxen.domain.domain import Domain
-from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
 from pyxen.xenstore.client import Client
 from pyxen.xenstore.ring import GuestRing
 from pyxen.xenstore.xenstored import XenStored
 
+from .service_ring import SPECIAL_GFN_BASE, ServiceRing, place_service_ring, ring_page
+
 SPECIALPAGE_XENSTORE = 4  # Xen's index of the store ring among the special pages
-STORE_GFN = (SPECIAL_PAGES_START >> PAGE_SHIFT) + SPECIALPAGE_XENSTORE
+STORE_GFN = SPECIAL_GFN_BASE + SPECIALPAGE_XENSTORE
 XENSTORED_PORT = 1  # xenstored's own end of the store channel, as dom0 sees it
 WRITABLE_BY_DOMAIN = ("data", "drivers", "feature", "attr", "error", "control/shutdown",
                       "control/feature-poweroff", "control/feature-reboot",
                       "control/feature-suspend", "device")
 
 
-def write_domain_nodes(xs: Client, domain: Domain) -> None:
+def write_domain_nodes(xs: Client, domid: int, name: str, handle: bytes, memory_kib: int,
+                       static_max_kib: int) -> None:
     """The nodes libxl writes for a new domain, with its permissions."""
-    domid = domain.domid
     home = f"/local/domain/{domid}"
-    vm = f"/vm/{uuid.UUID(bytes=domain.handle[:16])}"
+    vm = f"/vm/{uuid.UUID(bytes=handle[:16])}"
     readonly = ["n0", f"r{domid}"]  # owner dom0, the domain may read
     for path in (home, vm):
         xs.write(path, b"")
         xs.set_perms(path, readonly)
-    xs.write(f"{home}/name", domain.config.name.encode())
+    xs.write(f"{home}/name", name.encode())
     xs.write(f"{home}/domid", str(domid).encode())
     xs.write(f"{home}/vm", vm.encode())
-    xs.write(f"{home}/memory/target", str(domain.config.memory_mib * 1024).encode())
-    xs.write(f"{home}/memory/static-max", str(domain.max_pages * 4).encode())
-    xs.write(f"{vm}/name", domain.config.name.encode())
-    xs.write(f"{vm}/uuid", str(uuid.UUID(bytes=domain.handle[:16])).encode())
+    xs.write(f"{home}/memory/target", str(memory_kib).encode())
+    xs.write(f"{home}/memory/static-max", str(static_max_kib).encode())
+    xs.write(f"{vm}/name", name.encode())
+    xs.write(f"{vm}/uuid", str(uuid.UUID(bytes=handle[:16])).encode())
     for sub in WRITABLE_BY_DOMAIN:
         xs.write(f"{home}/{sub}", b"")
         xs.set_perms(f"{home}/{sub}", [f"n{domid}"])  # owned by the domain
+
+
+def introduce_domain(xenstored: XenStored, domid: int, name: str, handle: bytes,
+                     memory_kib: int, static_max_kib: int, ring: ServiceRing) -> None:
+    """libxl's part once the store ring exists: the domain's nodes, then the introduction
+    (dom0 is xenstored's own domain, never introduced)."""
+    toolstack = Client.in_process(xenstored, domid=0)
+    try:
+        write_domain_nodes(toolstack, domid, name, handle, memory_kib, static_max_kib)
+        if domid != 0:
+            toolstack.introduce(domid, ring.gfn, ring.port)
+    finally:
+        toolstack.close()
 
 
 def release_domain(xenstored: XenStored, domid: int, handle: bytes) -> None:
@@ -63,26 +77,19 @@ def release_domain(xenstored: XenStored, domid: int, handle: bytes) -> None:
         toolstack.close()
 
 
+def place_store_ring(domain: Domain, consumer: Callable[[], None]) -> ServiceRing:
+    """The guest half: the ring page and its port, advertised by HVM params."""
+    return place_service_ring(domain, "xenstore", STORE_GFN, XENSTORED_PORT,
+                              HVM_PARAM_STORE_PFN, HVM_PARAM_STORE_EVTCHN, consumer)
+
+
 def attach_xenstore(domain: Domain, xenstored: XenStored) -> GuestRing:
-    """Give `domain` a store ring served by `xenstored`; call before the domain starts."""
-    mem = domain.memory
-    with domain.memory_lock:
-        mem.populate(STORE_GFN)
-        mem.commit()
-    domain.special_frames[STORE_GFN] = "xenstore"
-    page = memoryview(mem.map)[STORE_GFN << PAGE_SHIFT : (STORE_GFN << PAGE_SHIFT) + PAGE_SIZE]
+    """Give `domain` a store ring served by `xenstored` in this process; call before the
+    domain starts."""
     holder: list[GuestRing] = []
-    port = domain.evtchn.bind_service(0, XENSTORED_PORT, consumer=lambda: holder[0].kick())
-    ring = GuestRing(xenstored, domain.domid, page,
-                     notify=lambda: domain.evtchn.notify_from_service(port))
-    holder.append(ring)
-    domain.hvm_params[HVM_PARAM_STORE_PFN] = STORE_GFN
-    domain.hvm_params[HVM_PARAM_STORE_EVTCHN] = port
-    toolstack = Client.in_process(xenstored, domid=0)
-    try:
-        write_domain_nodes(toolstack, domain)
-        if domain.domid != 0:  # dom0 is xenstored's own domain, never introduced
-            toolstack.introduce(domain.domid, STORE_GFN, port)
-    finally:
-        toolstack.close()
-    return ring
+    ring = place_store_ring(domain, consumer=lambda: holder[0].kick())
+    holder.append(GuestRing(xenstored, domain.domid, ring_page(domain, ring.gfn),
+                            notify=lambda: domain.evtchn.notify_from_service(ring.port)))
+    introduce_domain(xenstored, domain.domid, domain.config.name, domain.handle,
+                     domain.config.memory_mib * 1024, domain.max_pages * 4, ring)
+    return holder[0]
