@@ -23,7 +23,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pyxen.toolstack.run_cmd", "run one domain in the foreground (no daemon)"),
     "demo": ("pyxen.toolstack.demo_cmd", "build and run the bundled demo guest"),
     "xenstored": ("pyxen.xenstore.daemon", "run a standalone xenstored on a Unix socket"),
+    "daemon": ("pyxen.host.daemon", "run the host: XenStore, consoles, one process per domain"),
 }
+# modules holding several xl commands that talk to the daemon, each a COMMANDS table
+XL_MODULES = ("pyxen.toolstack.xl_create", "pyxen.toolstack.xl_list",
+              "pyxen.toolstack.xl_console", "pyxen.toolstack.xl_ops")
 
 
 def _escape_undecodable(err: UnicodeError) -> tuple[str, int]:
@@ -67,7 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         sp = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(sp)
-        sp.set_defaults(_module=module)
+        sp.set_defaults(_run=module.run)
+    for module_name in XL_MODULES:
+        for name, command in importlib.import_module(module_name).COMMANDS.items():
+            sp = sub.add_parser(name, help=command.help, description=command.help)
+            command.add_arguments(sp)
+            sp.set_defaults(_run=command.run)
     return parser
 
 
@@ -77,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         with stop_signals.installed():  # first: building the parser imports every subcommand
             parser = build_parser()
             args = parser.parse_args(argv)
-            if not getattr(args, "_module", None):
+            if not getattr(args, "_run", None):
                 parser.print_help()
                 return 2
-            return int(args._module.run(args) or 0)
+            return int(args._run(args) or 0)
     except SignalStop as e:
         print(f"pyxen: {e.message}", file=sys.stderr)
         return e.exit_status

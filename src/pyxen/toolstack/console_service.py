@@ -121,11 +121,20 @@ def set_node(xs: Client, path: str, value: str, perms: list[str], tx: int) -> No
 
 def remove_console_nodes(xenstored: XenStored, domid: int) -> None:
     """What libxl removes with the domain's console device: the back end's directory and
-    libxl's record (the front end goes with /local/domain/<id>)."""
+    libxl's record (the front end goes with /local/domain/<id>), each with the parents it
+    leaves empty (libxl__xs_path_cleanup)."""
     xs = Client.in_process(xenstored, domid=0)
     try:
         for path in (backend_path(domid), libxl_path(domid)):
-            if xs.exists(path):
-                xs.rm(path)
+            remove_path_and_empty_parents(xs, path)
     finally:
         xs.close()
+
+
+def remove_path_and_empty_parents(xs: Client, path: str) -> None:
+    if xs.exists(path):
+        xs.rm(path)
+    parent = path.rsplit("/", 1)[0]
+    while parent and xs.exists(parent) and not xs.ls(parent):
+        xs.rm(parent)
+        parent = parent.rsplit("/", 1)[0]

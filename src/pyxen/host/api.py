@@ -1,0 +1,260 @@
+"""The daemon's API: one JSON request per line on a Unix socket, one JSON reply per line.
+
+    → {"op": "list"}
+    ← {"ok": true, "domains": [...]}
+    ← {"ok": false, "error": "one line", "status": 1}
+
+`console` is the one request that changes the stream: after its reply, the connection
+carries the domain's console output to the client and the client's bytes to the guest, raw,
+until either side closes. `wait` answers when the domain has been destroyed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from pyxen import __version__
+from pyxen.host.wire import Message, WireError, decode, encode
+from pyxen.xenstore.client import Client
+
+if TYPE_CHECKING:
+    from pyxen.host.daemon import Host
+    from pyxen.host.hosted import HostedDomain
+
+log = logging.getLogger("pyxen.daemon")
+MAX_REQUEST = 1 << 20
+XEN_VERSION = (4, 17)  # the interface pyxen implements (XENVER_version)
+Handler = Callable[["Api", Message], Awaitable[Message]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[name] = fn
+        return fn
+
+    return register
+
+
+class Api:
+    """The requests, against one Host."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def _dom(self, msg: Message) -> HostedDomain:
+        return self.host.lookup(msg.get("dom", ""))
+
+    @handler("create")
+    async def create(self, msg: Message) -> Message:
+        dom = await self.host.create(dict(msg.get("spec") or {}), dict(msg.get("actions") or {}),
+                                     paused=bool(msg.get("paused")))
+        return {"domid": dom.domid, "name": dom.name}
+
+    @handler("list")
+    async def list_(self, msg: Message) -> Message:
+        doms = [self.host.domain0_info()]
+        doms += [self.host.domain_info(d) for _, d in sorted(self.host.domains.items())]
+        return {"domains": doms}
+
+    @handler("destroy")
+    async def destroy(self, msg: Message) -> Message:
+        dom = self._dom(msg)
+        dom.destroy()
+        await dom.gone
+        return {}
+
+    @handler("pause")
+    async def pause(self, msg: Message) -> Message:
+        self._dom(msg).pause()
+        return {}
+
+    @handler("unpause")
+    async def unpause(self, msg: Message) -> Message:
+        self._dom(msg).unpause()
+        return {}
+
+    @handler("shutdown")
+    async def shutdown(self, msg: Message) -> Message:
+        """libxl_domain_shutdown/reboot for a PV-aware guest: ask through control/shutdown;
+        the guest decides (xl's -w waits for it with `wait`)."""
+        from pyxen.host.daemon import HostError
+
+        dom = self._dom(msg)
+        if dom.state in ("s", "c", "d"):
+            raise HostError(f"domain {dom.domid} is already shut down")
+        request = "reboot" if msg.get("reboot") else "poweroff"
+        xs = Client.in_process(self.host.xenstored, domid=0)
+        try:
+            xs.write(f"/local/domain/{dom.domid}/control/shutdown", request)
+        finally:
+            xs.close()
+        return {"domid": dom.domid}
+
+    @handler("wait")
+    async def wait(self, msg: Message) -> Message:
+        """Answer once the domain has shut down (as `xl shutdown -w` waits) or, with
+        "gone", once it has been destroyed (as `xl create -F` waits)."""
+        dom = self._dom(msg)
+        await asyncio.shield(dom.gone if msg.get("gone") else dom.ended)
+        return {"domid": dom.domid, "state": dom.state}
+
+    @handler("rename")
+    async def rename(self, msg: Message) -> Message:
+        from pyxen.host.daemon import HostError
+
+        dom, new = self._dom(msg), str(msg.get("name", ""))
+        if not new or new.isdigit():
+            raise HostError(f"'{new}' is not a domain name")
+        if any(d.name == new for d in self.host.domains.values() if d is not dom):
+            raise HostError(f"domain with name {new} already exists")
+        dom.name = new
+        xs = Client.in_process(self.host.xenstored, domid=0)
+        try:
+            xs.write(f"/local/domain/{dom.domid}/name", new)
+        finally:
+            xs.close()
+        return {}
+
+    @handler("domid")
+    async def domid(self, msg: Message) -> Message:
+        if msg.get("dom") == "Domain-0":
+            return {"domid": 0}
+        return {"domid": self._dom(msg).domid}
+
+    @handler("domname")
+    async def domname(self, msg: Message) -> Message:
+        if str(msg.get("dom")) == "0":
+            return {"name": "Domain-0"}
+        return {"name": self._dom(msg).name}
+
+    @handler("dmesg")
+    async def dmesg(self, msg: Message) -> Message:
+        text = bytes(self.host.dmesg).decode("utf-8", "replace")
+        if msg.get("clear"):
+            self.host.dmesg.clear()
+        return {"text": text}
+
+    @handler("info")
+    async def info(self, msg: Message) -> Message:
+        from pyxen.host.daemon import host_memory_mib
+
+        used = sum(d.spec["memory"] for d in self.host.domains.values())
+        return {"host": platform.node(), "release": platform.release(),
+                "machine": platform.machine(), "nr_cpus": os.cpu_count() or 1,
+                "total_memory": host_memory_mib(),
+                "free_memory": max(0, host_memory_mib() - used),
+                "xen_major": XEN_VERSION[0], "xen_minor": XEN_VERSION[1],
+                "xen_extra": f"-pyxen{__version__}", "xen_caps": "hvm-3.0-x86_64",
+                "uptime": time.time() - self.host.started, "domains": len(self.host.domains)}
+
+
+class ApiServer:
+    """Serves Api on a Unix socket from the daemon's loop."""
+
+    def __init__(self, host: Host, path: str) -> None:
+        self.api = Api(host)
+        self.path = path
+        self._server: asyncio.base_events.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._client, self.path,
+                                                       limit=MAX_REQUEST)
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._clients):
+            task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._clients.discard(task)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from pyxen.host.daemon import HostError
+
+        while line := await reader.readline():
+            try:
+                msg = decode(line)
+                op = str(msg.get("op"))
+                fn = HANDLERS.get(op)
+                if fn is None:
+                    raise HostError(f"unknown request {op!r}")
+                if op == "console":
+                    await self._console(msg, reader, writer)
+                    return
+                reply: Message = {"ok": True, **await fn(self.api, msg)}
+            except HostError as e:
+                reply = {"ok": False, "error": str(e), "status": e.status}
+            except WireError as e:
+                reply = {"ok": False, "error": str(e), "status": 1}
+            writer.write(encode(reply) + b"\n")
+            await writer.drain()
+
+    async def _console(self, msg: Message, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        """The console session: output to the client, the client's bytes to the guest."""
+        dom = self.api._dom(msg)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        def output(data: bytes) -> None:  # any thread (the console's rate-limit timer)
+            loop.call_soon_threadsafe(queue.put_nowait, data)
+
+        writer.write(encode({"ok": True, "domid": dom.domid, "name": dom.name}) + b"\n")
+        with dom.tap.lock:
+            backlog = bytes(dom.tap.backlog) if msg.get("backlog") else b""
+            dom.tap.clients.add(output)
+        dom.gone.add_done_callback(lambda _: queue.put_nowait(None))
+        if backlog:
+            writer.write(backlog)
+
+        async def pump_out() -> None:
+            while (data := await queue.get()) is not None:
+                writer.write(data)
+                await writer.drain()
+
+        async def pump_in() -> None:
+            while data := await reader.read(4096):
+                console = dom.console
+                if console is None:
+                    return
+                await loop.run_in_executor(None, console.feed, data)
+
+        out_task = loop.create_task(pump_out())
+        in_task = loop.create_task(pump_in())
+        try:
+            await asyncio.wait({out_task, in_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            with dom.tap.lock:
+                dom.tap.clients.discard(output)
+            for task in (out_task, in_task):
+                task.cancel()
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+
+
+@handler("console")
+async def _console_placeholder(api: Api, msg: Message) -> Message:
+    """Registered so that `console` is a known request; ApiServer serves it as a stream."""
+    return {}

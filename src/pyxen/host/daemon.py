@@ -1,0 +1,315 @@
+"""`pyxen daemon`: the host. What Xen's dom0 toolstack daemons do together, for pyxen.
+
+One per machine (or per --socket): the domain registry and its IDs, the one XenStore of
+every domain (Debian's xenstore-* tools work against its socket), the console back end of
+every domain with its log, the hypervisor's console buffer (`dmesg`), the on_poweroff /
+on_reboot / on_crash / on_watchdog actions, and the API the CLI and `pyxen.host.client`
+speak (JSON lines on a Unix socket, `pyxen.host.api`). Each domain runs in its own process
+(`pyxen.host.domain_process`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from pyxen.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
+from pyxen.host import paths
+from pyxen.host.api import ApiServer
+from pyxen.host.hosted import HostedDomain
+from pyxen.threads import STOP_SIGNALS
+from pyxen.xenstore.client import Client
+from pyxen.xenstore.unix import UnixServer, check_socket_path
+from pyxen.xenstore.xenstored import XenStored
+
+log = logging.getLogger("pyxen.daemon")
+DOMID_FIRST_RESERVED = 0x7FF0  # Xen's first special domid: ids run 1 .. this - 1
+DMESG_LIMIT = 256 * 1024  # bytes of hypervisor console kept, as Xen's conring (16 KiB+)
+ACTIONS = ("destroy", "restart", "preserve", "rename-restart", "coredump-destroy",
+           "coredump-restart")
+RESTART_WINDOW = 60.0  # seconds: restarts of one name closer than this count as a loop
+RESTART_FREE = 2  # restarts in the window before each one waits
+RESTART_DELAY_MAX = 60.0
+
+
+SHUTDOWN_REASONS = {name: code for code, name in SHUTDOWN_NAMES.items()}
+
+
+class HostError(Exception):
+    """A request the host refuses; str() is the one-line reason, `status` xl's exit code."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Host:
+    """The registry and the lifecycle of the host's domains."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.xenstored = XenStored()
+        self.domains: dict[int, HostedDomain] = {}
+        self.dmesg = bytearray()
+        self.started = time.time()
+        self._rover = 0  # Xen's domid allocator: the last id handed out
+        self._restarts: dict[str, deque[float]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._write_dom0_nodes()
+
+    def _write_dom0_nodes(self) -> None:
+        xs = Client.in_process(self.xenstored, domid=0)
+        try:
+            xs.write("/local/domain/0/name", "Domain-0")
+            xs.write("/local/domain/0/domid", "0")
+        finally:
+            xs.close()
+
+    # --- ids and names ---------------------------------------------------------------------
+    def allocate_domid(self) -> int:
+        """As Xen's domain_create: the next free id after the last one given, wrapping."""
+        for _ in range(DOMID_FIRST_RESERVED):
+            self._rover = self._rover + 1 if self._rover + 1 < DOMID_FIRST_RESERVED else 1
+            if self._rover not in self.domains:
+                return self._rover
+        raise HostError("no free domain id")
+
+    def lookup(self, ref: str | int) -> HostedDomain:
+        """A domain by id (all digits) or by name, as xl's find_domain."""
+        text = str(ref)
+        if text.isdigit():
+            dom = self.domains.get(int(text))
+            if dom is None:
+                raise HostError(f"domain {text} does not exist" if int(text) else
+                                "Domain-0 is the host itself")
+            return dom
+        for dom in self.domains.values():
+            if dom.name == text:
+                return dom
+        raise HostError(f"'{text}' is an invalid domain identifier")
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def create(self, spec: dict[str, Any], actions: dict[str, str], paused: bool) -> HostedDomain:
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            raise HostError("the config names no domain (name=)")
+        if name == "Domain-0" or any(d.name == name for d in self.domains.values()):
+            raise HostError(f"domain with name {name} already exists")
+        for key, action in actions.items():
+            if action not in ACTIONS:
+                raise HostError(f"{key}: unknown action {action!r} (one of {', '.join(ACTIONS)})")
+        spec = dict(spec, domid=self.allocate_domid())
+        dom = HostedDomain(spec, actions, self.state_dir, self.xenstored, self._stopped,
+                           self._dmesg)
+        self.domains[dom.domid] = dom
+        try:
+            await dom.launch()
+        except BaseException as e:
+            dom.destroy()
+            await dom.gone
+            self.domains.pop(dom.domid, None)
+            if isinstance(e, RuntimeError):
+                raise HostError(str(e)) from None
+            raise
+        self._watch_gone(dom)
+        if not paused:
+            dom.unpause()
+        log.info("dom%d (%s) created", dom.domid, dom.name)
+        return dom
+
+    def _watch_gone(self, dom: HostedDomain) -> None:
+        def forget(_: object) -> None:
+            if self.domains.get(dom.domid) is dom:
+                del self.domains[dom.domid]
+
+        dom.gone.add_done_callback(forget)
+
+    def destroy(self, dom: HostedDomain) -> None:
+        dom.destroy()
+
+    def _dmesg(self, domid: int, data: bytes) -> None:
+        """A guest's CONSOLEIO_write: Xen's console shows it line by line as (dN) ..."""
+        self._console_lines(f"(d{domid}) ".encode(), data)
+
+    def _say(self, text: str) -> None:
+        """The host's own console line, as Xen prints its own: (XEN) ..."""
+        self._console_lines(b"(XEN) ", text.encode() + b"\n")
+
+    def _console_lines(self, prefix: bytes, data: bytes) -> None:
+        for line in data.splitlines(keepends=True):
+            self.dmesg += prefix + line
+        del self.dmesg[:-DMESG_LIMIT]
+
+    def _stopped(self, dom: HostedDomain, outcome: str, detail: str) -> None:
+        """The domain shut down or crashed: its on_* action, as xl's domain_death handler."""
+        key = {"poweroff": "on_poweroff", "reboot": "on_reboot", "watchdog": "on_watchdog",
+               "soft_reset": "on_reboot"}.get(outcome, "on_crash")
+        action = "preserve" if outcome == "suspend" else dom.actions.get(key, "destroy")
+        dom.mark_stopped(SHUTDOWN_REASONS.get(outcome, SHUTDOWN_crash))
+        self._say(f"domain {dom.domid} ({dom.name}) {outcome}"
+                  f"{': ' + detail if detail else ''}; {key.removeprefix('on_')} action {action}")
+        log.info("dom%d (%s) %s%s: %s", dom.domid, dom.name, outcome,
+                 f" ({detail})" if detail else "", action)
+        task = asyncio.get_running_loop().create_task(self._act(dom, action))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _act(self, dom: HostedDomain, action: str) -> None:
+        if action == "preserve":
+            return
+        if action.startswith("coredump-"):
+            await self._coredump(dom)
+        if action == "rename-restart":
+            dom.name = f"{dom.name}-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}-{dom.domid}"
+        else:
+            dom.destroy()
+            await dom.gone
+        if action.endswith("restart"):
+            await self._restart(dom)
+
+    async def _restart(self, old: HostedDomain) -> None:
+        """A new domain (new id, same name and config); a name that keeps coming back waits
+        longer each time, so a crash loop cannot take the host."""
+        name = old.spec["name"]
+        now = time.monotonic()
+        times = self._restarts.setdefault(name, deque())
+        while times and now - times[0] > RESTART_WINDOW:
+            times.popleft()
+        times.append(now)
+        excess = len(times) - RESTART_FREE
+        if excess > 0:
+            delay = min(2.0 ** (excess - 1), RESTART_DELAY_MAX)
+            self._say(f"domain {name} restarting too often: waiting {delay:g} s")
+            await asyncio.sleep(delay)
+        spec = {k: v for k, v in old.spec.items() if k != "domid"}
+        try:
+            await self.create(spec, old.actions, paused=False)
+        except HostError as e:
+            self._say(f"domain {name} could not restart: {e}")
+
+    async def _coredump(self, dom: HostedDomain) -> None:
+        """xl's coredump-* actions: the guest's memory written to the dump directory."""
+        from pyxen.host.coredump import write_core
+
+        target = self.state_dir / "dump" / f"{dom.name}-{time.strftime('%Y%m%dT%H%M%S')}.core"
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, write_core, dom, target)
+            self._say(f"domain {dom.domid} ({dom.name}) core dumped to {target}")
+        except OSError as e:
+            self._say(f"domain {dom.domid} core dump failed: {e}")
+
+    async def close(self) -> None:
+        """The host stops: its domains go with it (they cannot outlive their store)."""
+        for dom in list(self.domains.values()):
+            dom.destroy()
+        for dom in list(self.domains.values()):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(dom.gone), 10)
+
+    # --- views -------------------------------------------------------------------------------
+    def domain_info(self, dom: HostedDomain) -> dict[str, Any]:
+        return {"domid": dom.domid, "name": dom.name, "uuid": str(uuid.UUID(dom.uuid)),
+                "memory": dom.spec["memory"], "maxmem": dom.spec.get("maxmem") or dom.spec["memory"],
+                "vcpus": dom.spec.get("vcpus", 1), "state": dom.state_letters(),
+                "shutdown_reason": dom.shutdown_reason,
+                "cpu_time": round(dom.cpu_seconds(), 1), "created": dom.created,
+                "pid": dom.process.pid if dom.process else None,
+                "console_log": str(dom.tap.log_path), "spec": dom.spec, "actions": dom.actions}
+
+    def domain0_info(self) -> dict[str, Any]:
+        return {"domid": 0, "name": "Domain-0", "uuid": "00000000-0000-0000-0000-000000000000",
+                "memory": host_memory_mib(), "maxmem": host_memory_mib(),
+                "vcpus": os.cpu_count() or 1, "state": "r-----", "shutdown_reason": None,
+                "cpu_time": round(time.process_time(), 1), "created": self.started,
+                "pid": os.getpid()}
+
+
+def host_memory_mib() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
+
+
+# --- the command ---------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", metavar="PATH", default=None,
+                   help=f"the API socket (default $PYXEN_HOST or {paths.default_socket()})")
+    p.add_argument("--state-dir", metavar="DIR", default=None,
+                   help="console logs, domain logs, dumps, the XenStore socket "
+                        "(default: the API socket's directory)")
+    p.add_argument("--xenstore-socket", metavar="PATH", default=None,
+                   help="where xenstore-* tools find the store (default STATE_DIR/xenstored)")
+    p.add_argument("--detach", action="store_true",
+                   help="go to the background once serving (with --pid-file)")
+    p.add_argument("--pid-file", metavar="FILE", help="write the daemon's pid there")
+    p.add_argument("--verbose", action="store_true", help="log each domain event on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="pyxen daemon: %(message)s", stream=sys.stderr)
+    socket_path = Path(args.socket or paths.host_socket(None))
+    state_dir = Path(args.state_dir) if args.state_dir else socket_path.parent
+    xs_path = Path(args.xenstore_socket) if args.xenstore_socket else state_dir / "xenstored"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in (socket_path, xs_path):
+            check_socket_path(str(path))
+    except (OSError, ValueError) as e:
+        print(f"pyxen daemon: {e}", file=sys.stderr)
+        return 1
+    ready_w = -1
+    if args.detach:
+        ready_r, ready_w = os.pipe()
+        if os.fork():
+            os.close(ready_w)
+            ok = os.read(ready_r, 1)  # the child says when it serves, or that it failed
+            return 0 if ok == b"1" else 1
+        os.close(ready_r)
+        os.setsid()
+    try:
+        return asyncio.run(serve(socket_path, state_dir, xs_path, args.pid_file, ready_w))
+    except OSError as e:
+        print(f"pyxen daemon: {e}", file=sys.stderr)
+        return 1
+
+
+async def serve(socket_path: Path, state_dir: Path, xs_path: Path, pid_file: str | None,
+                ready_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, lambda s=sig: stop.done() or stop.set_result(s))
+    host = Host(state_dir)
+    store_server = UnixServer(host.xenstored, str(xs_path))
+    api = ApiServer(host, str(socket_path))
+    try:
+        await store_server.start()
+        await api.start()
+        if pid_file:
+            Path(pid_file).write_text(f"{os.getpid()}\n")
+        print(f"pyxen daemon: serving on {socket_path} (XenStore: {xs_path})", file=sys.stderr)
+        if ready_fd >= 0:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+        signum = await stop
+        log.info("stopping on %s", signal.Signals(signum).name)
+        return 128 + signum  # as a shell reports a command stopped by that signal
+    finally:
+        await api.stop()
+        await host.close()
+        await store_server.stop()
+        if pid_file:
+            with contextlib.suppress(FileNotFoundError):
+                Path(pid_file).unlink()

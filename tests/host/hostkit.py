@@ -1,0 +1,102 @@
+"""A real `pyxen daemon` for a test, and the commands a user types against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from guestkit import image
+from pyxen.host.client import HostClient, HostUnavailable
+
+WAIT_S = 120.0  # a generous bound for "soon" on a busy machine
+
+
+def wait_for(what: str, condition: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    """Poll `condition` until it returns something true; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class Daemon:
+    """`pyxen daemon` in its own state directory, stopped (SIGTERM) at the end."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.socket = state_dir / "pyxen.sock"
+        self.xenstore = state_dir / "xenstored"
+        self.env = dict(os.environ, PYXEN_HOST=str(self.socket),
+                        XENSTORED_PATH=str(self.xenstore))
+        self.stderr = open(state_dir / "daemon.err", "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pyxen.cli", "daemon", "--socket", str(self.socket)],
+            stdout=subprocess.DEVNULL, stderr=self.stderr, env=self.env)
+        wait_for("the daemon to answer", self._answers)
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"the daemon exited: {self.errors()}")
+        try:
+            with HostClient(self.socket) as host:
+                host.request("list")
+            return True
+        except (HostUnavailable, OSError):
+            return False
+
+    def errors(self) -> str:
+        return (self.dir / "daemon.err").read_text(errors="replace")
+
+    def pyxen(self, *args: str, check: bool = True, input: str | None = None,
+              timeout: float = WAIT_S) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "pyxen.cli", *args], env=self.env,
+                                capture_output=True, text=True, input=input, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"pyxen {' '.join(args)} failed ({result.returncode}): "
+                                 f"{result.stderr}")
+        return result
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        with HostClient(self.socket) as host:
+            return host.request(op, **args)
+
+    def domains(self) -> dict[str, dict[str, Any]]:
+        """The host's guests by name (Domain-0 left out)."""
+        return {d["name"]: d for d in self.request("list")["domains"] if d["domid"]}
+
+    def config(self, name: str, guest: str, extra: str = "", **settings: object) -> Path:
+        """Write an xl config for kit guest `guest` (software CPU, 32 MiB)."""
+        lines = [f'name = "{name}"', 'type = "pvh"', f'kernel = "{image(guest)}"',
+                 "memory = 32", 'accel = "soft"', f"extra = {json.dumps(extra)}"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+        path = self.dir / f"{name}.cfg"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def create(self, name: str, guest: str, extra: str = "", **settings: object) -> int:
+        """`pyxen create` it; its domid (-1 if it has already gone, as a short guest may)."""
+        self.pyxen("create", "-q", str(self.config(name, guest, extra, **settings)))
+        return int(self.domains().get(name, {}).get("domid", -1))
+
+    def dmesg(self) -> str:
+        return str(self.request("dmesg")["text"])
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=WAIT_S)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.stderr.close()

@@ -1,0 +1,242 @@
+"""Host mode (issue 11): a real `pyxen daemon`, real domain processes, kit guests, and the
+commands a user types. Each test has a daemon of its own in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from host.hostkit import Daemon, wait_for
+
+LONG_IDLE = "idle=3600 idle_how=block"  # a guest that stays up, asleep, until destroyed
+
+
+@pytest.fixture
+def daemon(guests, tmp_path: Path) -> Iterator[Daemon]:
+    if "soft" not in __import__("conftest").AVAILABLE:
+        pytest.skip("host-mode tests run their guests on the software CPU")
+    d = Daemon(tmp_path)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return process_state(pid) not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def xenstore_read(daemon: Daemon, path: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["xenstore-read", path], env=daemon.env, capture_output=True,
+                          text=True, timeout=60)
+
+
+needs_xenstore_utils = pytest.mark.skipif(not shutil.which("xenstore-read"),
+                                          reason="Debian's xenstore-utils are not installed")
+
+
+@needs_xenstore_utils
+def test_three_domains_run_side_by_side_each_in_its_own_process(daemon: Daemon) -> None:
+    ids = [daemon.create(name, "block", LONG_IDLE) for name in ("web", "db", "cache")]
+    assert ids == [1, 2, 3]  # Xen hands out ids from 1
+    listed = daemon.pyxen("list").stdout.splitlines()
+    assert listed[0] == "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+    rows = {line.split()[0]: line.split() for line in listed[1:]}
+    assert set(rows) == {"Domain-0", "web", "db", "cache"}
+    assert [rows[n][1:4] for n in ("web", "db", "cache")] == [["1", "32", "1"], ["2", "32", "1"],
+                                                              ["3", "32", "1"]]
+    pids = {name: d["pid"] for name, d in daemon.domains().items()}
+    assert len(set(pids.values())) == 3 and os.getpid() not in pids.values()
+    for domid, name in zip(ids, ("web", "db", "cache"), strict=True):
+        assert xenstore_read(daemon, f"/local/domain/{domid}/name").stdout == f"{name}\n"
+        assert xenstore_read(daemon, f"/local/domain/{domid}/console/type").stdout == \
+            "xenconsoled\n"
+
+
+def test_a_killed_domain_process_is_a_crash_and_touches_no_other(daemon: Daemon) -> None:
+    for name in ("victim", "bystander"):
+        daemon.create(name, "block", LONG_IDLE)
+    doms = daemon.domains()
+    os.kill(doms["victim"]["pid"], signal.SIGKILL)
+    wait_for("the victim to be gone", lambda: "victim" not in daemon.domains())
+    assert re.search(r"\(XEN\) domain 1 \(victim\) crash: the domain's process killed by "
+                     r"SIGKILL; crash action destroy", daemon.dmesg())
+    assert alive(doms["bystander"]["pid"])
+    assert daemon.domains()["bystander"]["state"] in ("-b----", "r-----")
+
+
+@needs_xenstore_utils
+def test_destroy_removes_the_domain_and_its_store_nodes(daemon: Daemon) -> None:
+    domid = daemon.create("doomed", "block", LONG_IDLE)
+    pid = daemon.domains()["doomed"]["pid"]
+    daemon.pyxen("destroy", "doomed")
+    assert "doomed" not in daemon.domains()
+    wait_for("the domain's process to end", lambda: not alive(pid))
+    gone = xenstore_read(daemon, f"/local/domain/{domid}/name")
+    assert gone.returncode != 0
+    assert xenstore_read(daemon, f"/local/domain/0/backend/console/{domid}/0/state").returncode != 0
+    again = daemon.pyxen("destroy", "doomed", check=False)
+    assert again.returncode == 1 and "'doomed' is an invalid domain identifier" in again.stderr
+
+
+def test_pause_stops_the_domain_and_unpause_resumes_it(daemon: Daemon) -> None:
+    daemon.create("sleeper", "block", LONG_IDLE)
+    pid = daemon.domains()["sleeper"]["pid"]
+    daemon.pyxen("pause", "sleeper")
+    assert daemon.domains()["sleeper"]["state"] == "--p---"
+    wait_for("the process to stop", lambda: process_state(pid) == "T")
+    daemon.pyxen("unpause", "sleeper")
+    wait_for("the process to run again", lambda: process_state(pid) != "T")
+    assert "p" not in daemon.domains()["sleeper"]["state"]
+
+
+@pytest.mark.parametrize(("how", "key", "letters"), [
+    ("poweroff", "on_poweroff", "---s--"),
+    ("reboot", "on_reboot", "---sr-"),
+    ("crash", "on_crash", "---sc-"),
+    ("watchdog", "on_watchdog", "---sw-"),
+])
+def test_preserve_keeps_a_stopped_domain_with_its_reason(daemon: Daemon, how: str, key: str,
+                                                       letters: str) -> None:
+    daemon.create("kept", "sched", f"shutdown={how}", **{key: "preserve"})
+    state = wait_for("the domain to stop", lambda: (daemon.domains()["kept"]["state"]
+                                                    if "s" in daemon.domains()["kept"]["state"]
+                                                    else None))
+    assert state == letters
+    daemon.pyxen("destroy", "kept")
+    assert "kept" not in daemon.domains()
+
+
+def test_destroy_action_removes_the_domain(daemon: Daemon) -> None:
+    daemon.create("once", "sched", "shutdown=poweroff")  # on_poweroff's default: destroy
+    wait_for("the domain to go", lambda: "once" not in daemon.domains())
+    assert "(XEN) domain 1 (once) poweroff" in daemon.dmesg()
+
+
+def test_restart_starts_a_new_domain_with_a_new_id(daemon: Daemon) -> None:
+    daemon.create("phoenix", "sched", "shutdown=reboot")  # on_reboot's default: restart
+    reborn = wait_for("a restarted domain", lambda: (daemon.domains().get("phoenix", {})
+                                                     .get("domid", 1) > 1))
+    assert reborn
+    assert "(XEN) domain 1 (phoenix) reboot" in daemon.dmesg()
+
+
+def test_rename_restart_keeps_the_old_domain_under_a_new_name(daemon: Daemon) -> None:
+    daemon.create("twin", "sched", "shutdown=crash", on_crash="rename-restart")
+    doms = wait_for("the renamed and the new domain", lambda: (
+        daemon.domains() if len(daemon.domains()) >= 2 else None))
+    old = next(d for name, d in doms.items() if name.startswith("twin-"))
+    assert old["domid"] == 1 and old["state"] == "---sc-"
+    assert doms["twin"]["domid"] > 1
+
+
+def test_coredump_destroy_writes_the_guest_memory(daemon: Daemon) -> None:
+    daemon.create("dumped", "sched", "shutdown=crash", on_crash="coredump-destroy")
+    wait_for("the domain to go", lambda: "dumped" not in daemon.domains())
+    cores = wait_for("the core file", lambda: list((daemon.dir / "dump").glob("dumped-*.core")))
+    data = cores[0].read_bytes()
+    assert data[:4] == b"\x7fELF" and struct.unpack_from("<H", data, 16)[0] == 4  # ET_CORE
+    phnum = struct.unpack_from("<H", data, 56)[0]
+    loads = [struct.unpack_from("<IIQQQQQQ", data, 64 + 56 * i) for i in range(phnum)]
+    assert loads[0][3] == 0  # guest-physical 0 onwards: the guest's low RAM
+    assert sum(load[5] for load in loads) >= 32 << 20  # all 32 MiB of RAM (plus special pages)
+
+
+def test_a_crash_loop_backs_off(daemon: Daemon) -> None:
+    daemon.create("looper", "sched", "shutdown=crash", on_crash="restart")
+    wait_for("the back-off", lambda: "looper restarting too often" in daemon.dmesg())
+
+
+def test_create_refuses_bad_input_with_one_line(daemon: Daemon) -> None:
+    bad = daemon.dir / "bad.cfg"
+    bad.write_text('name = "x"\nmemory = "lots"\n')
+    result = daemon.pyxen("create", str(bad), check=False)
+    assert result.returncode == 1
+    assert re.search(rf"{re.escape(str(bad))}:2: memory: ", result.stderr)
+    assert "Traceback" not in result.stderr
+    daemon.create("unique", "block", LONG_IDLE)
+    twice = daemon.pyxen("create", "-q", str(daemon.config("unique", "block")), check=False)
+    assert twice.returncode == 1
+    assert twice.stderr.strip() == "pyxen: domain with name unique already exists"
+    missing = daemon.config("nokernel", "block")
+    missing.write_text(missing.read_text().replace(str(Path(missing).parent), "/nonexistent"))
+    text = missing.read_text()
+    missing.write_text(re.sub(r'kernel = "[^"]*"', 'kernel = "/nonexistent/k.elf"', text))
+    nokernel = daemon.pyxen("create", "-q", str(missing), check=False)
+    assert nokernel.returncode == 1 and "/nonexistent/k.elf" in nokernel.stderr
+    assert len(nokernel.stderr.strip().splitlines()) == 1
+    withdisk = daemon.config("disky", "block", disk=["/tmp/x.img,raw,xvda,rw"])
+    disky = daemon.pyxen("create", "-q", str(withdisk), check=False)
+    assert disky.returncode == 1 and ": disk: PV devices are not attached yet" in disky.stderr
+    assert set(daemon.domains()) == {"unique"}
+
+
+def test_create_without_a_daemon_says_how_to_start_one(tmp_path: Path) -> None:
+    cfg = tmp_path / "x.cfg"
+    cfg.write_text('name = "x"\nkernel = "/bin/true"\n')
+    result = subprocess.run(
+        ["python3", "-m", "pyxen.cli", "create", "-q", str(cfg)], capture_output=True, text=True,
+        env=dict(os.environ, PYXEN_HOST=str(tmp_path / "none.sock")), timeout=60)
+    assert result.returncode == 1
+    assert "no pyxen daemon at" in result.stderr and "pyxen daemon --detach" in result.stderr
+
+
+def test_list_long_is_libxl_json(daemon: Daemon) -> None:
+    import json
+
+    daemon.create("jay", "block", LONG_IDLE, maxmem=48, vcpus=1)
+    (entry,) = json.loads(daemon.pyxen("list", "-l").stdout)
+    assert entry["domid"] == 1
+    assert entry["config"]["c_info"] == {"type": "pvh", "name": "jay",
+                                         "uuid": daemon.domains()["jay"]["uuid"]}
+    assert entry["config"]["b_info"]["max_memkb"] == 48 * 1024
+    assert entry["config"]["b_info"]["target_memkb"] == 32 * 1024
+    assert entry["config"]["on_reboot"] == "restart"
+
+
+@needs_xenstore_utils
+def test_shutdown_asks_the_guest_through_control_shutdown(daemon: Daemon) -> None:
+    domid = daemon.create("polite", "block", LONG_IDLE)
+    daemon.pyxen("shutdown", "polite")
+    assert xenstore_read(daemon, f"/local/domain/{domid}/control/shutdown").stdout == "poweroff\n"
+    daemon.pyxen("reboot", str(domid))
+    assert xenstore_read(daemon, f"/local/domain/{domid}/control/shutdown").stdout == "reboot\n"
+
+
+def test_dmesg_names_each_guest_line_by_domain(daemon: Daemon) -> None:
+    daemon.create("talker", "sched", "shutdown=poweroff")
+    wait_for("the guest's result line", lambda: "(d1) RESULT" in daemon.dmesg())
+    assert re.search(r"^\(d1\) TEST sched\.yield PASS$", daemon.dmesg(), re.M)
+
+
+def test_rename_domid_domname_uptime(daemon: Daemon) -> None:
+    daemon.create("old", "block", LONG_IDLE)
+    daemon.pyxen("rename", "old", "new")
+    assert daemon.pyxen("domid", "new").stdout == "1\n"
+    assert daemon.pyxen("domname", "1").stdout == "new\n"
+    assert daemon.pyxen("domid", "old", check=False).returncode == 1
+    uptime = daemon.pyxen("uptime").stdout.splitlines()
+    assert re.fullmatch(r"new\s+1 \d+:\d\d:\d\d", uptime[2])
+
+
+def test_the_daemon_stops_cleanly_on_sigterm(daemon: Daemon) -> None:
+    daemon.create("left", "block", LONG_IDLE)
+    pid = daemon.domains()["left"]["pid"]
+    assert daemon.stop() == 128 + signal.SIGTERM
+    wait_for("the domain's process to end", lambda: not alive(pid))
+    assert not daemon.socket.exists() and not daemon.xenstore.exists()
