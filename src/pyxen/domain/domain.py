@@ -127,6 +127,8 @@ class Domain:
         self._done = threading.Event()
         self._state_lock = threading.Lock()  # the first outcome wins (_stop)
         self.domain_lock = threading.RLock()  # Xen's d->domain_lock: vCPU state, watchdogs
+        # told of each vCPU thread as it starts, on that thread (host mode pins them)
+        self.on_vcpu_thread: Callable[[Vcpu], None] | None = None
 
     def _sync_memory_slots(self, runs: list[tuple[int, int]]) -> None:
         """One backend memory slot per run of populated frames, and one per granted page
@@ -229,6 +231,9 @@ class Domain:
     def start_vcpu(self, vcpu: Vcpu) -> None:
         def body() -> None:
             vcpu.backend.thread_id = threading.get_ident()  # type: ignore[attr-defined]
+            vcpu.native_id = threading.get_native_id()
+            if self.on_vcpu_thread is not None:
+                self.on_vcpu_thread(vcpu)
             tight_timer_slack()
             try:
                 vcpu.run_loop()

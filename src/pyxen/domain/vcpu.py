@@ -41,6 +41,7 @@ class Vcpu:
     def __init__(self, domain: Domain, index: int, backend: VcpuBackend) -> None:
         self.domain = domain
         self.index = index
+        self.native_id = 0  # the host thread's id (TID) while it runs
         self.backend = backend
         if hasattr(backend, "inline_hypercall"):  # an optional backend capability
             backend.inline_hypercall = self.hypercall_inline

@@ -8,6 +8,8 @@ other domain. FD is this process's end of a SOCK_SEQPACKET control channel:
     here → daemon   {"op": "built", ...} + fds            memfd and the rings' eventfds
                     {"op": "failed", "error": "..."}      the image or config was refused
     daemon → here   {"op": "start"}                       run vCPU 0
+                    {"op": "set_max_pages", "pages": N}   XEN_DOMCTL_max_mem (xl mem-max)
+    here → daemon   {"op": "vcpu_thread", "vcpu": i, "tid": T}   a vCPU's thread started
     here → daemon   {"op": "console_io", "data": "..."}   the guest's CONSOLEIO_write bytes
                     {"op": "stopped", "outcome": ...}     the guest shut down or crashed
                                                           (with its populated memory runs)
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pyxen.domain.builder import build_domain, image_limit, load_module
 from pyxen.domain.domain import Domain, DomainConfig
 from pyxen.domain.loader import ImageError
+from pyxen.domain.vcpu import Vcpu
 from pyxen.host.wire import Message, WireError, bytes_to_wire, recv_packet, send_packet
 from pyxen.hv import hypercall_table
 from pyxen.threads import start_worker
@@ -104,7 +107,13 @@ def build(spec: DomainSpec, control: socket.socket) -> Domain:
     def console_io(data: bytes) -> None:
         send_packet(control, {"op": "console_io", "data": bytes_to_wire(data)})
 
-    return build_domain(spec.kernel, config, factory, hypercall_table(), console_io, modules)
+    domain = build_domain(spec.kernel, config, factory, hypercall_table(), console_io, modules)
+
+    def vcpu_thread(vcpu: Vcpu) -> None:
+        send_packet(control, {"op": "vcpu_thread", "vcpu": vcpu.index, "tid": vcpu.native_id})
+
+    domain.on_vcpu_thread = vcpu_thread
+    return domain
 
 
 def serve(control: socket.socket) -> int:
@@ -160,10 +169,14 @@ def run(domain: Domain, control: socket.socket, links: list[RingLink]) -> int:
             msg, _ = recv_packet(control)
             if msg is None:
                 return 0  # the daemon is gone: so is the domain
-            if msg.get("op") == "start" and not started:
+            op = msg.get("op")
+            if op == "start" and not started:
                 started = True
                 domain.start()
                 start_worker(threading.Thread(target=waiter, name="domain-waiter", daemon=True))
+            elif op == "set_max_pages" and isinstance(msg.get("pages"), int):
+                with domain.memory_lock:
+                    domain.max_pages = msg["pages"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,6 +99,9 @@ class HostedDomain:
         self.stopped_as: str | None = None  # the outcome the domain process reported
         self.shutdown_reason: int | None = None  # SHUTDOWN_* once shut down or crashed
         self.memory_runs: list[tuple[int, int]] | None = None  # (gfn, frames), once stopped
+        self.vcpu_tids: dict[int, int] = {}  # vCPU index → its thread's id in the process
+        # called with (domain, vCPU index, thread id) as each vCPU thread starts
+        self.on_vcpu_thread: Callable[[HostedDomain, int, int], None] | None = None
         self.destroying = False
         self.created = time.time()
         self.process: subprocess.Popen[bytes] | None = None
@@ -199,6 +202,11 @@ class HostedDomain:
             self._built.set_result(msg)
         elif op == "failed" and self._built is not None and not self._built.done():
             self._built.set_exception(RuntimeError(str(msg.get("error", "build failed"))))
+        elif op == "vcpu_thread":
+            index, tid = int(msg.get("vcpu", -1)), int(msg.get("tid", 0))
+            self.vcpu_tids[index] = tid
+            if self.on_vcpu_thread is not None:
+                self.on_vcpu_thread(self, index, tid)
         elif op == "console_io":
             self.on_dmesg(self.domid, wire_to_bytes(str(msg.get("data", ""))))
         elif op == "stopped" and self.stopped_as is None:
@@ -242,6 +250,11 @@ class HostedDomain:
             if self.started:
                 self._signal(signal.SIGSTOP)
             self.state = DomainState.PAUSED
+
+    def set_max_pages(self, pages: int) -> None:
+        """XEN_DOMCTL_max_mem: the most frames the domain may hold from now on."""
+        if self.control is not None:
+            send_packet(self.control, {"op": "set_max_pages", "pages": pages})
 
     def _signal(self, sig: int) -> None:
         if self.pidfd >= 0:
