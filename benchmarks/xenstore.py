@@ -170,11 +170,13 @@ def measure(path: str) -> dict[str, float]:
     return figures
 
 
-def run_server(argv: list[str], path: str) -> dict[str, float]:
+def run_server(argv: list[str], path: str,
+               figures: Callable[[str], dict[str, float]] = measure) -> dict[str, float]:
+    """Start a server process listening on `path`, take `figures` from it, stop it."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_listening(path, proc)
-        return measure(path)
+        return figures(path)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
