@@ -144,10 +144,9 @@ def host_memory_kib() -> tuple[int, int]:
 
 
 # --- processes ---------------------------------------------------------------------------------
-def read_line(fd: int, deadline: float) -> bytes | None:
-    """The first whole line readable from `fd`, or None at end of file or past `deadline`
-    (time.monotonic())."""
-    buf = b""
+def read_line(fd: int, deadline: float, buf: bytes = b"") -> bytes | None:
+    """The first whole line of `buf` and what is readable from `fd` after it, or None at end
+    of file or past `deadline` (time.monotonic())."""
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         while b"\n" not in buf:
@@ -219,11 +218,12 @@ class Daemon:
         """The host's guests by name (Domain-0 left out)."""
         return {d["name"]: d for d in self.request("list")["domains"] if d["domid"]}
 
-    def create(self, config: Path) -> int:
+    def create(self, config: Path, paused: bool = False) -> int:
         """What `pyxen create CONFIG` asks the daemon for, straight through the API."""
         cfg = parse_xl_config(config.read_text(), str(config))
         actions = {key: getattr(cfg, key) for key in ACTION_KEYS}
-        return int(self.request("create", spec=domain_spec(cfg), actions=actions)["domid"])
+        return int(self.request("create", spec=domain_spec(cfg), actions=actions,
+                                paused=paused)["domid"])
 
     def destroy(self, name: str) -> None:
         self.request("destroy", dom=name)
@@ -306,6 +306,27 @@ class Bench:
         self.daemon.destroy(name)
         return elapsed
 
+    def api_first_line(self, name: str) -> float:
+        """The same without a client process: what the daemon and the domain's process take.
+        As `pyxen create -c` does: create paused, attach the console, unpause."""
+        config = self.config(name)
+        start = time.perf_counter()
+        if not self.via_ring:
+            domid = self.daemon.create(config)
+            wait_for(f"{name}'s first dmesg line", lambda: self.daemon.dmesg_line(domid))
+        else:
+            domid = self.daemon.create(config, paused=True)
+            with HostClient(self.daemon.socket) as session:
+                session.console(str(domid))
+                self.daemon.request("unpause", dom=str(domid))
+                line = read_line(session.sock.fileno(), time.monotonic() + WAIT_S,
+                                 session.rest)
+            if line is None:
+                raise RuntimeError(f"{name}'s console showed no line in {WAIT_S:g} s")
+        elapsed = time.perf_counter() - start
+        self.daemon.destroy(name)
+        return elapsed
+
     def _dmesg_of(self, name: str) -> bool:
         dom = self.daemon.domains().get(name)
         return dom is not None and self.daemon.dmesg_line(int(dom["domid"]))
@@ -362,6 +383,15 @@ def mib(kib: float) -> float:
     return kib / 1024
 
 
+def row(label: str, figure: str, note: str = "") -> None:
+    """One figure of a part's table: label, value with its unit, a remark."""
+    print(f"  {label:<34}{figure:>12}{'  ' + note if note else ''}")
+
+
+def spread(samples: Sequence[float]) -> str:
+    return f"(min {min(samples):.3f}, max {max(samples):.3f})"
+
+
 # --- the parts ---------------------------------------------------------------------------------
 def preflight(b: Bench) -> str:
     """Warm the page cache (one untimed run of each mode) and find where a guest's first
@@ -399,21 +429,22 @@ def preflight(b: Bench) -> str:
 
 
 def part_start(b: Bench) -> dict[str, float]:
-    host, embedded = [], []
-    for _ in range(b.settings.rounds):  # interleaved, so that load changes hit both
+    host, api, embedded = [], [], []
+    for _ in range(b.settings.rounds):  # interleaved, so that load changes hit each alike
         host.append(b.host_first_line(b.name("start")))
+        api.append(b.api_first_line(b.name("start")))
         proc, seconds = b.embedded_first_line(b.name("start"))
         stop_process(proc)
         embedded.append(seconds)
-    h, e = median(host), median(embedded)
+    h, a, e = median(host), median(api), median(embedded)
     how = "pyxen create -c" if b.via_ring else "pyxen create, then dmesg"
     print(f"start: `pyxen create` to the guest's first line, median of {len(host)}")
-    print(f"  host ({how}){'':<{max(1, 22 - len(how))}}{h:8.3f} s  "
-          f"(min {min(host):.3f}, max {max(host):.3f})")
-    print(f"  embedded (pyxen run)          {e:8.3f} s  (min {min(embedded):.3f}, "
-          f"max {max(embedded):.3f})")
-    print(f"  ratio host/embedded           {h / e:8.3f}")
-    return {"start_host_s": h, "start_embedded_s": e, "start_ratio": h / e}
+    row(f"host ({how})", f"{h:.3f} s", spread(host))
+    row("host, API (no client process)", f"{a:.3f} s", spread(api))
+    row("embedded (pyxen run)", f"{e:.3f} s", spread(embedded))
+    row("ratio host/embedded", f"{h / e:.3f}", f"(API: {a / e:.3f})")
+    return {"start_host_s": h, "start_api_s": a, "start_embedded_s": e, "start_ratio": h / e,
+            "start_api_ratio": a / e}
 
 
 def part_rate(b: Bench, show: bool) -> dict[str, float]:
@@ -432,12 +463,12 @@ def part_rate(b: Bench, show: bool) -> dict[str, float]:
     host_rate, host_printed, ref_rate = n / created, n / printed, n / embedded
     if show:
         print(f"rate: {n} idle domains created back to back")
-        print(f"  host, API `create` requests   {host_rate:8.2f} /s  (median request "
-              f"{median(creates):.3f} s)")
-        print(f"  host, until all printed       {host_printed:8.2f} /s")
-        print(f"  embedded, pyxen run to first line, one after another  {ref_rate:.2f} /s")
-        print(f"  ratio host/embedded           {host_rate / ref_rate:8.3f}  "
-              f"(until all printed: {host_printed / ref_rate:.3f})")
+        row("host, API `create` requests", f"{host_rate:.2f} /s",
+            f"(median request {median(creates):.3f} s)")
+        row("host, until all printed", f"{host_printed:.2f} /s")
+        row("embedded, `pyxen run`s in turn", f"{ref_rate:.2f} /s", "(each to its first line)")
+        row("ratio host/embedded", f"{host_rate / ref_rate:.3f}",
+            f"(until all printed: {host_printed / ref_rate:.3f})")
     return {"rate_host_per_s": host_rate, "rate_host_printed_per_s": host_printed,
             "rate_embedded_per_s": ref_rate, "rate_ratio": host_rate / ref_rate}
 
@@ -454,20 +485,20 @@ def part_memory(b: Bench) -> dict[str, float]:
     total = own + daemon_share
     print(f"memory: host memory per idle domain beyond its RAM (Pss less the guest RAM it "
           f"maps), median of {len(domains)} / {len(embedded)} processes")
-    print(f"  host: domain process          {mib(own):8.1f} MiB")
-    print(f"  host: daemon, per domain      {mib(daemon_share):8.1f} MiB  (its Pss less "
-          f"files: {mib(b.daemon_base_kib):.1f} → {mib(daemon_now):.1f} MiB with "
-          f"{len(b.fleet)})")
-    print(f"  host: together                {mib(total):8.1f} MiB")
-    print(f"  embedded (pyxen run)          {mib(ref):8.1f} MiB")
-    print(f"  guest RAM touched             {mib(ram):8.1f} MiB of {MEMORY_MIB} "
-          f"(memfd blocks; embedded {mib(median([m.ram_kib for m in embedded])):.1f})")
-    print(f"  ratio host/embedded           {total / ref:8.3f}  (domain process alone: "
-          f"{own / ref:.3f})")
     private = median([m.own_kib - m.shmem_kib for m in domains])
     ref_private = median([m.own_kib - m.shmem_kib for m in embedded])
-    print(f"  without the shared libraries' pages: domain process {mib(private):.1f} MiB, "
-          f"embedded {mib(ref_private):.1f} MiB")
+    row("host: domain process", f"{mib(own):.1f} MiB",
+        f"({mib(private):.1f} without shared files)")
+    row("host: daemon, per domain", f"{mib(daemon_share):.1f} MiB",
+        f"(its Pss less files: {mib(b.daemon_base_kib):.1f} → {mib(daemon_now):.1f} MiB "
+        f"with {len(b.fleet)})")
+    row("host: together", f"{mib(total):.1f} MiB")
+    row("embedded (pyxen run)", f"{mib(ref):.1f} MiB",
+        f"({mib(ref_private):.1f} without shared files)")
+    row("guest RAM touched", f"{mib(ram):.1f} MiB",
+        f"of {MEMORY_MIB} (memfd blocks; embedded "
+        f"{mib(median([m.ram_kib for m in embedded])):.1f})")
+    row("ratio host/embedded", f"{total / ref:.3f}", f"(domain process alone: {own / ref:.3f})")
     return {"mem_domain_process_mib": mib(own), "mem_daemon_per_domain_mib": mib(daemon_share),
             "mem_host_mib": mib(total), "mem_embedded_mib": mib(ref),
             "mem_ram_touched_mib": mib(ram), "mem_ratio": total / ref,
@@ -557,16 +588,17 @@ def part_capacity(b: Bench) -> dict[str, float | str]:
     destroyed = len(b.fleet) / (time.perf_counter() - start)
     b.fleet.clear()
     print(f"capacity: {count} idle {MEMORY_MIB} MiB domains at once; stopped at {reason}")
-    print(f"  host memory per domain        {mib(per_domain):8.1f} MiB  (Pss of its process "
-          f"and its share of the daemon's, guest RAM included)")
-    print(f"  embedded (pyxen run), Pss     {mib(ref):8.1f} MiB")
-    print(f"  ratio host/embedded           {per_domain / ref:8.3f}")
+    row("host memory per domain", f"{mib(per_domain):.1f} MiB",
+        "(Pss of its process and its share of the daemon's, guest RAM included)")
+    row("embedded (pyxen run), Pss", f"{mib(ref):.1f} MiB")
+    row("ratio host/embedded", f"{per_domain / ref:.3f}")
+    row("host MemAvailable fell by", f"{mib(fell):.1f} MiB",
+        f"per domain (other work moves it too); {mib(available_now):.0f} of "
+        f"{mib(total_kib):.0f} MiB left")
     if creates:
-        print(f"  create request: first {creates[0]:.3f} s, last {creates[-1]:.3f} s, "
-              f"median {median(creates):.3f} s")
-    print(f"  host MemAvailable fell by {mib(fell):.1f} MiB per domain (other work on the "
-          f"machine moves it too); {mib(available_now):.0f} of {mib(total_kib):.0f} MiB left")
-    print(f"  destroyed them at {destroyed:.1f} domains/s")
+        row("create request, median", f"{median(creates):.3f} s",
+            f"(first {creates[0]:.3f} s, last {creates[-1]:.3f} s)")
+    row("destroyed, all of them", f"{destroyed:.1f} /s")
     return {"capacity_domains": float(count), "capacity_stopped_at": reason,
             "capacity_mib_per_domain": mib(per_domain), "capacity_embedded_mib": mib(ref),
             "capacity_ratio": per_domain / ref, "capacity_memavailable_mib_per_domain": mib(fell),
@@ -592,7 +624,9 @@ def run(settings: Settings) -> None:
                 figures.update(part_start(b))
             empty = store_figures(str(b.daemon.xenstore)) if "xenstore" in settings.parts else {}
             if "rate" in settings.parts or "memory" in settings.parts:
-                figures.update(part_rate(b, show="rate" in settings.parts))
+                rate = part_rate(b, show="rate" in settings.parts)
+                if "rate" in settings.parts:
+                    figures.update(rate)
                 if "memory" in settings.parts:
                     figures.update(part_memory(b))
                 b.stop_embedded()
