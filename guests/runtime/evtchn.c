@@ -289,7 +289,12 @@ long evtchn_unmask(evtchn_port_t port)
 long evtchn_reset(domid_t dom)
 {
     struct evtchn_reset r = { .dom = dom };
+    bool self = dom == DOMID_SELF || (boot.domid_present && dom == boot.domid);
+    if (self)
+        hvc_evtchn_reset(false);   /* hvc0: drain the ring while its port is there */
     long rc = HYPERVISOR_event_channel_op(EVTCHNOP_reset, &r);
+    if (rc == 0 && self)
+        hvc_evtchn_reset(true);
     if (rc == 0) {
         /* Every port was closed (Xen: evtchn_reset -> evtchn_close on each). */
         memset(handlers, 0, sizeof(handlers));

@@ -8,7 +8,8 @@
 void console_write(const char *s, size_t len)
 {
     if (boot.xen) {
-        HYPERVISOR_console_io(CONSOLEIO_write, (unsigned)len, s);
+        if (!hvc_console_write(s, len))
+            HYPERVISOR_console_io(CONSOLEIO_write, (unsigned)len, s);
     } else {
         /* No Xen (e.g. bare QEMU with -debugcon stdio): port 0xe9. */
         for (size_t i = 0; i < len; i++)

@@ -27,6 +27,7 @@
 #include <xen/arch-x86/hvm/start_info.h>
 #include <xen/arch-x86/cpuid.h>
 #include <xen/errno.h>
+#include <xen/io/console.h>
 
 #include "segments.h"
 
@@ -137,11 +138,43 @@ void notify_port(evtchn_port_t port);
 bool poll_port(evtchn_port_t port, uint64_t deadline);
 
 /* ---- console / printf (runtime/printf.c) ---- */
+/* To console_io (the hypervisor's console, `xl dmesg`), or with `console=hvc0` on the
+ * command line to the PV console ring (`xl console`); to port 0xE9 without Xen. */
 void console_write(const char *s, size_t len);
 int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 int snprintf(char *buf, size_t size, const char *fmt, ...) PRINTF_LIKE(3, 4);
 int printf(const char *fmt, ...) PRINTF_LIKE(1, 2);  /* one console write per call */
 void puts_raw(const char *s);
+
+/* ---- the PV console ring, hvc0 (runtime/hvc.c) ---- */
+/* Map the domain's console ring (HVM_PARAM_CONSOLE_PFN/_EVTCHN) and mask its port, which
+ * the kit polls; 0, or -ENOENT when the domain has none, or another negative errno. */
+long hvc_open(void);
+volatile struct xencons_interface *hvc_ring(void);  /* NULL until hvc_open() */
+evtchn_port_t hvc_port(void);
+/* Copy into `out` (wrapping), publish, notify. A write that fits in the ring goes in
+ * whole: while there is no room for it, wait for the back end (SCHEDOP_poll, at most
+ * WAIT_BOUND_NS without progress); a bigger one goes in as room comes. How many bytes
+ * went in: fewer than len if the back end stalled, the indices are impossible or the
+ * port is gone. */
+size_t hvc_write(const char *s, size_t len);
+bool hvc_drain(uint64_t deadline);   /* until the back end consumed all of `out` */
+/* Up to n bytes of input, waiting for them until system time `deadline`; how many came. */
+size_t hvc_read(char *buf, size_t n, uint64_t deadline);
+/* One byte of console input (-1 at the deadline); one line of it, without its end
+ * ("\r", "\n" or "\r\n"), NUL-terminated in buf: its length, or -1 at the deadline.
+ * `echo` writes what is typed back (a raw terminal shows nothing itself); DEL/BS erase. */
+int console_getc(uint64_t deadline);
+long console_readline(char *buf, size_t size, uint64_t deadline, bool echo);
+/* The runtime's side: console_init() reads `console=hvc0` (runtime_main), console_write
+ * uses hvc_console_write() (false: not on the ring, or busy), console_flush() waits
+ * (bounded) for the ring to drain before a shutdown, hvc_evtchn_reset() brackets
+ * EVTCHNOP_reset(self), which closes the ring's port (then: console_io). */
+void console_init(void);
+bool hvc_console(void);
+bool hvc_console_write(const char *s, size_t len);
+void console_flush(void);
+void hvc_evtchn_reset(bool done);
 
 /* ---- string helpers (runtime/lib.c) ---- */
 void *memset(void *d, int c, size_t n);

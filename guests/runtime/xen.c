@@ -81,6 +81,7 @@ NORETURN void block_forever(void)
 NORETURN void shutdown(unsigned reason)
 {
     if (boot.xen) {
+        console_flush();   /* hvc0: the last lines are out of the ring before we go */
         struct sched_shutdown s = { .reason = reason };
         HYPERVISOR_sched_op(SCHEDOP_shutdown, &s);
     } else {
@@ -257,6 +258,7 @@ void runtime_main(void)
     xen_discover();
     install_hypercall_page();
     parse_start_info();
+    console_init();
     guest_main();
     finish();
 }
