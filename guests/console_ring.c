@@ -16,88 +16,28 @@
  *                   line ("ORDER <k> <source>")
  *   echo=N          read N bytes from `in` and write back "ECHO <bytes>" (wait_s=S: give
  *                   up waiting for input after S seconds; default 30)
+ *   interactive=1   for a person at the domain's console: read lines from `in`
+ *                   (typed keys are echoed), answer each with "echo: <line>" until "quit"
+ *                   (wait_s=S: give up after S idle seconds; default 600)
  *   corrupt=1       set impossible out indices, then check the host stopped serving
  *   bench_kib=N     N KiB through the ring flat out, then the same through console_io;
  *                   INFO ring_ns / io_ns (pvclock)
- * Waits poll the console port (SCHEDOP_poll), so no upcall handler is involved.
+ * The ring driver is the runtime's (runtime/hvc.c), the one `console=hvc0` sends every line
+ * through; waits poll the console port (SCHEDOP_poll), so no upcall handler is involved.
  */
-#include "guest.h"
-#include <xen/io/console.h>
+#include "guest.h"   /* runtime.h brings <xen/io/console.h> */
 
-#define CONS_VA (ALIAS_BASE + 0x400000ULL)
 #define SPECIAL_PAGES_END_PFN 0xff000UL    /* libxc: X86_HVM_END_SPECIAL_REGION */
 #define SPECIALPAGE_CONSOLE 7
 #define NR_SPECIAL_PAGES 8
 
-static volatile struct xencons_interface *intf;
-static evtchn_port_t port;
+static volatile struct xencons_interface *intf;   /* the runtime's mapping (runtime/hvc.c) */
 static bool only_ring;
 static unsigned passed, failed;   /* only_ring's own counts (the runtime's print via console_io) */
 
-/* Copy into `out` as space allows (wrapping), notifying after each chunk; false if the
- * host made no room within the bound. */
-static bool ring_write(const char *s, size_t len)
-{
-    uint64_t deadline = xen_now_ns() + WAIT_BOUND_NS;
-    while (len) {
-        XENCONS_RING_IDX cons = intf->out_cons, prod = intf->out_prod;
-        rmb();
-        uint32_t space = sizeof(intf->out) - (prod - cons);
-        if (prod - cons > sizeof(intf->out))
-            return false;
-        if (!space) {
-            if (xen_now_ns() >= deadline)
-                return false;
-            notify_port(port);
-            poll_port(port, deadline);
-            continue;
-        }
-        uint32_t n = len < space ? (uint32_t)len : space;
-        for (uint32_t i = 0; i < n; i++)
-            intf->out[MASK_XENCONS_IDX(prod + i, intf->out)] = s[i];
-        barrier();  /* the bytes before the index (x86 keeps stores in order) */
-        intf->out_prod = prod + n;
-        s += n;
-        len -= n;
-        notify_port(port);
-    }
-    return true;
-}
-
-/* Wait until the host consumed everything we wrote. */
-static bool ring_drained(uint64_t deadline)
-{
-    while (intf->out_cons != intf->out_prod) {
-        if (xen_now_ns() >= deadline)
-            return false;
-        poll_port(port, deadline);
-    }
-    return true;
-}
-
-/* Read up to n bytes from `in` (waiting for them until the deadline); how many came. */
-static size_t ring_read(char *buf, size_t n, uint64_t deadline)
-{
-    size_t got = 0;
-    while (got < n) {
-        XENCONS_RING_IDX cons = intf->in_cons, prod = intf->in_prod;
-        rmb();
-        if (prod - cons > sizeof(intf->in))
-            break;
-        if (cons == prod) {
-            if (xen_now_ns() >= deadline)
-                break;
-            poll_port(port, deadline);
-            continue;
-        }
-        while (cons != prod && got < n)
-            buf[got++] = intf->in[MASK_XENCONS_IDX(cons++, intf->in)];
-        barrier();
-        intf->in_cons = cons;
-        notify_port(port);  /* room in `in` for what the host holds back */
-    }
-    return got;
-}
+/* The runtime's ring driver, all or nothing. */
+static bool ring_write(const char *s, size_t len) { return hvc_write(s, len) == len; }
+static bool ring_drained(void) { return hvc_drain(xen_now_ns() + WAIT_BOUND_NS); }
 
 /* ---- reports: through console_io, or only through the ring ---- */
 static void say(const char *fmt, ...) PRINTF_LIKE(1, 2);
@@ -146,7 +86,7 @@ static NORETURN void done(void)
     if (!only_ring)
         finish();
     say("RESULT %u %u\n", passed, failed);
-    ring_drained(xen_now_ns() + WAIT_BOUND_NS);
+    ring_drained();
     shutdown(SHUTDOWN_poweroff);
 }
 
@@ -164,7 +104,7 @@ static void pattern(unsigned lines)
         bytes += (unsigned)n;
     }
     rcheck("console_ring.pattern_written", ok, "the host made no room in the ring");
-    rcheck("console_ring.pattern_drained", ring_drained(xen_now_ns() + WAIT_BOUND_NS),
+    rcheck("console_ring.pattern_drained", ring_drained(),
            "out_cons %u out_prod %u", intf->out_cons, intf->out_prod);
     say("INFO pattern_bytes %u\n", bytes);
     say("INFO out_prod %u\n", intf->out_prod);
@@ -192,7 +132,7 @@ static void echo(unsigned n)
     say("INFO echo_ready %u\n", n);
     const char *w = cmdline_get("wait_s");   /* how long input may take (default 3 bounds) */
     uint64_t wait = w ? strtoul(w, NULL, 10) * 1000000000ULL : 3 * WAIT_BOUND_NS;
-    size_t got = ring_read(buf, n, xen_now_ns() + wait);
+    size_t got = hvc_read(buf, n, xen_now_ns() + wait);
     int len = snprintf(line, sizeof(line), "ECHO ");
     memcpy(line + len, buf, got);
     len += (int)got;
@@ -201,14 +141,40 @@ static void echo(unsigned n)
     rcheck_eq("console_ring.echo_received", (long)got, (long)n);
 }
 
+static void interactive(void)
+{
+    static char line[256];
+    const char *w = cmdline_get("wait_s");   /* a person may pause: 10 minutes by default */
+    uint64_t idle = (w ? strtoul(w, NULL, 10) : 600) * 1000000000ULL;
+    unsigned lines = 0;
+    printf("console_ring: type a line and press Enter; \"quit\" ends\n");
+    for (;;) {
+        printf("> ");
+        long n = console_readline(line, sizeof(line), xen_now_ns() + idle, true);
+        if (n < 0) {
+            printf("\n");
+            rcheck("console_ring.interactive_quit", false, "no \"quit\" within %lu s (%u lines)",
+                   (unsigned long)(idle / 1000000000ULL), lines);
+            break;
+        }
+        if (strcmp(line, "quit") == 0) {
+            rcheck("console_ring.interactive_quit", true, "-");
+            break;
+        }
+        lines++;
+        printf("echo: %s\n", line);
+    }
+    say("INFO interactive_lines %u\n", lines);
+}
+
 static void corrupt(void)
 {
     static const char before[] = "BEFORE corruption\n", after[] = "AFTER corruption\n";
     ring_write(before, sizeof(before) - 1);
-    rcheck("console_ring.drained_before", ring_drained(xen_now_ns() + WAIT_BOUND_NS), "not drained");
+    rcheck("console_ring.drained_before", ring_drained(), "not drained");
     XENCONS_RING_IDX cons = intf->out_cons;
     intf->out_prod = cons + 0x10000;   /* 64 KiB outstanding in a 2 KiB ring: impossible */
-    notify_port(port);
+    notify_port(hvc_port());
     intf->out_prod = cons;             /* sane again: the host must not come back */
     ring_write(after, sizeof(after) - 1);
     sleep_until(xen_now_ns() + 300000000ULL);  /* a window for a consumer that should not come */
@@ -225,7 +191,7 @@ static void bench(unsigned kib)
     bool ok = true;
     for (unsigned i = 0; i < kib && ok; i++)
         ok = ring_write(chunk, sizeof(chunk));
-    ok = ok && ring_drained(xen_now_ns() + WAIT_BOUND_NS);
+    ok = ok && ring_drained();
     uint64_t t1 = xen_now_ns();
     for (unsigned i = 0; i < kib; i++)
         console_write(chunk, sizeof(chunk));
@@ -252,6 +218,7 @@ int guest_main(void)
 {
     only_ring = cmdline_has("only_ring");
     uint64_t pfn = 0, evtchn = 0;
+    long rc;
     long rc_pfn = hvm_get_param(DOMID_SELF, HVM_PARAM_CONSOLE_PFN, &pfn);
     long rc_evtchn = hvm_get_param(DOMID_SELF, HVM_PARAM_CONSOLE_EVTCHN, &evtchn);
     if (!pfn || !evtchn || rc_pfn || rc_evtchn) {
@@ -260,13 +227,13 @@ int guest_main(void)
               rc_evtchn, (unsigned long)pfn, (unsigned long)evtchn);
         return 0;
     }
-    if (map_shared_info() || map_4k(CONS_VA, pfn << PAGE_SHIFT, PTE_P | PTE_W)) {
+    if ((rc = hvc_open())) {
         only_ring = false;
-        check("console_ring.mapped", false, "shared_info or the ring page did not map");
+        check("console_ring.mapped", false, "hvc_open: %ld (shared_info or the ring page)", rc);
         return 0;
     }
-    intf = (volatile struct xencons_interface *)CONS_VA;
-    port = (evtchn_port_t)evtchn;
+    intf = hvc_ring();
+    evtchn_port_t port = hvc_port();
 
     XENCONS_RING_IDX out_cons0 = intf->out_cons, out_prod0 = intf->out_prod;
     rcheck("console_ring.advertised", true, "-");
@@ -279,7 +246,7 @@ int guest_main(void)
     rcheck("console_ring.reserved_in_memmap", reserved_in_memmap(pfn << PAGE_SHIFT),
            "pfn %#lx is not in a reserved memory-map range", (unsigned long)pfn);
     struct evtchn_status st = { .dom = DOMID_SELF, .port = port };
-    long rc = HYPERVISOR_event_channel_op(EVTCHNOP_status, &st);
+    rc = HYPERVISOR_event_channel_op(EVTCHNOP_status, &st);
     rcheck("console_ring.port_interdomain_to_dom0",
            rc == 0 && st.status == EVTCHNSTAT_interdomain && st.u.interdomain.dom == 0,
            "rc %ld status %u dom %u", rc, st.status, st.u.interdomain.dom);
@@ -289,6 +256,8 @@ int guest_main(void)
         interleave((unsigned)strtoul(v, NULL, 10));
     else if ((v = cmdline_get("echo")))
         echo((unsigned)strtoul(v, NULL, 10));
+    else if (cmdline_has("interactive"))
+        interactive();
     else if (cmdline_has("corrupt"))
         corrupt();
     else if ((v = cmdline_get("bench_kib")))
