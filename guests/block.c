@@ -24,7 +24,8 @@
  *   end, nothing else armed) for that long, then RESULT and poweroff. The
  *   host measures that a blocked guest uses (almost) no CPU.
  *   idle_how=hlt (default) | block (SCHEDOP_block) | poll (SCHEDOP_poll with
- *   a timeout, no ports)
+ *   a timeout, no ports) | spin (never blocks: a busy loop of `pause` and
+ *   pvclock reads, for measuring CPU caps and weights from outside)
  * INFO keys: block_slept_ns, poll_slept_ns, poll_woken_after_ns,
  *   hlt_slept_ns, idle_seconds, idle_how, idle_slept_ns, idle_wakeups.
  */
@@ -219,7 +220,10 @@ static void idle_mode(uint64_t seconds, const char *how)
     uint64_t up0 = evtchn_cpu[0].upcalls;
     uint64_t t0 = now_ns(), end = t0 + seconds * 1000 * MS, t1;
     uint64_t wakeups = 0;
-    if (!strcmp(how, "poll")) {
+    if (!strcmp(how, "spin")) {
+        while ((t1 = now_ns()) < end)
+            cpu_relax();        /* `pause`: busy, but a polite spinner */
+    } else if (!strcmp(how, "poll")) {
         while ((t1 = now_ns()) < end) {
             sleep_until(end);
             wakeups++;
