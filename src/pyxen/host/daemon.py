@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pyxen.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
-from pyxen.host import paths
+from pyxen.host import api_sched, paths, sched  # noqa: F401 - api_sched registers its requests
 from pyxen.host.api import ApiServer
 from pyxen.host.hosted import HostedDomain
 from pyxen.threads import STOP_SIGNALS
@@ -112,7 +112,9 @@ class Host:
                            self._dmesg)
         self.domains[dom.domid] = dom
         try:
+            sched.prepare(dom)
             await dom.launch()
+            sched.started(dom, self.xenstored)
         except BaseException as e:
             dom.destroy()
             await dom.gone

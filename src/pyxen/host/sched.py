@@ -1,0 +1,378 @@
+"""A domain's limits in host mode, applied and changed live: what Xen's scheduler and libxl
+keep per domain, done with what Linux offers a process.
+
+- Credit weight and cap: the domain process's cgroup `pyxen/dom<ID>-<name>`
+  (`pyxen.host.limits.DomainLimits`), made when the config asks for either (or later, when
+  `sched-credit` sets one) and removed when the domain is gone. A host without cgroups runs
+  domains that ask for neither; one that asks fails to be created, with the reason.
+- vCPU hard affinity (xl.cfg `cpus`, `xl vcpu-pin`): the affinity of the vCPU's thread, set as
+  the thread starts and whenever it is changed.
+- Memory target and maximum (`xl mem-set`, `xl mem-max`) and online vCPUs (`xl vcpu-set`):
+  the XenStore nodes libxl writes and the domain's page limit (XEN_DOMCTL_max_mem).
+
+Figures a user reads (vcpu-list, top) come from the kernel, not from what was asked: the
+thread's state, processor, CPU time and affinity in /proc and sched_getaffinity."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyxen.host.hosted import DomainState, HostedDomain
+from pyxen.host.limits import (
+    DEFAULT_WEIGHT,
+    MAX_WEIGHT,
+    DomainLimits,
+    LimitsUnavailable,
+    host_cpus,
+    pin_thread,
+)
+from pyxen.xenstore.client import Client
+from pyxen.xenstore.errors import XenStoreError
+from pyxen.xenstore.xenstored import XenStored
+
+log = logging.getLogger("pyxen.daemon")
+LIBXL_MAXMEM_CONSTANT = 1024  # KiB libxl adds to the page limit it gives Xen (x86's extra)
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Refused(RuntimeError):
+    """A setting the host will not apply; str() is the one-line reason."""
+
+
+@dataclass
+class DomainSched:
+    """What xl can read back and change of one domain."""
+
+    weight: int = DEFAULT_WEIGHT
+    cap: int = 0
+    maxvcpus: int = 1
+    hard: dict[int, frozenset[int]] = field(default_factory=dict)  # absent: every CPU
+    limits: DomainLimits | None = None
+    max_pages: int = 0  # the domain's page limit as last set (XEN_DOMCTL_max_mem)
+
+
+_state: weakref.WeakKeyDictionary[HostedDomain, DomainSched] = weakref.WeakKeyDictionary()
+
+
+def of(dom: HostedDomain) -> DomainSched:
+    """The domain's settings (a domain created before this module took part gets defaults)."""
+    state = _state.get(dom)
+    if state is None:
+        state = _state[dom] = DomainSched(maxvcpus=_maxvcpus(dom.spec))
+    return state
+
+
+def _maxvcpus(spec: dict[str, Any]) -> int:
+    return int(spec.get("maxvcpus") or spec.get("vcpus") or 1)
+
+
+def group_name(dom: HostedDomain) -> str:
+    """`pyxen/dom<ID>-<name>`, the name made safe as one path component."""
+    return f"pyxen/dom{dom.domid}-{re.sub(r'[^A-Za-z0-9_.-]', '_', dom.name)}"
+
+
+# --- creation -------------------------------------------------------------------------------
+def prepare(dom: HostedDomain) -> None:
+    """Before the domain's process starts: its affinity checked, its cgroup made and set if
+    the config asks for a cap or a weight. Refused / LimitsUnavailable (RuntimeError) if not."""
+    spec, domid = dom.spec, dom.domid
+    try:
+        state = DomainSched(maxvcpus=_maxvcpus(spec))
+    except (TypeError, ValueError):
+        raise Refused(f"vcpus and maxvcpus must be numbers, not {spec.get('vcpus')!r} and "
+                      f"{spec.get('maxvcpus')!r}") from None
+    _state[dom] = state
+    dom.gone.add_done_callback(lambda _: _release(state, domid))
+    state.hard = _initial_affinity(spec, state.maxvcpus)
+    weight, cap = spec.get("cpu_weight", DEFAULT_WEIGHT), spec.get("cap", 0)
+    if weight != DEFAULT_WEIGHT or cap != 0:
+        limits = DomainLimits.create(group_name(dom))
+        state.limits = limits
+        try:
+            limits.set_weight(weight)
+            limits.set_cap(cap, vcpus=state.maxvcpus)
+        except ValueError as e:
+            raise Refused(str(e)) from None
+        state.weight, state.cap = weight, cap
+    dom.on_vcpu_thread = _vcpu_thread_started
+
+
+def _initial_affinity(spec: dict[str, Any], maxvcpus: int) -> dict[int, frozenset[int]]:
+    """xl.cfg `cpus`: one list per vCPU (cpus_by_vcpu), or one set for all of them."""
+    by_vcpu = spec.get("cpus_by_vcpu")
+    if by_vcpu is None and spec.get("cpus") is not None:
+        by_vcpu = [spec["cpus"]] * maxvcpus
+    hard = {}
+    for index, cpus in enumerate((by_vcpu or [])[:maxvcpus]):
+        hard[index] = frozenset(_checked_cpus(cpus))
+    return hard
+
+
+def _checked_cpus(cpus: object) -> set[int]:
+    if not isinstance(cpus, list | set | frozenset) or not cpus or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in cpus):
+        raise Refused(f"a CPU set must be a non-empty list of CPU numbers, not {cpus!r}")
+    online = host_cpus()
+    missing = sorted(set(cpus) - online)
+    if missing:
+        raise Refused(f"CPU {format_cpus(set(missing))} is not on this host "
+                      f"(it has CPUs {format_cpus(online)})")
+    return set(cpus)
+
+
+def started(dom: HostedDomain, xenstored: XenStored) -> None:
+    """The process is built, its vCPUs not yet running: it joins its cgroup, and the nodes
+    libxl writes for a new domain's vCPUs appear (cpu/<i>/availability)."""
+    state = of(dom)
+    if state.limits is not None and dom.process is not None:
+        try:
+            state.limits.add_process(dom.process.pid)
+        except ProcessLookupError:
+            raise Refused(f"the process of domain {dom.domid} ended as it started") from None
+    vcpus = int(dom.spec.get("vcpus") or 1)
+    with Client.in_process(xenstored, domid=0) as xs:
+        for index in range(state.maxvcpus):
+            xs.write(f"/local/domain/{dom.domid}/cpu/{index}/availability",
+                     "online" if index < vcpus else "offline")
+        with contextlib.suppress(XenStoreError, ValueError):
+            state.max_pages = int(xs.read(f"/local/domain/{dom.domid}/memory/static-max")) // 4
+
+
+def _vcpu_thread_started(dom: HostedDomain, index: int, tid: int) -> None:
+    cpus = of(dom).hard.get(index)
+    if cpus is None:
+        return
+    try:
+        pin_thread(tid, set(cpus))
+    except (ValueError, OSError) as e:
+        log.warning("dom%d: vCPU %d not pinned to %s: %s", dom.domid, index,
+                    format_cpus(set(cpus)), e)
+
+
+def _release(state: DomainSched, domid: int) -> None:
+    """The domain is gone (its process reaped): its cgroup goes too."""
+    limits, state.limits = state.limits, None
+    if limits is None:
+        return
+    try:
+        limits.remove()
+    except (LimitsUnavailable, RuntimeError, OSError) as e:
+        log.warning("dom%d: %s", domid, e)
+
+
+# --- credit ---------------------------------------------------------------------------------
+def set_credit(dom: HostedDomain, weight: int | None, cap: int | None) -> None:
+    """libxl_domain_sched_params_set for the credit scheduler: the values checked as libxl
+    checks them, then applied to the domain's cgroup (made now if it has none)."""
+    state = of(dom)
+    if weight is not None and not 1 <= weight <= MAX_WEIGHT:
+        raise Refused("Cpu weight out of range, valid values are within range from 1 to "
+                      f"{MAX_WEIGHT}")
+    if cap is not None and not 0 <= cap <= 100 * state.maxvcpus:
+        raise Refused(f"Cpu cap out of range, valid range is from 0 to {100 * state.maxvcpus} "
+                      "for specified number of vcpus")
+    limits = state.limits or _limits_now(dom)
+    try:
+        if weight is not None:
+            limits.set_weight(weight)
+            state.weight = weight
+        if cap is not None:
+            limits.set_cap(cap, vcpus=state.maxvcpus)
+            state.cap = cap
+    except ValueError as e:
+        raise Refused(str(e)) from None
+
+
+def _limits_now(dom: HostedDomain) -> DomainLimits:
+    """The cgroup of a domain created without one, made on demand with its process in it."""
+    if dom.process is None or dom.process.returncode is not None:
+        raise Refused(f"domain {dom.domid} has no process to limit (it has stopped)")
+    limits = DomainLimits.create(group_name(dom))
+    try:
+        limits.add_process(dom.process.pid)
+    except BaseException:
+        with contextlib.suppress(LimitsUnavailable, RuntimeError, OSError):
+            limits.remove()
+        raise
+    of(dom).limits = limits
+    return limits
+
+
+# --- affinity -------------------------------------------------------------------------------
+def pin(dom: HostedDomain, vcpu: int | None, cpus: set[int]) -> None:
+    """libxl_set_vcpuaffinity(_all): vCPU `vcpu` (None: every vCPU) may run only on `cpus`,
+    from now on (a running thread moves) and whenever its thread starts."""
+    state = of(dom)
+    if vcpu is not None and not 0 <= vcpu < state.maxvcpus:
+        raise Refused(f"Could not set affinity for vcpu `{vcpu}': domain {dom.domid} has "
+                      f"vCPUs 0 to {state.maxvcpus - 1}")
+    wanted = frozenset(_checked_cpus(cpus))
+    for index in range(state.maxvcpus) if vcpu is None else (vcpu,):
+        state.hard[index] = wanted
+        tid = _live_tid(dom, index)
+        if tid is None:
+            continue
+        try:
+            pin_thread(tid, set(wanted))
+        except ProcessLookupError:
+            continue  # the vCPU went down meanwhile; its next thread is pinned as it starts
+        except (ValueError, OSError) as e:
+            raise Refused(f"Could not set affinity for vcpu `{index}': {e}") from None
+
+
+def _live_tid(dom: HostedDomain, index: int) -> int | None:
+    tid = dom.vcpu_tids.get(index)
+    if tid is None or dom.process is None or dom.process.returncode is not None:
+        return None
+    return tid if _thread_stat(dom.process.pid, tid) is not None else None
+
+
+def _thread_stat(pid: int, tid: int) -> list[str] | None:
+    """The fields of /proc/PID/task/TID/stat after the command (index 0 is field 3)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields
+
+
+def vcpu_info(dom: HostedDomain) -> list[dict[str, Any]]:
+    """libxl_list_vcpu: each vCPU as the kernel sees its thread. A vCPU with no thread is
+    offline (not brought up yet, or down), except those of a domain not yet unpaused,
+    which Xen holds ready to run."""
+    state = of(dom)
+    pid = dom.process.pid if dom.process is not None else 0
+    booting = not dom.started and dom.state == DomainState.PAUSED
+    first_vcpus = int(dom.spec.get("vcpus") or 1)
+    everyone = frozenset(host_cpus())
+    rows = []
+    for index in range(state.maxvcpus):
+        tid = dom.vcpu_tids.get(index)
+        fields = _thread_stat(pid, tid) if tid is not None and pid else None
+        row: dict[str, Any] = {"vcpu": index, "tid": None, "online": False, "cpu": None,
+                               "running": False, "blocked": False, "time": 0.0,
+                               "hard": sorted(state.hard.get(index, everyone)),
+                               "soft": sorted(everyone)}
+        if tid is not None and fields is not None:
+            letter = fields[0]
+            row.update(tid=tid, online=True, cpu=int(fields[36]), running=letter == "R",
+                       blocked=letter in ("S", "D", "I"),
+                       time=(int(fields[11]) + int(fields[12])) / _CLK_TCK)
+            with contextlib.suppress(OSError):
+                row["hard"] = sorted(os.sched_getaffinity(tid))
+        elif booting and index < first_vcpus:
+            row["online"] = True
+        rows.append(row)
+    return rows
+
+
+# --- memory and vCPUs (the nodes libxl writes) -----------------------------------------------
+def set_memory_target(xenstored: XenStored, dom: HostedDomain, kib: int) -> None:
+    """libxl_set_memory_target(enforce): the balloon target a PV-aware guest follows, never
+    above memory/static-max; the page limit follows it (plus libxl's constant)."""
+    home = f"/local/domain/{dom.domid}"
+    with Client.in_process(xenstored, domid=0) as xs:
+        static_max = _read_kib(xs, f"{home}/memory/static-max")
+        if kib > static_max:
+            raise Refused(f"memory_dynamic_max must be less than or equal to memory_static_max "
+                          f"({kib} KiB asked, static-max is {static_max} KiB)")
+        _set_max_pages(dom, kib + LIBXL_MAXMEM_CONSTANT)
+        xs.write(f"{home}/memory/target", str(kib))
+        xs.write(f"/vm/{uuid.UUID(dom.uuid)}/memory", str(kib // 1024))
+
+
+def set_memory_max(xenstored: XenStored, dom: HostedDomain, kib: int) -> None:
+    """libxl_domain_setmaxmem (Xen 4.17): the page limit, never below the current target,
+    and memory/static-max, so that mem-set may go up to it."""
+    home = f"/local/domain/{dom.domid}"
+    with Client.in_process(xenstored, domid=0) as xs:
+        target = _read_kib(xs, f"{home}/memory/target")
+        if kib < target:
+            raise Refused(f"memory_static_max must be greater than or equal to "
+                          f"memory_dynamic_max ({kib} KiB asked, the target is {target} KiB)")
+        _set_max_pages(dom, kib + LIBXL_MAXMEM_CONSTANT)
+        xs.write(f"{home}/memory/static-max", str(kib))
+
+
+def _read_kib(xs: Client, path: str) -> int:
+    try:
+        text = xs.read(path).decode()
+    except XenStoreError:
+        raise Refused(f"Cannot get memory info from {path}") from None
+    if not text.isdigit():
+        raise Refused(f"Invalid memory {text!r} from {path}")
+    return int(text)
+
+
+def _set_max_pages(dom: HostedDomain, kib: int) -> None:
+    """xc_domain_setmaxmem: KiB to pages, as Xen's XEN_DOMCTL_max_mem does."""
+    if dom.control is None:
+        raise Refused(f"domain {dom.domid} has no process to limit (it has stopped)")
+    pages = kib >> 2
+    dom.set_max_pages(pages)
+    of(dom).max_pages = pages
+
+
+def set_vcpus_online(xenstored: XenStored, dom: HostedDomain, count: int,
+                     check_host: bool) -> None:
+    """xl vcpu-set for a PV-aware guest (libxl_set_vcpuonline): cpu/<i>/availability says
+    which vCPUs the guest should have up; the guest brings them up or down itself."""
+    state = of(dom)
+    if count == 0:
+        raise Refused("Requested 0 VCPUs!")
+    if count > state.maxvcpus:
+        raise Refused(f"Requested {count} VCPUs, however maxcpus is {state.maxvcpus}!")
+    online = sum(1 for row in vcpu_info(dom) if row["online"])
+    physical = len(host_cpus())
+    if check_host and count > online and count > physical:
+        raise Refused(f"You are overcommitting! You have {physical} physical CPUs and want "
+                      f"{count} vCPUs! Aborting, use --ignore-host to continue")
+    with Client.in_process(xenstored, domid=0) as xs:
+        for t in xs.transactions():
+            with t:
+                for index in range(state.maxvcpus):
+                    t.write(f"/local/domain/{dom.domid}/cpu/{index}/availability",
+                            "online" if index < count else "offline")
+
+
+# --- figures ----------------------------------------------------------------------------------
+def cpu_ns(dom: HostedDomain) -> int:
+    """CPU time of the domain's process (every thread), from /proc."""
+    if dom.process is None or dom.process.returncode is not None:
+        return 0
+    try:
+        with open(f"/proc/{dom.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // _CLK_TCK
+
+
+def figures(dom: HostedDomain) -> dict[str, Any]:
+    """What `top` shows of a domain, sampled now."""
+    state = of(dom)
+    return {"domid": dom.domid, "name": dom.name, "state": dom.state_letters(),
+            "cpu_ns": cpu_ns(dom), "mem_kib": int(dom.spec.get("memory") or 0) * 1024,
+            "maxmem_kib": state.max_pages * 4, "vcpus": state.maxvcpus,
+            "vcpu_seconds": [row["time"] if row["online"] else None for row in vcpu_info(dom)],
+            "sampled_ns": time.monotonic_ns()}
+
+
+def format_cpus(cpus: set[int]) -> str:
+    """xl's way of writing a CPU set: ranges and single CPUs, comma-separated."""
+    runs: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if runs and runs[-1][1] == cpu - 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
