@@ -27,7 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 # modules holding several xl commands that talk to the daemon, each a COMMANDS table
 XL_MODULES = ("pyxen.toolstack.xl_create", "pyxen.toolstack.xl_list",
-              "pyxen.toolstack.xl_console", "pyxen.toolstack.xl_ops")
+              "pyxen.toolstack.xl_console", "pyxen.toolstack.xl_ops",
+              "pyxen.toolstack.xl_sched")
 
 
 def _escape_undecodable(err: UnicodeError) -> tuple[str, int]:
