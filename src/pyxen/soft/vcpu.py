@@ -894,7 +894,11 @@ class SoftVcpu:
             self.uc.emu_stop()
             return
         entry = self._entries
-        while self._in_emu and self._kick and self._entries == entry:
+        # Until the engine has taken the stop; not once it runs a hook: that hook may be
+        # waiting for a lock the caller holds (an IPI sent under the event-channel lock
+        # while the target's own hypercall wants it), and a stop requested before the
+        # hook holds when the hook returns.
+        while self._in_emu and self._kick and self._entries == entry and not self._in_hook:
             self.uc.emu_stop()
             time.sleep(KICK_RETRY_S)
 
