@@ -9,12 +9,13 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from host.hostkit import Daemon, wait_for
+from host.hostkit import WAIT_S, Daemon, wait_for
 
 LONG_IDLE = "idle=3600 idle_how=block"  # a guest that stays up, asleep, until destroyed
 
@@ -240,3 +241,48 @@ def test_the_daemon_stops_cleanly_on_sigterm(daemon: Daemon) -> None:
     assert daemon.stop() == 128 + signal.SIGTERM
     wait_for("the domain's process to end", lambda: not alive(pid))
     assert not daemon.socket.exists() and not daemon.xenstore.exists()
+
+
+def test_create_c_attaches_before_the_first_byte_and_both_ways(daemon: Daemon) -> None:
+    """`create -c`: every line the guest printed through its PV console, from the first, and
+    what is typed reaches the guest (console_ring's interactive mode echoes each line)."""
+    cfg = daemon.config("echo", "console_ring", "console=hvc0 interactive=1")
+    session = subprocess.Popen([sys.executable, "-m", "pyxen.cli", "create", "-q", "-c",
+                                str(cfg)], env=daemon.env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert session.stdin is not None and session.stdout is not None
+    seen = bytearray()
+    while b"press Enter" not in seen:
+        chunk = session.stdout.read1(4096)
+        assert chunk, f"the console ended early: {bytes(seen)!r}"
+        seen += chunk
+    session.stdin.write(b"hello there\r")
+    session.stdin.flush()
+    while b"echo: hello there" not in seen:
+        chunk = session.stdout.read1(4096)
+        assert chunk, f"the console ended early: {bytes(seen)!r}"
+        seen += chunk
+    session.stdin.write(b"quit\r")
+    session.stdin.flush()
+    out, err = session.communicate(timeout=WAIT_S)
+    seen += out
+    lines = bytes(seen).decode().splitlines()
+    assert lines[0] == "TEST console_ring.advertised PASS"  # nothing before it was missed
+    assert "TEST console_ring.interactive_quit PASS" in lines
+    assert session.returncode == 0, err
+    log = (daemon.dir / "console" / "guest-echo.log").read_bytes()
+    assert b"echo: hello there" in log  # the log stays after the domain has gone
+    assert "echo" not in daemon.domains()
+
+
+def test_console_attaches_to_a_running_domain_and_ctrl_bracket_leaves(daemon: Daemon) -> None:
+    daemon.create("chat", "console_ring", "console=hvc0 interactive=1")
+    wait_for("the prompt in the log", lambda: b"press Enter" in
+             (daemon.dir / "console" / "guest-chat.log").read_bytes())
+    session = subprocess.run([sys.executable, "-m", "pyxen.cli", "console", "chat"],
+                             env=daemon.env, input=b"ping\r\x1d", capture_output=True,
+                             timeout=WAIT_S)
+    assert session.returncode == 0, session.stderr
+    wait_for("the echo in the log", lambda: b"echo: ping" in
+             (daemon.dir / "console" / "guest-chat.log").read_bytes())
+    assert "chat" in daemon.domains()  # leaving the console leaves the domain running
