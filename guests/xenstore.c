@@ -4,129 +4,18 @@
  * driver's xenbus does: read, write, list, watch our own /local/domain/<id> subtree, a
  * transaction, and be refused what the permissions forbid.
  *
- * Needs a host that serves the store (pyxen with a xenstore attached). Waiting for replies
- * uses SCHEDOP_poll on the store port, so no upcall handler is involved.
+ * Needs a host that serves the store (pyxen with a xenstore attached). The ring client is
+ * the runtime's (runtime/xs.c): it polls the store port (SCHEDOP_poll), so no upcall
+ * handler is involved.
  */
 #include "guest.h"
-#include <xen/io/xs_wire.h>
-#include <xen/event_channel.h>
 
-#define STORE_VA (ALIAS_BASE + 0x200000ULL)
-#define POLL_NS  WAIT_BOUND_NS   /* give up on a reply after this much system time */
-
-static volatile struct xenstore_domain_interface *ring;
-static evtchn_port_t port;
-static uint32_t next_req = 1;
 static char home[64];
 
-/* A watch event that arrived while we waited for a reply. */
-static char event_path[256], event_token[64];
-static int events_seen;
-
-static void ring_write(const void *data, uint32_t len)
-{
-    const char *p = data;
-    while (len) {
-        XENSTORE_RING_IDX cons = ring->req_cons, prod = ring->req_prod;
-        uint32_t space = XENSTORE_RING_SIZE - (prod - cons);
-        if (!space) { notify_port(port); poll_port(port, xen_now_ns() + POLL_NS); continue; }
-        uint32_t n = len < space ? len : space;
-        for (uint32_t i = 0; i < n; i++)
-            ring->req[MASK_XENSTORE_IDX(prod + i)] = p[i];
-        barrier();  /* data before index (x86 keeps stores in order) */
-        ring->req_prod = prod + n;
-        p += n;
-        len -= n;
-    }
-    notify_port(port);
-}
-
-/* Read exactly len bytes of response; false on timeout. */
-static bool ring_read(void *data, uint32_t len)
-{
-    char *p = data;
-    uint64_t deadline = xen_now_ns() + POLL_NS;
-    while (len) {
-        XENSTORE_RING_IDX cons = ring->rsp_cons, prod = ring->rsp_prod;
-        barrier();
-        if (prod == cons) {
-            if (!poll_port(port, deadline))
-                return false;
-            continue;
-        }
-        uint32_t n = prod - cons < len ? prod - cons : len;
-        for (uint32_t i = 0; i < n; i++)
-            p[i] = ring->rsp[MASK_XENSTORE_IDX(cons + i)];
-        barrier();
-        ring->rsp_cons = cons + n;
-        notify_port(port);  /* room in the response ring for anything xenstored holds back */
-        p += n;
-        len -= n;
-    }
-    return true;
-}
-
-/* One message in (header + payload), stashing watch events; returns the reply type or -1. */
-static int read_message(struct xsd_sockmsg *hdr, char *body, uint32_t max)
-{
-    for (;;) {
-        if (!ring_read(hdr, sizeof(*hdr)) || hdr->len > XENSTORE_PAYLOAD_MAX)
-            return -1;
-        static char scratch[XENSTORE_PAYLOAD_MAX + 1];
-        if (!ring_read(scratch, hdr->len))
-            return -1;
-        scratch[hdr->len] = 0;
-        if (hdr->type == XS_WATCH_EVENT) {
-            size_t plen = strnlen(scratch, hdr->len);
-            memcpy(event_path, scratch, plen < sizeof(event_path) - 1 ? plen + 1 : sizeof(event_path));
-            event_path[sizeof(event_path) - 1] = 0;
-            const char *tok = scratch + plen + 1;
-            size_t tlen = strnlen(tok, sizeof(event_token) - 1);
-            memcpy(event_token, tok, tlen);
-            event_token[tlen] = 0;
-            events_seen++;
-            continue;
-        }
-        uint32_t n = hdr->len < max ? hdr->len : max;
-        memcpy(body, scratch, n);
-        if (n < max) body[n] = 0;
-        return (int)hdr->type;
-    }
-}
-
-/* Send one request of `count` NUL-separated parts; the reply in `reply` (NUL-terminated).
- * Returns the reply type (XS_ERROR carries the errno name) or -1 on timeout. */
-static int xs_request(uint32_t type, uint32_t tx, const char *payload, uint32_t len,
-                      char *reply, uint32_t max)
-{
-    struct xsd_sockmsg hdr = { .type = type, .req_id = next_req++, .tx_id = tx, .len = len };
-    ring_write(&hdr, sizeof(hdr));
-    ring_write(payload, len);
-    struct xsd_sockmsg rh;
-    int t = read_message(&rh, reply, max);
-    if (t >= 0 && rh.req_id != hdr.req_id)
-        return -1;
-    return t;
-}
-
-static int xs_read(const char *path, char *out, uint32_t max)
-{
-    return xs_request(XS_READ, 0, path, strlen(path) + 1, out, max);
-}
-
-static int xs_write(const char *path, const char *value, uint32_t tx)
-{
-    static char buf[512], reply[64];
-    size_t pl = strlen(path) + 1, vl = strlen(value);
-    memcpy(buf, path, pl);
-    memcpy(buf + pl, value, vl);
-    return xs_request(XS_WRITE, tx, buf, pl + vl, reply, sizeof(reply));
-}
-
 /* "XS_ERROR EACCES" style outcome: returns true if the reply was that error. */
-static bool is_error(int type, const char *reply, const char *name)
+static bool is_error(int type, const char *name)
 {
-    return type == XS_ERROR && strcmp(reply, name) == 0;
+    return type == XS_ERROR && strcmp(xs_error(), name) == 0;
 }
 
 int guest_main(void)
@@ -140,11 +29,11 @@ int guest_main(void)
                (unsigned long)pfn, (unsigned long)evtchn))
         return 0;
     check_eq("xenstore.map_shared_info", map_shared_info(), 0);
-    check_eq("xenstore.map_ring", map_4k(STORE_VA, pfn << 12, PTE_P | PTE_W), 0);
-    ring = (volatile struct xenstore_domain_interface *)STORE_VA;
-    port = (evtchn_port_t)evtchn;
+    if (!check_eq("xenstore.open_ring", xs_open(), 0))
+        return 0;
+    check_eq("xenstore.port_is_advertised", xs_port(), (long)evtchn);
 
-    struct evtchn_status st = { .dom = DOMID_SELF, .port = port };
+    struct evtchn_status st = { .dom = DOMID_SELF, .port = xs_port() };
     check_eq("xenstore.port_status", HYPERVISOR_event_channel_op(EVTCHNOP_status, &st), 0);
     check_eq("xenstore.port_is_interdomain", st.status, EVTCHNSTAT_interdomain);
     check_eq("xenstore.port_peer_is_dom0", st.u.interdomain.dom, 0);
@@ -156,16 +45,16 @@ int guest_main(void)
     /* Our own nodes, by absolute and by relative path. */
     char path[128];
     snprintf(path, sizeof(path), "%s/domid", home);
-    int t = xs_read(path, reply, sizeof(reply));
+    int t = xs_read(0, path, reply, sizeof(reply));
     check_eq("xenstore.read_domid_type", t, XS_READ);
     check_eq("xenstore.read_domid", (long)strtoul(reply, NULL, 10), domid);
-    t = xs_read("name", reply, sizeof(reply));
+    t = xs_read(0, "name", reply, sizeof(reply));
     check_eq("xenstore.read_relative_name", t, XS_READ);
     info("xs_name", "%s", reply);
 
     /* Write, read back, list. */
-    check_eq("xenstore.write_data", xs_write("data/greeting", "hello from the ring", 0), XS_WRITE);
-    t = xs_read("data/greeting", reply, sizeof(reply));
+    check_eq("xenstore.write_data", xs_write(0, "data/greeting", "hello from the ring"), XS_WRITE);
+    t = xs_read(0, "data/greeting", reply, sizeof(reply));
     check("xenstore.read_back", t == XS_READ && strcmp(reply, "hello from the ring") == 0,
           "type %d value '%s'", t, reply);
     t = xs_request(XS_DIRECTORY, 0, home, strlen(home) + 1, reply, sizeof(reply));
@@ -180,46 +69,55 @@ int guest_main(void)
     check("xenstore.data_owned_by_us", t == XS_GET_PERMS && strcmp(reply, path) == 0,
           "type %d perms '%s'", t, reply);
 
-    /* A watch: the initial event, then one per change. */
-    static const char watch[] = "data\0tok-1";
-    events_seen = 0;
-    t = xs_request(XS_WATCH, 0, watch, sizeof(watch), reply, sizeof(reply));
-    check_eq("xenstore.watch", t, XS_WATCH);
-    check_eq("xenstore.xs_read_to_drain_event", xs_read("name", reply, sizeof(reply)), XS_READ);
-    check("xenstore.watch_initial_event", events_seen >= 1 && strcmp(event_token, "tok-1") == 0,
-          "%d events, token '%s'", events_seen, event_token);
-    events_seen = 0;
-    xs_write("data/greeting", "changed", 0);
-    xs_read("name", reply, sizeof(reply));
+    /* A watch: the initial event (xenstored fires one as it is set), then one per change. */
+    char ev_path[128], ev_token[32];
+    check_eq("xenstore.watch", xs_watch("data", "tok-1"), XS_WATCH);
+    bool got = xs_read_watch(ev_path, sizeof(ev_path), ev_token, sizeof(ev_token),
+                             xen_now_ns() + WAIT_BOUND_NS);
+    check("xenstore.watch_initial_event", got && strcmp(ev_token, "tok-1") == 0 &&
+          strcmp(ev_path, "data") == 0, "event %d, path '%s' token '%s'", got, ev_path, ev_token);
+    xs_write(0, "data/greeting", "changed");
+    got = xs_read_watch(ev_path, sizeof(ev_path), ev_token, sizeof(ev_token),
+                        xen_now_ns() + WAIT_BOUND_NS);
+    xs_read(0, "name", reply, sizeof(reply));   /* whatever else the write fired is in by now */
+    unsigned more = 0;
+    char spare[128];
+    while (xs_read_watch(spare, sizeof(spare), NULL, 0, 0))
+        more++;
     /* A watch set on a relative path reports relative paths (as Xen's xenstored does). */
-    check("xenstore.watch_fires_on_write", events_seen == 1 && strcmp(event_path, "data/greeting") == 0,
-          "%d events, path '%s'", events_seen, event_path);
-    info("xs_watch_event", "%s %s", event_path, event_token);
+    check("xenstore.watch_fires_on_write", got && more == 0 &&
+          strcmp(ev_path, "data/greeting") == 0 && strcmp(ev_token, "tok-1") == 0,
+          "event %d (+%u more), path '%s' token '%s'", got, more, ev_path, ev_token);
+    info("xs_watch_event", "%s %s", ev_path, ev_token);
+    check_eq("xenstore.unwatch", xs_unwatch("data", "tok-1"), XS_UNWATCH);
+    xs_write(0, "data/greeting", "unwatched");
+    xs_read(0, "name", reply, sizeof(reply));
+    check("xenstore.unwatch_silences", !xs_read_watch(spare, sizeof(spare), NULL, 0, 0),
+          "an event for '%s' after XS_UNWATCH", spare);
 
     /* A transaction. */
-    t = xs_request(XS_TRANSACTION_START, 0, "", 1, reply, sizeof(reply));
-    uint32_t tx = (uint32_t)strtoul(reply, NULL, 10);
-    check("xenstore.transaction_start", t == XS_TRANSACTION_START && tx != 0, "type %d id '%s'", t, reply);
-    check_eq("xenstore.transaction_write", xs_write("data/in-tx", "1", tx), XS_WRITE);
-    t = xs_request(XS_TRANSACTION_END, tx, "T", 2, reply, sizeof(reply));
+    uint32_t tx = 0;
+    t = xs_transaction_start(&tx);
+    check("xenstore.transaction_start", t == XS_TRANSACTION_START && tx != 0, "type %d id %u", t, tx);
+    check_eq("xenstore.transaction_write", xs_write(tx, "data/in-tx", "1"), XS_WRITE);
+    t = xs_transaction_end(tx, true);
     check_eq("xenstore.transaction_commit", t, XS_TRANSACTION_END);
-    t = xs_read("data/in-tx", reply, sizeof(reply));
+    t = xs_read(0, "data/in-tx", reply, sizeof(reply));
     check("xenstore.transaction_visible", t == XS_READ && strcmp(reply, "1") == 0, "type %d '%s'", t, reply);
 
     /* What our permissions forbid. */
-    t = xs_write("name", "renamed", 0);
-    check("xenstore.write_readonly_refused", is_error(t, reply, "EACCES") || t == XS_ERROR,
-          "type %d", t);
-    t = xs_write("/tool/pyxen-test", "x", 0);
+    t = xs_write(0, "name", "renamed");
+    check("xenstore.write_readonly_refused", is_error(t, "EACCES"), "type %d '%s'", t, xs_error());
+    t = xs_write(0, "/tool/pyxen-test", "x");
     check("xenstore.write_outside_refused", t == XS_ERROR, "type %d", t);
-    t = xs_read("/local", reply, sizeof(reply));
-    check("xenstore.read_unreadable_refused", is_error(t, reply, "EACCES"), "type %d '%s'", t, reply);
+    t = xs_read(0, "/local", reply, sizeof(reply));
+    check("xenstore.read_unreadable_refused", is_error(t, "EACCES"), "type %d '%s'", t, reply);
     t = xs_request(XS_INTRODUCE, 0, "5\0" "1\0" "1", 6, reply, sizeof(reply));
-    check("xenstore.introduce_refused", is_error(t, reply, "EACCES"), "type %d '%s'", t, reply);
-    t = xs_read("data/nope", reply, sizeof(reply));
-    check("xenstore.read_missing_enoent", is_error(t, reply, "ENOENT"), "type %d '%s'", t, reply);
+    check("xenstore.introduce_refused", is_error(t, "EACCES"), "type %d '%s'", t, reply);
+    t = xs_read(0, "data/nope", reply, sizeof(reply));
+    check("xenstore.read_missing_enoent", is_error(t, "ENOENT"), "type %d '%s'", t, reply);
 
     /* Leave a node for the host to find. */
-    check_eq("xenstore.write_for_host", xs_write("data/from-guest", "ring ok", 0), XS_WRITE);
+    check_eq("xenstore.write_for_host", xs_write(0, "data/from-guest", "ring ok"), XS_WRITE);
     return 0;
 }

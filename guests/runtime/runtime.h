@@ -28,6 +28,7 @@
 #include <xen/arch-x86/cpuid.h>
 #include <xen/errno.h>
 #include <xen/io/console.h>
+#include <xen/io/xs_wire.h>
 
 #include "segments.h"
 
@@ -175,6 +176,36 @@ bool hvc_console(void);
 bool hvc_console_write(const char *s, size_t len);
 void console_flush(void);
 void hvc_evtchn_reset(bool done);
+
+/* ---- XenStore over the guest ring (runtime/xs.c) ---- */
+/* Map the store ring (HVM_PARAM_STORE_PFN/_EVTCHN) and mask its port, which the client
+ * polls; 0, or -ENOENT when the domain has no store, or another negative errno. */
+long xs_open(void);
+bool xs_ready(void);                 /* open, and the stream has not been given up */
+volatile struct xenstore_domain_interface *xs_ring(void);   /* NULL until xs_open() */
+evtchn_port_t xs_port(void);
+/* One request (`len` payload bytes, parts NUL-separated as xs_wire wants) in transaction
+ * `tx` (0: none) and its reply, NUL-terminated in `reply` (XS_DIRECTORY's parts keep their
+ * NULs). Returns the reply's type -- XS_ERROR with the errno name in `reply` and in
+ * xs_error() -- or -1: no store, a payload over XENSTORE_PAYLOAD_MAX, or no reply within
+ * WAIT_BOUND_NS. Watch events met on the way are queued for xs_read_watch(). Relative paths
+ * are relative to the domain's home, /local/domain/<domid>. */
+int xs_request(uint32_t type, uint32_t tx, const void *payload, uint32_t len,
+               char *reply, size_t size);
+int xs_read(uint32_t tx, const char *path, char *out, size_t size);   /* XS_READ on success */
+int xs_write(uint32_t tx, const char *path, const char *value);       /* XS_WRITE */
+int xs_watch(const char *path, const char *token);                   /* XS_WATCH */
+int xs_unwatch(const char *path, const char *token);                 /* XS_UNWATCH */
+int xs_transaction_start(uint32_t *tx);                              /* XS_TRANSACTION_START */
+/* XS_TRANSACTION_END; a commit that lost a race is XS_ERROR with xs_error() "EAGAIN". */
+int xs_transaction_end(uint32_t tx, bool commit);
+const char *xs_error(void);          /* errno name of the last XS_ERROR reply */
+/* The next watch event (its path and token, NUL-terminated, cut to the sizes given):
+ * one already queued, or one xenstored sends until system time `deadline` (0: only what
+ * has arrived). false when none came. */
+bool xs_read_watch(char *path, size_t psize, char *token, size_t tsize, uint64_t deadline);
+bool xs_pending(void);               /* an event queued, or bytes waiting in the ring */
+unsigned xs_events_dropped(void);    /* events lost because nobody read the queue */
 
 /* ---- string helpers (runtime/lib.c) ---- */
 void *memset(void *d, int c, size_t n);
