@@ -16,7 +16,7 @@ import importlib
 import importlib.metadata
 import sys
 
-from pyxen.toolstack.embedded import SignalStop, stop_signals
+from pyxen.threads import SignalStop, stop_signals
 
 # subcommand name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -25,10 +25,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "xenstored": ("pyxen.xenstore.daemon", "run a standalone xenstored on a Unix socket"),
     "daemon": ("pyxen.host.daemon", "run the host: XenStore, consoles, one process per domain"),
 }
-# modules holding several xl commands that talk to the daemon, each a COMMANDS table
-XL_MODULES = ("pyxen.toolstack.xl_create", "pyxen.toolstack.xl_list",
-              "pyxen.toolstack.xl_console", "pyxen.toolstack.xl_ops",
-              "pyxen.toolstack.xl_sched")
+# xl commands that talk to the daemon -> the module whose COMMANDS table holds them
+XL_COMMANDS: dict[str, str] = {
+    "create": "pyxen.toolstack.xl_create",
+    "list": "pyxen.toolstack.xl_list",
+    "console": "pyxen.toolstack.xl_console",
+    **dict.fromkeys(("destroy", "pause", "unpause", "shutdown", "reboot", "rename", "domid",
+                     "domname", "uptime", "dmesg", "info"), "pyxen.toolstack.xl_ops"),
+    **dict.fromkeys(("sched-credit", "vcpu-list", "vcpu-pin", "vcpu-set", "mem-set",
+                     "mem-max", "top"), "pyxen.toolstack.xl_sched"),
+}
 
 
 def _escape_undecodable(err: UnicodeError) -> tuple[str, int]:
@@ -62,31 +68,40 @@ def version() -> str:
         return f"{__version__} (not installed; version of the source tree)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that subcommand's module is imported (the others
+    are known by name), so `pyxen list` does not load the hypervisor to print a table."""
     parser = argparse.ArgumentParser(
         prog="pyxen", description="pyxen: the Xen hypervisor in Python on KVM"
     )
     parser.add_argument("--version", action="version", version=f"pyxen {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
+    for name in [*SUBCOMMANDS, *XL_COMMANDS]:
+        if only is not None and name != only:
+            sub.add_parser(name)
+            continue
+        if name in SUBCOMMANDS:
+            module_name, help_text = SUBCOMMANDS[name]
+            module = importlib.import_module(module_name)
+            add_arguments, run = module.add_arguments, module.run
+        else:
+            command = importlib.import_module(XL_COMMANDS[name]).COMMANDS[name]
+            help_text, add_arguments, run = command.help, command.add_arguments, command.run
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sp)
-        sp.set_defaults(_run=module.run)
-    for module_name in XL_MODULES:
-        for name, command in importlib.import_module(module_name).COMMANDS.items():
-            sp = sub.add_parser(name, help=command.help, description=command.help)
-            command.add_arguments(sp)
-            sp.set_defaults(_run=command.run)
+        add_arguments(sp)
+        sp.set_defaults(_run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     messages_show_bytes()
     try:
-        with stop_signals.installed():  # first: building the parser imports every subcommand
-            parser = build_parser()
-            args = parser.parse_args(argv)
+        with stop_signals.installed():  # first: building the parser imports a subcommand
+            args_list = sys.argv[1:] if argv is None else argv
+            first = args_list[0] if args_list else None
+            parser = build_parser(first if first in SUBCOMMANDS or first in XL_COMMANDS
+                                  else None)
+            args = parser.parse_args(args_list)
             if not getattr(args, "_run", None):
                 parser.print_help()
                 return 2

@@ -14,8 +14,8 @@ from typing import Any
 from pyxen.host.client import HostClient, HostError
 from pyxen.host.limits import host_cpus
 from pyxen.host.sched import format_cpus
+from pyxen.threads import SignalStop
 
-from .embedded import SignalStop
 from .xl_common import Command, add_host_argument, domain_argument, with_host
 from .xlcfg import parse_cpu_list
 
