@@ -8,12 +8,14 @@ they report (INFO lines) match what pyxen configured.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
-from guestkit import run_guest
+from guestkit import GUEST_TIMEOUT, image, run_guest
 from pyxen.domain.domain import Outcome
 from pyxen.hv import version as hv_version
 from pyxen.toolstack.accel import machine_factory
@@ -96,3 +98,18 @@ def test_compat_mode_output(guests, accel: str) -> None:
     outcome, report = run_guest("compat32", accel=accel)
     assert report.value("compat32_early") == "hello from 32-bit, paging off"
     assert report.value("compat32_compat_mode") == "hello from the compat code segment"
+
+
+def test_pvguest_boots_and_powers_off_by_itself(guests, accel: str) -> None:
+    """pvguest is host mode's long-running guest (tests/host/test_pvguest.py); with idle_s=1
+    it also ends by itself under `pyxen run --xenstore`, after reading its name from its
+    store and watching control/shutdown."""
+    done = subprocess.run([sys.executable, "-m", "pyxen.cli", "run", str(image("pvguest")),
+                           "--xenstore", "--name", "lone", "--cmdline", "idle_s=1",
+                           "--accel", accel, "--timeout", str(GUEST_TIMEOUT)],
+                          capture_output=True, text=True, timeout=GUEST_TIMEOUT + 60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "pvguest: domid 1 name lone" in lines
+    assert "pvguest: watching control/shutdown (poweroff, halt, reboot)" in lines
+    assert lines[-1] == "pvguest: idle for 1 s, shutting down (poweroff)"
