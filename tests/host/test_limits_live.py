@@ -162,7 +162,7 @@ def test_a_cap_of_50_holds_a_spinning_guest_under_three_quarters_of_a_core(
     dom = guests_of.create("capped", SPIN, cap=50)
     pid = dom["pid"]
     group = cpu_cgroup(pid)
-    assert group.name == f"dom{dom['domid']}-capped-{TAG}" and group.parent.name == "pyxen"
+    assert group.name == f"dom{dom['domid']}-capped-{TAG}" and group.parent.parent.name == "pyxen"
     busy(pid, vcpu_thread(daemon, dom["name"]))
     throttled0 = cpu_stat(group, "nr_throttled")
     cpu0, wall0 = process_seconds(pid), time.monotonic()
@@ -180,9 +180,9 @@ def test_weights_256_and_1024_on_one_core_share_it_unevenly(daemon: Daemon,
                                                            guests_of: Guests) -> None:
     heavy = guests_of.create("heavy", SPIN, cpu_weight=1024, cpus=["1"])
     light = guests_of.create("light", SPIN, cpus=["1"])
-    assert "pyxen" not in str(cpu_cgroup(light["pid"]))  # the default asks for no cgroup
-    daemon.pyxen("sched-credit", "-d", light["name"], "-w", "256")  # made on demand
+    # every domain has a group, the default weight's too: siblings compared by weight
     assert cpu_cgroup(light["pid"]).name == f"dom{light['domid']}-{light['name']}"
+    assert cpu_cgroup(light["pid"]).parent == cpu_cgroup(heavy["pid"]).parent
     threads = {}
     for dom in (heavy, light):
         tid = vcpu_thread(daemon, dom["name"])

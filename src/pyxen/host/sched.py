@@ -1,10 +1,10 @@
 """A domain's limits in host mode, applied and changed live: what Xen's scheduler and libxl
 keep per domain, done with what Linux offers a process.
 
-- Credit weight and cap: the domain process's cgroup `pyxen/dom<ID>-<name>`
-  (`pyxen.host.limits.DomainLimits`), made when the config asks for either (or later, when
-  `sched-credit` sets one) and removed when the domain is gone. A host without cgroups runs
-  domains that ask for neither; one that asks fails to be created, with the reason.
+- Credit weight and cap: the domain process's cgroup `pyxen/host<PID>/dom<ID>-<name>`
+  (`pyxen.host.limits.DomainLimits`), made for every domain and removed when it is gone. A
+  host without cgroups runs domains that ask for neither; one that asks fails to be
+  created, with the reason.
 - vCPU hard affinity (xl.cfg `cpus`, `xl vcpu-pin`): the affinity of the vCPU's thread, set as
   the thread starts and whenever it is changed.
 - Memory target and maximum (`xl mem-set`, `xl mem-max`) and online vCPUs (`xl vcpu-set`):
@@ -75,14 +75,20 @@ def _maxvcpus(spec: dict[str, Any]) -> int:
 
 
 def group_name(dom: HostedDomain) -> str:
-    """`pyxen/dom<ID>-<name>`, the name made safe as one path component."""
-    return f"pyxen/dom{dom.domid}-{re.sub(r'[^A-Za-z0-9_.-]', '_', dom.name)}"
+    """`pyxen/host<daemon pid>/dom<ID>-<name>`, the name made safe as one path component:
+    the domains of one host are siblings (weights compare them with each other), and two
+    daemons on one machine never share a group."""
+    return (f"pyxen/host{os.getpid()}/dom{dom.domid}-"
+            f"{re.sub(r'[^A-Za-z0-9_.-]', '_', dom.name)}")
 
 
 # --- creation -------------------------------------------------------------------------------
 def prepare(dom: HostedDomain) -> None:
-    """Before the domain's process starts: its affinity checked, its cgroup made and set if
-    the config asks for a cap or a weight. Refused / LimitsUnavailable (RuntimeError) if not."""
+    """Before the domain's process starts: its affinity checked, its cgroup made and set.
+    Every domain gets one where the host has the cpu controller, so that weights compare
+    domains with each other (a domain left in the daemon's group would compete with the
+    whole host group instead). Where it has none, only a config that asks for a cap or a
+    weight is refused (LimitsUnavailable, a RuntimeError)."""
     spec, domid = dom.spec, dom.domid
     try:
         state = DomainSched(maxvcpus=_maxvcpus(spec))
@@ -93,15 +99,14 @@ def prepare(dom: HostedDomain) -> None:
     dom.gone.add_done_callback(lambda _: _release(state, domid))
     state.hard = _initial_affinity(spec, state.maxvcpus)
     weight, cap = spec.get("cpu_weight", DEFAULT_WEIGHT), spec.get("cap", 0)
-    if weight != DEFAULT_WEIGHT or cap != 0:
-        limits = DomainLimits.create(group_name(dom))
-        state.limits = limits
-        try:
-            limits.set_weight(weight)
-            limits.set_cap(cap, vcpus=state.maxvcpus)
-        except ValueError as e:
-            raise Refused(str(e)) from None
-        state.weight, state.cap = weight, cap
+    limits = DomainLimits.create(group_name(dom))
+    state.limits = limits
+    try:
+        limits.set_weight(weight)
+        limits.set_cap(cap, vcpus=state.maxvcpus)
+    except ValueError as e:
+        raise Refused(str(e)) from None
+    state.weight, state.cap = weight, cap
     dom.on_vcpu_thread = _vcpu_thread_started
 
 
