@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pyxen import __version__
 from pyxen.host import sched
-from pyxen.host.api import XEN_VERSION, Api, handler
+from pyxen.host.api import XEN_VERSION, Api, Handler, handler
 from pyxen.host.hosted import HostedDomain
 from pyxen.host.limits import DEFAULT_WEIGHT, LimitsUnavailable, host_cpus
 from pyxen.host.wire import Message
@@ -106,22 +107,21 @@ async def vcpu_pin(api: Api, msg: Message) -> Message:
     return {}
 
 
-@handler("mem_set")
-async def mem_set(api: Api, msg: Message) -> Message:
-    dom, kib = api._dom(msg), _int(msg, "kib")
-    if kib is None:
-        raise _error("mem_set needs kib")
-    _applied(sched.set_memory_target, api.host.xenstored, dom, kib)
-    return {}
+def _memory_request(name: str, setter: Callable[..., None]) -> Handler:
+    """mem_set and mem_max: a size in KiB for one domain, applied by `setter`."""
+    @handler(name)
+    async def request(api: Api, msg: Message) -> Message:
+        dom, kib = api._dom(msg), _int(msg, "kib")
+        if kib is None:
+            raise _error(f"{name} needs kib")
+        _applied(setter, api.host.xenstored, dom, kib)
+        return {}
+
+    return request
 
 
-@handler("mem_max")
-async def mem_max(api: Api, msg: Message) -> Message:
-    dom, kib = api._dom(msg), _int(msg, "kib")
-    if kib is None:
-        raise _error("mem_max needs kib")
-    _applied(sched.set_memory_max, api.host.xenstored, dom, kib)
-    return {}
+mem_set = _memory_request("mem_set", sched.set_memory_target)
+mem_max = _memory_request("mem_max", sched.set_memory_max)
 
 
 @handler("vcpu_set")

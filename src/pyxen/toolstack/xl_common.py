@@ -8,6 +8,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pyxen.host import paths
 from pyxen.host.client import HostClient, HostError, HostUnavailable
@@ -50,3 +51,15 @@ def with_host(body: Callable[[HostClient, argparse.Namespace], int]
 
 def domain_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("domain", metavar="DOMAIN", help="a domain's name or id")
+
+
+def select_domains(doms: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:
+    """The listed domains named (by name or id) in `wanted`, all of them if it is empty;
+    HostError for a name that matches none, as xl says it."""
+    if not wanted:
+        return doms
+    chosen = [d for d in doms if d["name"] in wanted or str(d["domid"]) in wanted]
+    missing = set(wanted) - {d["name"] for d in chosen} - {str(d["domid"]) for d in chosen}
+    if missing:
+        raise HostError(f"{sorted(missing)[0]} is an invalid domain identifier")
+    return chosen

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from pyxen.host.client import HostClient
 
-from .xl_common import Command, add_host_argument, with_host
+from .xl_common import Command, add_host_argument, select_domains, with_host
 
 HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
 
@@ -56,15 +55,7 @@ def _add(p: argparse.ArgumentParser) -> None:
 
 
 def _run(host: HostClient, args: argparse.Namespace) -> int:
-    doms = host.request("list")["domains"]
-    if args.domains:
-        wanted = set(args.domains)
-        chosen = [d for d in doms if d["name"] in wanted or str(d["domid"]) in wanted]
-        missing = wanted - {d["name"] for d in chosen} - {str(d["domid"]) for d in chosen}
-        if missing:
-            print(f"pyxen: {sorted(missing)[0]} is an invalid domain identifier", file=sys.stderr)
-            return 1
-        doms = chosen
+    doms = select_domains(host.request("list")["domains"], args.domains)
     if args.long:
         print(json.dumps([libxl_json(d) for d in doms if d["domid"]], indent=4))
         return 0

@@ -8,7 +8,7 @@ import time
 
 from pyxen.host.client import HostClient
 
-from .xl_common import Command, add_host_argument, domain_argument, with_host
+from .xl_common import Command, add_host_argument, domain_argument, select_domains, with_host
 
 
 def _simple(op: str, help_text: str) -> Command:
@@ -95,10 +95,7 @@ def _uptime() -> Command:
         add_host_argument(p)
 
     def body(host: HostClient, args: argparse.Namespace) -> int:
-        doms = host.request("list")["domains"]
-        if args.domains:
-            wanted = set(args.domains)
-            doms = [d for d in doms if d["name"] in wanted or str(d["domid"]) in wanted]
+        doms = select_domains(host.request("list")["domains"], args.domains)
         now = time.time()
         if not args.short:
             print(f"{'Name':<32} {'ID':>5} Uptime")
