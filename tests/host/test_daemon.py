@@ -10,7 +10,6 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,6 @@ import pytest
 from host.hostkit import WAIT_S, Daemon, wait_for
 
 LONG_IDLE = "idle=3600 idle_how=block"  # a guest that stays up, asleep, until destroyed
-
-
-@pytest.fixture
-def daemon(guests, tmp_path: Path) -> Iterator[Daemon]:
-    if "soft" not in __import__("conftest").AVAILABLE:
-        pytest.skip("host-mode tests run their guests on the software CPU")
-    d = Daemon(tmp_path)
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 def process_state(pid: int) -> str:
