@@ -1,7 +1,7 @@
 """The kit's pvguest under a real `pyxen daemon`: a long-running guest that answers xl's
 shutdown and reboot through control/shutdown as Linux does (drivers/xen/manage.c), announces
 control/feature-poweroff and -reboot, ignores what it cannot do, and talks on its PV console.
-Each test has a daemon of its own in a temporary directory."""
+Each test has a daemon of its own (the `daemon` fixture, tests/host/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,17 +17,6 @@ from host.hostkit import WAIT_S, Daemon, wait_for
 READY = b"pvguest: watching control/shutdown"
 needs_xenstore_utils = pytest.mark.skipif(not shutil.which("xenstore-read"),
                                           reason="Debian's xenstore-utils are not installed")
-
-
-@pytest.fixture
-def daemon(guests, tmp_path: Path) -> Iterator[Daemon]:
-    if "soft" not in __import__("conftest").AVAILABLE:
-        pytest.skip("host-mode tests run their guests on the software CPU")
-    d = Daemon(tmp_path)
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 def console_log(daemon: Daemon, name: str) -> bytes:
