@@ -37,14 +37,6 @@ evtchn_port_t hvc_port(void) { return port; }
 bool hvc_console(void) { return on_ring; }
 
 /* Xen system time from the hypervisor itself. */
-static uint64_t now(void)
-{
-    struct xen_hvm_get_time t = { 0 };
-    if (HYPERVISOR_hvm_op(HVMOP_get_time, &t) == 0)
-        return t.now;
-    return xen_now_ns();
-}
-
 /* Tell the back end; false once the port is gone (closed by a reset, say). */
 static bool notify(void)
 {
@@ -62,37 +54,13 @@ static void wait_event(uint64_t deadline)
     poll_port(port, deadline);
 }
 
-static void mask_port(bool masked)
-{
-    volatile unsigned long *word = &shared_info->evtchn_mask[port / 64];
-    unsigned long bit = 1UL << (port % 64);
-    if (masked)
-        __atomic_fetch_or(word, bit, __ATOMIC_SEQ_CST);
-    else
-        __atomic_fetch_and(word, ~bit, __ATOMIC_SEQ_CST);
-}
-
 long hvc_open(void)
 {
     if (ring)
         return dead ? ENOENT_ : 0;
-    if (!boot.xen)
-        return ENOSYS_;
-    uint64_t pfn = 0, evtchn = 0;
-    long rc = hvm_get_param(DOMID_SELF, HVM_PARAM_CONSOLE_PFN, &pfn);
-    if (rc == 0)
-        rc = hvm_get_param(DOMID_SELF, HVM_PARAM_CONSOLE_EVTCHN, &evtchn);
+    long rc = map_service_ring(HVM_PARAM_CONSOLE_PFN, HVM_PARAM_CONSOLE_EVTCHN, HVC_VA, &port);
     if (rc)
         return rc;
-    if (!pfn || !evtchn)
-        return ENOENT_;
-    rc = map_shared_info();
-    if (rc)
-        return rc;
-    if (map_4k(HVC_VA, pfn << PAGE_SHIFT, PTE_P | PTE_W))
-        return ENOMEM_;
-    port = (evtchn_port_t)evtchn;
-    mask_port(true);
     ring = (volatile struct xencons_interface *)HVC_VA;
     return 0;
 }
@@ -111,7 +79,7 @@ size_t hvc_write(const char *s, size_t len)
          * and console_io); bigger writes go as room comes. */
         size_t need = len - done <= sizeof(ring->out) ? len - done : 1;
         if (space < need) {
-            uint64_t t = now();
+            uint64_t t = hv_now_ns();
             if (!deadline)
                 deadline = t + WAIT_BOUND_NS;
             else if (t >= deadline)
@@ -136,7 +104,7 @@ size_t hvc_write(const char *s, size_t len)
 bool hvc_drain(uint64_t deadline)
 {
     while (!dead && ring->out_cons != ring->out_prod) {
-        if (now() >= deadline)
+        if (hv_now_ns() >= deadline)
             return false;
         wait_event(deadline);
     }
@@ -152,7 +120,7 @@ size_t hvc_read(char *buf, size_t n, uint64_t deadline)
         if (prod - cons > sizeof(ring->in))
             break;
         if (cons == prod) {
-            if (now() >= deadline)
+            if (hv_now_ns() >= deadline)
                 break;
             wait_event(deadline);
             continue;
@@ -276,7 +244,7 @@ bool hvc_console_write(const char *s, size_t len)
 
 void console_flush(void)
 {
-    if (on_ring && !dead && !hvc_drain(now() + WAIT_BOUND_NS))
+    if (on_ring && !dead && !hvc_drain(hv_now_ns() + WAIT_BOUND_NS))
         give_up("the back end left output in the ring");
 }
 
@@ -291,7 +259,7 @@ void hvc_evtchn_reset(bool done)
     /* Every port is closed now: the number may come back for another channel, which must
      * not inherit our mask. Output continues on console_io. */
     dead = true;
-    mask_port(false);
+    mask_port(port, false);
     if (on_ring) {
         on_ring = false;
         io_note("hvc0: event channels were reset: the console continues on console_io\n");

@@ -137,6 +137,13 @@ void xen_wallclock(uint64_t *sec, uint32_t *nsec); /* boot wallclock (version lo
  * clear it (false once the deadline has passed). */
 void notify_port(evtchn_port_t port);
 bool poll_port(evtchn_port_t port, uint64_t deadline);
+void mask_port(evtchn_port_t port, bool masked);
+/* A ring a dom0 service shares with us (the store, the console): its frame and port from
+ * two HVM params; the frame mapped at `va`, the port masked (the caller polls it).
+ * 0, or -ENOENT without such a ring, -ENOSYS without Xen, another -errno. */
+long map_service_ring(unsigned pfn_param, unsigned evtchn_param, uint64_t va,
+                      evtchn_port_t *port);
+uint64_t hv_now_ns(void);         /* HVMOP_get_time: right even if shared_info's copy froze */
 
 /* ---- console / printf (runtime/printf.c) ---- */
 /* To console_io (the hypervisor's console, `xl dmesg`), or with `console=hvc0` on the

@@ -279,3 +279,46 @@ bool poll_port(evtchn_port_t port, uint64_t deadline)
     __atomic_fetch_and(pending, ~(1UL << (port % 64)), __ATOMIC_SEQ_CST);
     return xen_now_ns() < deadline;
 }
+
+/* Xen system time from the hypervisor itself (right even if shared_info's copy froze
+ * because a guest moved its vcpu_info). */
+uint64_t hv_now_ns(void)
+{
+    struct xen_hvm_get_time t = { 0 };
+    if (HYPERVISOR_hvm_op(HVMOP_get_time, &t) == 0)
+        return t.now;
+    return xen_now_ns();
+}
+
+void mask_port(evtchn_port_t port, bool masked)
+{
+    volatile unsigned long *word = &shared_info->evtchn_mask[port / 64];
+    unsigned long bit = 1UL << (port % 64);
+    if (masked)
+        __atomic_fetch_or(word, bit, __ATOMIC_SEQ_CST);
+    else
+        __atomic_fetch_and(word, ~bit, __ATOMIC_SEQ_CST);
+}
+
+long map_service_ring(unsigned pfn_param, unsigned evtchn_param, uint64_t va,
+                      evtchn_port_t *port)
+{
+    if (!boot.xen)
+        return ENOSYS_;
+    uint64_t pfn = 0, evtchn = 0;
+    long rc = hvm_get_param(DOMID_SELF, pfn_param, &pfn);
+    if (rc == 0)
+        rc = hvm_get_param(DOMID_SELF, evtchn_param, &evtchn);
+    if (rc)
+        return rc;
+    if (!pfn || !evtchn)
+        return ENOENT_;
+    rc = map_shared_info();
+    if (rc)
+        return rc;
+    if (map_4k(va, pfn << PAGE_SHIFT, PTE_P | PTE_W))
+        return ENOMEM_;
+    *port = (evtchn_port_t)evtchn;
+    mask_port(*port, true);
+    return 0;
+}

@@ -41,15 +41,6 @@ evtchn_port_t xs_port(void) { return port; }
 const char *xs_error(void) { return last_error; }
 unsigned xs_events_dropped(void) { return ev_dropped; }
 
-/* Xen system time from the hypervisor itself (right even if shared_info's copy froze). */
-static uint64_t now(void)
-{
-    struct xen_hvm_get_time t = { 0 };
-    if (HYPERVISOR_hvm_op(HVMOP_get_time, &t) == 0)
-        return t.now;
-    return xen_now_ns();
-}
-
 static void give_up(const char *why)
 {
     if (!broken)
@@ -62,24 +53,9 @@ long xs_open(void)
 {
     if (ring)
         return broken ? ENOENT_ : 0;
-    if (!boot.xen)
-        return ENOSYS_;
-    uint64_t pfn = 0, evtchn = 0;
-    long rc = hvm_get_param(DOMID_SELF, HVM_PARAM_STORE_PFN, &pfn);
-    if (rc == 0)
-        rc = hvm_get_param(DOMID_SELF, HVM_PARAM_STORE_EVTCHN, &evtchn);
+    long rc = map_service_ring(HVM_PARAM_STORE_PFN, HVM_PARAM_STORE_EVTCHN, XS_VA, &port);
     if (rc)
         return rc;
-    if (!pfn || !evtchn)
-        return ENOENT_;
-    rc = map_shared_info();
-    if (rc)
-        return rc;
-    if (map_4k(XS_VA, pfn << PAGE_SHIFT, PTE_P | PTE_W))
-        return ENOMEM_;
-    port = (evtchn_port_t)evtchn;
-    __atomic_fetch_or(&shared_info->evtchn_mask[port / 64], 1UL << (port % 64),
-                      __ATOMIC_SEQ_CST);
     ring = (volatile struct xenstore_domain_interface *)XS_VA;
     return 0;
 }
@@ -90,7 +66,7 @@ bool xs_ready(void) { return ring && !broken; }
 static bool ring_write(const void *data, uint32_t len)
 {
     const char *p = data;
-    uint64_t deadline = now() + WAIT_BOUND_NS;
+    uint64_t deadline = hv_now_ns() + WAIT_BOUND_NS;
     while (len) {
         XENSTORE_RING_IDX cons = ring->req_cons, prod = ring->req_prod;
         rmb();
@@ -100,7 +76,7 @@ static bool ring_write(const void *data, uint32_t len)
         }
         uint32_t space = XENSTORE_RING_SIZE - (prod - cons);
         if (!space) {
-            if (now() >= deadline) {
+            if (hv_now_ns() >= deadline) {
                 give_up("xenstored took no request bytes");
                 return false;
             }
@@ -115,7 +91,7 @@ static bool ring_write(const void *data, uint32_t len)
         ring->req_prod = prod + n;
         p += n;
         len -= n;
-        deadline = now() + WAIT_BOUND_NS;
+        deadline = hv_now_ns() + WAIT_BOUND_NS;
     }
     notify_port(port);
     return true;
@@ -140,7 +116,7 @@ static bool ring_read(void *data, uint32_t len, uint64_t deadline)
     while (len && !broken) {
         uint32_t avail = rsp_avail();
         if (!avail) {
-            if (broken || now() >= deadline)
+            if (broken || hv_now_ns() >= deadline)
                 return false;
             poll_port(port, deadline);
             continue;
@@ -183,13 +159,13 @@ static bool read_message(struct xsd_sockmsg *hdr, uint64_t deadline)
     if (!xs_ready())
         return false;
     while (!broken && !rsp_avail()) {
-        if (now() >= deadline)
+        if (hv_now_ns() >= deadline)
             return false;
         poll_port(port, deadline);
     }
     if (broken)
         return false;
-    if (!ring_read(hdr, sizeof(*hdr), now() + WAIT_BOUND_NS)) {
+    if (!ring_read(hdr, sizeof(*hdr), hv_now_ns() + WAIT_BOUND_NS)) {
         give_up("a reply header was cut off");
         return false;
     }
@@ -197,7 +173,7 @@ static bool read_message(struct xsd_sockmsg *hdr, uint64_t deadline)
         give_up("a reply longer than XENSTORE_PAYLOAD_MAX");
         return false;
     }
-    if (!ring_read(msg_body, hdr->len, now() + WAIT_BOUND_NS)) {
+    if (!ring_read(msg_body, hdr->len, hv_now_ns() + WAIT_BOUND_NS)) {
         give_up("a reply was cut off");
         return false;
     }
@@ -217,7 +193,7 @@ int xs_request(uint32_t type, uint32_t tx, const void *payload, uint32_t len,
     struct xsd_sockmsg hdr = { .type = type, .req_id = next_req_id++, .tx_id = tx, .len = len };
     if (!ring_write(&hdr, sizeof(hdr)) || !ring_write(payload, len))
         return -1;
-    uint64_t deadline = now() + WAIT_BOUND_NS;
+    uint64_t deadline = hv_now_ns() + WAIT_BOUND_NS;
     struct xsd_sockmsg rh;
     for (;;) {
         if (!read_message(&rh, deadline))

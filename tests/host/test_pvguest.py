@@ -128,6 +128,8 @@ def test_an_idle_guest_is_blocked_and_quiet(daemon: Daemon) -> None:
     """Idle means blocked in the hypervisor: none of the domain's threads on a CPU, reading
     after reading (a guest polling in a loop would be caught running), and nothing printed."""
     start(daemon, "sleepy")
+    # its last boot line: the features are written, nothing more is on its way
+    wait_for("the console prompt", lambda: b"type a line" in console_log(daemon, "sleepy"))
     wait_for("the guest to block", lambda: daemon.domains()["sleepy"]["state"] == "-b----")
     before = console_log(daemon, "sleepy")
     states = [daemon.domains()["sleepy"]["state"] for _ in range(20)]
