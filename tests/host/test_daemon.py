@@ -274,3 +274,10 @@ def test_console_attaches_to_a_running_domain_and_ctrl_bracket_leaves(daemon: Da
     wait_for("the echo in the log", lambda: b"echo: ping" in
              (daemon.dir / "console" / "guest-chat.log").read_bytes())
     assert "chat" in daemon.domains()  # leaving the console leaves the domain running
+
+
+def test_coredump_restart_dumps_then_starts_a_new_domain(daemon: Daemon) -> None:
+    daemon.create("again", "sched", "shutdown=crash", on_crash="coredump-restart")
+    wait_for("a restarted domain", lambda: daemon.domains().get("again", {}).get("domid", 1) > 1)
+    cores = wait_for("the core file", lambda: list((daemon.dir / "dump").glob("again-*.core")))
+    assert cores[0].read_bytes()[:4] == b"\x7fELF"
