@@ -197,12 +197,12 @@ class ApiServer:
             try:
                 msg = decode(line)
                 op = str(msg.get("op"))
+                if op == "console":  # the one request that turns the stream into bytes
+                    await self._console(msg, reader, writer)
+                    return
                 fn = HANDLERS.get(op)
                 if fn is None:
                     raise HostError(f"unknown request {op!r}")
-                if op == "console":
-                    await self._console(msg, reader, writer)
-                    return
                 reply: Message = {"ok": True, **await fn(self.api, msg)}
             except HostError as e:
                 reply = {"ok": False, "error": str(e), "status": e.status}
@@ -252,9 +252,3 @@ class ApiServer:
                 task.cancel()
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
-
-
-@handler("console")
-async def _console_placeholder(api: Api, msg: Message) -> Message:
-    """Registered so that `console` is a known request; ApiServer serves it as a stream."""
-    return {}

@@ -28,6 +28,7 @@ from typing import Any
 from pyxen.abi.sched import SHUTDOWN_crash
 from pyxen.backends.console import ConsoleBackend
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
+from pyxen.host import procstat
 from pyxen.host.wire import Message, WireError, recv_packet, send_packet, wire_to_bytes
 from pyxen.toolstack.console_service import remove_console_nodes, write_console_nodes
 from pyxen.toolstack.service_ring import ServiceRing
@@ -316,11 +317,7 @@ class HostedDomain:
         """CPU time of the domain's process (all its vCPU threads)."""
         if self.process is None or self.process.returncode is not None:
             return 0.0
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return procstat.cpu_ns(procstat.stat_fields(self.process.pid)) / 1e9
 
     def state_letters(self) -> str:
         """xl list's State column: running, blocked, paused, shutdown, reason, dying."""
@@ -338,8 +335,5 @@ class HostedDomain:
         """r or b for a running domain: whether any of its process's threads is on a CPU."""
         if self.state != DomainState.RUNNING or self.process is None:
             return self.state
-        for task in Path(f"/proc/{self.process.pid}/task").glob("*/stat"):
-            with contextlib.suppress(OSError, IndexError):
-                if task.read_text().rsplit(")", 1)[1].split()[0] == "R":
-                    return DomainState.RUNNING
-        return DomainState.BLOCKED
+        return (DomainState.RUNNING if procstat.any_thread_running(self.process.pid)
+                else DomainState.BLOCKED)

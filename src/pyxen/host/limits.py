@@ -21,6 +21,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from pyxen.host import procstat
+
 DEFAULT_WEIGHT = 256          # Xen's credit scheduler default (CSCHED_DEFAULT_WEIGHT)
 MAX_WEIGHT = 65535            # weight and cap are uint16 in xen_domctl_sched_credit
 MAX_CAP = 65535
@@ -398,16 +400,7 @@ class DomainLimits:
 
 def _proc_cpu_ns(pids: list[int]) -> int:
     """CPU time of live processes from /proc, for hosts without cgroup accounting."""
-    tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            stat = _read(f"/proc/{pid}/stat")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        total += (int(fields[11]) + int(fields[12])) * tick_ns   # utime, stime
-    return total
+    return sum(procstat.cpu_ns(procstat.stat_fields(pid)) for pid in pids)
 
 
 # ---------------------------------------------------------------------------------------------

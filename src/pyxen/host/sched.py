@@ -25,6 +25,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyxen.host import procstat
 from pyxen.host.hosted import DomainState, HostedDomain
 from pyxen.host.limits import (
     DEFAULT_WEIGHT,
@@ -40,7 +41,6 @@ from pyxen.xenstore.xenstored import XenStored
 
 log = logging.getLogger("pyxen.daemon")
 LIBXL_MAXMEM_CONSTANT = 1024  # KiB libxl adds to the page limit it gives Xen (x86's extra)
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Refused(RuntimeError):
@@ -237,17 +237,7 @@ def _live_tid(dom: HostedDomain, index: int) -> int | None:
     tid = dom.vcpu_tids.get(index)
     if tid is None or dom.process is None or dom.process.returncode is not None:
         return None
-    return tid if _thread_stat(dom.process.pid, tid) is not None else None
-
-
-def _thread_stat(pid: int, tid: int) -> list[str] | None:
-    """The fields of /proc/PID/task/TID/stat after the command (index 0 is field 3)."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields
+    return tid if procstat.stat_fields(dom.process.pid, tid) is not None else None
 
 
 def vcpu_info(dom: HostedDomain) -> list[dict[str, Any]]:
@@ -262,16 +252,17 @@ def vcpu_info(dom: HostedDomain) -> list[dict[str, Any]]:
     rows = []
     for index in range(state.maxvcpus):
         tid = dom.vcpu_tids.get(index)
-        fields = _thread_stat(pid, tid) if tid is not None and pid else None
+        fields = procstat.stat_fields(pid, tid) if tid is not None and pid else None
         row: dict[str, Any] = {"vcpu": index, "tid": None, "online": False, "cpu": None,
                                "running": False, "blocked": False, "time": 0.0,
                                "hard": sorted(state.hard.get(index, everyone)),
                                "soft": sorted(everyone)}
         if tid is not None and fields is not None:
             letter = fields[0]
-            row.update(tid=tid, online=True, cpu=int(fields[36]), running=letter == "R",
+            row.update(tid=tid, online=True, cpu=int(fields[procstat.PROCESSOR]),
+                       running=letter == "R",
                        blocked=letter in ("S", "D", "I"),
-                       time=(int(fields[11]) + int(fields[12])) / _CLK_TCK)
+                       time=procstat.cpu_ns(fields) / 1e9)
             with contextlib.suppress(OSError):
                 row["hard"] = sorted(os.sched_getaffinity(tid))
         elif booting and index < first_vcpus:
@@ -350,23 +341,11 @@ def set_vcpus_online(xenstored: XenStored, dom: HostedDomain, count: int,
 
 
 # --- figures ----------------------------------------------------------------------------------
-def cpu_ns(dom: HostedDomain) -> int:
-    """CPU time of the domain's process (every thread), from /proc."""
-    if dom.process is None or dom.process.returncode is not None:
-        return 0
-    try:
-        with open(f"/proc/{dom.process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0
-    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // _CLK_TCK
-
-
 def figures(dom: HostedDomain) -> dict[str, Any]:
     """What `top` shows of a domain, sampled now."""
     state = of(dom)
     return {"domid": dom.domid, "name": dom.name, "state": dom.state_letters(),
-            "cpu_ns": cpu_ns(dom), "mem_kib": int(dom.spec.get("memory") or 0) * 1024,
+            "cpu_ns": round(dom.cpu_seconds() * 1e9), "mem_kib": int(dom.spec.get("memory") or 0) * 1024,
             "maxmem_kib": state.max_pages * 4, "vcpus": state.maxvcpus,
             "vcpu_seconds": [row["time"] if row["online"] else None for row in vcpu_info(dom)],
             "sampled_ns": time.monotonic_ns()}
