@@ -57,12 +57,20 @@ class Connection:
             except ProtocolError as e:
                 log.warning("dom%d: %s; closing its connection", self.domid, e)
                 self._drop()
+                self._settled()
                 return
             for m in messages:
                 self._handle(m)
                 if self.closed:
                     break
+            self._settled()
             xsd.flush()
+
+    def _settled(self) -> None:
+        """Let persistence write what the requests changed before any reply says it is done."""
+        journal = self.xenstored.store.journal
+        if journal is not None:
+            journal.batch_end()
 
     def _handle(self, m: Message) -> None:
         store = self.xenstored.store
@@ -76,7 +84,8 @@ class Connection:
             if m.type in PRIVILEGED and not store.is_privileged(session):
                 raise XenStoreError("EACCES", "privileged operation")
             if m.tx_id and m.tx_id not in session.transactions and m.type != XS_TRANSACTION_START:
-                raise XenStoreError("ENOENT", f"no transaction {m.tx_id}")
+                lost = "EAGAIN" if session.restored else "ENOENT"
+                raise XenStoreError(lost, f"no transaction {m.tx_id}")
             reply = handler(store, session, m)
         except XenStoreError as e:
             session.deferred.clear()

@@ -39,3 +39,6 @@ class Session:
     next_tx_id: int = 1
     closed: bool = False
     deferred: list[tuple[str, str]] = field(default_factory=list)  # events due after the reply
+    # Re-created from a snapshot by a new daemon: transaction ids it does not know were
+    # opened before the restart, so they get EAGAIN (the guest retries), not ENOENT.
+    restored: bool = False

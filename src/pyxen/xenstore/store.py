@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pyxen.abi.xs_wire import XENSTORE_PAYLOAD_MAX
 from pyxen.xenstore.domains import DOMID_FIRST_RESERVED, DOMID_SELF, Domain
@@ -35,6 +36,23 @@ DEFAULT_PERMS: Perms = (Perm(XS_PERM_NONE, 0),)
 SERVER_FEATURES = 0  # no guest ring yet: neither reconnection nor the error field
 
 
+class Journal(Protocol):
+    """What the store tells persistence (`snapshot.Persistence`) so a new daemon can get it back."""
+
+    def committed(self, path: str, node: Node | None) -> None:
+        """A node was written (or deleted, None) in the committed tree."""
+
+    def session_changed(self, domid: int, structural: bool) -> None:
+        """A guest session (domid > 0) opened, closed or changed its watches (structural),
+        or started a transaction (its next transaction id moved)."""
+
+    def domains_changed(self) -> None:
+        """Domain records, global quotas or special-node permissions changed."""
+
+    def batch_end(self) -> None:
+        """A batch of requests is handled and its replies are about to leave."""
+
+
 @dataclass
 class StoreHooks:
     """Callbacks for the hypervisor: map/unmap a guest's ring when the toolstack says so."""
@@ -55,6 +73,7 @@ class Store:
     sessions: list[Session] = field(default_factory=list)
     special_perms: dict[str, Perms] = field(default_factory=dict)
     trace: Callable[[str], None] | None = None  # set by CONTROL log on
+    journal: Journal | None = None  # set while a daemon keeps the store on disk
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -78,15 +97,27 @@ class Store:
             self.owned[old.owner] -= 1
         if node is None:
             self.nodes.pop(path, None)
-            return
-        self.generation += 1
-        node.generation = self.generation
-        self.nodes[path] = node
-        self.owned[node.owner] = self.owned.get(node.owner, 0) + 1
+        else:
+            self.generation += 1
+            node.generation = self.generation
+            self.nodes[path] = node
+            self.owned[node.owner] = self.owned.get(node.owner, 0) + 1
+        if self.journal is not None:
+            self.journal.committed(path, node)
+
+    def _session_changed(self, session: Session, structural: bool = True) -> None:
+        """Tell persistence; a dom0 session dies with the daemon and is not kept."""
+        if self.journal is not None and session.domid > 0:
+            self.journal.session_changed(session.domid, structural)
+
+    def _domains_changed(self) -> None:
+        if self.journal is not None:
+            self.journal.domains_changed()
 
     def open_session(self, domid: int, sink: EventSink) -> Session:
         session = Session(domid, sink)
         self.sessions.append(session)
+        self._session_changed(session)
         return session
 
     def close_session(self, session: Session) -> None:
@@ -95,6 +126,7 @@ class Store:
         session.transactions.clear()
         if session in self.sessions:
             self.sessions.remove(session)
+            self._session_changed(session)
 
     def is_privileged(self, session: Session) -> bool:
         return session.domid in (0, self.priv_domid)
@@ -209,6 +241,7 @@ class Store:
         session.watches.append(watch)
         # Every new watch fires once, right after its acknowledgement.
         session.deferred.append((watch.event_path(watch.node), watch.token))
+        self._session_changed(session)
         return watch
 
     def unwatch(self, session: Session, path: str, token: str) -> None:
@@ -216,12 +249,14 @@ class Store:
         for i, w in enumerate(session.watches):
             if w.node == node and w.token == token:
                 del session.watches[i]
+                self._session_changed(session)
                 return
         raise XenStoreError("ENOENT", "no such watch")
 
     def reset_watches(self, session: Session) -> None:
         session.watches.clear()
         session.transactions.clear()
+        self._session_changed(session)
 
     # ---- node operations ---------------------------------------------------------------
 
@@ -274,6 +309,7 @@ class Store:
             if not self._perm(session, old) & XS_PERM_OWNER:
                 raise XenStoreError("EACCES", path)
             self.special_perms[path] = perms
+            self._domains_changed()
             return
         view = self._view(session, tx_id)
         name = self._path(session, path)
@@ -392,6 +428,7 @@ class Store:
         session.transactions[new_id] = Transaction(
             self, new_id, session.domid, None if privileged else quotas.transaction_nodes
         )
+        self._session_changed(session, structural=False)
         return new_id
 
     def transaction_end(self, session: Session, tx_id: int, commit: bool) -> None:
@@ -420,9 +457,11 @@ class Store:
         domain = self.domains.get(domid)
         if domain is not None and domain.introduced:
             domain.mfn, domain.evtchn = mfn, evtchn  # re-introduction rebinds, no event
+            self._domains_changed()
             return
         domain = Domain(domid, mfn, evtchn, features=SERVER_FEATURES)
         self.domains[domid] = domain
+        self._domains_changed()
         if self.hooks.introduce:
             self.hooks.introduce(domain)
         self.deliver("@introduceDomain", exact=False)
@@ -455,16 +494,19 @@ class Store:
         for other in self.domains.values():
             if other.target == domid:
                 other.target = None
+        self._domains_changed()
         self.deliver("@releaseDomain", exact=False)
 
     def resume(self, domid: int) -> None:
         self._connected(domid).shutdown = False
+        self._domains_changed()
 
     def set_target(self, domid: int, target: int) -> None:
         domain = self._connected(domid)
         if target != 0:
             self._connected(target)
         domain.target = target
+        self._domains_changed()
 
     def is_domain_introduced(self, domid: int) -> bool:
         return domid in (0, DOMID_SELF) or domid in self.domains
@@ -481,6 +523,7 @@ class Store:
         if features & ~SERVER_FEATURES:
             raise XenStoreError("EINVAL", "feature not supported by the server")
         domain.features = features
+        self._domains_changed()
 
     def get_quota(self, domid: int | None, name: str) -> int:
         if name not in Quotas.NAMES:
@@ -494,11 +537,12 @@ class Store:
             raise XenStoreError("EINVAL", f"bad quota {name!r}")
         if domid is None:
             self.quotas.set(name, value)
-            return
-        domain = self._connected(domid)
-        if domain.quotas is None:
-            domain.quotas = self.quotas.copy()
-        domain.quotas.set(name, value)
+        else:
+            domain = self._connected(domid)
+            if domain.quotas is None:
+                domain.quotas = self.quotas.copy()
+            domain.quotas.set(name, value)
+        self._domains_changed()
 
     def usage(self, domid: int) -> dict[str, int]:
         """Current consumption of a domain, for `xenstore-control quota <domid>`."""
