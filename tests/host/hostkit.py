@@ -16,6 +16,7 @@ from guestkit import image
 from pyxen.host.client import HostClient, HostUnavailable
 
 WAIT_S = 120.0  # a generous bound for "soon" on a busy machine
+READY = b"pvguest: watching control/shutdown"
 
 
 def wait_for(what: str, condition: Callable[[], Any], timeout: float = WAIT_S) -> Any:
@@ -32,19 +33,20 @@ def wait_for(what: str, condition: Callable[[], Any], timeout: float = WAIT_S) -
 class Daemon:
     """`pyxen daemon` in its own state directory, stopped (SIGTERM) at the end."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *options: str, log_name: str = "daemon.err") -> None:
         self.dir = state_dir
         self.socket = state_dir / "pyxen.sock"
         self.xenstore = state_dir / "xenstored"
         self.env = dict(os.environ, PYXEN_HOST=str(self.socket),
                         XENSTORED_PATH=str(self.xenstore))
-        self.stderr = open(state_dir / "daemon.err", "wb")  # noqa: SIM115 - closed in stop()
+        self.log_path = state_dir / log_name
+        self.stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pyxen.cli", "daemon", "--socket", str(self.socket)],
-            stdout=subprocess.DEVNULL, stderr=self.stderr, env=self.env)
-        wait_for("the daemon to answer", self._answers)
+            [sys.executable, "-m", "pyxen.cli", "daemon", "--socket", str(self.socket),
+             *options], stdout=subprocess.DEVNULL, stderr=self.stderr, env=self.env)
+        wait_for("the daemon to answer", self.answers)
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"the daemon exited: {self.errors()}")
         try:
@@ -55,7 +57,7 @@ class Daemon:
             return False
 
     def errors(self) -> str:
-        return (self.dir / "daemon.err").read_text(errors="replace")
+        return self.log_path.read_text(errors="replace")
 
     def pyxen(self, *args: str, check: bool = True, input: str | None = None,
               timeout: float = WAIT_S) -> subprocess.CompletedProcess[str]:
@@ -100,3 +102,24 @@ class Daemon:
             if self.process.poll() is None:
                 self.process.kill()
             self.stderr.close()
+
+
+# --- the kit's pvguest (guests/pvguest.c) ------------------------------------------------
+def console_log(daemon: Daemon, name: str) -> bytes:
+    path = daemon.dir / "console" / f"guest-{name}.log"
+    return path.read_bytes() if path.exists() else b""
+
+
+def start(daemon: Daemon, name: str, **settings: object) -> int:
+    """Create a pvguest on the PV console and wait until it watches control/shutdown."""
+    domid = daemon.create(name, "pvguest", "console=hvc0", **settings)
+    wait_for(f"{name} to watch control/shutdown", lambda: READY in console_log(daemon, name))
+    return domid
+
+
+def type_into_console(daemon: Daemon, name: str, keys: bytes) -> None:
+    """`pyxen console NAME`, type `keys`, leave with Ctrl-]."""
+    session = subprocess.run([sys.executable, "-m", "pyxen.cli", "console", name],
+                             env=daemon.env, input=keys + b"\x1d", capture_output=True,
+                             timeout=WAIT_S)
+    assert session.returncode == 0, session.stderr

@@ -8,40 +8,18 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from host.hostkit import WAIT_S, Daemon, wait_for
+from host.hostkit import READY, Daemon, console_log, start, type_into_console, wait_for
 
-READY = b"pvguest: watching control/shutdown"
 needs_xenstore_utils = pytest.mark.skipif(not shutil.which("xenstore-read"),
                                           reason="Debian's xenstore-utils are not installed")
-
-
-def console_log(daemon: Daemon, name: str) -> bytes:
-    path = daemon.dir / "console" / f"guest-{name}.log"
-    return path.read_bytes() if path.exists() else b""
-
-
-def start(daemon: Daemon, name: str, **settings: object) -> int:
-    """Create a pvguest on the PV console and wait until it watches control/shutdown."""
-    domid = daemon.create(name, "pvguest", "console=hvc0", **settings)
-    wait_for(f"{name} to watch control/shutdown", lambda: READY in console_log(daemon, name))
-    return domid
 
 
 def xenstore(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), env=daemon.env, capture_output=True, text=True,
                           timeout=60)
-
-
-def type_into_console(daemon: Daemon, name: str, keys: bytes) -> None:
-    """`pyxen console NAME`, type `keys`, leave with Ctrl-]."""
-    session = subprocess.run([sys.executable, "-m", "pyxen.cli", "console", name],
-                             env=daemon.env, input=keys + b"\x1d", capture_output=True,
-                             timeout=WAIT_S)
-    assert session.returncode == 0, session.stderr
 
 
 def test_boot_banner_names_the_domain(daemon: Daemon) -> None:

@@ -32,6 +32,9 @@ MAX_REQUEST = 1 << 20
 XEN_VERSION = (4, 17)  # the interface pyxen implements (XENVER_version)
 Handler = Callable[["Api", Message], Awaitable[Message]]
 HANDLERS: dict[str, Handler] = {}
+# requests that change nothing a restarted daemon must know (the others make the host save)
+READ_ONLY = frozenset({"list", "wait", "domid", "domname", "dmesg", "info", "vcpu_list",
+                       "top", "handover"})
 
 
 def handler(name: str) -> Callable[[Handler], Handler]:
@@ -152,7 +155,19 @@ class Api:
                 "free_memory": max(0, host_memory_mib() - used),
                 "xen_major": XEN_VERSION[0], "xen_minor": XEN_VERSION[1],
                 "xen_extra": f"-pyxen{__version__}", "xen_caps": "hvm-3.0-x86_64",
-                "uptime": time.time() - self.host.started, "domains": len(self.host.domains)}
+                "uptime": time.time() - self.host.started, "domains": len(self.host.domains),
+                "pid": os.getpid()}
+
+    @handler("handover")
+    async def handover(self, msg: Message) -> Message:
+        """`pyxen daemon --replace`: this daemon saves its state and exits once this reply
+        is out, leaving its domains running for the new one."""
+        stopping = self.host.stopping
+        if not stopping.done():
+            # the reply is written (to the socket's buffer) before the loop runs this
+            asyncio.get_running_loop().call_soon(lambda: stopping.done() or
+                                                 stopping.set_result("handover"))
+        return {"pid": os.getpid()}
 
 
 class ApiServer:
@@ -204,6 +219,8 @@ class ApiServer:
                 if fn is None:
                     raise HostError(f"unknown request {op!r}")
                 reply: Message = {"ok": True, **await fn(self.api, msg)}
+                if op not in READ_ONLY:
+                    self.api.host.changed()
             except HostError as e:
                 reply = {"ok": False, "error": str(e), "status": e.status}
             except WireError as e:

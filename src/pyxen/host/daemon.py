@@ -5,7 +5,9 @@ every domain (Debian's xenstore-* tools work against its socket), the console ba
 every domain with its log, the hypervisor's console buffer (`dmesg`), the on_poweroff /
 on_reboot / on_crash / on_watchdog actions, and the API the CLI and `pyxen.host.client`
 speak (JSON lines on a Unix socket, `pyxen.host.api`). Each domain runs in its own process
-(`pyxen.host.domain_process`)."""
+(`pyxen.host.domain_process`), which outlives a daemon that dies or hands over
+(`--replace`): the next daemon on the same state directory adopts it, with the XenStore as
+it was (`pyxen.host.persist`, `pyxen.xenstore.snapshot`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -23,12 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from pyxen.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
-from pyxen.host import api_sched, paths, sched  # noqa: F401 - api_sched registers its requests
+from pyxen.host import api_sched, paths, persist, sched  # noqa: F401 - api_sched registers
 from pyxen.host.api import ApiServer
+from pyxen.host.client import HostClient
+from pyxen.host.client import HostError as ClientError
 from pyxen.host.hosted import HostedDomain
 from pyxen.threads import STOP_SIGNALS
+from pyxen.toolstack.console_service import remove_console_nodes
+from pyxen.toolstack.xenstore_service import release_domain
 from pyxen.xenstore.client import Client
-from pyxen.xenstore.unix import UnixServer, check_socket_path
+from pyxen.xenstore.snapshot import Persistence, SnapshotError, restore
+from pyxen.xenstore.unix import UnixServer, check_socket_path, prepare_socket_path
 from pyxen.xenstore.xenstored import XenStored
 
 log = logging.getLogger("pyxen.daemon")
@@ -65,6 +73,12 @@ class Host:
         self._restarts: dict[str, deque[float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._write_dom0_nodes()
+        self.persistence = Persistence(self.xenstored, state_dir)
+        self.persistence.on_structure = self.changed
+        self.stopping: asyncio.Future[int | str] = asyncio.get_running_loop().create_future()
+        self._save_pending = False
+        self._saving = True  # off while closing: the state then says "no domains"
+        self._loop = asyncio.get_running_loop()
 
     def _write_dom0_nodes(self) -> None:
         xs = Client.in_process(self.xenstored, domid=0)
@@ -73,6 +87,72 @@ class Host:
             xs.write("/local/domain/0/domid", "0")
         finally:
             xs.close()
+
+    # --- what a restarted daemon takes back ----------------------------------------------------
+    def changed(self) -> None:
+        """Something a restarted daemon must know has changed: saved once this turn of the
+        loop is over (so a burst of changes costs one save). Any thread may call it."""
+        if self._save_pending or not self._saving:
+            return
+        self._save_pending = True
+        self._loop.call_soon_threadsafe(self._save)
+
+    def _save(self) -> None:
+        self._save_pending = False
+        if not self._saving:
+            return
+        records = [dict(dom.record(), sched=sched.record(dom))
+                   for dom in self.domains.values() if not dom.destroying]
+        try:
+            persist.save(self.state_dir, self._rover, records)
+            self.persistence.save()
+        except OSError as e:
+            log.warning("cannot save the host's state in %s: %s", self.state_dir, e)
+
+    async def recover(self) -> None:
+        """Take back the domains a previous daemon on this state directory left running.
+        persist.StateError or SnapshotError (one line) if its record is unusable."""
+        saved = persist.load(self.state_dir)
+        store = Persistence.load(self.state_dir)
+        if saved is None or store is None:
+            persist.clear(self.state_dir)
+            return
+        restore(self.xenstored, store)
+        self._rover = saved["rover"]
+        sessions = store.get("sessions") or {}
+        for entry in saved["domains"]:
+            domid, name = entry["spec"]["domid"], entry.get("name", "?")
+            try:
+                dom = await HostedDomain.adopt(entry, self.state_dir, self.xenstored,
+                                               self._stopped, self._dmesg,
+                                               sessions.get(str(domid)))
+            except (RuntimeError, KeyError, TypeError, ValueError) as e:
+                self._say(f"domain {domid} ({name}) did not survive its daemon: {e}")
+                self._forget_lost(domid, entry)
+                continue
+            self.domains[domid] = dom
+            self._watch_gone(dom)
+            sched.adopt(dom, entry.get("sched") or {})
+            self._say(f"domain {domid} ({name}) adopted (process {dom.pid})")
+            log.info("dom%d (%s) adopted", domid, name)
+            dom.catch_up()
+
+    def _forget_lost(self, domid: int, entry: dict[str, Any]) -> None:
+        """A domain whose process is gone: its nodes go, as when Xen destroys a domain."""
+        with contextlib.suppress(Exception):
+            remove_console_nodes(self.xenstored, domid)
+            release_domain(self.xenstored, domid, bytes.fromhex(entry["spec"]["uuid"]))
+        with contextlib.suppress(OSError):
+            (self.state_dir / "domains" / f"{domid}.sock").unlink()
+
+    def hand_over(self) -> None:
+        """`pyxen daemon --replace`: everything saved, the domains left running for the next
+        daemon, which adopts them."""
+        self._save()
+        self._saving = False
+        self.persistence.close()
+        for dom in self.domains.values():
+            dom.let_go()
 
     # --- ids and names ---------------------------------------------------------------------
     def allocate_domid(self) -> int:
@@ -111,6 +191,7 @@ class Host:
         dom = HostedDomain(spec, actions, self.state_dir, self.xenstored, self._stopped,
                            self._dmesg)
         self.domains[dom.domid] = dom
+        self.changed()
         try:
             sched.prepare(dom)
             await dom.launch()
@@ -132,6 +213,7 @@ class Host:
         def forget(_: object) -> None:
             if self.domains.get(dom.domid) is dom:
                 del self.domains[dom.domid]
+                self.changed()
 
         dom.gone.add_done_callback(forget)
 
@@ -157,6 +239,7 @@ class Host:
                "soft_reset": "on_reboot"}.get(outcome, "on_crash")
         action = "preserve" if outcome == "suspend" else dom.actions.get(key, "destroy")
         dom.mark_stopped(SHUTDOWN_REASONS.get(outcome, SHUTDOWN_crash))
+        self.changed()
         self._say(f"domain {dom.domid} ({dom.name}) {outcome}"
                   f"{': ' + detail if detail else ''}; {key.removeprefix('on_')} action {action}")
         log.info("dom%d (%s) %s%s: %s", dom.domid, dom.name, outcome,
@@ -172,6 +255,7 @@ class Host:
             await self._coredump(dom)
         if action == "rename-restart":
             dom.name = f"{dom.name}-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}-{dom.domid}"
+            self.changed()
         else:
             dom.destroy()
             await dom.gone
@@ -210,12 +294,16 @@ class Host:
             self._say(f"domain {dom.domid} core dump failed: {e}")
 
     async def close(self) -> None:
-        """The host stops: its domains go with it (they cannot outlive their store)."""
+        """The host stops: its domains go with it, and nothing is left to adopt."""
+        self._saving = False
         for dom in list(self.domains.values()):
             dom.destroy()
         for dom in list(self.domains.values()):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(dom.gone), 10)
+        self.persistence.close()
+        if not self.domains:
+            persist.clear(self.state_dir)
 
     # --- views -------------------------------------------------------------------------------
     def domain_info(self, dom: HostedDomain) -> dict[str, Any]:
@@ -224,7 +312,7 @@ class Host:
                 "vcpus": dom.spec.get("vcpus", 1), "state": dom.state_letters(),
                 "shutdown_reason": dom.shutdown_reason,
                 "cpu_time": round(dom.cpu_seconds(), 1), "created": dom.created,
-                "pid": dom.process.pid if dom.process else None,
+                "pid": dom.live_pid(),
                 "console_log": str(dom.tap.log_path), "spec": dom.spec, "actions": dom.actions}
 
     def domain0_info(self) -> dict[str, Any]:
@@ -252,6 +340,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="go to the background once serving (with --pid-file)")
     p.add_argument("--pid-file", metavar="FILE", help="write the daemon's pid there")
     p.add_argument("--verbose", action="store_true", help="log each domain event on stderr")
+    p.add_argument("--replace", action="store_true",
+                   help="take over from the daemon serving on this socket: it hands its "
+                        "domains over and exits, and this one adopts them (an upgrade "
+                        "without stopping a domain)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -265,7 +357,9 @@ def run(args: argparse.Namespace) -> int:
         socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         for path in (socket_path, xs_path):
             check_socket_path(str(path))
-    except (OSError, ValueError) as e:
+        if args.replace:
+            take_over(socket_path)
+    except (OSError, ValueError, ClientError) as e:
         print(f"pyxen daemon: {e}", file=sys.stderr)
         return 1
     ready_w = -1
@@ -279,20 +373,45 @@ def run(args: argparse.Namespace) -> int:
         os.setsid()
     try:
         return asyncio.run(serve(socket_path, state_dir, xs_path, args.pid_file, ready_w))
-    except OSError as e:
+    except (OSError, persist.StateError, SnapshotError) as e:
         print(f"pyxen daemon: {e}", file=sys.stderr)
         return 1
+
+
+HANDOVER_TIMEOUT = 60.0  # seconds the old daemon has to save its state and exit
+
+
+def take_over(socket_path: Path) -> None:
+    """Ask the daemon on `socket_path` to hand over and wait until it has exited."""
+    with HostClient(socket_path) as host:
+        pid = int(host.request("handover")["pid"])
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        ready, _, _ = select.select([pidfd], [], [], HANDOVER_TIMEOUT)
+        if not ready:
+            raise OSError(f"the daemon (pid {pid}) did not exit within {HANDOVER_TIMEOUT:g} s "
+                          f"of handing over")
+    finally:
+        os.close(pidfd)
 
 
 async def serve(socket_path: Path, state_dir: Path, xs_path: Path, pid_file: str | None,
                 ready_fd: int) -> int:
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    host = Host(state_dir)
+    stop = host.stopping
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, lambda s=sig: stop.done() or stop.set_result(s))
-    host = Host(state_dir)
     store_server = UnixServer(host.xenstored, str(xs_path))
     api = ApiServer(host, str(socket_path))
+    prepare_socket_path(str(socket_path))  # a live daemon there is not replaced silently
+    prepare_socket_path(str(xs_path))
+    await host.recover()
+    host.persistence.start()
+    handed_over = False
     try:
         await store_server.start()
         await api.start()
@@ -306,11 +425,19 @@ async def serve(socket_path: Path, state_dir: Path, xs_path: Path, pid_file: str
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
         signum = await stop
+        if signum == "handover":
+            handed_over = True
+            log.info("handing the domains over to the next daemon")
+            return 0
+        assert isinstance(signum, int)
         log.info("stopping on %s", signal.Signals(signum).name)
         return 128 + signum  # as a shell reports a command stopped by that signal
     finally:
         await api.stop()
-        await host.close()
+        if handed_over:
+            host.hand_over()
+        else:
+            await host.close()
         await store_server.stop()
         if pid_file:
             with contextlib.suppress(FileNotFoundError):

@@ -17,11 +17,22 @@ other domain. FD is this process's end of a SOCK_SEQPACKET control channel:
 The store and console rings are served by the daemon from the memfd; the guest's
 notifications reach it through one eventfd per ring ("kick") and its replies come back
 through another ("notify"). Pause is SIGSTOP, destroy SIGKILL: the daemon needs no
-cooperation from this process for either. If the daemon goes away (end of file on the
-control channel), the domain is destroyed: nothing outlives its host."""
+cooperation from this process for either.
+
+The domain outlives its daemon, as a Xen domain outlives its toolstack: at end of file on
+the control channel it runs on, and listens on `adopt_socket` (STATE_DIR/domains/ID.sock)
+for the next daemon, which asks to adopt it:
+
+    daemon → here   {"op": "adopt"}                       on a new connection to adopt_socket
+    here → daemon   {"op": "adopted", ...} + fds          as "built", plus the pid, whether it
+                                                          started, its vCPU threads, what it
+                                                          printed meanwhile and how it stopped
+                    {"op": "busy"}                        another daemon holds it already
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -61,6 +72,7 @@ class DomainSpec:
     max_grant_frames: int = 32
     max_event_channels: int = 1023
     accel: str = "auto"
+    adopt_socket: str | None = None  # where a later daemon finds this domain
 
     @classmethod
     def from_message(cls, fields: dict[str, object]) -> DomainSpec:
@@ -97,23 +109,91 @@ class RingLink:
         return {"gfn": self.ring.gfn, "port": self.ring.port}
 
 
-def build(spec: DomainSpec, control: socket.socket) -> Domain:
+MAX_HELD_OUTPUT = 64 * 1024  # bytes of CONSOLEIO_write kept while no daemon listens
+
+
+class DaemonLink:
+    """The control channel to whichever daemon holds the domain, if any. Any thread may send;
+    while no daemon is connected, what it must not miss is kept: its console_io output (the
+    last MAX_HELD_OUTPUT bytes), the vCPU threads and how the domain stopped."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control: socket.socket | None = control
+        self.lock = threading.Lock()
+        self.vcpu_tids: dict[int, int] = {}
+        self.stopped: Message | None = None
+        self.held_output = bytearray()
+
+    def send(self, msg: Message, fds: list[int] | None = None) -> bool:
+        with self.lock:
+            return self._send(msg, fds)
+
+    def _send(self, msg: Message, fds: list[int] | None = None) -> bool:
+        if self.control is None:
+            return False
+        try:
+            send_packet(self.control, msg, fds)
+            return True
+        except OSError:  # the daemon went: the domain runs on until another adopts it
+            return False
+
+    def console_io(self, data: bytes) -> None:
+        with self.lock:
+            if not self._send({"op": "console_io", "data": bytes_to_wire(data)}):
+                self.held_output += data
+                del self.held_output[:-MAX_HELD_OUTPUT]
+
+    def vcpu_thread(self, vcpu: Vcpu) -> None:
+        with self.lock:
+            self.vcpu_tids[vcpu.index] = vcpu.native_id
+            self._send({"op": "vcpu_thread", "vcpu": vcpu.index, "tid": vcpu.native_id})
+
+    def stop(self, msg: Message) -> None:
+        with self.lock:
+            self.stopped = msg
+            self._send(msg)
+
+    def lost(self) -> None:
+        """End of file from the daemon."""
+        with self.lock:
+            if self.control is not None:
+                self.control.close()
+                self.control = None
+
+    def adopted_by(self, control: socket.socket, reply: Message, fds: list[int]) -> None:
+        """A new daemon: it gets the domain's state and what it missed, then the channel."""
+        with self.lock:
+            reply = dict(reply, op="adopted", pid=os.getpid(),
+                         vcpu_threads={str(i): t for i, t in self.vcpu_tids.items()},
+                         output=bytes_to_wire(bytes(self.held_output)), stopped=self.stopped)
+            send_packet(control, reply, fds)
+            self.held_output.clear()
+            self.control = control
+
+
+def build(spec: DomainSpec, link: DaemonLink) -> Domain:
     """The domain as `pyxen run` builds it, its console_io output sent to the daemon."""
     config = spec.domain_config()
     modules = ([load_module(spec.ramdisk, image_limit(config))]
                if spec.ramdisk is not None else [])
     factory = accel.machine_factory(spec.accel, spec.kernel)[0]
-
-    def console_io(data: bytes) -> None:
-        send_packet(control, {"op": "console_io", "data": bytes_to_wire(data)})
-
-    domain = build_domain(spec.kernel, config, factory, hypercall_table(), console_io, modules)
-
-    def vcpu_thread(vcpu: Vcpu) -> None:
-        send_packet(control, {"op": "vcpu_thread", "vcpu": vcpu.index, "tid": vcpu.native_id})
-
-    domain.on_vcpu_thread = vcpu_thread
+    domain = build_domain(spec.kernel, config, factory, hypercall_table(), link.console_io,
+                          modules)
+    domain.on_vcpu_thread = link.vcpu_thread
     return domain
+
+
+def listen(path: str | None) -> socket.socket | None:
+    """The socket a later daemon adopts the domain through (None: not adoptable)."""
+    if path is None:
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a domain that had this id before was killed without cleaning up
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(4)
+    return listener
 
 
 def serve(control: socket.socket) -> int:
@@ -122,61 +202,110 @@ def serve(control: socket.socket) -> int:
         return 0
     if msg.get("op") != "build":
         raise WireError(f"expected build, got {msg.get('op')!r}")
+    link = DaemonLink(control)
     try:
         spec = DomainSpec.from_message(msg["domain"])
-        domain = build(spec, control)
+        domain = build(spec, link)
+        listener = listen(spec.adopt_socket)
     except (ImageError, OSError, RuntimeError, ValueError, TypeError, KeyError) as e:
         send_packet(control, {"op": "failed", "error": str(e)})
         return 1
     try:
         store = RingLink(domain, place_store_ring)
         console = RingLink(domain, place_console_ring)
-        send_packet(control, {"op": "built", "store": store.describe(),
-                              "console": console.describe(),
-                              "max_pages": domain.max_pages,
-                              "fds": ["memfd", "store_kick", "store_notify",
-                                      "console_kick", "console_notify"]},
-                    [domain.memory.fd, store.kick_fd, store.notify_fd,
-                     console.kick_fd, console.notify_fd])
-        return run(domain, control, [store, console])
+        rings: Message = {"store": store.describe(), "console": console.describe(),
+                          "max_pages": domain.max_pages,
+                          "fds": ["memfd", "store_kick", "store_notify",
+                                  "console_kick", "console_notify"]}
+        fds = [domain.memory.fd, store.kick_fd, store.notify_fd,
+               console.kick_fd, console.notify_fd]
+        link.send(dict(rings, op="built"), fds)
+        return run(domain, link, [store, console], listener, (rings, fds))
     finally:
+        if listener is not None and spec.adopt_socket is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(spec.adopt_socket)
         domain.close()
 
 
-def run(domain: Domain, control: socket.socket, links: list[RingLink]) -> int:
-    """Serve the control channel and the rings' notifications until the daemon goes."""
-    done_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
+        listener: socket.socket | None, built: tuple[Message, list[int]]) -> int:
+    """Serve the daemon's requests and the rings' notifications until the domain is
+    destroyed (SIGKILL) or, without an adopt socket, until the daemon goes."""
+    started = False
 
     def waiter() -> None:
         result = domain.wait()
         with domain.memory_lock:
             runs = domain.memory.runs()
-        send_packet(control, {"op": "stopped", "outcome": result.outcome.value,
-                              "detail": result.detail, "code": result.shutdown_code,
-                              "runs": runs})
-        os.eventfd_write(done_fd, 1)
+        link.stop({"op": "stopped", "outcome": result.outcome.value, "detail": result.detail,
+                   "code": result.shutdown_code, "runs": runs})
 
     sel = selectors.DefaultSelector()
-    sel.register(control, selectors.EVENT_READ, None)
-    for link in links:
-        sel.register(link.notify_fd, selectors.EVENT_READ, link)
-    started = False
+    assert link.control is not None
+    sel.register(link.control, selectors.EVENT_READ, "control")
+    if listener is not None:
+        sel.register(listener, selectors.EVENT_READ, "listener")
+    for ring in rings:
+        sel.register(ring.notify_fd, selectors.EVENT_READ, ring)
     while True:
         for key, _ in sel.select():
-            if key.data is not None:
+            if isinstance(key.data, RingLink):
                 key.data.notified()
-                continue
-            msg, _ = recv_packet(control)
-            if msg is None:
-                return 0  # the daemon is gone: so is the domain
-            op = msg.get("op")
-            if op == "start" and not started:
-                started = True
-                domain.start()
-                start_worker(threading.Thread(target=waiter, name="domain-waiter", daemon=True))
-            elif op == "set_max_pages" and isinstance(msg.get("pages"), int):
-                with domain.memory_lock:
-                    domain.max_pages = msg["pages"]
+            elif key.data == "listener":
+                assert listener is not None
+                control = adopt(listener, link, dict(built[0], started=started), built[1])
+                if control is not None:
+                    sel.register(control, selectors.EVENT_READ, "control")
+            else:
+                try:
+                    msg, _ = recv_packet(key.fileobj)  # type: ignore[arg-type]
+                except (OSError, WireError):
+                    msg = None
+                if msg is None:
+                    sel.unregister(key.fileobj)
+                    link.lost()
+                    if listener is None:
+                        return 0  # not adoptable: the domain goes with its daemon
+                    continue
+                op = msg.get("op")
+                if op == "start" and not started:
+                    started = True
+                    domain.start()
+                    start_worker(threading.Thread(target=waiter, name="domain-waiter",
+                                                  daemon=True))
+                elif op == "set_max_pages" and isinstance(msg.get("pages"), int):
+                    with domain.memory_lock:
+                        domain.max_pages = msg["pages"]
+
+
+ADOPT_TIMEOUT = 10.0  # seconds a connecting daemon has to say what it wants
+
+
+def adopt(listener: socket.socket, link: DaemonLink, state: Message,
+          fds: list[int]) -> socket.socket | None:
+    """A daemon connected to the adopt socket: it becomes the domain's daemon unless one
+    holds the domain already."""
+    try:
+        conn, _ = listener.accept()
+    except OSError:
+        return None
+    try:
+        conn.settimeout(ADOPT_TIMEOUT)
+        if link.control is not None:
+            send_packet(conn, {"op": "busy"})
+            conn.close()
+            return None
+        msg, _ = recv_packet(conn)
+        if msg is None or msg.get("op") != "adopt":
+            conn.close()
+            return None
+        conn.settimeout(None)
+        link.adopted_by(conn, state, fds)
+        return conn
+    except (OSError, WireError):
+        conn.close()
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

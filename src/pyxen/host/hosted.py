@@ -16,6 +16,7 @@ import mmap
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -34,6 +35,8 @@ from pyxen.toolstack.console_service import remove_console_nodes, write_console_
 from pyxen.toolstack.service_ring import ServiceRing
 from pyxen.toolstack.xenstore_service import introduce_domain, release_domain
 from pyxen.xenstore.ring import GuestRing
+from pyxen.xenstore.snapshot import restore_session
+from pyxen.xenstore.unix import check_socket_path
 from pyxen.xenstore.xenstored import XenStored
 
 log = logging.getLogger("pyxen.daemon")
@@ -105,7 +108,10 @@ class HostedDomain:
         self.on_vcpu_thread: Callable[[HostedDomain, int, int], None] | None = None
         self.destroying = False
         self.created = time.time()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None  # when this daemon started it
+        self.pid: int | None = None
+        self.exited = False
+        self.adopt_socket = state_dir / "domains" / f"{self.domid}.sock"
         self.control: socket.socket | None = None
         self.pidfd = -1
         self.fds: list[int] = []
@@ -118,6 +124,7 @@ class HostedDomain:
         self.gone = asyncio.get_running_loop().create_future()  # set when destroyed
         self.ended = asyncio.get_running_loop().create_future()  # set when shut down or gone
         self._built: asyncio.Future[Message] | None = None
+        self._missed: Message | None = None  # a "stopped" the domain sent no daemon
         self._loop = asyncio.get_running_loop()
 
     # --- creation ----------------------------------------------------------------------------
@@ -134,18 +141,80 @@ class HostedDomain:
                 pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=errors,
                 stderr=errors, start_new_session=True)
         child.close()
-        self.pidfd = os.pidfd_open(self.process.pid)
-        parent.setblocking(False)
+        self._watch_process(self.process.pid, parent)
         self._built = self._loop.create_future()
-        self._loop.add_reader(parent.fileno(), self._control_readable)
-        self._loop.add_reader(self.pidfd, self._process_exited)
-        send_packet(parent, {"op": "build", "domain": self.spec})
+        send_packet(parent, {"op": "build", "domain": dict(self.spec, adopt_socket=self._adopt_path())})
         try:
             built = await asyncio.wait_for(self._built, BUILD_TIMEOUT)
         except TimeoutError:
             raise RuntimeError(f"domain {self.name} took over {BUILD_TIMEOUT:.0f} s to build") \
                 from None
         self._serve_rings(built)
+        self._introduce(built)
+
+    def _adopt_path(self) -> str | None:
+        """Where a later daemon finds the domain (None if the state directory's path is too
+        long for a socket address: the domain then ends with its daemon)."""
+        try:
+            check_socket_path(str(self.adopt_socket))
+        except ValueError as e:
+            log.warning("dom%d cannot be re-adopted: %s", self.domid, e)
+            return None
+        self.adopt_socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return str(self.adopt_socket)
+
+    def _watch_process(self, pid: int, control: socket.socket) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.control = control
+        control.setblocking(False)
+        self._loop.add_reader(control.fileno(), self._control_readable)
+        self._loop.add_reader(self.pidfd, self._process_exited)
+
+    # --- re-adoption by a restarted daemon ---------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """What a restarted daemon needs to adopt this domain (with the store's snapshot)."""
+        return {"spec": self.spec, "actions": self.actions, "name": self.name,
+                "created": self.created, "state": self.state, "started": self.started,
+                "shutdown_reason": self.shutdown_reason, "stopped_as": self.stopped_as,
+                "pid": self.pid}
+
+    @classmethod
+    async def adopt(cls, record: dict[str, Any], state_dir: Path, xenstored: XenStored,
+                    on_stopped: Callable[[HostedDomain, str, str], None],
+                    on_dmesg: Callable[[int, bytes], None],
+                    session: dict[str, Any] | None) -> HostedDomain:
+        """The domain a previous daemon ran, taken over through its adopt socket: its rings
+        served again (the store's nodes and the guest's watches come from the snapshot).
+        RuntimeError (one line) if its process is gone or does not answer."""
+        dom = cls(record["spec"], record["actions"], state_dir, xenstored, on_stopped, on_dmesg)
+        dom.name, dom.created = record["name"], record["created"]
+        dom.state, dom.started = record["state"], record["started"]
+        dom.shutdown_reason = record["shutdown_reason"]
+        dom.stopped_as = record["stopped_as"]
+        pid = record.get("pid")
+        reply, fds, control = await asyncio.get_running_loop().run_in_executor(
+            None, _ask_adopt, str(dom.adopt_socket), pid if dom.state == DomainState.PAUSED else None)
+        dom.fds = fds
+        dom._watch_process(_peer_pid(control), control)
+        dom._serve_rings(reply)
+        dom.introduced = True
+        if session is not None:
+            restore_session(dom.store.conn, session)  # type: ignore[union-attr]
+        for index, tid in (reply.get("vcpu_threads") or {}).items():
+            dom.vcpu_tids[int(index)] = int(tid)
+        if reply.get("output"):
+            dom.on_dmesg(dom.domid, wire_to_bytes(reply["output"]))
+        dom._missed = reply.get("stopped") if dom.stopped_as is None else None
+        dom.store.kick()  # type: ignore[union-attr]  # requests the guest made meanwhile
+        dom.console.kick()  # type: ignore[union-attr]
+        return dom
+
+    def catch_up(self) -> None:
+        """Once registered with the host: how the domain stopped while no daemon ran."""
+        missed, self._missed = self._missed, None
+        if missed is not None:
+            self._handle(missed, [])
 
     def _serve_rings(self, built: Message) -> None:
         self.memfd, store_kick, store_notify, console_kick, console_notify = self.fds
@@ -158,6 +227,11 @@ class HostedDomain:
                                       name=f"dom{self.domid} ({self.name})")
         self._on_eventfd(store_kick, self.store.kick)
         self._on_eventfd(console_kick, self.console.kick)
+
+    def _introduce(self, built: Message) -> None:
+        """A new domain's store nodes and its introduction to xenstored, as libxl does."""
+        store = ServiceRing("xenstore", built["store"]["gfn"], built["store"]["port"])
+        console = ServiceRing("console", built["console"]["gfn"], built["console"]["port"])
         memory_kib = self.spec["memory"] * 1024
         introduce_domain(self.xenstored, self.domid, self.name, bytes.fromhex(self.uuid),
                          memory_kib, built["max_pages"] * 4, store)
@@ -220,8 +294,9 @@ class HostedDomain:
 
     def _process_exited(self) -> None:
         self._loop.remove_reader(self.pidfd)
-        assert self.process is not None
-        status = self.process.wait()
+        self.exited = True
+        # A process this daemon started tells its status; an adopted one is not its child.
+        status = self.process.wait() if self.process is not None else None
         if self._built is not None and not self._built.done():
             self._built.set_exception(RuntimeError(
                 f"the domain process ended while building (status {status}); see "
@@ -229,7 +304,8 @@ class HostedDomain:
         if self.destroying:
             self._finish()
         elif self.stopped_as is None:  # killed from outside, or died: Xen calls that a crash
-            how = (f"killed by {signal.Signals(-status).name}" if status < 0
+            how = ("ended" if status is None else
+                   f"killed by {signal.Signals(-status).name}" if status < 0
                    else f"exited with status {status}")
             self.stopped_as = "crash"
             self.on_stopped(self, "crash", f"the domain's process {how}")
@@ -274,21 +350,35 @@ class HostedDomain:
             return
         self.destroying = True
         self.state = DomainState.DYING
-        if self.process is not None and self.process.returncode is None:
+        if self.pid is not None and not self.exited:
             self._signal(signal.SIGKILL)  # _process_exited finishes the job
         else:
             self._finish()
 
     def _finish(self) -> None:
         """The process is gone: release the domain from the store, unmap, close."""
+        if self.introduced:
+            remove_console_nodes(self.xenstored, self.domid)
+            release_domain(self.xenstored, self.domid, bytes.fromhex(self.uuid))
+        self._close_everything()
+        with contextlib.suppress(OSError):
+            self.adopt_socket.unlink()  # SIGKILL left it behind
+        for future in (self.ended, self.gone):
+            if not future.done():
+                future.set_result(None)
+
+    def let_go(self) -> None:
+        """The daemon hands over: the domain runs on, waiting for the next daemon to adopt
+        it; this one only lets go of its channel, mappings and descriptors."""
+        if self.pid is not None and not self.exited:
+            self._close_everything()
+
+    def _close_everything(self) -> None:
         for fd in self.fds[1:]:
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(fd)
         if self.console is not None:
             self.console.close()
-        if self.introduced:
-            remove_console_nodes(self.xenstored, self.domid)
-            release_domain(self.xenstored, self.domid, bytes.fromhex(self.uuid))
         self.store = None
         self.console = None
         for page in self.pages:
@@ -305,19 +395,21 @@ class HostedDomain:
             self.control.close()
             self.control = None
         if self.pidfd >= 0:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self.pidfd)
             os.close(self.pidfd)
             self.pidfd = -1
         self.tap.close()
-        for future in (self.ended, self.gone):
-            if not future.done():
-                future.set_result(None)
 
     # --- figures -----------------------------------------------------------------------------
+    def live_pid(self) -> int | None:
+        """The domain's process while it runs."""
+        return None if self.exited else self.pid
+
     def cpu_seconds(self) -> float:
         """CPU time of the domain's process (all its vCPU threads)."""
-        if self.process is None or self.process.returncode is not None:
-            return 0.0
-        return procstat.cpu_ns(procstat.stat_fields(self.process.pid)) / 1e9
+        pid = self.live_pid()
+        return 0.0 if pid is None else procstat.cpu_ns(procstat.stat_fields(pid)) / 1e9
 
     def state_letters(self) -> str:
         """xl list's State column: running, blocked, paused, shutdown, reason, dying."""
@@ -333,7 +425,47 @@ class HostedDomain:
 
     def live_state(self) -> str:
         """r or b for a running domain: whether any of its process's threads is on a CPU."""
-        if self.state != DomainState.RUNNING or self.process is None:
+        pid = self.live_pid()
+        if self.state != DomainState.RUNNING or pid is None:
             return self.state
-        return (DomainState.RUNNING if procstat.any_thread_running(self.process.pid)
+        return (DomainState.RUNNING if procstat.any_thread_running(pid)
                 else DomainState.BLOCKED)
+
+
+ADOPT_TIMEOUT = 10.0  # seconds a domain process has to answer
+
+
+def _ask_adopt(path: str, paused_pid: int | None) -> tuple[Message, list[int], socket.socket]:
+    """Connect to a domain's adopt socket and take it over (blocking; in an executor). A
+    paused domain's process is stopped: it runs for the moment it needs to answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(ADOPT_TIMEOUT)
+        sock.connect(path)
+        send_packet(sock, {"op": "adopt"})
+        if paused_pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(paused_pid, signal.SIGCONT)
+        try:
+            reply, fds = recv_packet(sock)
+        finally:
+            if paused_pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(paused_pid, signal.SIGSTOP)
+    except (OSError, WireError) as e:
+        sock.close()
+        raise RuntimeError(f"its process does not answer at {path}: "
+                           f"{getattr(e, 'strerror', None) or e}") from None
+    if reply is None or reply.get("op") != "adopted" or len(fds) != 5:
+        for fd in fds:
+            os.close(fd)
+        sock.close()
+        what = "nothing" if reply is None else repr(reply.get("op"))
+        raise RuntimeError(f"its process answered {what} at {path}")
+    return reply, fds, sock
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    """The pid at the other end of a Unix socket, as the kernel saw it connect."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]

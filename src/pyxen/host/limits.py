@@ -295,6 +295,11 @@ class DomainLimits:
         return limits
 
     @property
+    def name(self) -> str:
+        """The groups' name below each hierarchy's top, e.g. `pyxen/host41/dom3-web`."""
+        return self._name
+
+    @property
     def path(self) -> str:
         """The group that holds the CPU limits ('' without a cpu controller, or once removed)."""
         for controller in ("cpu", "memory"):
@@ -396,6 +401,25 @@ class DomainLimits:
             group.remove()
             del self._groups[base]
         self._pids.clear()
+
+
+def remove_abandoned(group_name: str, root: str | None = None) -> None:
+    """Remove the groups a daemon that is gone made for a domain (now adopted, its process
+    moved to the new daemon's groups), and the parents left empty: rmdir refuses a group
+    that still holds a process or a child, so another daemon's groups are safe."""
+    _check_name(group_name)
+    bases = {h.base for h in _find_hierarchies(root).values()}
+    for base in bases:
+        directory = os.path.join(base, group_name)
+        with _tree_lock:
+            while directory != base:
+                try:
+                    os.rmdir(directory)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    break
+                directory = os.path.dirname(directory)
 
 
 def _proc_cpu_ns(pids: list[int]) -> int:

@@ -34,6 +34,7 @@ from pyxen.host.limits import (
     LimitsUnavailable,
     host_cpus,
     pin_thread,
+    remove_abandoned,
 )
 from pyxen.xenstore.client import Client
 from pyxen.xenstore.errors import XenStoreError
@@ -110,6 +111,44 @@ def prepare(dom: HostedDomain) -> None:
     dom.on_vcpu_thread = _vcpu_thread_started
 
 
+def record(dom: HostedDomain) -> dict[str, Any]:
+    """The settings a restarted daemon puts back on the domain it adopts."""
+    state = of(dom)
+    return {"weight": state.weight, "cap": state.cap, "max_pages": state.max_pages,
+            "hard": {str(i): sorted(cpus) for i, cpus in state.hard.items()},
+            "group": state.limits.name if state.limits is not None else None}
+
+
+def adopt(dom: HostedDomain, saved: dict[str, Any]) -> None:
+    """A domain taken over from a daemon that is gone: its settings as that daemon left them,
+    its process moved into a group of this daemon (so that weights still compare it with
+    its siblings), the old group removed. Threads keep the affinity the kernel holds."""
+    state = DomainSched(maxvcpus=_maxvcpus(dom.spec), weight=int(saved.get("weight", DEFAULT_WEIGHT)),
+                        cap=int(saved.get("cap", 0)), max_pages=int(saved.get("max_pages", 0)))
+    state.hard = {int(i): frozenset(cpus) for i, cpus in (saved.get("hard") or {}).items()}
+    _state[dom] = state
+    dom.gone.add_done_callback(lambda _: _release(state, dom.domid))
+    dom.on_vcpu_thread = _vcpu_thread_started
+    pid = dom.live_pid()
+    if pid is None:
+        return
+    limits = DomainLimits.create(group_name(dom))
+    try:
+        limits.set_weight(state.weight)
+        limits.set_cap(state.cap, vcpus=state.maxvcpus)
+        limits.add_process(pid)
+        state.limits = limits
+    except (LimitsUnavailable, ValueError, OSError) as e:
+        log.warning("dom%d: its limits could not be carried over: %s", dom.domid, e)
+        with contextlib.suppress(LimitsUnavailable, RuntimeError, OSError):
+            limits.remove()
+        return
+    old = saved.get("group")
+    if isinstance(old, str) and old != limits.name:
+        with contextlib.suppress(LimitsUnavailable, ValueError, OSError):
+            remove_abandoned(old)
+
+
 def _initial_affinity(spec: dict[str, Any], maxvcpus: int) -> dict[int, frozenset[int]]:
     """xl.cfg `cpus`: one list per vCPU (cpus_by_vcpu), or one set for all of them."""
     by_vcpu = spec.get("cpus_by_vcpu")
@@ -137,9 +176,10 @@ def started(dom: HostedDomain, xenstored: XenStored) -> None:
     """The process is built, its vCPUs not yet running: it joins its cgroup, and the nodes
     libxl writes for a new domain's vCPUs appear (cpu/<i>/availability)."""
     state = of(dom)
-    if state.limits is not None and dom.process is not None:
+    pid = dom.live_pid()
+    if state.limits is not None and pid is not None:
         try:
-            state.limits.add_process(dom.process.pid)
+            state.limits.add_process(pid)
         except ProcessLookupError:
             raise Refused(f"the process of domain {dom.domid} ended as it started") from None
     vcpus = int(dom.spec.get("vcpus") or 1)
@@ -198,11 +238,12 @@ def set_credit(dom: HostedDomain, weight: int | None, cap: int | None) -> None:
 
 def _limits_now(dom: HostedDomain) -> DomainLimits:
     """The cgroup of a domain created without one, made on demand with its process in it."""
-    if dom.process is None or dom.process.returncode is not None:
+    pid = dom.live_pid()
+    if pid is None:
         raise Refused(f"domain {dom.domid} has no process to limit (it has stopped)")
     limits = DomainLimits.create(group_name(dom))
     try:
-        limits.add_process(dom.process.pid)
+        limits.add_process(pid)
     except BaseException:
         with contextlib.suppress(LimitsUnavailable, RuntimeError, OSError):
             limits.remove()
@@ -234,10 +275,10 @@ def pin(dom: HostedDomain, vcpu: int | None, cpus: set[int]) -> None:
 
 
 def _live_tid(dom: HostedDomain, index: int) -> int | None:
-    tid = dom.vcpu_tids.get(index)
-    if tid is None or dom.process is None or dom.process.returncode is not None:
+    tid, pid = dom.vcpu_tids.get(index), dom.live_pid()
+    if tid is None or pid is None:
         return None
-    return tid if procstat.stat_fields(dom.process.pid, tid) is not None else None
+    return tid if procstat.stat_fields(pid, tid) is not None else None
 
 
 def vcpu_info(dom: HostedDomain) -> list[dict[str, Any]]:
@@ -245,7 +286,7 @@ def vcpu_info(dom: HostedDomain) -> list[dict[str, Any]]:
     offline (not brought up yet, or down), except those of a domain not yet unpaused,
     which Xen holds ready to run."""
     state = of(dom)
-    pid = dom.process.pid if dom.process is not None else 0
+    pid = dom.live_pid() or 0
     booting = not dom.started and dom.state == DomainState.PAUSED
     first_vcpus = int(dom.spec.get("vcpus") or 1)
     everyone = frozenset(host_cpus())

@@ -59,6 +59,7 @@ FORMAT = "pyxen-xenstore"
 VERSION = 1
 SNAPSHOT_NAME = "xenstore.json"
 JOURNAL_NAME = "xenstore.journal"
+COMPACT_AFTER = 10_000  # journal lines after which on_structure asks for a new snapshot
 U32_MAX = 0xFFFF_FFFF
 INT_MAX = 2**63 - 1
 _PATH = re.compile(r"/|(/[A-Za-z0-9\-_@]+)+")
@@ -439,9 +440,10 @@ class Persistence:
 
     A new daemon loads, restores, then calls `start()` (a restore after it is journaled too).
     The journal alone keeps everything, so `save()` is compaction: the daemon sets
-    `on_structure` to schedule one soon after a change the snapshot should hold, and saves
-    when `journal_lines` grows. `on_structure` runs with the store's lock held, on whatever
-    thread served the request (a vCPU thread for a guest ring), so it must only schedule.
+    `on_structure` to schedule one soon after a change the snapshot should hold; it is also
+    called every COMPACT_AFTER journal lines, so the journal stays short. `on_structure`
+    runs with the store's lock held, on whatever thread served the request, so it must only
+    schedule.
     """
 
     def __init__(self, xenstored: XenStored, directory: Path) -> None:
@@ -560,6 +562,8 @@ class Persistence:
             self._notify()
             return
         self.journal_lines += 1
+        if self.journal_lines % COMPACT_AFTER == 0:
+            self._notify()  # time the daemon wrote a snapshot: the journal is long
 
     def _notify(self) -> None:
         callback = self.on_structure

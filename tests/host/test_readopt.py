@@ -1,0 +1,165 @@
+"""Domains outlive their daemon, as Xen's outlive its toolstack: a daemon killed outright, or
+one replaced with `pyxen daemon --replace`, leaves its domains running, and the next daemon on
+the same state directory adopts them with their XenStore, watches, rings and console, so they
+go on answering `pyxen shutdown` and typed console lines. Real daemons and domain processes
+throughout; each test kills what it left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from host.hostkit import (
+    READY,
+    WAIT_S,
+    Daemon,
+    console_log,
+    start,
+    type_into_console,
+    wait_for,
+)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def leftovers() -> Iterator[list[int]]:
+    """Domain processes a failing test might leave without a daemon: killed at the end."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def kill_daemon(daemon: Daemon) -> None:
+    daemon.process.kill()
+    daemon.process.wait(timeout=WAIT_S)
+    daemon.stderr.close()
+
+
+def next_daemon(tmp_path: Path, *options: str) -> Daemon:
+    return Daemon(tmp_path, *options, log_name="daemon-2.err")
+
+
+def xenstore_read(daemon: Daemon, path: str) -> str:
+    from pyxen.xenstore.client import Client
+
+    with Client(str(daemon.xenstore)) as xs:
+        return xs.read(path).decode()
+
+
+def test_a_killed_daemons_domains_are_adopted_and_keep_working(
+        daemon: Daemon, tmp_path: Path, leftovers: list[int]) -> None:
+    web = start(daemon, "web")
+    daemon.create("idle", "pvguest", "", on_crash="preserve")
+    daemon.pyxen("pause", "idle")
+    before = daemon.domains()
+    leftovers += [before["web"]["pid"], before["idle"]["pid"]]
+    daemon.pyxen("sched-credit", "-d", "web", "-w", "512")
+    kill_daemon(daemon)
+    assert alive(before["web"]["pid"]) and alive(before["idle"]["pid"])
+
+    second = next_daemon(tmp_path)
+    try:
+        after = second.domains()
+        assert {n: (d["domid"], d["pid"]) for n, d in after.items()} == \
+            {n: (d["domid"], d["pid"]) for n, d in before.items()}
+        assert after["idle"]["state"][2] == "p"  # still paused
+        assert after["web"]["state"][2] == "-"
+        assert f"(XEN) domain {web} (web) adopted" in second.dmesg()
+        assert xenstore_read(second, f"/local/domain/{web}/name") == "web"
+        sched = second.pyxen("sched-credit", "-d", "web").stdout
+        assert "512" in sched.splitlines()[-1].split()  # the weight carried over
+        # the console ring and its events: a typed line is answered
+        type_into_console(second, "web", b"uptime\r")
+        wait_for("the answer", lambda: b"pvguest: up " in console_log(second, "web"))
+        # the guest's restored watch on control/shutdown fires: it powers off
+        done = second.pyxen("shutdown", "-w", "web")
+        assert f"Domain {web} has been shut down" in done.stdout
+        wait_for("web to go", lambda: "web" not in second.domains())
+        assert b"pvguest: shutting down (poweroff)" in console_log(second, "web")
+        wait_for("web's process to end", lambda: not alive(before["web"]["pid"]))
+        # ids go on from where the first daemon was
+        new = second.create("late", "pvguest", "console=hvc0")
+        assert new > before["idle"]["domid"]
+        second.pyxen("destroy", "idle")
+        wait_for("idle's process to end", lambda: not alive(before["idle"]["pid"]))
+    finally:
+        second.stop()
+
+
+def test_replace_hands_the_domains_over_without_stopping_them(
+        daemon: Daemon, tmp_path: Path, leftovers: list[int]) -> None:
+    domid = start(daemon, "steady")
+    pid = daemon.domains()["steady"]["pid"]
+    leftovers.append(pid)
+    second = next_daemon(tmp_path, "--replace")
+    try:
+        assert daemon.process.wait(timeout=WAIT_S) == 0  # the old one handed over and left
+        wait_for("the new daemon to serve", second.answers)  # (the old one answered before)
+        assert alive(pid)
+        assert second.domains()["steady"]["domid"] == domid
+        type_into_console(second, "steady", b"hello\r")
+        wait_for("the answer", lambda: b"pvguest: you said hello" in console_log(second, "steady"))
+        second.pyxen("shutdown", "-w", "steady")
+        assert b"pvguest: shutting down (poweroff)" in console_log(second, "steady")
+    finally:
+        second.stop()
+    assert console_log(second, "steady").count(READY) == 1  # the same boot all along
+
+
+def test_a_domain_that_died_without_a_daemon_is_cleaned_up(
+        daemon: Daemon, tmp_path: Path, leftovers: list[int]) -> None:
+    domid = daemon.create("doomed", "pvguest", "")
+    pid = daemon.domains()["doomed"]["pid"]
+    leftovers.append(pid)
+    kill_daemon(daemon)
+    os.kill(pid, signal.SIGKILL)
+    wait_for("the process to end", lambda: not alive(pid))
+    second = next_daemon(tmp_path)
+    try:
+        assert "doomed" not in second.domains()
+        assert f"(XEN) domain {domid} (doomed) did not survive its daemon" in second.dmesg()
+        from pyxen.xenstore.client import Client
+
+        with Client(str(second.xenstore)) as xs:
+            assert not xs.exists(f"/local/domain/{domid}")
+        assert not (tmp_path / "domains" / f"{domid}.sock").exists()
+    finally:
+        second.stop()
+
+
+def test_a_clean_stop_leaves_nothing_to_adopt(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.create("brief", "pvguest", "")
+    assert daemon.stop() == 128 + signal.SIGTERM
+    assert not (tmp_path / "host.json").exists()
+    second = next_daemon(tmp_path)
+    try:
+        assert second.domains() == {}
+    finally:
+        second.stop()
+
+
+def test_a_damaged_record_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "host.json").write_text("{not json")
+    (tmp_path / "xenstore.json").write_text("{}")
+    result = subprocess.run([sys.executable, "-m", "pyxen.cli", "daemon", "--socket",
+                             str(tmp_path / "pyxen.sock")], capture_output=True, text=True,
+                            timeout=WAIT_S)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert f"{tmp_path / 'host.json'}: not a saved host" in result.stderr
