@@ -48,6 +48,8 @@ class GuestRing:
         self.out = bytearray()
         self.failed = False
         self.lock = threading.Lock()  # the vCPU (requests) and other clients (events) race
+        self.feeding = threading.Lock()  # one kick at a time: requests are handled in order
+        self.notifications = 0  # times the guest was notified of output
         self.conn = xenstored.connect(domid, self._write, self._closed)
 
     def _u32(self, offset: int) -> int:
@@ -63,21 +65,32 @@ class GuestRing:
             bytes(self.page[ring : ring + n - first])
 
     def kick(self) -> None:
-        """The guest notified its store port: take its requests, push out pending output."""
-        with self.lock:
-            if self.failed:
-                return
-            cons, prod = self._u32(XSDI_REQ_CONS), self._u32(XSDI_REQ_PROD)
-            avail = (prod - cons) & 0xFFFF_FFFF
-            if avail > XENSTORE_RING_SIZE:
-                self._fail(f"request indices {cons:#x}/{prod:#x} are corrupt")
-                return
-            data = self._copy_out(XSDI_REQ, cons, avail)
-            self._set_u32(XSDI_REQ_CONS, prod)
-        if data:
-            self.conn.feed(data)  # replies come back through _write
-        with self.lock:
-            self._flush()
+        """The guest notified its store port: take its requests, push out pending output.
+
+        The requests are marked consumed (req_cons) only once handled and answered, so a
+        daemon killed in between leaves them in the ring for the next one (which may then
+        answer one twice; a guest drops a reply to a request id it no longer waits for)."""
+        with self.feeding:
+            with self.lock:
+                if self.failed:
+                    return
+                cons, prod = self._u32(XSDI_REQ_CONS), self._u32(XSDI_REQ_PROD)
+                avail = (prod - cons) & 0xFFFF_FFFF
+                if avail > XENSTORE_RING_SIZE:
+                    self._fail(f"request indices {cons:#x}/{prod:#x} are corrupt")
+                    return
+                data = self._copy_out(XSDI_REQ, cons, avail)
+                notified = self.notifications
+            if data:
+                self.conn.feed(data)  # replies come back through _write
+            with self.lock:
+                if data and not self.failed:
+                    self._set_u32(XSDI_REQ_CONS, prod)
+                self._flush()
+                if data and self.notifications == notified:
+                    # no reply yet (part of a request longer than the ring): the guest may
+                    # be waiting for the space, as xenstored notifies after reading
+                    self.notify()
 
     def _write(self, data: bytes) -> None:
         with self.lock:
@@ -101,6 +114,7 @@ class GuestRing:
         self.page[XSDI_RSP : XSDI_RSP + n - first] = self.out[first:n]
         del self.out[:n]
         self._set_u32(XSDI_RSP_PROD, prod + n)
+        self.notifications += 1
         self.notify()
 
     def _fail(self, why: str) -> None:
