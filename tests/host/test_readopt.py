@@ -163,3 +163,33 @@ def test_a_damaged_record_is_refused_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert f"{tmp_path / 'host.json'}: not a saved host" in result.stderr
+
+
+def threads(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        return 0
+
+
+def test_a_domain_that_powered_off_without_a_daemon_gets_its_action_on_adoption(
+        daemon: Daemon, tmp_path: Path, leftovers: list[int]) -> None:
+    domid = daemon.create("quitter", "pvguest", "console=hvc0 idle_s=10")
+    wait_for("it to watch control/shutdown", lambda: READY in console_log(daemon, "quitter"))
+    pid = daemon.domains()["quitter"]["pid"]
+    leftovers.append(pid)
+    kill_daemon(daemon)
+    running = threads(pid)
+    # its vCPU, timer and waiter threads end when the guest powers off (after 10 s idle,
+    # and the kit's 10 s wait for a console back end to take its last line)
+    wait_for("the guest to power off", lambda: threads(pid) <= running - 2)
+    assert alive(pid)  # the process waits for a daemon to hear how it ended
+    second = next_daemon(tmp_path)
+    try:
+        wait_for("the on_poweroff action", lambda: "quitter" not in second.domains())
+        assert f"(XEN) domain {domid} (quitter) poweroff" in second.dmesg()
+        assert b"pvguest: idle for 10 s, shutting down (poweroff)" in \
+            console_log(second, "quitter")
+        wait_for("its process to end", lambda: not alive(pid))
+    finally:
+        second.stop()
