@@ -196,6 +196,14 @@ def test_list_long_is_libxl_json(daemon: Daemon) -> None:
     assert entry["config"]["b_info"]["max_memkb"] == 48 * 1024
     assert entry["config"]["b_info"]["target_memkb"] == 32 * 1024
     assert entry["config"]["on_reboot"] == "restart"
+    # as libxl_retrieve_domain_configuration: what the domain has now, not the file's values
+    daemon.pyxen("sched-credit", "-d", "jay", "-w", "512", "-c", "50")
+    daemon.pyxen("mem-set", "jay", "24m")
+    (entry,) = json.loads(daemon.pyxen("list", "-l").stdout)
+    assert entry["config"]["b_info"]["sched_params"] == {"weight": 512, "cap": 50}
+    assert entry["config"]["b_info"]["target_memkb"] == 24 * 1024
+    assert entry["config"]["b_info"]["max_memkb"] == 48 * 1024
+    assert entry["config"]["b_info"]["avail_vcpus"] == [0]
 
 
 @needs_xenstore_utils

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from pyxen import __version__
+from pyxen.host import sched
 from pyxen.host.wire import Message, WireError, decode, encode
 from pyxen.xenstore.client import Client
 
@@ -63,7 +64,11 @@ class Api:
     @handler("list")
     async def list_(self, msg: Message) -> Message:
         doms = [self.host.domain0_info()]
-        doms += [self.host.domain_info(d) for _, d in sorted(self.host.domains.items())]
+        for _, dom in sorted(self.host.domains.items()):
+            info = self.host.domain_info(dom)
+            if msg.get("live"):  # xl list -l: the config as it is now
+                info["live"] = sched.live_config(self.host.xenstored, dom)
+            doms.append(info)
         return {"domains": doms}
 
     @handler("destroy")

@@ -382,6 +382,22 @@ def set_vcpus_online(xenstored: XenStored, dom: HostedDomain, count: int,
 
 
 # --- figures ----------------------------------------------------------------------------------
+def live_config(xenstored: XenStored, dom: HostedDomain) -> dict[str, Any]:
+    """What libxl_retrieve_domain_configuration reads back from a running domain for
+    `xl list -l`: the scheduler parameters, the memory target and maximum from XenStore,
+    and which vCPUs are online (avail_vcpus)."""
+    state = of(dom)
+    home = f"/local/domain/{dom.domid}/memory"
+    memory: dict[str, int] = {}
+    with Client.in_process(xenstored, domid=0) as xs:
+        for key, node in (("target_memkb", "target"), ("max_memkb", "static-max")):
+            with contextlib.suppress(Refused):
+                memory[key] = _read_kib(xs, f"{home}/{node}")
+    online = [row["vcpu"] for row in vcpu_info(dom) if row["online"]]
+    return {"sched_params": {"weight": state.weight, "cap": state.cap}, "avail_vcpus": online,
+            **memory}
+
+
 def figures(dom: HostedDomain) -> dict[str, Any]:
     """What `top` shows of a domain, sampled now."""
     state = of(dom)

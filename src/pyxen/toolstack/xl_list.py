@@ -24,7 +24,9 @@ def format_row(d: dict[str, Any], verbose: bool = False) -> str:
 
 
 def libxl_json(d: dict[str, Any]) -> dict[str, Any]:
-    """A domain as `xl list -l` shows it: its domid and libxl's domain config."""
+    """A domain as `xl list -l` shows it: its domid and libxl's domain config, with what
+    libxl reads back from the running domain (scheduler, memory, online vCPUs) in place of
+    the config file's values."""
     spec, actions = d["spec"], d.get("actions", {})
     b_info: dict[str, Any] = {
         "max_vcpus": spec.get("maxvcpus") or spec.get("vcpus", 1),
@@ -38,6 +40,7 @@ def libxl_json(d: dict[str, Any]) -> dict[str, Any]:
         "cmdline": spec.get("cmdline", ""),
         "type.pvh": {},
     }
+    b_info.update(d.get("live") or {})
     if spec.get("ramdisk"):
         b_info["ramdisk"] = spec["ramdisk"]
     config: dict[str, Any] = {"c_info": {"type": "pvh", "name": d["name"], "uuid": d["uuid"]},
@@ -55,7 +58,7 @@ def _add(p: argparse.ArgumentParser) -> None:
 
 
 def _run(host: HostClient, args: argparse.Namespace) -> int:
-    doms = select_domains(host.request("list")["domains"], args.domains)
+    doms = select_domains(host.request("list", live=args.long)["domains"], args.domains)
     if args.long:
         print(json.dumps([libxl_json(d) for d in doms if d["domid"]], indent=4))
         return 0
