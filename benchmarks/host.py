@@ -1,11 +1,13 @@
 """Host mode: what `pyxen daemon` adds to a domain. Create to first console line, domains
 created per second, host memory per idle domain, how many small idle domains fit at once,
-and XenStore with many domains connected.
+XenStore with many domains connected, and a daemon replaced (`--replace`) under its running
+domains.
 
 References, measured in the same run on the same machine: embedded `pyxen run` of the same
 kit guest (one process, no daemon; with --xenstore, as a host domain has a store) for the
 first four; the bare C xsd_sockmsg server (benchmarks/xenstore_ref.c) for XenStore, where
-the daemon with no domain at all is shown too. The guests run on the software CPU
+the daemon with no domain at all is shown too; recreating the domains (this run's median
+create, times their number) for the handover. The guests run on the software CPU
 (`accel = "soft"`) under a daemon of the benchmark's own in a temporary state directory;
 each is the kit's `block` guest with 16 MiB, idling in SCHEDOP_block once it has printed.
 
@@ -45,7 +47,7 @@ MEMORY_MIB = 16
 WAIT_S = 120.0  # a generous bound for "soon" on a busy machine
 RING_GRACE_S = 10.0  # after a dmesg line, how long the console ring may stay silent
 FREE_FLOOR = 0.20  # capacity stops below this share of the host's memory available
-PARTS = ("start", "rate", "memory", "xenstore", "capacity")
+PARTS = ("start", "rate", "memory", "xenstore", "readopt", "capacity")
 PYXEN = [sys.executable, "-m", "pyxen.cli"]
 T = TypeVar("T")
 
@@ -186,16 +188,26 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 class Daemon:
     """A `pyxen daemon` of the benchmark's own; stop() ends it and every domain it holds."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, replacing: Daemon | None = None) -> None:
+        """A new daemon; with `replacing`, one started with --replace, which that daemon
+        hands its domains over to (it exits first)."""
         self.state = state
         self.socket = state / "pyxen.sock"
         self.xenstore = state / "xenstored"
         self.env = dict(os.environ, PYXEN_HOST=str(self.socket))
-        self._errors = open(state / "daemon.err", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen([*PYXEN, "daemon", "--socket", str(self.socket)],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=self._errors, env=self.env)
-        self.client: HostClient = wait_for("the daemon to answer", self._connect, interval=0.05)
+        self.errors_path = state / ("daemon-next.err" if replacing else "daemon.err")
+        self._errors = open(self.errors_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [*PYXEN, "daemon", "--socket", str(self.socket),
+             *(["--replace"] if replacing else [])],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errors,
+            env=self.env)
+        if replacing is not None:
+            wait_for("the old daemon to hand over", lambda: replacing.process.poll() is not None,
+                     interval=0.01)
+            replacing.client.close()
+            replacing._errors.close()
+        self.client: HostClient = wait_for("the daemon to answer", self._connect, interval=0.01)
 
     def _connect(self) -> HostClient | None:
         if self.process.poll() is not None:
@@ -208,7 +220,7 @@ class Daemon:
         return client
 
     def errors(self) -> str:
-        text = (self.state / "daemon.err").read_text(errors="replace").strip()
+        text = self.errors_path.read_text(errors="replace").strip()
         return text.splitlines()[-1] if text else "(nothing on stderr)"
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:
@@ -258,6 +270,7 @@ class Bench:
         self.fleet: dict[str, int] = {}  # idle host domains: name → domid
         self.embedded: list[subprocess.Popen[bytes]] = []  # idle `pyxen run` processes
         self.daemon_base_kib = 0  # the daemon's own memory (Pss less files) with no domain
+        self.create_times: list[float] = []  # seconds each create request of the fleet took
         self.available_base_kib = 0  # the host's MemAvailable then
         self.embedded_memory: list[ProcessMemory] = []
         self._serial = 0
@@ -357,7 +370,9 @@ class Bench:
         config = self.config(name)
         start = time.perf_counter()
         self.fleet[name] = self.daemon.create(config)
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self.create_times.append(elapsed)
+        return elapsed
 
     def wait_fleet_printed(self) -> None:
         for name, domid in self.fleet.items():
@@ -553,6 +568,31 @@ def part_xenstore(b: Bench, empty: dict[str, float]) -> dict[str, float]:
     return figures
 
 
+def part_readopt(b: Bench) -> dict[str, float]:
+    """`pyxen daemon --replace` with the idle fleet running: from starting the new daemon
+    until it lists every domain, adopted. The reference is what a restart without
+    re-adoption would cost: creating the same domains again (this run's median create)."""
+    while len(b.fleet) < b.settings.store_domains:
+        b.add_domain()
+    b.wait_fleet_printed()
+    k = len(b.fleet)
+    pids = {n: d["pid"] for n, d in b.daemon.domains().items()}
+    start = time.perf_counter()
+    b.daemon = Daemon(b.state, replacing=b.daemon)
+    adopted = wait_for("every domain adopted", lambda: b.daemon.domains() if set(b.fleet) <= set(
+        b.daemon.domains()) else None, interval=0.01)
+    elapsed = time.perf_counter() - start
+    if any(adopted[n]["pid"] != pids[n] for n in b.fleet):
+        raise RuntimeError("readopt: a domain came back with another process")
+    ref = k * median(b.create_times)
+    print(f"readopt: `pyxen daemon --replace` with {k} idle domains running")
+    row("until all listed, adopted", f"{elapsed:.2f} s", f"({elapsed / k * 1000:.0f} ms each)")
+    row("creating them again", f"{ref:.2f} s", f"({k} x the median create, {median(b.create_times):.3f} s)")
+    row("ratio (handover/recreate)", f"{elapsed / ref:.3f}")
+    return {"readopt_domains": float(k), "readopt_s": elapsed, "readopt_recreate_s": ref,
+            "readopt_ratio": elapsed / ref}
+
+
 def part_capacity(b: Bench) -> dict[str, float | str]:
     """Idle 16 MiB domains until creation fails, the cap, or the host runs short."""
     total_kib = host_memory_kib()[0]
@@ -632,6 +672,8 @@ def run(settings: Settings) -> None:
                 b.stop_embedded()
             if "xenstore" in settings.parts:
                 figures.update(part_xenstore(b, empty))
+            if "readopt" in settings.parts:
+                figures.update(part_readopt(b))
             if "capacity" in settings.parts:
                 figures.update(part_capacity(b))
         finally:
@@ -639,10 +681,13 @@ def run(settings: Settings) -> None:
     load_end = os.getloadavg()
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in load_end)}")
     ratio_key = next(k for k in ("start_ratio", "rate_ratio", "mem_ratio", "xs_write_32_ratio",
-                                 "capacity_ratio") if k in figures)
-    report("host", float(figures[ratio_key]),
-           f"{ratio_key}: embedded `pyxen run` of the same guest, same run (XenStore: the bare "
-           f"C xsd_sockmsg server)", load_start=load_start[0], load_end=load_end[0], **figures)
+                                 "readopt_ratio", "capacity_ratio") if k in figures)
+    reference = ("recreating the same domains (the run's median create, times their number)"
+                 if ratio_key == "readopt_ratio" else
+                 "embedded `pyxen run` of the same guest, same run (XenStore: the bare C "
+                 "xsd_sockmsg server)")
+    report("host", float(figures[ratio_key]), f"{ratio_key}: {reference}",
+           load_start=load_start[0], load_end=load_end[0], **figures)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -120,22 +120,23 @@ class Host:
         restore(self.xenstored, store)
         self._rover = saved["rover"]
         sessions = store.get("sessions") or {}
-        for entry in saved["domains"]:
-            domid, name = entry["spec"]["domid"], entry.get("name", "?")
-            try:
-                dom = await HostedDomain.adopt(entry, self.state_dir, self.xenstored,
-                                               self._stopped, self._dmesg,
-                                               sessions.get(str(domid)))
-            except (RuntimeError, KeyError, TypeError, ValueError) as e:
-                self._say(f"domain {domid} ({name}) did not survive its daemon: {e}")
-                self._forget_lost(domid, entry)
-                continue
-            self.domains[domid] = dom
-            self._watch_gone(dom)
-            sched.adopt(dom, entry.get("sched") or {})
-            self._say(f"domain {domid} ({name}) adopted (process {dom.pid})")
-            log.info("dom%d (%s) adopted", domid, name)
-            dom.catch_up()
+        await asyncio.gather(*(self._adopt(entry, sessions) for entry in saved["domains"]))
+
+    async def _adopt(self, entry: dict[str, Any], sessions: dict[str, Any]) -> None:
+        domid, name = entry["spec"]["domid"], entry.get("name", "?")
+        try:
+            dom = await HostedDomain.adopt(entry, self.state_dir, self.xenstored, self._stopped,
+                                           self._dmesg, sessions.get(str(domid)))
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            self._say(f"domain {domid} ({name}) did not survive its daemon: {e}")
+            self._forget_lost(domid, entry)
+            return
+        self.domains[domid] = dom
+        self._watch_gone(dom)
+        sched.adopt(dom, entry.get("sched") or {})
+        self._say(f"domain {domid} ({name}) adopted (process {dom.pid})")
+        log.info("dom%d (%s) adopted", domid, name)
+        dom.catch_up()
 
     def _forget_lost(self, domid: int, entry: dict[str, Any]) -> None:
         """A domain whose process is gone: its nodes go, as when Xen destroys a domain."""
