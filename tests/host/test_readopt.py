@@ -25,6 +25,7 @@ from host.hostkit import (
     type_into_console,
     wait_for,
 )
+from pyxen.xenstore.client import Client
 
 
 def alive(pid: int) -> bool:
@@ -56,10 +57,13 @@ def next_daemon(tmp_path: Path, *options: str) -> Daemon:
 
 
 def xenstore_read(daemon: Daemon, path: str) -> str:
-    from pyxen.xenstore.client import Client
-
     with Client(str(daemon.xenstore)) as xs:
         return xs.read(path).decode()
+
+
+def xenstore_exists(daemon: Daemon, path: str) -> bool:
+    with Client(str(daemon.xenstore)) as xs:
+        return xs.exists(path)
 
 
 def test_a_killed_daemons_domains_are_adopted_and_keep_working(
@@ -134,11 +138,9 @@ def test_a_domain_that_died_without_a_daemon_is_cleaned_up(
     try:
         assert "doomed" not in second.domains()
         assert f"(XEN) domain {domid} (doomed) did not survive its daemon" in second.dmesg()
-        from pyxen.xenstore.client import Client
-
-        with Client(str(second.xenstore)) as xs:
-            assert not xs.exists(f"/local/domain/{domid}")
+        assert not xenstore_exists(second, f"/local/domain/{domid}")
         assert not (tmp_path / "domains" / f"{domid}.sock").exists()
+        assert not xenstore_exists(second, f"/local/domain/{domid}")
     finally:
         second.stop()
 
@@ -191,5 +193,31 @@ def test_a_domain_that_powered_off_without_a_daemon_gets_its_action_on_adoption(
         assert b"pvguest: idle for 10 s, shutting down (poweroff)" in \
             console_log(second, "quitter")
         wait_for("its process to end", lambda: not alive(pid))
+    finally:
+        second.stop()
+
+
+def test_a_domain_still_being_created_when_its_daemon_died_is_destroyed(
+        daemon: Daemon, tmp_path: Path, leftovers: list[int]) -> None:
+    """A domain the daemon had not recorded as created (it died creating it) is destroyed
+    by the next daemon, as libxl destroys a domain whose creation failed. Simulated by
+    taking a running domain out of the record."""
+    import json
+
+    domid = daemon.create("half", "pvguest", "")
+    pid = daemon.domains()["half"]["pid"]
+    leftovers.append(pid)
+    kill_daemon(daemon)
+    record = json.loads((tmp_path / "host.json").read_text())
+    record["domains"] = [d for d in record["domains"] if d["spec"]["domid"] != domid]
+    (tmp_path / "host.json").write_text(json.dumps(record))
+    second = next_daemon(tmp_path)
+    try:
+        wait_for("its process to end", lambda: not alive(pid))
+        assert "half" not in second.domains()
+        assert f"(XEN) domain {domid} was still being created by the daemon that died: " \
+               f"destroyed (process {pid})" in second.dmesg()
+        assert not (tmp_path / "domains" / f"{domid}.sock").exists()
+        assert not xenstore_exists(second, f"/local/domain/{domid}")
     finally:
         second.stop()

@@ -30,7 +30,7 @@ from pyxen.host import api_sched, paths, persist, sched  # noqa: F401 - api_sche
 from pyxen.host.api import ApiServer
 from pyxen.host.client import HostClient
 from pyxen.host.client import HostError as ClientError
-from pyxen.host.hosted import HostedDomain
+from pyxen.host.hosted import HostedDomain, ask_adopt, peer_pid
 from pyxen.threads import STOP_SIGNALS
 from pyxen.toolstack.console_service import remove_console_nodes
 from pyxen.toolstack.xenstore_service import release_domain
@@ -102,7 +102,7 @@ class Host:
         if not self._saving:
             return
         records = [dict(dom.record(), sched=sched.record(dom))
-                   for dom in self.domains.values() if not dom.destroying]
+                   for dom in self.domains.values() if dom.introduced and not dom.destroying]
         try:
             persist.save(self.state_dir, self._rover, records)
             self.persistence.save()
@@ -121,6 +121,7 @@ class Host:
         self._rover = saved["rover"]
         sessions = store.get("sessions") or {}
         await asyncio.gather(*(self._adopt(entry, sessions) for entry in saved["domains"]))
+        await self._destroy_unfinished({entry["spec"]["domid"] for entry in saved["domains"]})
 
     async def _adopt(self, entry: dict[str, Any], sessions: dict[str, Any]) -> None:
         domid, name = entry["spec"]["domid"], entry.get("name", "?")
@@ -139,12 +140,47 @@ class Host:
         dom.catch_up()
 
     def _forget_lost(self, domid: int, entry: dict[str, Any]) -> None:
-        """A domain whose process is gone: its nodes go, as when Xen destroys a domain."""
+        """A domain whose process is gone: its nodes go, as when Xen destroys a domain, and
+        so does the cgroup its daemon made for it."""
         with contextlib.suppress(Exception):
             remove_console_nodes(self.xenstored, domid)
             release_domain(self.xenstored, domid, bytes.fromhex(entry["spec"]["uuid"]))
         with contextlib.suppress(OSError):
             (self.state_dir / "domains" / f"{domid}.sock").unlink()
+        sched.forget_group((entry.get("sched") or {}).get("group"))
+
+    async def _destroy_unfinished(self, recorded: set[int]) -> None:
+        """Domain processes the old daemon was still creating when it died (never recorded
+        as created): destroyed, as libxl destroys a domain whose creation failed."""
+        directory = self.state_dir / "domains"
+        for path in sorted(directory.glob("*.sock")) if directory.is_dir() else []:
+            if not path.stem.isdigit() or int(path.stem) in recorded:
+                continue
+            with contextlib.suppress(RuntimeError):
+                pid = await asyncio.get_running_loop().run_in_executor(None, kill_unadopted,
+                                                                       str(path))
+                self._say(f"domain {path.stem} was still being created by the daemon that "
+                          f"died: destroyed (process {pid})")
+            self._release_unrecorded(int(path.stem))
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def _release_unrecorded(self, domid: int) -> None:
+        """What the store holds of a domain with no record: its nodes (and its /vm entry,
+        found through its `vm` node) and its introduction."""
+        xs = Client.in_process(self.xenstored, domid=0)
+        try:
+            home = f"/local/domain/{domid}"
+            with contextlib.suppress(Exception):
+                vm = xs.read(f"{home}/vm").decode()
+                if vm.startswith("/vm/"):
+                    xs.rm(vm)
+            with contextlib.suppress(Exception):
+                xs.rm(home)
+            with contextlib.suppress(Exception):
+                xs.release(domid)
+        finally:
+            xs.close()
 
     def hand_over(self) -> None:
         """`pyxen daemon --replace`: everything saved, the domains left running for the next
@@ -322,6 +358,19 @@ class Host:
                 "vcpus": os.cpu_count() or 1, "state": "r-----", "shutdown_reason": None,
                 "cpu_time": round(time.process_time(), 1), "created": self.started,
                 "pid": os.getpid()}
+
+
+def kill_unadopted(path: str) -> int:
+    """Take a domain process through its adopt socket only to SIGKILL it; its pid."""
+    reply_fds, control = ask_adopt(path, None)[1:]
+    try:
+        pid = peer_pid(control)
+        os.kill(pid, signal.SIGKILL)
+        return pid
+    finally:
+        control.close()
+        for fd in reply_fds:
+            os.close(fd)
 
 
 def host_memory_mib() -> int:

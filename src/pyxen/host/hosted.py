@@ -194,9 +194,9 @@ class HostedDomain:
         dom.stopped_as = record["stopped_as"]
         pid = record.get("pid")
         reply, fds, control = await asyncio.get_running_loop().run_in_executor(
-            None, _ask_adopt, str(dom.adopt_socket), pid if dom.state == DomainState.PAUSED else None)
+            None, ask_adopt, str(dom.adopt_socket), pid if dom.state == DomainState.PAUSED else None)
         dom.fds = fds
-        dom._watch_process(_peer_pid(control), control)
+        dom._watch_process(peer_pid(control), control)
         dom._serve_rings(reply)
         dom.introduced = True
         if session is not None:
@@ -435,7 +435,7 @@ class HostedDomain:
 ADOPT_TIMEOUT = 10.0  # seconds a domain process has to answer
 
 
-def _ask_adopt(path: str, paused_pid: int | None) -> tuple[Message, list[int], socket.socket]:
+def ask_adopt(path: str, paused_pid: int | None) -> tuple[Message, list[int], socket.socket]:
     """Connect to a domain's adopt socket and take it over (blocking; in an executor). A
     paused domain's process is stopped: it runs for the moment it needs to answer."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -465,7 +465,7 @@ def _ask_adopt(path: str, paused_pid: int | None) -> tuple[Message, list[int], s
     return reply, fds, sock
 
 
-def _peer_pid(sock: socket.socket) -> int:
+def peer_pid(sock: socket.socket) -> int:
     """The pid at the other end of a Unix socket, as the kernel saw it connect."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[0]

@@ -143,10 +143,15 @@ def adopt(dom: HostedDomain, saved: dict[str, Any]) -> None:
         with contextlib.suppress(LimitsUnavailable, RuntimeError, OSError):
             limits.remove()
         return
-    old = saved.get("group")
-    if isinstance(old, str) and old != limits.name:
+    if saved.get("group") != limits.name:
+        forget_group(saved.get("group"))
+
+
+def forget_group(name: object) -> None:
+    """Remove the cgroup a daemon that is gone made for a domain (moved or ended)."""
+    if isinstance(name, str):
         with contextlib.suppress(LimitsUnavailable, ValueError, OSError):
-            remove_abandoned(old)
+            remove_abandoned(name)
 
 
 def _initial_affinity(spec: dict[str, Any], maxvcpus: int) -> dict[int, frozenset[int]]:
