@@ -46,6 +46,15 @@ def leftovers() -> Iterator[list[int]]:
             os.kill(pid, signal.SIGKILL)
 
 
+def groups_of(daemon: Daemon) -> list[str]:
+    """The cgroups a daemon made (`pyxen/host<PID>`) that exist, in every hierarchy."""
+    from pyxen.host.limits import _find_hierarchies
+
+    bases = {h.base for h in _find_hierarchies(None).values()}
+    return [path for base in bases
+            if os.path.isdir(path := os.path.join(base, f"pyxen/host{daemon.process.pid}"))]
+
+
 def kill_daemon(daemon: Daemon) -> None:
     daemon.process.kill()
     daemon.process.wait(timeout=WAIT_S)
@@ -85,6 +94,7 @@ def test_a_killed_daemons_domains_are_adopted_and_keep_working(
         assert after["idle"]["state"][2] == "p"  # still paused
         assert after["web"]["state"][2] == "-"
         assert f"(XEN) domain {web} (web) adopted" in second.dmesg()
+        assert groups_of(daemon) == []  # the processes moved to the new daemon's groups
         assert xenstore_read(second, f"/local/domain/{web}/name") == "web"
         sched = second.pyxen("sched-credit", "-d", "web").stdout
         assert "512" in sched.splitlines()[-1].split()  # the weight carried over
@@ -137,6 +147,7 @@ def test_a_domain_that_died_without_a_daemon_is_cleaned_up(
     second = next_daemon(tmp_path)
     try:
         assert "doomed" not in second.domains()
+        assert groups_of(daemon) == []
         assert f"(XEN) domain {domid} (doomed) did not survive its daemon" in second.dmesg()
         assert not xenstore_exists(second, f"/local/domain/{domid}")
         assert not (tmp_path / "domains" / f"{domid}.sock").exists()
@@ -215,6 +226,7 @@ def test_a_domain_still_being_created_when_its_daemon_died_is_destroyed(
     try:
         wait_for("its process to end", lambda: not alive(pid))
         assert "half" not in second.domains()
+        assert groups_of(daemon) == []
         assert f"(XEN) domain {domid} was still being created by the daemon that died: " \
                f"destroyed (process {pid})" in second.dmesg()
         assert not (tmp_path / "domains" / f"{domid}.sock").exists()

@@ -122,6 +122,10 @@ class Host:
         sessions = store.get("sessions") or {}
         await asyncio.gather(*(self._adopt(entry, sessions) for entry in saved["domains"]))
         await self._destroy_unfinished({entry["spec"]["domid"] for entry in saved["domains"]})
+        old = saved.get("daemon_pid")
+        if isinstance(old, int) and old > 0 and not os.path.exists(f"/proc/{old}"):
+            sched.forget_group(f"pyxen/host{old}")  # what is left of the dead daemon's groups
+        self.changed()  # the record now names this daemon's processes and groups
 
     async def _adopt(self, entry: dict[str, Any], sessions: dict[str, Any]) -> None:
         domid, name = entry["spec"]["domid"], entry.get("name", "?")

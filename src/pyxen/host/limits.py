@@ -404,14 +404,19 @@ class DomainLimits:
 
 
 def remove_abandoned(group_name: str, root: str | None = None) -> None:
-    """Remove the groups a daemon that is gone made for a domain (now adopted, its process
-    moved to the new daemon's groups), and the parents left empty: rmdir refuses a group
-    that still holds a process or a child, so another daemon's groups are safe."""
+    """Remove the groups a daemon that is gone made (a domain's, or a whole `host<PID>`
+    tree), children first, then the parents left empty. rmdir refuses a group that still
+    holds a process or a child, so groups in use, and another daemon's, are safe."""
     _check_name(group_name)
     bases = {h.base for h in _find_hierarchies(root).values()}
     for base in bases:
-        directory = os.path.join(base, group_name)
+        top = os.path.join(base, group_name)
         with _tree_lock:
+            for directory, _, _ in os.walk(top, topdown=False):
+                if directory != top:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(directory)
+            directory = top
             while directory != base:
                 try:
                     os.rmdir(directory)

@@ -1,6 +1,7 @@
 """What a restarted daemon needs to take its domains back: the host's own record.
 
-`STATE_DIR/host.json` holds the domid rover and, per domain, what `HostedDomain.record` and
+`STATE_DIR/host.json` holds the domid rover, the daemon's pid (its cgroups are named after
+it) and, per domain, what `HostedDomain.record` and
 `sched.record` say (config, on_* actions, state, limits); the XenStore's nodes and the
 guests' watches are kept beside it by `pyxen.xenstore.snapshot.Persistence`. Each file is
 replaced whole (written to a temporary name, then renamed), so a daemon killed at any
@@ -27,7 +28,8 @@ class StateError(Exception):
 def save(state_dir: Path, rover: int, domains: list[dict[str, Any]]) -> None:
     path = state_dir / HOST_FILE
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"format": FORMAT, "rover": rover, "domains": domains}))
+    tmp.write_text(json.dumps({"format": FORMAT, "rover": rover, "daemon_pid": os.getpid(),
+                               "domains": domains}))
     os.replace(tmp, path)
 
 

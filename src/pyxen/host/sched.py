@@ -148,7 +148,8 @@ def adopt(dom: HostedDomain, saved: dict[str, Any]) -> None:
 
 
 def forget_group(name: object) -> None:
-    """Remove the cgroup a daemon that is gone made for a domain (moved or ended)."""
+    """Remove the cgroups a daemon that is gone made (a domain's, or all of them), those
+    that hold no process any more."""
     if isinstance(name, str):
         with contextlib.suppress(LimitsUnavailable, ValueError, OSError):
             remove_abandoned(name)
