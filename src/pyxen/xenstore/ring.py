@@ -74,11 +74,10 @@ class GuestRing:
             with self.lock:
                 if self.failed:
                     return
-                cons, prod = self._u32(XSDI_REQ_CONS), self._u32(XSDI_REQ_PROD)
-                avail = (prod - cons) & 0xFFFF_FFFF
-                if avail > XENSTORE_RING_SIZE:
-                    self._fail(f"request indices {cons:#x}/{prod:#x} are corrupt")
+                indices = self._indices(XSDI_REQ_CONS, XSDI_REQ_PROD, "request")
+                if indices is None:
                     return
+                cons, prod, avail = indices
                 data = self._copy_out(XSDI_REQ, cons, avail)
                 notified = self.notifications
             if data:
@@ -92,6 +91,16 @@ class GuestRing:
                     # be waiting for the space, as xenstored notifies after reading
                     self.notify()
 
+    def _indices(self, cons_at: int, prod_at: int, what: str) -> tuple[int, int, int] | None:
+        """A ring's consumer and producer indices and the bytes between them; None (and the
+        connection failed) if the guest made them impossible."""
+        cons, prod = self._u32(cons_at), self._u32(prod_at)
+        used = (prod - cons) & 0xFFFF_FFFF
+        if used > XENSTORE_RING_SIZE:
+            self._fail(f"{what} indices {cons:#x}/{prod:#x} are corrupt")
+            return None
+        return cons, prod, used
+
     def _write(self, data: bytes) -> None:
         with self.lock:
             self.out += data
@@ -100,11 +109,10 @@ class GuestRing:
     def _flush(self) -> None:
         if self.failed or not self.out:
             return
-        cons, prod = self._u32(XSDI_RSP_CONS), self._u32(XSDI_RSP_PROD)
-        used = (prod - cons) & 0xFFFF_FFFF
-        if used > XENSTORE_RING_SIZE:
-            self._fail(f"response indices {cons:#x}/{prod:#x} are corrupt")
+        indices = self._indices(XSDI_RSP_CONS, XSDI_RSP_PROD, "response")
+        if indices is None:
             return
+        cons, prod, used = indices
         n = min(XENSTORE_RING_SIZE - used, len(self.out))
         if not n:
             return  # ring full: the guest notifies us when it has consumed some
