@@ -233,3 +233,12 @@ def test_a_domain_still_being_created_when_its_daemon_died_is_destroyed(
         assert not xenstore_exists(second, f"/local/domain/{domid}")
     finally:
         second.stop()
+
+
+def test_replace_without_a_daemon_says_so_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "pyxen.cli", "daemon", "--replace",
+                             "--socket", str(tmp_path / "pyxen.sock")], capture_output=True,
+                            text=True, timeout=WAIT_S)
+    assert result.returncode == 1
+    assert result.stderr == (f"pyxen daemon: --replace: no daemon serves on {tmp_path}/pyxen.sock "
+                             f"to take over from (start one without --replace)\n")

@@ -28,7 +28,7 @@ from typing import Any
 from pyxen.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 from pyxen.host import api_sched, paths, persist, sched  # noqa: F401 - api_sched registers
 from pyxen.host.api import ApiServer
-from pyxen.host.client import HostClient
+from pyxen.host.client import HostClient, HostUnavailable
 from pyxen.host.client import HostError as ClientError
 from pyxen.host.hosted import HostedDomain, ask_adopt, peer_pid
 from pyxen.threads import STOP_SIGNALS
@@ -437,7 +437,12 @@ HANDOVER_TIMEOUT = 60.0  # seconds the old daemon has to save its state and exit
 
 def take_over(socket_path: Path) -> None:
     """Ask the daemon on `socket_path` to hand over and wait until it has exited."""
-    with HostClient(socket_path) as host:
+    try:
+        host = HostClient(socket_path)
+    except HostUnavailable:
+        raise OSError(f"--replace: no daemon serves on {socket_path} to take over from "
+                      f"(start one without --replace)") from None
+    with host:
         pid = int(host.request("handover")["pid"])
     try:
         pidfd = os.pidfd_open(pid)
