@@ -364,12 +364,21 @@ class Host:
                 "pid": os.getpid()}
 
 
+KILL_WAIT = 30.0  # seconds a SIGKILLed domain process may take to be gone
+
+
 def kill_unadopted(path: str) -> int:
-    """Take a domain process through its adopt socket only to SIGKILL it; its pid."""
+    """Take a domain process through its adopt socket only to SIGKILL it, and wait until it
+    has exited (so its cgroup is empty and can go); its pid."""
     reply_fds, control = ask_adopt(path, None)[1:]
     try:
         pid = peer_pid(control)
-        os.kill(pid, signal.SIGKILL)
+        pidfd = os.pidfd_open(pid)
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            select.select([pidfd], [], [], KILL_WAIT)
+        finally:
+            os.close(pidfd)
         return pid
     finally:
         control.close()
