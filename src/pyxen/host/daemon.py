@@ -124,7 +124,9 @@ class Host:
         await self._destroy_unfinished({entry["spec"]["domid"] for entry in saved["domains"]})
         old = saved.get("daemon_pid")
         if isinstance(old, int) and old > 0 and not os.path.exists(f"/proc/{old}"):
-            sched.forget_group(f"pyxen/host{old}")  # what is left of the dead daemon's groups
+            # the adopted processes have moved to this daemon's groups: the dead daemon's
+            # groups (theirs, lost domains', unfinished ones') are empty now
+            sched.forget_group(f"pyxen/host{old}")
         self.changed()  # the record now names this daemon's processes and groups
 
     async def _adopt(self, entry: dict[str, Any], sessions: dict[str, Any]) -> None:
@@ -134,7 +136,7 @@ class Host:
                                            self._dmesg, sessions.get(str(domid)))
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
             self._say(f"domain {domid} ({name}) did not survive its daemon: {e}")
-            self._forget_lost(domid, entry)
+            self._forget(domid, bytes.fromhex(entry["spec"]["uuid"]))
             return
         self.domains[domid] = dom
         self._watch_gone(dom)
@@ -143,15 +145,18 @@ class Host:
         log.info("dom%d (%s) adopted", domid, name)
         dom.catch_up()
 
-    def _forget_lost(self, domid: int, entry: dict[str, Any]) -> None:
-        """A domain whose process is gone: its nodes go, as when Xen destroys a domain, and
-        so does the cgroup its daemon made for it."""
+    def _forget(self, domid: int, handle: bytes | None) -> None:
+        """A domain whose process is gone (or never finished): its nodes and its
+        introduction go, as when Xen destroys a domain. Without its handle, its /vm entry
+        is found through its `vm` node."""
+        if handle is None:
+            with contextlib.suppress(Exception), Client.in_process(self.xenstored) as xs:
+                handle = uuid.UUID(xs.read(f"/local/domain/{domid}/vm").decode()[4:]).bytes
         with contextlib.suppress(Exception):
             remove_console_nodes(self.xenstored, domid)
-            release_domain(self.xenstored, domid, bytes.fromhex(entry["spec"]["uuid"]))
+            release_domain(self.xenstored, domid, handle or bytes(16))
         with contextlib.suppress(OSError):
             (self.state_dir / "domains" / f"{domid}.sock").unlink()
-        sched.forget_group((entry.get("sched") or {}).get("group"))
 
     async def _destroy_unfinished(self, recorded: set[int]) -> None:
         """Domain processes the old daemon was still creating when it died (never recorded
@@ -165,26 +170,7 @@ class Host:
                                                                        str(path))
                 self._say(f"domain {path.stem} was still being created by the daemon that "
                           f"died: destroyed (process {pid})")
-            self._release_unrecorded(int(path.stem))
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-    def _release_unrecorded(self, domid: int) -> None:
-        """What the store holds of a domain with no record: its nodes (and its /vm entry,
-        found through its `vm` node) and its introduction."""
-        xs = Client.in_process(self.xenstored, domid=0)
-        try:
-            home = f"/local/domain/{domid}"
-            with contextlib.suppress(Exception):
-                vm = xs.read(f"{home}/vm").decode()
-                if vm.startswith("/vm/"):
-                    xs.rm(vm)
-            with contextlib.suppress(Exception):
-                xs.rm(home)
-            with contextlib.suppress(Exception):
-                xs.release(domid)
-        finally:
-            xs.close()
+            self._forget(int(path.stem), None)
 
     def hand_over(self) -> None:
         """`pyxen daemon --replace`: everything saved, the domains left running for the next
@@ -367,18 +353,28 @@ class Host:
 KILL_WAIT = 30.0  # seconds a SIGKILLed domain process may take to be gone
 
 
+def wait_exit(pid: int, timeout: float, kill: bool = False) -> bool:
+    """Whether process `pid` (SIGKILLed first if `kill`) has exited within `timeout` s;
+    through a pidfd, so it need not be a child."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        if kill:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
+
+
 def kill_unadopted(path: str) -> int:
     """Take a domain process through its adopt socket only to SIGKILL it, and wait until it
     has exited (so its cgroup is empty and can go); its pid."""
     reply_fds, control = ask_adopt(path, None)[1:]
     try:
         pid = peer_pid(control)
-        pidfd = os.pidfd_open(pid)
-        try:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            select.select([pidfd], [], [], KILL_WAIT)
-        finally:
-            os.close(pidfd)
+        wait_exit(pid, KILL_WAIT, kill=True)
         return pid
     finally:
         control.close()
@@ -453,17 +449,9 @@ def take_over(socket_path: Path) -> None:
                       f"(start one without --replace)") from None
     with host:
         pid = int(host.request("handover")["pid"])
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        ready, _, _ = select.select([pidfd], [], [], HANDOVER_TIMEOUT)
-        if not ready:
-            raise OSError(f"the daemon (pid {pid}) did not exit within {HANDOVER_TIMEOUT:g} s "
-                          f"of handing over")
-    finally:
-        os.close(pidfd)
+    if not wait_exit(pid, HANDOVER_TIMEOUT):
+        raise OSError(f"the daemon (pid {pid}) did not exit within {HANDOVER_TIMEOUT:g} s "
+                      f"of handing over")
 
 
 async def serve(socket_path: Path, state_dir: Path, xs_path: Path, pid_file: str | None,

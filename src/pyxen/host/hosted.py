@@ -149,8 +149,8 @@ class HostedDomain:
         except TimeoutError:
             raise RuntimeError(f"domain {self.name} took over {BUILD_TIMEOUT:.0f} s to build") \
                 from None
-        self._serve_rings(built)
-        self._introduce(built)
+        store, console = self._serve_rings(built)
+        self._introduce(built["max_pages"], store, console)
 
     def _adopt_path(self) -> str | None:
         """Where a later daemon finds the domain (None if the state directory's path is too
@@ -216,7 +216,8 @@ class HostedDomain:
         if missed is not None:
             self._handle(missed, [])
 
-    def _serve_rings(self, built: Message) -> None:
+    def _serve_rings(self, built: Message) -> tuple[ServiceRing, ServiceRing]:
+        """Serve the store and console rings `built` names; the two rings."""
         self.memfd, store_kick, store_notify, console_kick, console_notify = self.fds
         store = ServiceRing("xenstore", built["store"]["gfn"], built["store"]["port"])
         console = ServiceRing("console", built["console"]["gfn"], built["console"]["port"])
@@ -227,14 +228,13 @@ class HostedDomain:
                                       name=f"dom{self.domid} ({self.name})")
         self._on_eventfd(store_kick, self.store.kick)
         self._on_eventfd(console_kick, self.console.kick)
+        return store, console
 
-    def _introduce(self, built: Message) -> None:
+    def _introduce(self, max_pages: int, store: ServiceRing, console: ServiceRing) -> None:
         """A new domain's store nodes and its introduction to xenstored, as libxl does."""
-        store = ServiceRing("xenstore", built["store"]["gfn"], built["store"]["port"])
-        console = ServiceRing("console", built["console"]["gfn"], built["console"]["port"])
         memory_kib = self.spec["memory"] * 1024
         introduce_domain(self.xenstored, self.domid, self.name, bytes.fromhex(self.uuid),
-                         memory_kib, built["max_pages"] * 4, store)
+                         memory_kib, max_pages * 4, store)
         self.introduced = True
         write_console_nodes(self.xenstored, self.domid, console)
 
@@ -406,10 +406,13 @@ class HostedDomain:
         """The domain's process while it runs."""
         return None if self.exited else self.pid
 
-    def cpu_seconds(self) -> float:
+    def cpu_ns(self) -> int:
         """CPU time of the domain's process (all its vCPU threads)."""
         pid = self.live_pid()
-        return 0.0 if pid is None else procstat.cpu_ns(procstat.stat_fields(pid)) / 1e9
+        return 0 if pid is None else procstat.cpu_ns(procstat.stat_fields(pid))
+
+    def cpu_seconds(self) -> float:
+        return self.cpu_ns() / 1e9
 
     def state_letters(self) -> str:
         """xl list's State column: running, blocked, paused, shutdown, reason, dying."""

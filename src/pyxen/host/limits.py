@@ -295,11 +295,6 @@ class DomainLimits:
         return limits
 
     @property
-    def name(self) -> str:
-        """The groups' name below each hierarchy's top, e.g. `pyxen/host41/dom3-web`."""
-        return self._name
-
-    @property
     def path(self) -> str:
         """The group that holds the CPU limits ('' without a cpu controller, or once removed)."""
         for controller in ("cpu", "memory"):

@@ -90,61 +90,65 @@ def prepare(dom: HostedDomain) -> None:
     domains with each other (a domain left in the daemon's group would compete with the
     whole host group instead). Where it has none, only a config that asks for a cap or a
     weight is refused (LimitsUnavailable, a RuntimeError)."""
-    spec, domid = dom.spec, dom.domid
+    spec = dom.spec
     try:
         state = DomainSched(maxvcpus=_maxvcpus(spec))
     except (TypeError, ValueError):
         raise Refused(f"vcpus and maxvcpus must be numbers, not {spec.get('vcpus')!r} and "
                       f"{spec.get('maxvcpus')!r}") from None
-    _state[dom] = state
-    dom.gone.add_done_callback(lambda _: _release(state, domid))
+    _track(dom, state)
     state.hard = _initial_affinity(spec, state.maxvcpus)
-    weight, cap = spec.get("cpu_weight", DEFAULT_WEIGHT), spec.get("cap", 0)
-    limits = DomainLimits.create(group_name(dom))
-    state.limits = limits
+    state.weight, state.cap = spec.get("cpu_weight", DEFAULT_WEIGHT), spec.get("cap", 0)
     try:
-        limits.set_weight(weight)
-        limits.set_cap(cap, vcpus=state.maxvcpus)
+        _give_limits(dom, state)
     except ValueError as e:
         raise Refused(str(e)) from None
-    state.weight, state.cap = weight, cap
+
+
+def _track(dom: HostedDomain, state: DomainSched) -> None:
+    """`state` is the domain's from now on; its cgroup goes with it."""
+    _state[dom] = state
+    domid = dom.domid
+    dom.gone.add_done_callback(lambda _: _release(state, domid))
     dom.on_vcpu_thread = _vcpu_thread_started
+
+
+def _give_limits(dom: HostedDomain, state: DomainSched) -> DomainLimits:
+    """The domain's cgroup of this daemon, made and set to `state`'s weight and cap
+    (ValueError for values the host refuses)."""
+    limits = state.limits = DomainLimits.create(group_name(dom))
+    limits.set_weight(state.weight)
+    limits.set_cap(state.cap, vcpus=state.maxvcpus)
+    return limits
 
 
 def record(dom: HostedDomain) -> dict[str, Any]:
     """The settings a restarted daemon puts back on the domain it adopts."""
     state = of(dom)
     return {"weight": state.weight, "cap": state.cap, "max_pages": state.max_pages,
-            "hard": {str(i): sorted(cpus) for i, cpus in state.hard.items()},
-            "group": state.limits.name if state.limits is not None else None}
+            "hard": {str(i): sorted(cpus) for i, cpus in state.hard.items()}}
 
 
 def adopt(dom: HostedDomain, saved: dict[str, Any]) -> None:
     """A domain taken over from a daemon that is gone: its settings as that daemon left them,
     its process moved into a group of this daemon (so that weights still compare it with
-    its siblings), the old group removed. Threads keep the affinity the kernel holds."""
+    its siblings; the daemon then removes the dead one's groups). Threads keep the
+    affinity the kernel holds."""
     state = DomainSched(maxvcpus=_maxvcpus(dom.spec), weight=int(saved.get("weight", DEFAULT_WEIGHT)),
                         cap=int(saved.get("cap", 0)), max_pages=int(saved.get("max_pages", 0)))
     state.hard = {int(i): frozenset(cpus) for i, cpus in (saved.get("hard") or {}).items()}
-    _state[dom] = state
-    dom.gone.add_done_callback(lambda _: _release(state, dom.domid))
-    dom.on_vcpu_thread = _vcpu_thread_started
+    _track(dom, state)
     pid = dom.live_pid()
     if pid is None:
         return
-    limits = DomainLimits.create(group_name(dom))
     try:
-        limits.set_weight(state.weight)
-        limits.set_cap(state.cap, vcpus=state.maxvcpus)
-        limits.add_process(pid)
-        state.limits = limits
+        _give_limits(dom, state).add_process(pid)
     except (LimitsUnavailable, ValueError, OSError) as e:
         log.warning("dom%d: its limits could not be carried over: %s", dom.domid, e)
+        limits, state.limits = state.limits, None
         with contextlib.suppress(LimitsUnavailable, RuntimeError, OSError):
-            limits.remove()
-        return
-    if saved.get("group") != limits.name:
-        forget_group(saved.get("group"))
+            if limits is not None:
+                limits.remove()
 
 
 def forget_group(name: object) -> None:
@@ -408,7 +412,7 @@ def figures(dom: HostedDomain) -> dict[str, Any]:
     """What `top` shows of a domain, sampled now."""
     state = of(dom)
     return {"domid": dom.domid, "name": dom.name, "state": dom.state_letters(),
-            "cpu_ns": round(dom.cpu_seconds() * 1e9), "mem_kib": int(dom.spec.get("memory") or 0) * 1024,
+            "cpu_ns": dom.cpu_ns(), "mem_kib": int(dom.spec.get("memory") or 0) * 1024,
             "maxmem_kib": state.max_pages * 4, "vcpus": state.maxvcpus,
             "vcpu_seconds": [row["time"] if row["online"] else None for row in vcpu_info(dom)],
             "sampled_ns": time.monotonic_ns()}
