@@ -46,6 +46,32 @@ static bool slept_about(uint64_t dt, uint64_t want)
     return dt + MS >= want && dt < want + WAIT_BOUND_NS;
 }
 
+/* How far ahead a timer that must end a block is armed. */
+#define LEAD (100 * MS)
+
+/*
+ * Arm the timer LEAD ahead, with interrupts off, for a block that only this timer ends.
+ * If the host deschedules this vCPU past the deadline before it blocks, the event comes
+ * first and the block has nothing left to wake it (Xen's semantics: a guest that blocks
+ * with IF=0 and the upcall already pending sleeps until something else kicks it). So if a
+ * fifth of the lead is spent before the caller can block, let this timer fire, take its
+ * upcall, and arm again. Returns the arming time; *hits the handler count before it.
+ */
+static uint64_t arm_for_block(uint64_t *hits)
+{
+    for (;;) {
+        irq_disable();
+        *hits = timer_hits;
+        uint64_t t0 = now_ns();
+        HYPERVISOR_set_timer_op(t0 + LEAD);
+        if (now_ns() - t0 < LEAD / 5)
+            return t0;
+        vi->evtchn_upcall_mask = 0;
+        irq_enable();
+        wait_for_count(&timer_hits, *hits + 1, now_ns() + WAIT_BOUND_NS);
+    }
+}
+
 static void test_sched_block(void)
 {
     uint64_t t0, t1, h0;
@@ -53,11 +79,8 @@ static void test_sched_block(void)
 
     /* IF=0: SCHEDOP_block sleeps until the timer's event, which stays
      * pending (no upcall with interrupts off); it clears upcall_mask. */
-    irq_disable();
-    h0 = timer_hits;
+    t0 = arm_for_block(&h0);
     vi->evtchn_upcall_mask = 1;
-    t0 = now_ns();
-    HYPERVISOR_set_timer_op(t0 + 20 * MS);
     rc = sched_block();
     t1 = now_ns();
     uint8_t mask = vi->evtchn_upcall_mask, up = vi->evtchn_upcall_pending;
@@ -65,8 +88,9 @@ static void test_sched_block(void)
     uint64_t h1 = timer_hits;
     irq_enable();
     check_eq("block.sched_block", rc, 0);
-    check("block.sched_block_waits_for_event", slept_about(t1 - t0, 20 * MS),
-          "returned after %lu ns, timer was 20 ms ahead", (unsigned long)(t1 - t0));
+    check("block.sched_block_waits_for_event", slept_about(t1 - t0, LEAD),
+          "returned after %lu ns, timer was %lu ns ahead", (unsigned long)(t1 - t0),
+          (unsigned long)LEAD);
     info("block_slept_ns", "%lu", (unsigned long)(t1 - t0));
     check_eq("block.sched_block_clears_upcall_mask", mask, 0);
     check("block.sched_block_event_pending_if0", pend && up == 1 && h1 == h0,
@@ -75,24 +99,13 @@ static void test_sched_block(void)
     check("block.sched_block_upcall_after_sti", wait_for_count(&timer_hits, h0 + 1, now_ns() + WAIT_BOUND_NS),
           "no upcall after sti");
 
-    /* IF=1: the upcall is delivered as the hypercall returns. A host that deschedules
-     * this vCPU for over 20 ms between arming and blocking delivers the upcall first and
-     * leaves the block nothing to wake it (as Xen would): then arm again, with interrupts
-     * off so that the new timer can only be taken by the block. */
-    h0 = timer_hits;
-    t0 = now_ns();
-    HYPERVISOR_set_timer_op(t0 + 20 * MS);
-    irq_disable();
-    if (timer_hits != h0) {
-        h0 = timer_hits;
-        t0 = now_ns();
-        HYPERVISOR_set_timer_op(t0 + 20 * MS);
-    }
+    /* IF=1: the upcall is delivered as the hypercall returns. */
+    t0 = arm_for_block(&h0);
     irq_enable();
     rc = sched_block();
     t1 = now_ns();
     check_eq("block.sched_block_if1", rc, 0);
-    check("block.sched_block_if1_waits", slept_about(t1 - t0, 20 * MS), "returned after %lu ns",
+    check("block.sched_block_if1_waits", slept_about(t1 - t0, LEAD), "returned after %lu ns",
           (unsigned long)(t1 - t0));
     check("block.sched_block_if1_upcall", wait_for_count(&timer_hits, h0 + 1, now_ns() + WAIT_BOUND_NS),
           "timer handler did not run");
@@ -172,16 +185,14 @@ static void test_poll(evtchn_port_t pi, evtchn_port_t pu)
 
     /* Any upcall-raising event kicks a poller awake (IF=0 so the event is not
      * delivered before the poll): the timer port is unmasked but not polled. */
-    irq_disable();
-    h0 = timer_hits;
     ports[0] = pu;
-    t0 = now_ns();
-    HYPERVISOR_set_timer_op(t0 + 20 * MS);
+    t0 = arm_for_block(&h0);
     rc = sched_poll(ports, 1, t0 + 2 * WAIT_BOUND_NS);
     t1 = now_ns();
     irq_enable();
-    check("block.poll_woken_by_other_event", rc == 0 && slept_about(t1 - t0, 20 * MS),
-          "rc %ld after %lu ns (event at 20 ms, timeout 20 s)", rc, (unsigned long)(t1 - t0));
+    check("block.poll_woken_by_other_event", rc == 0 && slept_about(t1 - t0, LEAD),
+          "rc %ld after %lu ns (event at %lu ns, timeout 20 s)", rc, (unsigned long)(t1 - t0),
+          (unsigned long)LEAD);
     wait_for_count(&timer_hits, h0 + 1, now_ns() + WAIT_BOUND_NS);
 
     check_eq("block.poll_too_many_ports", sched_poll(ports, 129, now_ns() + MS), EINVAL_);
