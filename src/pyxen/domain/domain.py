@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from pyxen.abi.hvm import HVM_NR_PARAMS, HVM_PARAM_CALLBACK_IRQ, HVM_PARAM_CALLBACK_TYPE_VECTOR
 from pyxen.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
-from pyxen.abi.xen import DOMID_SELF
-from pyxen.hv.event_channel import DEFAULT_MAX_EVENT_CHANNELS, EventChannels
+from pyxen.abi.xen import DOMID_FIRST_RESERVED, DOMID_SELF
+from pyxen.hv.event_channel import DEFAULT_MAX_EVENT_CHANNELS, EventChannels, RemotePeer
 from pyxen.hv.grant_table import GrantTable
 from pyxen.hv.shared_info import SharedInfo
 from pyxen.hv.time import DomainClock
@@ -116,6 +116,8 @@ class Domain:
         self.special_frames: dict[int, str] = {}  # gfn → Xen page mapped there
         self.vcpus: list[Vcpu] = []
         self.peers: dict[int, Domain] = {self.domid: self}  # the host's domains, by id
+        # host mode: a domain in another process, by id (None: no such domain)
+        self.remote_peers: Callable[[int], RemotePeer | None] | None = None
         self.e820: list[tuple[int, int, int]] = []  # (addr, size, type): XENMEM_memory_map
         self.grant_table = GrantTable(self, config.max_grant_frames)
         self.extra_pages = 0  # increase_reservation pages (allocated, not mapped: HVM)
@@ -181,6 +183,12 @@ class Domain:
     def lookup(self, domid: int) -> Domain | None:
         """rcu_lock_domain_by_any_id: DOMID_SELF or an existing domain's id."""
         return self if domid == DOMID_SELF else self.peers.get(domid)
+
+    def remote_peer(self, domid: int) -> RemotePeer | None:
+        """A domain that runs in another process (host mode), for inter-domain events."""
+        if self.remote_peers is None or domid >= DOMID_FIRST_RESERVED:
+            return None
+        return self.remote_peers(domid)
 
     def may_control(self, target: Domain) -> bool:
         """XSM_TARGET: a domain acts on itself; the privileged domain on any."""

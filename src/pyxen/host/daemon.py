@@ -139,6 +139,7 @@ class Host:
             self._forget(domid, bytes.fromhex(entry["spec"]["uuid"]))
             return
         self.domains[domid] = dom
+        dom.find_domain = self.domains.get
         self._watch_gone(dom)
         sched.adopt(dom, entry.get("sched") or {})
         self._say(f"domain {domid} ({name}) adopted (process {dom.pid})")
@@ -218,6 +219,7 @@ class Host:
         dom = HostedDomain(spec, actions, self.state_dir, self.xenstored, self._stopped,
                            self._dmesg)
         self.domains[dom.domid] = dom
+        dom.find_domain = self.domains.get
         self.changed()
         try:
             sched.prepare(dom)

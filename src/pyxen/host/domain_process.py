@@ -13,6 +13,10 @@ other domain. FD is this process's end of a SOCK_SEQPACKET control channel:
     here → daemon   {"op": "console_io", "data": "..."}   the guest's CONSOLEIO_write bytes
                     {"op": "stopped", "outcome": ...}     the guest shut down or crashed
                                                           (with its populated memory runs)
+    here → daemon   {"op": "peer_link", "domid": D, "seq": N}   connect me to domain D
+    daemon → here   {"op": "peer_link", "seq": N, ...} + fds    the link (or "error")
+                    {"op": "peer", "domid": D} + fds      domain D linked itself to this one
+                                                          (peer_link.py: events between them)
 
 The store and console rings are served by the daemon from the memfd; the guest's
 notifications reach it through one eventfd per ring ("kick") and its replies come back
@@ -46,6 +50,7 @@ from pyxen.domain.builder import build_domain, image_limit, load_module
 from pyxen.domain.domain import Domain, DomainConfig
 from pyxen.domain.loader import ImageError
 from pyxen.domain.vcpu import Vcpu
+from pyxen.host.peer_link import PeerLinks
 from pyxen.host.wire import Message, WireError, bytes_to_wire, recv_packet, send_packet
 from pyxen.hv import hypercall_table
 from pyxen.threads import start_worker
@@ -123,6 +128,7 @@ class DaemonLink:
         self.vcpu_tids: dict[int, int] = {}
         self.stopped: Message | None = None
         self.held_output = bytearray()
+        self.on_lost: Callable[[], None] | None = None
 
     def send(self, msg: Message, fds: list[int] | None = None) -> bool:
         with self.lock:
@@ -159,6 +165,8 @@ class DaemonLink:
             if self.control is not None:
                 self.control.close()
                 self.control = None
+        if self.on_lost is not None:
+            self.on_lost()
 
     def adopted_by(self, control: socket.socket, reply: Message, fds: list[int]) -> None:
         """A new daemon: it gets the domain's state and what it missed, then the channel."""
@@ -244,6 +252,8 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
     sel = selectors.DefaultSelector()
     assert link.control is not None
     sel.register(link.control, selectors.EVENT_READ, "control")
+    peers = PeerLinks(domain, link.send, sel)
+    link.on_lost = peers.daemon_lost
     if listener is not None:
         sel.register(listener, selectors.EVENT_READ, "listener")
     for ring in rings:
@@ -252,6 +262,9 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
         for key, _ in sel.select():
             if isinstance(key.data, RingLink):
                 key.data.notified()
+            elif isinstance(key.data, tuple):  # a peer link's doorbell or calls
+                _, peer, what = key.data
+                peers.readable(peer, what)
             elif key.data == "listener":
                 assert listener is not None
                 control = adopt(listener, link, dict(built[0], started=started), built[1])
@@ -259,9 +272,9 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
                     sel.register(control, selectors.EVENT_READ, "control")
             else:
                 try:
-                    msg, _ = recv_packet(key.fileobj)  # type: ignore[arg-type]
+                    msg, fds = recv_packet(key.fileobj)  # type: ignore[arg-type]
                 except (OSError, WireError):
-                    msg = None
+                    msg, fds = None, []
                 if msg is None:
                     sel.unregister(key.fileobj)
                     link.lost()
@@ -277,6 +290,11 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
                 elif op == "set_max_pages" and isinstance(msg.get("pages"), int):
                     with domain.memory_lock:
                         domain.max_pages = msg["pages"]
+                elif op in ("peer", "peer_link"):
+                    peers.from_daemon(msg, fds)
+                    fds = []
+                for fd in fds:
+                    os.close(fd)
 
 
 ADOPT_TIMEOUT = 10.0  # seconds a connecting daemon has to say what it wants

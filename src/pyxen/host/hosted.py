@@ -30,6 +30,7 @@ from pyxen.abi.sched import SHUTDOWN_crash
 from pyxen.backends.console import ConsoleBackend
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
 from pyxen.host import procstat
+from pyxen.host.peer_link import link_ends
 from pyxen.host.wire import Message, WireError, recv_packet, send_packet, wire_to_bytes
 from pyxen.toolstack.console_service import remove_console_nodes, write_console_nodes
 from pyxen.toolstack.service_ring import ServiceRing
@@ -106,6 +107,8 @@ class HostedDomain:
         self.vcpu_tids: dict[int, int] = {}  # vCPU index → its thread's id in the process
         # called with (domain, vCPU index, thread id) as each vCPU thread starts
         self.on_vcpu_thread: Callable[[HostedDomain, int, int], None] | None = None
+        # the host's domains by id, for linking this domain's process to another's
+        self.find_domain: Callable[[int], HostedDomain | None] = lambda domid: None
         self.destroying = False
         self.created = time.time()
         self.process: subprocess.Popen[bytes] | None = None  # when this daemon started it
@@ -284,6 +287,8 @@ class HostedDomain:
                 self.on_vcpu_thread(self, index, tid)
         elif op == "console_io":
             self.on_dmesg(self.domid, wire_to_bytes(str(msg.get("data", ""))))
+        elif op == "peer_link":
+            self._link_peer(msg.get("domid"), msg.get("seq"))
         elif op == "stopped" and self.stopped_as is None:
             self.stopped_as = str(msg.get("outcome"))
             self.memory_runs = [(int(gfn), int(n)) for gfn, n in msg.get("runs") or []]
@@ -291,6 +296,32 @@ class HostedDomain:
         else:
             for fd in fds:
                 os.close(fd)
+
+    def _link_peer(self, domid: object, seq: object) -> None:
+        """The domain process asks to be linked to domain `domid`'s (its first
+        inter-domain event channel with it): both get their ends of a new link, each told
+        who is at the other end. The daemon vouches for that; the rest is between them."""
+        assert self.control is not None
+        reply: Message = {"op": "peer_link", "domid": domid, "seq": seq}
+        peer = self.find_domain(domid) if isinstance(domid, int) else None
+        if peer is None or peer is self or not peer.linkable():
+            send_packet(self.control, dict(reply, error="ESRCH"))
+            return
+        mine, theirs = link_ends()
+        try:
+            send_packet(peer.control, {"op": "peer", "domid": self.domid}, theirs)  # type: ignore[arg-type]
+            send_packet(self.control, reply, mine)
+        except OSError as e:
+            log.warning("dom%d: linking to dom%s: %s", self.domid, domid, e)
+            with contextlib.suppress(OSError):
+                send_packet(self.control, dict(reply, error="ESRCH"))
+        finally:
+            for fd in mine + theirs:
+                os.close(fd)
+
+    def linkable(self) -> bool:
+        """A domain whose process runs and is this daemon's to talk to."""
+        return self.control is not None and not self.exited and not self.destroying
 
     def _process_exited(self) -> None:
         self._loop.remove_reader(self.pidfd)

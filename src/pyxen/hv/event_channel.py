@@ -6,6 +6,12 @@ is_pending, is_masked, the port limit) go through a port-ops object as in Xen's
 evtchn_port_ops: 2-level bitmaps in shared_info (event_2l.py) from the start, FIFO queues in
 guest pages (event_fifo.py) once the guest calls EVTCHNOP_init_control, 2-level again after
 EVTCHNOP_reset.
+
+An interdomain port's other end is either a `Domain` of this process (`remote_dom`) or a
+domain that runs in a process of its own (host mode), reached through a `RemotePeer`
+(`remote_link`): binding and closing are calls to that process, a send rings its doorbell.
+The peer's process calls back into `bound_by_peer`, `unbound_by_peer`, `rung_by_peer` and
+`peer_gone`, on its link's thread.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pyxen.abi import event_channel as E
 from pyxen.abi.errno import (
@@ -55,6 +61,21 @@ PER_VCPU_VIRQS = {E.VIRQ_TIMER, E.VIRQ_DEBUG, E.VIRQ_XENOPROF, E.VIRQ_XENPMU}
 SUBOPS = {v: k for k, v in vars(E).items() if k.startswith("EVTCHNOP_")}
 
 
+class RemotePeer(Protocol):
+    """A domain in another process, as this domain's event channels reach it."""
+
+    domid: int
+
+    def bind(self, remote_port: int, local_port: int) -> None:
+        """Bind the peer's unbound `remote_port` to our `local_port` (XenError: refused)."""
+
+    def unbind(self, remote_port: int, local_port: int) -> None:
+        """Our `local_port` closed: the peer's `remote_port` becomes unbound."""
+
+    def ring(self, remote_port: int) -> None:
+        """Raise the peer's `remote_port` (EVTCHNOP_send)."""
+
+
 def virq_is_global(virq: int) -> bool:
     return virq not in PER_VCPU_VIRQS
 
@@ -64,7 +85,8 @@ class Channel:
     state: int = ECS_FREE
     notify_vcpu: int = 0
     remote_domid: int = 0  # ECS_UNBOUND: the domain allowed to bind
-    remote_dom: Domain | None = None  # ECS_INTERDOMAIN
+    remote_dom: Domain | None = None  # ECS_INTERDOMAIN, a domain of this process
+    remote_link: RemotePeer | None = None  # ECS_INTERDOMAIN, a domain in another process
     remote_port: int = 0
     virq: int = 0
     pirq: int = 0
@@ -92,6 +114,9 @@ class EventChannels:
         self.ports[0].state = ECS_RESERVED  # port 0 is never handed out
         self.port_ops: Evtchn2L | EvtchnFifo = Evtchn2L(self)
         self._free_hint = 1  # every port below it is bound (speeds up get_free_port)
+        # (peer, its port, our port) of remote ends closed under the lock, for
+        # `tell_peers` to tell once the lock is released
+        self.unbinds: list[tuple[RemotePeer, int, int]] = []
 
     @property
     def max_port(self) -> int:
@@ -210,10 +235,62 @@ class EventChannels:
             peer = chn.remote_dom.evtchn.ports[chn.remote_port]
             peer.state, peer.remote_domid = ECS_UNBOUND, self.domain.domid
             peer.remote_dom = None
+        elif chn.state == ECS_INTERDOMAIN and chn.remote_link is not None:
+            self.unbinds.append((chn.remote_link, chn.remote_port, port))
         self.clear_pending(port)  # a re-bound port must not inherit an old event
+        self.release(port)
+
+    def release(self, port: int) -> None:
+        """The port is free again; its FIFO state stays (as in Xen's struct evtchn)."""
+        chn = self.ports[port]
         self.ports[port] = Channel(priority=chn.priority, fifo_pending=chn.fifo_pending,
                                    fifo_lastq=chn.fifo_lastq)
         self._free_hint = min(self._free_hint, port)
+
+    def tell_peers(self) -> None:
+        """After closing ports (outside the event lock: it is a call to another process):
+        the other ends in other processes become unbound."""
+        with self.lock:
+            unbinds, self.unbinds = self.unbinds, []
+        for peer, remote_port, port in unbinds:
+            peer.unbind(remote_port, port)
+
+    # --- the other ends of ports bound to domains in other processes --------------------------
+    def bound_by_peer(self, peer: RemotePeer, port: int, peer_port: int) -> None:
+        """`peer` binds our `port` (its EVTCHNOP_bind_interdomain): -EINVAL unless the port
+        is unbound for that domain."""
+        with self.lock:
+            if not self.valid(port) or port == 0:
+                raise XenError(EINVAL)
+            chn = self.ports[port]
+            if chn.state != ECS_UNBOUND or chn.remote_domid != peer.domid:
+                raise XenError(EINVAL, "port is not unbound for that domain")
+            chn.state, chn.remote_link, chn.remote_port = ECS_INTERDOMAIN, peer, peer_port
+
+    def unbound_by_peer(self, peer: RemotePeer, port: int, peer_port: int) -> None:
+        """`peer` closed `peer_port`, the other end of our `port`: ours becomes unbound (a
+        port still being bound to it, too)."""
+        with self.lock:
+            chn = self.ports[port] if self.valid(port) else None
+            if (chn is not None and chn.remote_link is peer and chn.remote_port == peer_port
+                    and chn.state in (ECS_INTERDOMAIN, ECS_RESERVED)):
+                chn.state, chn.remote_domid, chn.remote_link = ECS_UNBOUND, peer.domid, None
+
+    def rung_by_peer(self, peer: RemotePeer, ports: list[int]) -> None:
+        """`peer` sent on the other ends of `ports`: raise those still bound to it."""
+        with self.lock:
+            for port in ports:
+                chn = self.ports[port] if self.valid(port) else None
+                if chn is not None and chn.state == ECS_INTERDOMAIN and chn.remote_link is peer:
+                    self.set_pending(chn.notify_vcpu, port)
+
+    def peer_gone(self, peer: RemotePeer) -> None:
+        """`peer`'s domain was destroyed: every port bound to it becomes unbound, as Xen's
+        evtchn_destroy closes the dying domain's ends."""
+        with self.lock:
+            for chn in self.ports:
+                if chn.remote_link is peer and chn.state in (ECS_INTERDOMAIN, ECS_RESERVED):
+                    chn.state, chn.remote_domid, chn.remote_link = ECS_UNBOUND, peer.domid, None
 
     def reset(self) -> None:
         """evtchn_reset: close every port, and go back to the 2-level ABI."""
@@ -238,6 +315,33 @@ def _lock_pair(a: Domain, b: Domain):  # type: ignore[no-untyped-def]
             first.evtchn.lock.release()
 
     return _Pair()
+
+
+def _bind_remote(d: Domain, remote_domid: int, remote_port: int) -> int:
+    """EVTCHNOP_bind_interdomain to a domain in another process; the new local port.
+    The local port is held (ECS_RESERVED) while the peer's process binds its end: no event
+    lock is held across that call, which may wait for the peer."""
+    peer = d.remote_peer(remote_domid)
+    if peer is None:
+        raise XenError(ESRCH)
+    ev = d.evtchn
+    with ev.lock:
+        lport = ev.get_free_port()
+        chn = ev.bind(lport)
+        chn.state, chn.remote_link, chn.remote_port = ECS_RESERVED, peer, remote_port
+    try:
+        peer.bind(remote_port, lport)
+    except BaseException:
+        with ev.lock:
+            if ev.ports[lport] is chn:
+                ev.release(lport)
+        raise
+    with ev.lock:
+        if chn.state == ECS_RESERVED:  # unless the peer closed its end meanwhile
+            chn.state, chn.notify_vcpu = ECS_INTERDOMAIN, 0
+        # Notifications sent to the unbound remote end may have been lost: be safe.
+        ev.set_pending(chn.notify_vcpu, lport)
+    return lport
 
 
 def _vcpu_id(d: Domain, vcpu_id: int) -> int:
@@ -277,7 +381,9 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         b = guest.read_struct(E.evtchn_bind_interdomain, arg)
         rd = d if b.remote_dom == DOMID_SELF else d.peers.get(b.remote_dom)
         if rd is None:
-            raise XenError(ESRCH)
+            b.local_port = _bind_remote(d, b.remote_dom, b.remote_port)
+            guest.write_struct(arg, b)
+            return 0
         with _lock_pair(d, rd):
             lport = ev.get_free_port()
             if not rd.evtchn.valid(b.remote_port):
@@ -348,6 +454,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
                     ev.close(port)
             else:
                 ev.close(port)
+        ev.tell_peers()
         return 0
 
     if cmd == E.EVTCHNOP_send:
@@ -360,6 +467,8 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
             elif chn.state == ECS_INTERDOMAIN and chn.remote_dom is not None:
                 rd, rport = chn.remote_dom, chn.remote_port
                 rd.evtchn.set_pending(rd.evtchn.ports[rport].notify_vcpu, rport)
+            elif chn.state == ECS_INTERDOMAIN and chn.remote_link is not None:
+                chn.remote_link.ring(chn.remote_port)
             elif chn.state == ECS_IPI:
                 ev.set_pending(chn.notify_vcpu, port)
             elif chn.state != ECS_UNBOUND:  # an unbound port silently drops the notification
@@ -379,6 +488,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
                 s.u.unbound = chn.remote_domid
             elif chn.state == ECS_INTERDOMAIN:
                 s.u.interdomain.dom = (chn.remote_dom.domid if chn.remote_dom is not None
+                                       else chn.remote_link.domid if chn.remote_link is not None
                                        else chn.remote_domid)
                 s.u.interdomain.port = chn.remote_port
             elif chn.state == ECS_VIRQ:
@@ -417,6 +527,7 @@ def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
             raise XenError(EBUSY, "no reset to continue")  # pyxen's resets never pause
         with target.evtchn.lock:
             target.evtchn.reset()
+        target.evtchn.tell_peers()
         return 0
 
     if cmd == E.EVTCHNOP_init_control:

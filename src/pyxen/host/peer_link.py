@@ -1,0 +1,263 @@
+"""Links between two domain processes: inter-domain event channels without the daemon.
+
+In host mode every domain runs in a process of its own, so the two ends of an inter-domain
+event channel live in two processes. The daemon connects two domain processes when one of
+them first needs the other (it vouches for who is at each end: `link_ends`); from then on
+the two talk directly, and a link lasts as long as both processes do:
+
+- two SOCK_SEQPACKET socketpairs. On one, this side calls the peer (`bind`, `unbind`) and
+  waits for its answer; on the other the peer calls this side, served on the domain
+  process's main loop (`PeerLinks.readable`).
+- a doorbell each way, for EVTCHNOP_send: a shared bitmap with one bit per port (a memfd)
+  and an eventfd. The sender sets the receiver's bit with an atomic instruction and writes
+  the eventfd only when the bit was clear, so sends coalesce as Xen's pending bits do; the
+  receiver takes the whole words (atomic exchange) and raises the ports still bound to that
+  peer. A send costs the sender one atomic operation and at most one write(2): no daemon,
+  no reply.
+
+A peer can only touch this domain through `EventChannels.bound_by_peer`, `unbound_by_peer`
+and `rung_by_peer`, which check that the port is bound (or unbound for) the domain the
+daemon said is at the other end of the link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as C
+import itertools
+import mmap
+import os
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+
+from pyxen.abi.errno import ESRCH, XenError
+from pyxen.abi.event_channel import EVTCHN_FIFO_NR_CHANNELS
+from pyxen.domain.domain import Domain
+from pyxen.host.wire import Message, WireError, recv_packet, send_packet
+from pyxen.hv import atomic
+
+BITMAP_BYTES = EVTCHN_FIFO_NR_CHANNELS // 8  # a bit for each port either ABI can have
+LINK_TIMEOUT = 30.0  # seconds a vCPU waits for the daemon to connect it to another domain
+# The fds of one side of a link, in the order they travel.
+LINK_FDS = ("call", "serve", "bell_in", "bell_out", "bits_in", "bits_out")
+
+
+def link_ends() -> tuple[list[int], list[int]]:
+    """A new link's fds (the daemon's part): one side's and the other's, in LINK_FDS order.
+    The caller closes them once sent."""
+    a_calls = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    b_calls = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    bells = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(2)]
+    bits = []
+    for side in "ab":
+        fd = os.memfd_create(f"pyxen-doorbell-{side}", os.MFD_CLOEXEC)
+        os.ftruncate(fd, BITMAP_BYTES)
+        bits.append(fd)
+    socks = [s.detach() for s in (*a_calls, *b_calls)]
+    a = [socks[0], socks[3], bells[0], bells[1], bits[0], bits[1]]
+    b = [socks[2], socks[1], bells[1], bells[0], bits[1], bits[0]]
+    return a, b
+
+
+class PeerGone(Exception):
+    """The peer's process ended (its domain was destroyed)."""
+
+
+class PeerLink:
+    """This domain's link to one domain in another process (a `RemotePeer`)."""
+
+    def __init__(self, domid: int, fds: list[int]) -> None:
+        if len(fds) != len(LINK_FDS):
+            raise WireError(f"a peer link needs {len(LINK_FDS)} fds, got {len(fds)}")
+        self.domid = domid
+        call, serve, self.bell_in, self.bell_out, bits_in, bits_out = fds
+        self.call_sock = socket.socket(fileno=call)
+        self.serve_sock = socket.socket(fileno=serve)
+        self.call_sock.setblocking(True)
+        self.serve_sock.setblocking(False)
+        self._maps = []
+        addresses = []
+        for fd in (bits_in, bits_out):
+            m = mmap.mmap(fd, BITMAP_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            os.close(fd)
+            self._maps.append(m)
+            addresses.append(C.addressof(C.c_char.from_buffer(m)))
+        self._in_addr, self._out_addr = addresses
+        self._in_words = memoryview(self._maps[0]).cast("Q")
+        self._call_lock = threading.Lock()
+
+    # --- this side's requests (RemotePeer) -------------------------------------------------------
+    def _call(self, msg: Message) -> Message:
+        with self._call_lock:
+            try:
+                send_packet(self.call_sock, msg)
+                reply, _ = recv_packet(self.call_sock)
+            except (OSError, WireError):
+                reply = None
+        if reply is None:
+            raise PeerGone
+        return reply
+
+    def bind(self, remote_port: int, local_port: int) -> None:
+        try:
+            reply = self._call({"op": "bind", "port": remote_port, "from": local_port})
+        except PeerGone:
+            raise XenError(ESRCH, f"domain {self.domid} is gone") from None
+        if reply.get("errno"):
+            raise XenError(int(reply["errno"]))
+
+    def unbind(self, remote_port: int, local_port: int) -> None:
+        with contextlib.suppress(PeerGone):
+            self._call({"op": "unbind", "port": remote_port, "from": local_port})
+
+    def ring(self, remote_port: int) -> None:
+        if not 0 <= remote_port < EVTCHN_FIFO_NR_CHANNELS:
+            return
+        if not atomic.test_and_set_bit(self._out_addr + (remote_port >> 6) * 8, remote_port & 63):
+            with contextlib.suppress(OSError):  # the peer is gone: nobody to wake
+                os.eventfd_write(self.bell_out, 1)
+
+    # --- the peer's requests, on the main loop ------------------------------------------------
+    def rung(self, max_port: int) -> list[int]:
+        """The ports the peer sent on since last time (up to `max_port`, the highest port
+        this domain may have: a bit above it is nobody's)."""
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.bell_in)  # first, so that a later ring wakes us again
+        ports = []
+        words = self._in_words
+        for i in range(min(len(words), (max_port >> 6) + 1)):
+            if words[i]:
+                word = atomic.exchange64(self._in_addr + i * 8, 0)
+                while word:
+                    low = word & -word
+                    ports.append(i * 64 + low.bit_length() - 1)
+                    word ^= low
+        return ports
+
+    def serve(self, domain: Domain) -> bool:
+        """Answer the peer's next call; False once the peer is gone."""
+        try:
+            msg, fds = recv_packet(self.serve_sock)
+        except BlockingIOError:
+            return True
+        except (OSError, WireError):
+            msg, fds = None, []
+        for fd in fds:
+            os.close(fd)
+        if msg is None:
+            return False
+        port, peer_port = msg.get("port"), msg.get("from")
+        errno = 0
+        if not isinstance(port, int) or not isinstance(peer_port, int):
+            errno = 22  # EINVAL
+        elif msg.get("op") == "bind":
+            try:
+                domain.evtchn.bound_by_peer(self, port, peer_port)
+            except XenError as e:
+                errno = e.errno
+        elif msg.get("op") == "unbind":
+            domain.evtchn.unbound_by_peer(self, port, peer_port)
+        else:
+            errno = 38  # ENOSYS
+        try:
+            send_packet(self.serve_sock, {"errno": errno})
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._in_words.release()
+        for sock in (self.call_sock, self.serve_sock):
+            sock.close()
+        for fd in (self.bell_in, self.bell_out):
+            os.close(fd)
+        for m in self._maps:
+            with contextlib.suppress(BufferError):  # ctypes views pin it: the GC unmaps it
+                m.close()
+
+
+class PeerLinks:
+    """A domain process's links to the other domains, by domid. vCPU threads ask for one
+    (`get`, the domain's `remote_peers`); the main loop receives them from the daemon and
+    serves them (`readable`)."""
+
+    def __init__(self, domain: Domain, ask_daemon: Callable[[Message], bool],
+                 sel: selectors.BaseSelector) -> None:
+        self.domain = domain
+        self.ask_daemon = ask_daemon
+        self.sel = sel
+        self.links: dict[int, PeerLink] = {}  # the newest link to each domain
+        self.lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._waiting: dict[int, tuple[threading.Event, list[PeerLink]]] = {}
+        domain.remote_peers = self.get
+
+    def get(self, domid: int) -> PeerLink | None:
+        """The link to domain `domid`, asking the daemon for one the first time; None if
+        there is no such domain (or no daemon to ask)."""
+        if domid == self.domain.domid:
+            return None
+        with self.lock:
+            link = self.links.get(domid)
+            if link is not None:
+                return link
+            seq = next(self._seq)
+            done, result = self._waiting[seq] = (threading.Event(), [])
+        if self.ask_daemon({"op": "peer_link", "domid": domid, "seq": seq}):
+            done.wait(LINK_TIMEOUT)
+        with self.lock:
+            self._waiting.pop(seq, None)
+        return result[0] if result else None
+
+    # --- on the main loop ---------------------------------------------------------------------
+    def from_daemon(self, msg: Message, fds: list[int]) -> None:
+        """"peer" (another domain linked to this one) or "peer_link" (the answer to `get`)."""
+        domid, link = msg.get("domid"), None
+        if isinstance(domid, int) and fds and not msg.get("error"):
+            try:
+                link = self._add(domid, fds)
+            except (WireError, OSError):
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        if msg.get("op") == "peer_link":
+            with self.lock:
+                waiter = self._waiting.get(msg.get("seq"))  # type: ignore[arg-type]
+            if waiter is not None:
+                if link is not None:
+                    waiter[1].append(link)
+                waiter[0].set()
+
+    def _add(self, domid: int, fds: list[int]) -> PeerLink:
+        link = PeerLink(domid, fds)
+        self.sel.register(link.serve_sock, selectors.EVENT_READ, (self, link, "serve"))
+        self.sel.register(link.bell_in, selectors.EVENT_READ, (self, link, "bell"))
+        with self.lock:
+            self.links[domid] = link
+        return link
+
+    def readable(self, link: PeerLink, what: str) -> None:
+        evtchn = self.domain.evtchn
+        if what == "bell":
+            evtchn.rung_by_peer(link, link.rung(evtchn.max_port))
+        elif not link.serve(self.domain):
+            self._drop(link)
+
+    def _drop(self, link: PeerLink) -> None:
+        """The peer's process ended: its domain was destroyed."""
+        self.sel.unregister(link.serve_sock)
+        self.sel.unregister(link.bell_in)
+        with self.lock:
+            if self.links.get(link.domid) is link:
+                del self.links[link.domid]
+        self.domain.evtchn.peer_gone(link)
+        link.close()
+
+    def daemon_lost(self) -> None:
+        """No daemon to answer: nobody waits for a new link any longer."""
+        with self.lock:
+            waiters = list(self._waiting.values())
+        for done, _ in waiters:
+            done.set()

@@ -1,0 +1,132 @@
+"""Links between domain processes (pyxen.host.peer_link) over the real fds the daemon makes:
+the doorbell's coalescing, the calls' checks against the receiving domain's ports, and what
+happens when the peer's process is gone. Both ends live in this process here; the guest
+pair in tests/host/test_interdomain.py runs them in two domain processes."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from hv.test_grant_table import make_domain
+from pyxen.abi.errno import EINVAL, ESRCH, XenError
+from pyxen.domain.domain import Domain
+from pyxen.host.peer_link import PeerLink, PeerLinks, link_ends
+from pyxen.hv.event_channel import ECS_INTERDOMAIN, ECS_UNBOUND
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[PeerLink, PeerLink]]:
+    a_fds, b_fds = link_ends()
+    # The daemon sends each side its fds (SCM_RIGHTS dups them); here b gets the copies.
+    b_own = [os.dup(fd) for fd in b_fds]
+    for sock in b_fds[:2]:
+        os.close(sock)  # the eventfds and bitmaps are shared with a_fds, which a owns
+    a, b = PeerLink(2, a_fds), PeerLink(1, b_own)  # a is dom1's link to dom2, b the reverse
+    yield a, b
+    for link in (a, b):
+        link.close()
+
+
+def unbound_port(d: Domain, remote_domid: int) -> int:
+    """EVTCHNOP_alloc_unbound's effect: a port only `remote_domid` may bind."""
+    with d.evtchn.lock:
+        port = d.evtchn.get_free_port()
+        chn = d.evtchn.bind(port)
+        chn.state, chn.remote_domid = ECS_UNBOUND, remote_domid
+    return port
+
+
+class Served:
+    """One side's main loop on a thread: it answers the other side's calls."""
+
+    def __init__(self, domain: Domain, link: PeerLink) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.links = PeerLinks(domain, lambda msg: False, self.sel)
+        self.sel.register(link.serve_sock, selectors.EVENT_READ, (self.links, link, "serve"))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            for key, _ in self.sel.select(0.05):
+                _, link, what = key.data
+                self.links.readable(link, what)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sel.close()
+
+
+def test_sends_coalesce_and_arrive_once(pair) -> None:
+    a, b = pair
+    for port in (5, 5, 700, 5):
+        a.ring(port)
+    assert b.rung(1023) == [5, 700]
+    assert b.rung(1023) == []
+    a.ring(5)
+    assert b.rung(1023) == [5]
+
+
+def test_a_bit_above_the_receivers_ports_raises_nothing(pair) -> None:
+    a, b = pair
+    a.ring(5000)
+    a.ring(-1)
+    a.ring(1 << 20)
+    assert b.rung(1023) == []
+
+
+def test_a_peer_binds_only_a_port_left_unbound_for_it(pair) -> None:
+    a, b = pair
+    dom2 = make_domain(2)
+    served = Served(dom2, b)
+    try:
+        for_dom3 = unbound_port(dom2, 3)
+        with pytest.raises(XenError) as e:
+            a.bind(for_dom3, 7)
+        assert e.value.errno == EINVAL
+        with pytest.raises(XenError) as e:
+            a.bind(0, 7)
+        assert e.value.errno == EINVAL
+        with pytest.raises(XenError) as e:
+            a.bind(100_000, 7)
+        assert e.value.errno == EINVAL
+        for_dom1 = unbound_port(dom2, 1)
+        a.bind(for_dom1, 7)
+        chn = dom2.evtchn.ports[for_dom1]
+        assert (chn.state, chn.remote_link, chn.remote_port) == (ECS_INTERDOMAIN, b, 7)
+        with pytest.raises(XenError) as e:  # bound now: not unbound for anyone
+            a.bind(for_dom1, 8)
+        assert e.value.errno == EINVAL
+        a.unbind(for_dom1, 8)  # not its other end: nothing changes
+        assert chn.state == ECS_INTERDOMAIN
+        a.unbind(for_dom1, 7)
+        assert (chn.state, chn.remote_domid, chn.remote_link) == (ECS_UNBOUND, 1, None)
+    finally:
+        served.close()
+        dom2.memory.close()
+
+
+def test_a_dead_peers_ports_become_unbound_and_binding_it_is_esrch(pair) -> None:
+    a, b = pair
+    dom1 = make_domain(1)
+    try:
+        port = unbound_port(dom1, 2)
+        dom1.evtchn.bound_by_peer(a, port, 9)
+        assert dom1.evtchn.ports[port].state == ECS_INTERDOMAIN
+        b.call_sock.close()
+        b.serve_sock.close()  # dom2's process ended: the kernel closed its ends
+        with pytest.raises(XenError) as e:
+            a.bind(1, 3)
+        assert e.value.errno == ESRCH
+        dom1.evtchn.peer_gone(a)
+        chn = dom1.evtchn.ports[port]
+        assert (chn.state, chn.remote_domid, chn.remote_link) == (ECS_UNBOUND, 2, None)
+    finally:
+        dom1.memory.close()
