@@ -5,6 +5,7 @@ pair in tests/host/test_interdomain.py runs them in two domain processes."""
 
 from __future__ import annotations
 
+import ctypes as C
 import os
 import selectors
 import threading
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from hv.test_grant_table import make_domain
+from hv.test_grant_table import BUSY, DATA_GFN, flags_v1, grant_v1, make_domain
+from pyxen.abi import grant_table as G
 from pyxen.abi.errno import EINVAL, ESRCH, XenError
 from pyxen.domain.domain import Domain
 from pyxen.host.peer_link import PeerLink, PeerLinks, link_ends
+from pyxen.hv import grant_table
 from pyxen.hv.event_channel import ECS_INTERDOMAIN, ECS_UNBOUND
 
 
@@ -130,3 +133,84 @@ def test_a_dead_peers_ports_become_unbound_and_binding_it_is_esrch(pair) -> None
         assert (chn.state, chn.remote_domid, chn.remote_link) == (ECS_UNBOUND, 2, None)
     finally:
         dom1.memory.close()
+
+
+# --- grants: the mapping side in dom1 (link a), the granting side dom2 (link b) ----------------
+@pytest.fixture
+def granter(pair) -> Iterator[tuple[PeerLink, Domain]]:
+    a, b = pair
+    dom2 = make_domain(2)
+    served = Served(dom2, b)
+    yield a, dom2
+    served.close()
+    dom2.memory.close()
+
+
+def test_a_mapped_grant_is_the_granters_page_pinned_until_unmapped(granter) -> None:
+    a, dom2 = granter
+    dom2.memory.write(DATA_GFN << 12, b"granted bytes")
+    grant_v1(dom2, 10, 1, DATA_GFN)
+    status, gfn = a.map_grant(10, G.GNTMAP_host_map)
+    assert (status, gfn) == (G.GNTST_okay, DATA_GFN)
+    assert flags_v1(dom2, 10) & BUSY == BUSY
+    page = a.page(gfn)
+    try:
+        assert C.string_at(page.address, 13) == b"granted bytes"
+        C.memmove(page.address, b"written back", 12)
+        assert dom2.memory.read(DATA_GFN << 12, 12) == b"written back"
+    finally:
+        page.close()
+    assert a.unmap_grant(10, G.GNTMAP_host_map, DATA_GFN << 12 ^ 0x1000) == G.GNTST_general_error
+    assert a.unmap_grant(10, G.GNTMAP_host_map, 0) == G.GNTST_okay
+    assert flags_v1(dom2, 10) & BUSY == 0
+    assert a.unmap_grant(10, G.GNTMAP_host_map, 0) == G.GNTST_bad_handle  # no pin left
+
+
+def test_grants_not_made_to_the_peer_are_refused(granter) -> None:
+    a, dom2 = granter
+    grant_v1(dom2, 11, 3, DATA_GFN)  # to dom3
+    grant_v1(dom2, 12, 1, DATA_GFN, G.GTF_permit_access | G.GTF_readonly)
+    assert a.map_grant(11, G.GNTMAP_host_map)[0] == G.GNTST_general_error
+    assert a.map_grant(13, G.GNTMAP_host_map)[0] == G.GNTST_general_error  # never granted
+    assert a.map_grant(1 << 20, G.GNTMAP_host_map)[0] == G.GNTST_bad_gntref
+    assert a.map_grant(12, G.GNTMAP_host_map)[0] == G.GNTST_general_error  # r/o, mapped r/w
+    assert a.map_grant(12, G.GNTMAP_host_map | G.GNTMAP_readonly)[0] == G.GNTST_okay
+    assert flags_v1(dom2, 12) & BUSY == G.GTF_reading
+    assert a.acquire_for_copy(11, True)[0] == G.GNTST_general_error
+    assert a.acquire_for_copy(12, False)[0] == G.GNTST_general_error  # r/o grant, written
+
+
+def test_copy_reads_and_writes_only_while_acquired(granter) -> None:
+    a, dom2 = granter
+    dom2.memory.write(DATA_GFN << 12, b"source")
+    grant_v1(dom2, 20, 1, DATA_GFN)
+    status, gfn, offset, length = a.acquire_for_copy(20, False)
+    assert (status, gfn, offset, length) == (G.GNTST_okay, DATA_GFN, 0, 4096)
+    assert flags_v1(dom2, 20) & BUSY == BUSY
+    assert a.read(gfn, 0, 6) == b"source"
+    a.write(gfn, 100, b"dest")
+    a.release_for_copy(20, False)
+    assert flags_v1(dom2, 20) & BUSY == 0
+    assert dom2.memory.read((DATA_GFN << 12) + 100, 4) == b"dest"
+
+
+def test_a_dead_mappers_pins_are_released(pair) -> None:
+    a, b = pair
+    dom2 = make_domain(2)
+    sel = selectors.DefaultSelector()
+    links = PeerLinks(dom2, lambda msg: False, sel)
+    try:
+        grant_v1(dom2, 10, 1, DATA_GFN)
+        b.held["map", 10, G.GNTMAP_host_map] += 1  # as the served "map" call records it
+        grant_table.pin_for_map(dom2, 10, 1, G.GNTMAP_host_map)
+        assert flags_v1(dom2, 10) & BUSY == BUSY
+        sel.register(b.serve_sock, selectors.EVENT_READ)
+        sel.register(b.bell_in, selectors.EVENT_READ)
+        a.call_sock.close()
+        a.serve_sock.close()  # dom1's process ended
+        links.readable(b, "serve")  # end of file: dom1 is gone
+        assert flags_v1(dom2, 10) & BUSY == 0
+        assert not b.held
+    finally:
+        sel.close()
+        dom2.memory.close()

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 from pyxen.abi.hvm import HVM_NR_PARAMS, HVM_PARAM_CALLBACK_IRQ, HVM_PARAM_CALLBACK_TYPE_VECTOR
 from pyxen.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 from pyxen.abi.xen import DOMID_FIRST_RESERVED, DOMID_SELF
-from pyxen.hv.event_channel import DEFAULT_MAX_EVENT_CHANNELS, EventChannels, RemotePeer
+from pyxen.hv.event_channel import DEFAULT_MAX_EVENT_CHANNELS, EventChannels
 from pyxen.hv.grant_table import GrantTable
+from pyxen.hv.remote import RemotePeer
 from pyxen.hv.shared_info import SharedInfo
 from pyxen.hv.time import DomainClock
 from pyxen.hv.timer import TimerQueue, tight_timer_slack

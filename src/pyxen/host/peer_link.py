@@ -15,9 +15,17 @@ the two talk directly, and a link lasts as long as both processes do:
   peer. A send costs the sender one atomic operation and at most one write(2): no daemon,
   no reply.
 
+Grants go the same way: the mapping side calls the granting side ("map", "unmap",
+"acquire", "release"), which runs Xen's checks and pins against its own grant table, for
+the domain the daemon said is at the other end. With its first successful answer the
+granting side sends its memfd; the mapping side maps only the granted page of it (a
+`ForeignPage`) or, for GNTTABOP_copy, reads and writes only the granted range. The pins a
+peer holds are counted here and dropped when its process ends (Xen's
+gnttab_release_mappings).
+
 A peer can only touch this domain through `EventChannels.bound_by_peer`, `unbound_by_peer`
-and `rung_by_peer`, which check that the port is bound (or unbound for) the domain the
-daemon said is at the other end of the link.
+and `rung_by_peer`, and through the grant table's pin and copy checks, each of which checks
+the port or grant against the domain the daemon said is at the other end of the link.
 """
 
 from __future__ import annotations
@@ -30,13 +38,16 @@ import os
 import selectors
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 
+from pyxen.abi import grant_table as G
 from pyxen.abi.errno import ESRCH, XenError
 from pyxen.abi.event_channel import EVTCHN_FIFO_NR_CHANNELS
 from pyxen.domain.domain import Domain
+from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
 from pyxen.host.wire import Message, WireError, recv_packet, send_packet
-from pyxen.hv import atomic
+from pyxen.hv import atomic, grant_table
 
 BITMAP_BYTES = EVTCHN_FIFO_NR_CHANNELS // 8  # a bit for each port either ABI can have
 LINK_TIMEOUT = 30.0  # seconds a vCPU waits for the daemon to connect it to another domain
@@ -65,6 +76,20 @@ class PeerGone(Exception):
     """The peer's process ended (its domain was destroyed)."""
 
 
+class ForeignPage:
+    """One page of the peer's RAM, mapped into this process for a grant mapping."""
+
+    def __init__(self, memfd: int, gfn: int) -> None:
+        self._map = mmap.mmap(memfd, PAGE_SIZE, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE, offset=gfn << PAGE_SHIFT)
+        self._anchor: C.c_char | None = C.c_char.from_buffer(self._map)
+        self.address = C.addressof(self._anchor)
+
+    def close(self) -> None:
+        self._anchor = None
+        self._map.close()
+
+
 class PeerLink:
     """This domain's link to one domain in another process (a `RemotePeer`)."""
 
@@ -87,18 +112,33 @@ class PeerLink:
         self._in_addr, self._out_addr = addresses
         self._in_words = memoryview(self._maps[0]).cast("Q")
         self._call_lock = threading.Lock()
+        self.memfd = -1  # the peer's RAM, once it granted us something
+        self._memfd_sent = False  # ours, likewise
+        self.held: Counter[tuple[str, int, int]] = Counter()  # the peer's pins on our grants
 
     # --- this side's requests (RemotePeer) -------------------------------------------------------
     def _call(self, msg: Message) -> Message:
         with self._call_lock:
             try:
                 send_packet(self.call_sock, msg)
-                reply, _ = recv_packet(self.call_sock)
+                reply, fds = recv_packet(self.call_sock)
             except (OSError, WireError):
-                reply = None
+                reply, fds = None, []
+            for fd in fds:
+                if self.memfd < 0:
+                    self.memfd = fd
+                else:
+                    os.close(fd)
         if reply is None:
             raise PeerGone
         return reply
+
+    def _grant_call(self, msg: Message, gone: int = G.GNTST_bad_domain) -> Message:
+        """A grant request; a peer that is gone answers `gone` as its status."""
+        try:
+            return self._call(msg)
+        except PeerGone:
+            return {"status": gone}
 
     def bind(self, remote_port: int, local_port: int) -> None:
         try:
@@ -111,6 +151,32 @@ class PeerLink:
     def unbind(self, remote_port: int, local_port: int) -> None:
         with contextlib.suppress(PeerGone):
             self._call({"op": "unbind", "port": remote_port, "from": local_port})
+
+    def map_grant(self, ref: int, flags: int) -> tuple[int, int]:
+        reply = self._grant_call({"op": "map", "ref": ref, "flags": flags})
+        return int(reply["status"]), int(reply.get("gfn", 0))
+
+    def unmap_grant(self, ref: int, flags: int, dev_bus_addr: int) -> int:
+        reply = self._grant_call({"op": "unmap", "ref": ref, "flags": flags,
+                                  "dev_bus_addr": dev_bus_addr}, gone=G.GNTST_okay)
+        return int(reply["status"])
+
+    def acquire_for_copy(self, ref: int, readonly: bool) -> tuple[int, int, int, int]:
+        reply = self._grant_call({"op": "acquire", "ref": ref, "readonly": readonly})
+        return (int(reply["status"]), int(reply.get("gfn", 0)), int(reply.get("offset", 0)),
+                int(reply.get("length", 0)))
+
+    def release_for_copy(self, ref: int, readonly: bool) -> None:
+        self._grant_call({"op": "release", "ref": ref, "readonly": readonly})
+
+    def page(self, gfn: int) -> ForeignPage:
+        return ForeignPage(self.memfd, gfn)
+
+    def read(self, gfn: int, offset: int, length: int) -> bytes:
+        return os.pread(self.memfd, length, (gfn << PAGE_SHIFT) + offset)
+
+    def write(self, gfn: int, offset: int, data: bytes) -> None:
+        os.pwrite(self.memfd, data, (gfn << PAGE_SHIFT) + offset)
 
     def ring(self, remote_port: int) -> None:
         if not 0 <= remote_port < EVTCHN_FIFO_NR_CHANNELS:
@@ -148,31 +214,98 @@ class PeerLink:
             os.close(fd)
         if msg is None:
             return False
-        port, peer_port = msg.get("port"), msg.get("from")
-        errno = 0
-        if not isinstance(port, int) or not isinstance(peer_port, int):
-            errno = 22  # EINVAL
-        elif msg.get("op") == "bind":
-            try:
-                domain.evtchn.bound_by_peer(self, port, peer_port)
-            except XenError as e:
-                errno = e.errno
-        elif msg.get("op") == "unbind":
-            domain.evtchn.unbound_by_peer(self, port, peer_port)
+        op = msg.get("op")
+        fds: list[int] = []
+        if op in ("map", "unmap", "acquire", "release"):
+            reply = self._serve_grant(domain, msg)
+            if reply.get("status") == G.GNTST_okay and op in ("map", "acquire") \
+                    and not self._memfd_sent:
+                fds, self._memfd_sent = [domain.memory.fd], True
         else:
-            errno = 38  # ENOSYS
+            reply = {"errno": self._serve_event(domain, msg)}
         try:
-            send_packet(self.serve_sock, {"errno": errno})
+            send_packet(self.serve_sock, reply, fds)
         except OSError:
             return False
         return True
 
+    def _serve_event(self, domain: Domain, msg: Message) -> int:
+        """A bind or unbind of one of our ports: its errno (0: done)."""
+        port, peer_port = msg.get("port"), msg.get("from")
+        if not isinstance(port, int) or not isinstance(peer_port, int):
+            return 22  # EINVAL
+        if msg.get("op") == "bind":
+            try:
+                domain.evtchn.bound_by_peer(self, port, peer_port)
+            except XenError as e:
+                return e.errno
+            return 0
+        if msg.get("op") == "unbind":
+            domain.evtchn.unbound_by_peer(self, port, peer_port)
+            return 0
+        return 38  # ENOSYS
+
+    def _serve_grant(self, domain: Domain, msg: Message) -> Message:
+        """The granting side's part of the peer's map, unmap or copy of our grant `ref`,
+        checked against our grant table for the peer's domid."""
+        op, ref, flags = msg["op"], msg.get("ref"), msg.get("flags", 0)
+        readonly = bool(msg.get("readonly"))
+        if not isinstance(ref, int) or not isinstance(flags, int) or not 0 <= ref < 1 << 32:
+            return {"status": G.GNTST_general_error}
+        flags &= G.GNTMAP_host_map | G.GNTMAP_readonly
+        if op == "map":
+            rc, act = grant_table.pin_for_map(domain, ref, self.domid, flags)
+            if rc != G.GNTST_okay or act is None:
+                return {"status": rc}
+            self.held["map", ref, flags] += 1
+            return {"status": rc, "gfn": act.gfn}
+        if op == "unmap":
+            if self.held["map", ref, flags] <= 0:
+                return {"status": G.GNTST_bad_handle}
+            dev_bus_addr = msg.get("dev_bus_addr", 0)
+            rc = grant_table.unmap_for_peer(domain, ref, flags,
+                                            dev_bus_addr if isinstance(dev_bus_addr, int) else -1)
+            if rc == G.GNTST_okay:
+                self._unhold("map", ref, flags)
+            return {"status": rc}
+        if op == "acquire":
+            rc, buf = grant_table.acquire_grant_for_copy(domain, ref, self.domid, readonly, False)
+            if rc != G.GNTST_okay or buf is None:
+                return {"status": rc}
+            self.held["copy", ref, readonly] += 1
+            return {"status": rc, "gfn": buf.gfn, "offset": buf.offset, "length": buf.length}
+        if self.held["copy", ref, readonly] > 0:  # release
+            grant_table.release_grant_for_copy(domain, ref, readonly)
+            self._unhold("copy", ref, readonly)
+        return {"status": G.GNTST_okay}
+
+    def _unhold(self, kind: str, ref: int, how: int) -> None:
+        self.held[kind, ref, how] -= 1
+        if self.held[kind, ref, how] <= 0:
+            del self.held[kind, ref, how]
+
+    def release_all(self, domain: Domain) -> None:
+        """The peer's process ended: the pins it held on our grants go (Xen's
+        gnttab_release_mappings for the dying domain)."""
+        for (kind, ref, how), count in list(self.held.items()):
+            for _ in range(count):
+                if kind == "map":
+                    grant_table.unpin_for_map(domain, ref, how)
+                else:
+                    grant_table.release_grant_for_copy(domain, ref, bool(how))
+        self.held.clear()
+
     def close(self) -> None:
+        if self.call_sock.fileno() < 0:
+            return  # closed already
         self._in_words.release()
         for sock in (self.call_sock, self.serve_sock):
             sock.close()
         for fd in (self.bell_in, self.bell_out):
             os.close(fd)
+        # self.memfd stays open: pages of the peer may still be mapped (as Xen keeps a
+        # destroyed domain's granted pages until the last mapping goes); unmapping them
+        # needs no fd, and the process's end closes it.
         for m in self._maps:
             with contextlib.suppress(BufferError):  # ctypes views pin it: the GC unmaps it
                 m.close()
@@ -253,6 +386,7 @@ class PeerLinks:
             if self.links.get(link.domid) is link:
                 del self.links[link.domid]
         self.domain.evtchn.peer_gone(link)
+        link.release_all(self.domain)
         link.close()
 
     def daemon_lost(self) -> None:

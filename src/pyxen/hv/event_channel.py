@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from pyxen.abi import event_channel as E
 from pyxen.abi.errno import (
@@ -42,6 +42,7 @@ from . import event_fifo
 from .event_2l import Evtchn2L, mark_events_pending
 from .event_fifo import EvtchnFifo
 from .hypercall import HypercallTable, subop_describer
+from .remote import RemotePeer
 
 if TYPE_CHECKING:
     from pyxen.domain.domain import Domain
@@ -59,21 +60,6 @@ EVTCHNS_PER_BUCKET = 64  # ports become valid a bucket at a time, as in Xen
 NR_PIRQS_DOMU = 24 + 32  # Xen: the host's GSIs (one IO-APIC: 24) + extra_domU_irqs (32)
 PER_VCPU_VIRQS = {E.VIRQ_TIMER, E.VIRQ_DEBUG, E.VIRQ_XENOPROF, E.VIRQ_XENPMU}
 SUBOPS = {v: k for k, v in vars(E).items() if k.startswith("EVTCHNOP_")}
-
-
-class RemotePeer(Protocol):
-    """A domain in another process, as this domain's event channels reach it."""
-
-    domid: int
-
-    def bind(self, remote_port: int, local_port: int) -> None:
-        """Bind the peer's unbound `remote_port` to our `local_port` (XenError: refused)."""
-
-    def unbind(self, remote_port: int, local_port: int) -> None:
-        """Our `local_port` closed: the peer's `remote_port` becomes unbound."""
-
-    def ring(self, remote_port: int) -> None:
-        """Raise the peer's `remote_port` (EVTCHNOP_send)."""
 
 
 def virq_is_global(virq: int) -> bool:

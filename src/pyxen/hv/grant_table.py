@@ -15,6 +15,11 @@ domain's memfd page (Domain.grant_maps), so both frames show the same page. With
 GNTMAP_readonly the slot is read-only (Xen's p2m_grant_map_ro): the guest's writes there are
 dropped (see Vcpu._mmio).
 GrantMapper is the backend side (what dom0 does through gntdev).
+
+Between domain processes (host mode) the granting domain's checks and pins run in its own
+process (`RemotePeer.map_grant`, `acquire_for_copy`...); the mapping domain's process
+then maps only the granted page of the granter's memfd (`RemotePeer.page`), and grant copy
+reads and writes only the granted range of it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
 
 from . import atomic
 from .hypercall import HypercallTable, subop_describer
+from .remote import ForeignPage, RemotePeer
 
 if TYPE_CHECKING:
     from pyxen.domain.domain import Domain
@@ -95,6 +101,9 @@ class Mapping:
     flags: int
     domid: int
     host_gfn: int = 0
+    host: int = 0  # where this process sees the granted page (0: not host-mapped)
+    granter: RemotePeer | None = None  # a granting domain in another process
+    page: ForeignPage | None = None  # that domain's page, mapped here
 
 
 class GrantTable:
@@ -367,13 +376,27 @@ def get_paged_frame(rd: Domain, gfn: int) -> int:
 # --- copy (acquire_grant_for_copy / release_grant_for_copy) --------------------------------------
 @dataclass
 class CopyBuf:
-    domain: Domain
+    domain: Domain | None  # None: `remote`'s
     gfn: int
     offset: int
     length: int
     ref: int | None = None  # the grant held, if any
     readonly: bool = True
     holder: Domain | None = None  # the domain whose grant `ref` is
+    remote: RemotePeer | None = None  # a granting domain in another process
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self.remote is not None:
+            return self.remote.read(self.gfn, offset, length)
+        assert self.domain is not None
+        return self.domain.memory.read((self.gfn << PAGE_SHIFT) + offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        if self.remote is not None:
+            self.remote.write(self.gfn, offset, data)
+        else:
+            assert self.domain is not None
+            self.domain.memory.write((self.gfn << PAGE_SHIFT) + offset, data)
 
 
 def acquire_grant_for_copy(rd: Domain, gref: int, ldom: int, readonly: bool,
@@ -443,8 +466,16 @@ def release_grant_for_copy(rd: Domain, gref: int, readonly: bool) -> None:
         release_grant_for_copy(td, trans_gref, readonly)
 
 
-def _copy_claim(ld: Domain, dom: Domain, ptr: C.Structure, is_gref: bool,
-                readonly: bool) -> tuple[int, CopyBuf | None]:
+def _copy_claim(ld: Domain, where: tuple[Domain | None, RemotePeer | None], ptr: C.Structure,
+                is_gref: bool, readonly: bool) -> tuple[int, CopyBuf | None]:
+    dom, remote = where
+    if remote is not None:  # a granting domain in another process (only by grant)
+        ref = ptr.u & 0xFFFF_FFFF
+        rc, gfn, start, length = remote.acquire_for_copy(ref, readonly)
+        if rc != G.GNTST_okay:
+            return rc, None
+        return rc, CopyBuf(None, gfn, start, length, ref, readonly, remote=remote)
+    assert dom is not None
     if is_gref:
         rc, buf = acquire_grant_for_copy(dom, ptr.u & 0xFFFF_FFFF, ld.domid, readonly, True)
         if buf is not None:
@@ -457,21 +488,24 @@ def _copy_claim(ld: Domain, dom: Domain, ptr: C.Structure, is_gref: bool,
 
 
 def _copy_release(buf: CopyBuf | None) -> None:
-    if buf is not None and buf.ref is not None and buf.holder is not None:
+    if buf is not None and buf.ref is not None and buf.remote is not None:
+        buf.remote.release_for_copy(buf.ref, buf.readonly)
+    elif buf is not None and buf.ref is not None and buf.holder is not None:
         release_grant_for_copy(buf.holder, buf.ref, buf.readonly)
 
 
 def copy_one(ld: Domain, op: C.Structure) -> int:
     """One gnttab_copy entry: its GNTST status."""
-    doms = []
+    doms: list[tuple[Domain | None, RemotePeer | None]] = []
     for ptr, is_gref in ((op.source, op.flags & G.GNTCOPY_source_gref),
                          (op.dest, op.flags & G.GNTCOPY_dest_gref)):
         if ptr.domid != DOMID_SELF and not is_gref:
             return G.GNTST_permission_denied  # only DOMID_SELF may name a frame
         dom = ld.lookup(ptr.domid)
-        if dom is None:
+        remote = ld.remote_peer(ptr.domid) if dom is None else None
+        if dom is None and remote is None:
             return G.GNTST_bad_domain
-        doms.append(dom)
+        doms.append((dom, remote))
     src = dest = None
     try:
         rc, src = _copy_claim(ld, doms[0], op.source, bool(op.flags & G.GNTCOPY_source_gref),
@@ -490,8 +524,7 @@ def copy_one(ld: Domain, op: C.Structure) -> int:
             return G.GNTST_general_error
         if op.dest.offset < dest.offset or op.dest.offset + op.len > dest.offset + dest.length:
             return G.GNTST_general_error
-        data = src.domain.memory.read((src.gfn << PAGE_SHIFT) + op.source.offset, op.len)
-        dest.domain.memory.write((dest.gfn << PAGE_SHIFT) + op.dest.offset, data)
+        dest.write(op.dest.offset, src.read(op.source.offset, op.len))
         return G.GNTST_okay
     finally:
         _copy_release(dest)
@@ -551,9 +584,9 @@ def machine_address(act: Active) -> int:
     return act.gfn << PAGE_SHIFT
 
 
-def create_grant_p2m_mapping(ld: Domain, rd: Domain, act: Active, addr: int,
-                             flags: int) -> int:
-    """Put the granted page at guest-physical `addr` of `ld` (the same page, not a copy)."""
+def create_grant_p2m_mapping(ld: Domain, host: int, addr: int, flags: int) -> int:
+    """Put the granted page (this process sees it at `host`) at guest-physical `addr` of
+    `ld`: the same page, not a copy."""
     if flags & ~G.GNTMAP_readonly != G.GNTMAP_host_map:
         return G.GNTST_general_error
     readonly = bool(flags & G.GNTMAP_readonly)
@@ -566,18 +599,16 @@ def create_grant_p2m_mapping(ld: Domain, rd: Domain, act: Active, addr: int,
         return G.GNTST_general_error
     with ld.memory_lock:
         ld.memory.release(gfn)  # RAM there leaves the physmap, as Xen's p2m entry is replaced
-        ld.grant_maps[gfn] = (rd.memory.host_address + machine_address(act), readonly)
+        ld.grant_maps[gfn] = (host, readonly)
         ld.memory.commit()
     return G.GNTST_okay
 
 
-def replace_grant_p2m_mapping(ld: Domain, rd: Domain, act: Active, addr: int,
-                              new_addr: int) -> int:
+def replace_grant_p2m_mapping(ld: Domain, host: int, addr: int, new_addr: int) -> int:
     gfn = addr >> PAGE_SHIFT
     if new_addr:
         return G.GNTST_general_error
-    host, _ = ld.grant_maps.get(gfn, (None, False))
-    if host != rd.memory.host_address + machine_address(act):
+    if ld.grant_maps.get(gfn, (None, False))[0] != host:
         return G.GNTST_general_error
     with ld.memory_lock:
         del ld.grant_maps[gfn]
@@ -594,7 +625,8 @@ def map_grant_ref(ld: Domain, op: C.Structure) -> None:
         op.status = G.GNTST_general_error  # no device mapping in an HVM domain
         return
     rd = ld.peers.get(op.dom)  # rcu_lock_domain_by_id: DOMID_SELF is no domain here
-    if rd is None:
+    granter = ld.remote_peer(op.dom) if rd is None else None
+    if rd is None and granter is None:
         op.status = G.GNTST_bad_domain
         return
     lgt = gnttab(ld)
@@ -603,15 +635,31 @@ def map_grant_ref(ld: Domain, op: C.Structure) -> None:
     if handle is None:
         op.status = G.GNTST_no_device_space
         return
-    rc, act = pin_for_map(rd, op.ref, ld.domid, op.flags)
-    if rc == G.GNTST_okay and act is not None:
-        rc = create_grant_p2m_mapping(ld, rd, act, op.host_addr, op.flags)
+    page = None
+    if rd is not None:
+        rc, act = pin_for_map(rd, op.ref, ld.domid, op.flags)
+        gfn = act.gfn if act is not None else 0
+        host = rd.memory.host_address + (gfn << PAGE_SHIFT)
+    else:
+        assert granter is not None
+        rc, gfn = granter.map_grant(op.ref, op.flags)
+        if rc == G.GNTST_okay:
+            page = granter.page(gfn)
+        host = page.address if page is not None else 0
+    if rc == G.GNTST_okay:
+        rc = create_grant_p2m_mapping(ld, host, op.host_addr, op.flags)
         if rc == G.GNTST_okay:
             with lgt.lock:
-                lgt.maptrack[handle] = Mapping(op.ref, op.flags, op.dom, op.host_addr >> 12)
-            op.dev_bus_addr, op.handle, op.status = machine_address(act), handle, rc
+                lgt.maptrack[handle] = Mapping(op.ref, op.flags, op.dom, op.host_addr >> 12,
+                                               host, granter, page)
+            op.dev_bus_addr, op.handle, op.status = gfn << PAGE_SHIFT, handle, rc
             return
-        unpin_for_map(rd, op.ref, op.flags)
+        if rd is not None:
+            unpin_for_map(rd, op.ref, op.flags)
+        else:
+            assert granter is not None and page is not None
+            granter.unmap_grant(op.ref, op.flags, 0)
+            page.close()
     with lgt.lock:
         lgt.put_handle(handle)
     op.status = rc
@@ -624,6 +672,9 @@ def unmap_grant_ref(ld: Domain, op: C.Structure, new_addr: int = 0) -> None:
         m = lgt.maptrack[op.handle] if op.handle < len(lgt.maptrack) else None
     if m is None:
         op.status = G.GNTST_bad_handle
+        return
+    if m.granter is not None:
+        _unmap_remote(ld, op, m, new_addr)
         return
     rd = ld.peers.get(m.domid)
     if rd is None:
@@ -640,7 +691,7 @@ def unmap_grant_ref(ld: Domain, op: C.Structure, new_addr: int = 0) -> None:
             return
         done = 0
         if op.host_addr and m.flags & G.GNTMAP_host_map:
-            rc = replace_grant_p2m_mapping(ld, rd, act, op.host_addr, new_addr)
+            rc = replace_grant_p2m_mapping(ld, m.host, op.host_addr, new_addr)
             if rc != G.GNTST_okay:
                 op.status = rc
                 return
@@ -652,6 +703,44 @@ def unmap_grant_ref(ld: Domain, op: C.Structure, new_addr: int = 0) -> None:
         if done:
             unpin_for_map(rd, m.ref, done)
     op.status = G.GNTST_okay
+
+
+def _unmap_remote(ld: Domain, op: C.Structure, m: Mapping, new_addr: int) -> None:
+    """unmap_grant_ref of a grant of a domain in another process: the p2m here, the pin
+    there. A granter that is gone (destroyed while we mapped its page, which Xen keeps
+    until the last mapping goes) has no pin left to drop."""
+    assert m.granter is not None
+    if not op.host_addr or not m.flags & G.GNTMAP_host_map:
+        op.status = G.GNTST_okay
+        return
+    if ld.grant_maps.get(op.host_addr >> PAGE_SHIFT, (None, False))[0] != m.host or new_addr:
+        op.status = G.GNTST_general_error
+        return
+    rc = m.granter.unmap_grant(m.ref, m.flags & (G.GNTMAP_host_map | G.GNTMAP_readonly),
+                               op.dev_bus_addr)
+    if rc != G.GNTST_okay:
+        op.status = rc
+        return
+    replace_grant_p2m_mapping(ld, m.host, op.host_addr, 0)
+    if m.page is not None:
+        m.page.close()
+    lgt = gnttab(ld)
+    with lgt.lock:
+        lgt.put_handle(op.handle)
+    op.status = G.GNTST_okay
+
+
+def unmap_for_peer(rd: Domain, ref: int, flags: int, dev_bus_addr: int) -> int:
+    """The granting side of `_unmap_remote` (in the granter's process)."""
+    rgt = gnttab(rd)
+    with rgt.lock:
+        act = rgt.active.get(ref) if ref < rgt.nr_entries() else None
+        if act is None:
+            return G.GNTST_bad_handle
+        if dev_bus_addr and dev_bus_addr != machine_address(act):
+            return G.GNTST_general_error
+        unpin_for_map(rd, ref, flags)
+    return G.GNTST_okay
 
 
 def swap_grant_ref(d: Domain, ref_a: int, ref_b: int) -> int:
