@@ -1,0 +1,96 @@
+"""Inter-domain event channels: ping-pong between two guests in two domain processes.
+
+Two kit guests (guests/interdomain.c, roles a and b) under a `pyxen daemon` of the
+benchmark's own: B sends on its end of an inter-domain channel, A's handler sends back at
+once, B times each round trip. Per vCPU backend (both domains on the same one).
+
+Reference, measured in the same run by the same guest: the null hypercall
+(`xen_version`) round trip. The ratio is one way (half a round trip) over that, i.e. how
+many null hypercalls one event from one domain process to the other is worth.
+
+    python -m benchmarks interdomain
+    python -m benchmarks.interdomain --rounds 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.common import report
+from benchmarks.host import Daemon, wait_for
+from pyxen.toolstack.accel import available_accels
+from pyxen.toolstack.guestkit import guest_image
+from pyxen.xenstore.client import Client
+
+ROUNDS = 2000
+MEMORY_MIB = 16
+TIMEOUT_S = 600.0
+
+
+def info(log: Path) -> dict[str, str] | None:
+    """The guest's INFO lines by key once it printed RESULT (None before)."""
+    if not log.exists():
+        return None
+    text = log.read_text(errors="replace")
+    if "\nRESULT " not in text and not text.startswith("RESULT "):
+        return None
+    fails = [line for line in text.splitlines() if line.startswith("TEST ") and "FAIL" in line]
+    if fails:
+        raise RuntimeError(f"{log.stem}: {fails[0]}")
+    return {k: v for k, _, v in (line[5:].partition(" ") for line in text.splitlines()
+                                 if line.startswith("INFO "))}
+
+
+def pingpong(accel: str, rounds: int) -> dict[str, str]:
+    """B's figures from one run of the pair on `accel`."""
+    kernel = guest_image("interdomain")
+    with tempfile.TemporaryDirectory(prefix="pyxen-bench-interdomain-") as tmp:
+        state = Path(tmp)
+        daemon = Daemon(state)
+        try:
+            domids = {}
+            for role in "ab":
+                cfg = state / f"{role}.cfg"
+                cfg.write_text("\n".join((
+                    f'name = "{role}"', 'type = "pvh"', f'kernel = "{kernel}"',
+                    f"memory = {MEMORY_MIB}", f'accel = "{accel}"',
+                    f'extra = "role={role} rounds={rounds} console=hvc0"')) + "\n")
+                domids[role] = daemon.create(cfg)
+            with Client(str(daemon.xenstore), timeout=60) as xs:
+                xs.write(f"/local/domain/{domids['a']}/data/peer", str(domids["b"]))
+                xs.write(f"/local/domain/{domids['b']}/data/peer", str(domids["a"]))
+            return wait_for("the pair to finish",
+                            lambda: info(state / "console" / "guest-b.log"), TIMEOUT_S, 0.1)
+        finally:
+            daemon.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.interdomain",
+                                description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--rounds", type=int, default=ROUNDS, help=f"round trips (default {ROUNDS})")
+    rounds = p.parse_args(list(argv or [])).rounds
+    ratios, figures = {}, {}
+    for accel in available_accels():
+        got = pingpong(accel, rounds)
+        rtt = int(got["pingpong_rtt_median_ns"]) / 1000
+        p99 = int(got["pingpong_rtt_p99_ns"]) / 1000
+        null = int(got["null_hypercall_ns"]) / 1000
+        ratios[accel] = rtt / 2 / null
+        figures.update({f"{accel}_rtt_us": rtt, f"{accel}_rtt_p99_us": p99,
+                        f"{accel}_null_hypercall_us": null})
+        print(f"{accel}: round trip {rtt:.0f} µs median (p99 {p99:.0f} µs), one way "
+              f"{rtt / 2:.0f} µs = {ratios[accel]:.1f} × the null hypercall ({null:.1f} µs), "
+              f"{got['pingpong_rounds']} rounds", flush=True)
+    main_accel = "kvm" if "kvm" in ratios else next(iter(ratios))
+    report("interdomain", ratios[main_accel],
+           f"null hypercall of the same guest ({main_accel}); ratio = one way / it",
+           **{f"{a}_ratio": r for a, r in ratios.items()}, **figures)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
