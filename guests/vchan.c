@@ -1,0 +1,1368 @@
+/*
+ * vchan: a libxenvchan-style shared ring between two domains in two host processes,
+ * data streamed both ways and checked byte for byte, then the grant isolation checks.
+ *
+ * A PAIR of guests: this image runs as the server (`role=server`, libxenvchan's server:
+ * it allocates and grants the ring pages and the event channel) and as the client
+ * (`role=client`: maps the grants with GNTTABOP_map_grant_ref, or moves the data with
+ * GNTTABOP_copy in `mode=copy`, and binds the event channel). Each reads its peer's domid
+ * from its store node `data/peer` (/local/domain/<self>/data/peer), which the host writes
+ * as dom0 once both domains exist (as for the `interdomain` guest). Needs `--xenstore`.
+ * `role=loop` runs both halves in ONE domain (its peer is itself: own grants mapped and
+ * copied, a loopback event channel, the offer published and read back through its own
+ * store, so it needs `--xenstore` too): the same code and checks, in the pair's order,
+ * without a second domain and without step nodes.
+ * Every wait is bounded: PEER_BOUND_NS = 3 * WAIT_BOUND_NS (30 s) for anything that
+ * depends on the peer (a node, a step, the connection, stream progress), so a broken host
+ * gives FAIL lines, never a hang. A side that gives up sets its step node to "abort" and
+ * ends with RESULT/poweroff; the other side's wait fails at once if it reads "abort" before
+ * that domain (and its store home with the node) is gone, else after PEER_BOUND_NS.
+ *
+ * cmdline: role=server|client|loop (required);
+ *   mib=N       bytes each way = N MiB (1..1024, default 4); give both the same;
+ *   mode=map|copy  (client, loop; default map) how the client moves the ring data;
+ *   left_order=N, right_order=N  (server, loop; default 10 and 14) ring sizes 2^N bytes,
+ *                  10..16, not both below 12 and equal (libxenvchan's rule);
+ *   notify=bits|always  (default bits; give both the same) bits: libxenvchan's rule, an event
+ *                  only when the other side asked for it through the notify bits. always: the
+ *                  bits are still requested and cleared as libxenvchan does, but an event goes
+ *                  out after every index move, so correctness rests on plain stores and the
+ *                  event channel only. Why it exists: libxenvchan's bits need an atomic OR
+ *                  from one domain and an atomic AND from the other on the SAME byte
+ *                  (cli_notify / srv_notify); a host whose guests' locked instructions are not
+ *                  atomic across domain processes (pyxen's software CPU: Unicorn runs a
+ *                  `lock` RMW as load + op + store) can lose a request, and then both sides
+ *                  wait: FAIL ... stalled after PEER_BOUND_NS, with the bits in the message.
+ *
+ * Shared page: struct vchan_interface from Xen's public xen/io/libxenvchan.h (libxen-dev),
+ * used as tools/libs/vchan (init.c, io.c) uses it (no code copied):
+ *  - left ring: the client writes (c2s), the server reads; right ring: server -> client (s2c).
+ *  - order 10: the ring is bytes [1024, 2048) of the shared page; 11: [2048, 4096);
+ *    12+: 2^(order-12) extra granted pages, their refs in grants[] (left's first, then right's).
+ *    Default: left 1 KiB in the shared page, right 16 KiB in 4 pages (grants[0..3]).
+ *  - ring_shared {cons, prod}: free-running 32-bit byte counters; position = index & (size-1);
+ *    prod - cons > size is impossible (FAIL). The writer fills, then moves prod; the reader
+ *    checks, then moves cons.
+ *  - notify bits (VCHAN_NOTIFY_WRITE 1, _READ 2): cli_notify holds what the server asked
+ *    the client to signal, srv_notify what the client asked the server. A reader that finds
+ *    the ring empty sets WRITE in the other side's byte and looks again; a writer that finds
+ *    it full sets READ and looks again; after moving prod (cons) a side takes WRITE (READ) out
+ *    of its own byte with an atomic and and sends an event only if it was set. Initially
+ *    cli_notify = WRITE (server), srv_notify = WRITE (client), as libxenvchan.
+ *  - cli_live: 2 until the client connects, 1 connected, 0 closed; srv_live 1, 0 at the end.
+ *  Both directions run at once: each side's loop fills what the peer has freed and checks
+ *  what arrived, and when neither moves waits for an event on its port -- at most
+ *  RECHECK_NS (1 s), then it looks at the rings again anyway (INFO slow_waits counts the
+ *  waits that ran that long: 0 on a healthy host; more means events lost or very late,
+ *  which libxenvchan's untimed wait would turn into a hang); after PEER_BOUND_NS without
+ *  progress it FAILs.
+ *  In mode=copy the client maps only the shared page (indices, notify bits, live flags) and
+ *  moves ALL ring data with GNTTABOP_copy, batches of up to 16 segments of at most one page:
+ *  s2c with GNTCOPY_source_gref (the server's ring page refs -> its own pages), c2s with
+ *  GNTCOPY_dest_gref (its own pages -> the server's refs; for an in-page left ring that is
+ *  the shared page's ref at offset 1024 + position).
+ *
+ * Data: byte at stream offset o of direction d is byte (o & 7) (little-endian) of
+ *   x = (o >> 3) ^ SEED_d; x ^= x << 13; x ^= x >> 7; x ^= x << 17   (64-bit xorshift)
+ *   SEED_c2s = 0x6332730000000000, SEED_s2c = 0x7332630000000000.
+ *
+ * XenStore (S = server's domid, C = client's; values decimal; every node owned by its writer
+ * and readable by the peer: XS_SET_PERMS "n<owner>" "r<peer>"):
+ *  /local/domain/S/data/vchan/C/ring-ref       the shared page's grant ref (libxenvchan name)
+ *  /local/domain/S/data/vchan/C/event-channel  the port left unbound for C (libxenvchan name)
+ *  /local/domain/S/data/vchan/C/test-refs      "<other> <never> <revoke> <ro>" (48 49 50 51)
+ *      (these three written in one transaction, as libxenvchan does)
+ *  /local/domain/S/data/vchan/C/step           the server's step
+ *  /local/domain/C/data/vchan/S/mode           "map" | "copy" (written before the client maps)
+ *  /local/domain/C/data/vchan/S/step           the client's step
+ * In loop mode S = C = self and the two step nodes are the same (not waited on).
+ *
+ * Server's grant table (v1, frame 0 put in its physmap with XENMAPSPACE_grant_table):
+ *  ref 8 the shared page; refs 9.. the ring pages (left's, then right's), all
+ *  GTF_permit_access for C; ref 48 a page granted to ANOTHER domain (dom0; if C is 0, S);
+ *  ref 49 never granted (flags 0, although domid = C and frame = a real page); ref 50 granted
+ *  to C and revoked at step "revoked"; ref 51 granted to C with GTF_readonly. Byte i of the
+ *  page of ref r (48, 50, 51) is (i*13 + r*3 + (i >> 8)) & 0xff.
+ * Client's frames: H = (ram_top >> 12) + 256 (above RAM, nothing in the p2m there):
+ *  H the shared page, H+1.. the ring pages (left's rw, right's GNTMAP_readonly, as
+ *  libxenvchan maps its read ring PROT_READ), H+40 ref 51, H+41 ref 50, H+42 probes.
+ *
+ * Steps (each side writes its step node, the other waits for that value, PEER_BOUND_NS):
+ *  server: nodes published [vchan.grant_table, .alloc_unbound, .publish]; waits for
+ *          cli_live == 1 (the client's event) [.client_connected].
+ *  client: reads the nodes [.offer], bind_interdomain(S, port) [.bind], maps ref 8 at H
+ *          [.map_ring], checks cli_live 2 / srv_live 1 / orders [.ring_header], maps the
+ *          ring pages (map mode) [.map_data], sets cli_live = 1, srv_notify = WRITE, sends.
+ *  both    stream mib MiB each way. Receiver: [.stream_c2s] (server) / [.stream_s2c] (client):
+ *          every byte as the pattern says, else FAIL naming the first bad offset. Sender:
+ *          [.sent_s2c] (server) / [.sent_c2s] (client): all bytes in and the peer's cons
+ *          reached the end.
+ *  client  step "streamed".
+ *  server  on "streamed": reads the client's mode; [.flags_while_mapped]: ref 8 shows
+ *          GTF_reading|GTF_writing; ring pages: map mode left rw, right GTF_reading only;
+ *          copy mode no bits. Step "streamed".
+ *  client  refusals (Xen 4.17 xen/common/grant_table.c): map ref 48 (granted to another
+ *          domain) GNTST_general_error [.map_other_domain]; ref 49 (flags 0)
+ *          GNTST_general_error [.map_never_granted]; ref 0xfffff (beyond the table)
+ *          GNTST_bad_gntref [.map_ref_out_of_range]; ref 51 without GNTMAP_readonly
+ *          GNTST_general_error [.map_ro_needs_readonly]. Ref 51 with GNTMAP_readonly
+ *          [.map_ro], reads the pattern [.map_ro_reads], a store through a writable PTE does
+ *          not fault [.map_ro_write_no_fault] and is dropped [.map_ro_write_dropped]; it stays
+ *          mapped. Ref 50 maps [.map_revoke_before], reads [.map_revoke_reads], unmaps
+ *          [.unmap_revoke]. mode=copy also: copy from ref 48 / 49 GNTST_general_error
+ *          [.copy_other_domain, .copy_never_granted], ref 0xfffff GNTST_bad_gntref
+ *          [.copy_ref_out_of_range], copy to ref 51 GNTST_general_error [.copy_ro_dest],
+ *          copy from ref 51 okay with the pattern [.copy_ro_source]. Step "probed".
+ *  server  on "probed": ref 51 shows GTF_reading only [.ro_flags_reading_only], its page is
+ *          unchanged [.ro_page_unchanged]; ref 50 idle, its entry cleared [.revoke].
+ *          Step "revoked".
+ *  client  on "revoked": map ref 50 GNTST_general_error [.map_after_revoke] (copy mode: copy
+ *          from it too [.copy_after_revoke]); cli_live = 0 and an event (libxenvchan's close);
+ *          unmap ref 51 [.unmap_ro], the ring pages (map mode) [.unmap_data], the shared page
+ *          [.unmap_ring], that handle again GNTST_bad_handle [.unmap_twice]; every unmapped
+ *          frame reads all-ones [.unmapped_reads_ones]. Step "unmapped".
+ *  server  on "unmapped": cli_live == 0 [.client_closed]; no GTF_reading/GTF_writing left on
+ *          any entry granted to C [.flags_clear_after_unmap]; ends foreign access on each
+ *          (v1 entry flags cmpxchg'd to 0 while idle) [.end_access]. Step "released".
+ *  client  on "released": map ref 8 again GNTST_general_error [.map_after_end_access].
+ *          Step "done".
+ *  server  on "done": srv_live = 0; RESULT and poweroff.
+ *  client  waits (PEER_BOUND_NS, polling EVTCHNOP_status) until its port is unbound with
+ *          remote S: the server's destruction closed its end [.server_gone]. Then RESULT and
+ *          poweroff. (So the client's step node, which goes with its domain, is still there
+ *          when the server reads "done"; the host must destroy the powered-off server.)
+ * Always (both roles): [.role], [.mib], [.notify], [.mode] (client/loop), [.orders]
+ *  (server/loop), [.evtchn_init], [.xenstore], [.peer]. Only on failure: [.mode_node] (the
+ *  client could not write its mode node), [.step] (a step node could not be written),
+ *  [.peer_<step>] (the peer's step node did not read <step> within PEER_BOUND_NS, or read
+ *  "abort"). After a failed stream or wait a side writes step "abort" and ends.
+ *
+ * INFO keys: role, mib, notify, domid, peer, mode (client: its own; server: read from the
+ *  client's node), left_order, right_order; server: ring_ref, port (its unbound port);
+ *  client: ring_ref (as read), port (its bound end), frame_base (H). After the stream, each
+ *  receiver: stream_dir (c2s on the server, s2c on the client), stream_bytes, stream_ns
+ *  (from the start of its stream loop to the last byte checked), then events (events on its
+ *  port), notifies (events it sent), waits (idle rounds that waited for an event),
+ *  slow_waits (those that lasted RECHECK_NS, see above), and in mode=copy copy_calls
+ *  (GNTTABOP_copy hypercalls). role=loop prints both sets, the
+ *  server's (c2s) first.
+ *
+ * Xen 4.17 semantics relied on:
+ *  - xen/common/grant_table.c map_grant_ref: no host/device flag GNTST_bad_gntref; no such
+ *    domain GNTST_bad_domain; ref >= nr_grant_entries GNTST_bad_gntref; an unpinned entry
+ *    whose type is not GTF_permit_access (flags 0, or cleared by the granter) or whose domid
+ *    is not the mapper: _set_status_v1 GNTST_general_error; a GTF_readonly entry mapped
+ *    without GNTMAP_readonly: GNTST_general_error ("Attempt to write-pin a r/o grant
+ *    entry"). Mapping sets GTF_reading (+ GTF_writing unless GNTMAP_readonly);
+ *    unmap_common_complete clears GTF_writing when no writable pin is left, GTF_reading when
+ *    no pin is left; a handle unmapped already: GNTST_bad_handle.
+ *  - gnttab_copy (acquire_grant_for_copy): same _set_status checks per ref, so the same
+ *    GNTST_general_error / GNTST_bad_gntref; the bits are held only during the copy.
+ *  - xen/arch/x86/hvm/grant_table.c create_grant_p2m_mapping: the page enters the mapper's
+ *    p2m at host_addr as p2m_grant_map_rw / _ro; p2m_grant_map_ro discards writes
+ *    (hvm_hap_nested_page_fault, no fault). replace_grant_p2m_mapping with new_addr 0 removes
+ *    the entry: the frame has nothing in the p2m, and an HVM access there goes to the
+ *    emulator's null handler (xen/arch/x86/hvm/emulate.c null_read: all-ones).
+ *  - xen/common/event_channel.c: alloc_unbound(SELF, C) leaves a port only C may bind.
+ */
+#include "guest.h"
+#include "evtchn.h"
+#include <xen/io/libxenvchan.h>
+
+#define MS              1000000ULL
+#define MIB             (1024ULL * 1024)
+#define PEER_BOUND_NS   (3 * WAIT_BOUND_NS)   /* for everything that waits on the peer */
+#define NODE_POLL_NS    (500 * MS)            /* re-read a node at least this often */
+#define RECHECK_NS      (1000 * MS)           /* look at idle rings again after this long */
+
+#define MIN_ORDER       10
+#define MAX_ORDER       16
+#define MAX_RING_PAGES  (1 << (MAX_ORDER - PAGE_SHIFT))   /* 16 per ring */
+#define COPY_BATCH      16
+
+#define DIR_C2S         0
+#define DIR_S2C         1
+#define SEED_C2S        0x6332730000000000ULL             /* "c2s" */
+#define SEED_S2C        0x7332630000000000ULL             /* "s2c" */
+
+/* The server's grant refs (documented above). */
+#define REF_RING        8
+#define REF_DATA        9
+#define REF_OTHER       48
+#define REF_NEVER       49
+#define REF_REVOKE      50
+#define REF_RO          51
+#define REF_BEYOND      0xfffffU
+
+/* The client's frames, relative to H, and their aliases (VA = VBASE + index pages). */
+#define FRAME_RING      0
+#define FRAME_DATA      1
+#define FRAME_RO        40
+#define FRAME_REVOKE    41
+#define FRAME_PROBE     42
+#define VBASE           (ALIAS_BASE + 0x400000ULL)
+
+_Static_assert(REF_DATA + 2 * MAX_RING_PAGES <= REF_OTHER, "ring refs overlap the test refs");
+_Static_assert(FRAME_DATA + 2 * MAX_RING_PAGES <= FRAME_RO, "ring frames overlap");
+_Static_assert(sizeof(struct vchan_interface) + 2 * MAX_RING_PAGES * 4 <= 1024,
+               "grants[] would run into an in-page ring");
+
+/* One ring as one side sees it. */
+struct vring {
+    volatile struct ring_shared *shr;
+    unsigned order;
+    uint32_t size;
+    uint32_t base;          /* in-page ring: its offset in the shared page; 0 when paged */
+    uint8_t *buf;           /* the ring's bytes (mapped, own, or the copy-mode bounce) */
+    bool copy;              /* moved with GNTTABOP_copy between bounce and gref[] */
+    uint8_t *bounce;        /* copy mode: local pages mirroring the ring's pages */
+    grant_ref_t gref[MAX_RING_PAGES];   /* the ring's pages (in-page: the shared page) */
+    unsigned dir;           /* DIR_C2S / DIR_S2C: which pattern */
+};
+
+struct side {
+    bool server;
+    const char *rx_test, *tx_test;      /* TEST names of the receiver / the sender */
+    domid_t peer;
+    evtchn_port_t port;
+    volatile uint64_t events;
+    uint64_t notifies, waits, slow_waits, copy_calls;
+    volatile struct vchan_interface *ring;
+    struct vring tx, rx;
+    uint64_t total, sent, received;
+    uint64_t rx_start, rx_ns;
+    bool rx_done, tx_done, failed;
+};
+
+static struct side server_side = { .server = true, .rx_test = "vchan.stream_c2s",
+                                   .tx_test = "vchan.sent_s2c" };
+static struct side client_side = { .server = false, .rx_test = "vchan.stream_s2c",
+                                   .tx_test = "vchan.sent_c2s" };
+
+static unsigned self;              /* our domid */
+static domid_t peer;               /* the other domain's (self in loop mode) */
+static bool loop_mode, copy_mode, notify_always;
+static unsigned left_order = 10, right_order = 14;
+static uint64_t total_bytes;
+static char buf[160], path[128], why[128];
+
+/* Server pages. */
+static uint8_t gt_page[PAGE_SIZE] ALIGNED(4096);             /* grant table frame 0 */
+static uint8_t ring_page[PAGE_SIZE] ALIGNED(4096);           /* struct vchan_interface */
+static uint8_t data_pages[2 * MAX_RING_PAGES][PAGE_SIZE] ALIGNED(4096);
+static uint8_t other_page[PAGE_SIZE] ALIGNED(4096);
+static uint8_t never_page[PAGE_SIZE] ALIGNED(4096);
+static uint8_t revoke_page[PAGE_SIZE] ALIGNED(4096);
+static uint8_t ro_page[PAGE_SIZE] ALIGNED(4096);
+static volatile grant_entry_v1_t *gt;
+static unsigned granted_refs[2 * MAX_RING_PAGES + 4], nr_granted;
+
+/* Client pages: the copy-mode bounce pages (one set per ring) and a probe page. */
+static uint8_t bounce_tx[MAX_RING_PAGES][PAGE_SIZE] ALIGNED(4096);
+static uint8_t bounce_rx[MAX_RING_PAGES][PAGE_SIZE] ALIGNED(4096);
+static uint8_t probe_page[PAGE_SIZE] ALIGNED(4096);
+static uint64_t frame_base;                 /* H */
+static grant_handle_t ring_handle, data_handles[2 * MAX_RING_PAGES], ro_handle;
+static unsigned nr_data_mapped;
+static bool ro_mapped, revoke_mapped;
+static grant_ref_t ring_ref, test_refs[4];  /* as read from the server's nodes */
+
+/* Ring bytes are read and written a qword at a time through uint8_t buffers. */
+typedef uint64_t __attribute__((may_alias)) u64_alias;
+
+static inline uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+static inline uint64_t pfn(const void *p) { return (uint64_t)(uintptr_t)p >> PAGE_SHIFT; }
+/* A full barrier without mfence (SSE2): a locked no-op on the stack, as Linux does. */
+static inline void mb(void) { asm volatile("lock; addl $0, (%%rsp)" ::: "memory", "cc"); }
+
+static uint8_t test_byte(unsigned ref, unsigned i)
+{
+    return (uint8_t)(i * 13 + ref * 3 + (i >> 8));
+}
+
+/* ---- the data pattern -------------------------------------------------------------------- */
+static inline uint64_t pattern_q(unsigned dir, uint64_t q)
+{
+    uint64_t x = q ^ (dir == DIR_C2S ? SEED_C2S : SEED_S2C);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+}
+
+static inline uint8_t pattern_byte(unsigned dir, uint64_t off)
+{
+    return (uint8_t)(pattern_q(dir, off >> 3) >> (8 * (off & 7)));
+}
+
+/* Write stream bytes [off, off+len) of `dir` to p. */
+static void fill(uint8_t *p, unsigned dir, uint64_t off, uint64_t len)
+{
+    for (; len && (off & 7); len--, off++)
+        *p++ = pattern_byte(dir, off);
+    for (; len >= 8; len -= 8, off += 8, p += 8)
+        *(u64_alias *)p = pattern_q(dir, off >> 3);
+    for (; len; len--, off++)
+        *p++ = pattern_byte(dir, off);
+}
+
+/* Check p against stream bytes [off, off+len); false with the first bad offset. */
+static bool verify(const uint8_t *p, unsigned dir, uint64_t off, uint64_t len, uint64_t *bad,
+                   uint8_t *got, uint8_t *want)
+{
+    for (; len; len--, off++, p++) {
+        if (!(off & 7) && len >= 8) {
+            if (*(const u64_alias *)p == pattern_q(dir, off >> 3)) {
+                off += 7, p += 7, len -= 7;
+                continue;
+            }
+        }
+        uint8_t w = pattern_byte(dir, off);
+        if (*p != w) {
+            *bad = off, *got = *p, *want = w;
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ---- grant-table helpers ------------------------------------------------------------------ */
+static long xatp(unsigned long idx, xen_pfn_t gpfn)
+{
+    struct xen_add_to_physmap a = { .domid = DOMID_SELF, .space = XENMAPSPACE_grant_table,
+                                    .idx = idx, .gpfn = gpfn };
+    return HYPERVISOR_memory_op(XENMEM_add_to_physmap, &a);
+}
+
+/* Server: a v1 entry, flags last (a grantee must never see the flags with a stale frame). */
+static void grant(unsigned ref, domid_t domid, const void *page, uint16_t flags)
+{
+    gt[ref].domid = domid;
+    gt[ref].frame = (uint32_t)pfn(page);
+    barrier();
+    gt[ref].flags = flags;
+}
+
+static uint16_t busy_bits(unsigned ref) { return gt[ref].flags & (GTF_reading | GTF_writing); }
+
+/* Server: end foreign access as Linux's gnttab_end_foreign_access_ref (v1): the flags go to
+ * 0 only while neither GTF_reading nor GTF_writing is set. */
+static bool end_access(unsigned ref)
+{
+    uint16_t f = gt[ref].flags;
+    do {
+        if (f & (GTF_reading | GTF_writing))
+            return false;
+    } while (!__atomic_compare_exchange_n(&gt[ref].flags, &f, 0, false, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_SEQ_CST));
+    return true;
+}
+
+static uint64_t frame_addr(unsigned idx) { return (frame_base + idx) << PAGE_SHIFT; }
+static uint8_t *frame_va(unsigned idx) { return (uint8_t *)(uintptr_t)(VBASE + idx * PAGE_SIZE); }
+
+/* Client: map `ref` of domain `dom` at frame H+idx; the GNTST status (-1000: the hypercall
+ * itself failed). */
+static int16_t map_ref(domid_t dom, grant_ref_t ref, unsigned idx, bool ro, grant_handle_t *h)
+{
+    struct gnttab_map_grant_ref op = { .host_addr = frame_addr(idx), .ref = ref, .dom = dom,
+                                       .flags = GNTMAP_host_map | (ro ? GNTMAP_readonly : 0) };
+    op.status = 99;
+    long rc = HYPERVISOR_grant_table_op(GNTTABOP_map_grant_ref, &op, 1);
+    *h = op.handle;
+    return rc ? (int16_t)-1000 : op.status;
+}
+
+static int16_t unmap_frame(unsigned idx, grant_handle_t h)
+{
+    struct gnttab_unmap_grant_ref op = { .host_addr = frame_addr(idx), .handle = h };
+    op.status = 99;
+    long rc = HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, &op, 1);
+    return rc ? (int16_t)-1000 : op.status;
+}
+
+/* Client: 64 bytes between probe_page and `ref`'s page (offset 0): the GNTST status. */
+static int16_t copy_probe(domid_t dom, grant_ref_t ref, bool to_ref)
+{
+    struct gnttab_copy op = { .len = 64 };
+    if (to_ref) {
+        op.flags = GNTCOPY_dest_gref;
+        op.source.u.gmfn = pfn(probe_page), op.source.domid = DOMID_SELF;
+        op.dest.u.ref = ref, op.dest.domid = dom;
+    } else {
+        op.flags = GNTCOPY_source_gref;
+        op.source.u.ref = ref, op.source.domid = dom;
+        op.dest.u.gmfn = pfn(probe_page), op.dest.domid = DOMID_SELF;
+    }
+    op.status = 99;
+    long rc = HYPERVISOR_grant_table_op(GNTTABOP_copy, &op, 1);
+    return rc ? (int16_t)-1000 : op.status;
+}
+
+/* A map that must be refused with `want` (unmapped again if it was not). */
+static void expect_map_refused(const char *name, grant_ref_t ref, bool ro, int16_t want)
+{
+    grant_handle_t h = 0;
+    int16_t st = map_ref(peer, ref, FRAME_PROBE, ro, &h);
+    if (st == GNTST_okay)
+        unmap_frame(FRAME_PROBE, h);
+    check(name, st == want, "map_grant_ref(dom %u, ref %#x%s): status %d, expected %d", peer,
+          ref, ro ? ", readonly" : "", st, want);
+}
+
+/* ---- notify bits (tools/libs/vchan/io.c's request_notify / send_notify) ------------------- */
+static void request_notify(struct side *s, uint8_t bit)
+{
+    volatile uint8_t *n = s->server ? &s->ring->cli_notify : &s->ring->srv_notify;
+    __atomic_fetch_or(n, bit, __ATOMIC_SEQ_CST);   /* locked: a full barrier before re-reads */
+}
+
+static void send_notify(struct side *s, uint8_t bit)
+{
+    volatile uint8_t *n = s->server ? &s->ring->srv_notify : &s->ring->cli_notify;
+    uint8_t prev = __atomic_fetch_and(n, (uint8_t)~bit, __ATOMIC_SEQ_CST);
+    if ((prev & bit) || notify_always) {
+        evtchn_send(s->port);
+        s->notifies++;
+    }
+}
+
+static void count_handler(evtchn_port_t port, void *arg) { (*(volatile uint64_t *)arg)++; }
+
+/* ---- ring data movement ------------------------------------------------------------------ */
+/* Copy mode: n bytes at ring position pos between the bounce pages and the peer's granted
+ * pages, in batches of up to COPY_BATCH one-page segments. */
+static bool copy_ring(struct side *s, struct vring *r, uint32_t pos, uint32_t n, bool to_ring,
+                      const char *test)
+{
+    static struct gnttab_copy ops[COPY_BATCH];
+    unsigned k = 0;
+    while (n) {
+        uint32_t at = r->base + pos, page = at >> PAGE_SHIFT, off = at & (PAGE_SIZE - 1);
+        uint32_t len = (uint32_t)min64(min64(n, PAGE_SIZE - off), r->size - pos);
+        struct gnttab_copy *op = &ops[k++];
+        memset(op, 0, sizeof(*op));
+        uint64_t local = pfn(r->bounce + page * PAGE_SIZE);
+        if (to_ring) {
+            op->flags = GNTCOPY_dest_gref;
+            op->source.u.gmfn = local, op->source.domid = DOMID_SELF, op->source.offset = off;
+            op->dest.u.ref = r->gref[page], op->dest.domid = s->peer, op->dest.offset = off;
+        } else {
+            op->flags = GNTCOPY_source_gref;
+            op->source.u.ref = r->gref[page], op->source.domid = s->peer;
+            op->source.offset = off;
+            op->dest.u.gmfn = local, op->dest.domid = DOMID_SELF, op->dest.offset = off;
+        }
+        op->len = (uint16_t)len;
+        op->status = 99;
+        pos = (pos + len) & (r->size - 1);
+        n -= len;
+        if (k == COPY_BATCH || n == 0) {
+            long rc = HYPERVISOR_grant_table_op(GNTTABOP_copy, ops, k);
+            s->copy_calls++;
+            for (unsigned i = 0; i < k; i++)
+                if (rc || ops[i].status != GNTST_okay) {
+                    test_fail(test, "GNTTABOP_copy %s ref %u offset %u len %u: rc %ld status %d",
+                              to_ring ? "to" : "from", to_ring ? ops[i].dest.u.ref :
+                              ops[i].source.u.ref, to_ring ? ops[i].dest.offset :
+                              ops[i].source.offset, ops[i].len, rc, ops[i].status);
+                    return false;
+                }
+            k = 0;
+        }
+    }
+    return true;
+}
+
+static int bad_indices(struct side *s, const char *test, struct vring *r, uint32_t prod,
+                       uint32_t cons)
+{
+    test_fail(test, "impossible indices: prod %u cons %u in a ring of %u bytes", prod, cons,
+              r->size);
+    s->failed = true;
+    return -1;
+}
+
+/* Send what the ring has room for. 1: progress; 0: none possible now; -1: failed. */
+static int pump_tx(struct side *s)
+{
+    struct vring *r = &s->tx;
+    uint32_t prod = (uint32_t)s->sent, cons = r->shr->cons;
+    if (s->tx_done)
+        return 0;
+    if (s->sent == s->total) {
+        /* All in: wait for the peer to consume it all (it tells us if we ask). */
+        if (cons == prod) {
+            s->tx_done = true;
+            test_pass(s->tx_test);
+            return 1;
+        }
+        request_notify(s, VCHAN_NOTIFY_READ);
+        if (r->shr->cons == prod)
+            return pump_tx(s);
+        return 0;
+    }
+    uint32_t used = prod - cons;
+    if (used > r->size)
+        return bad_indices(s, s->tx_test, r, prod, cons);
+    if (used == r->size) {
+        request_notify(s, VCHAN_NOTIFY_READ);
+        cons = r->shr->cons;
+        used = prod - cons;
+        if (used > r->size)
+            return bad_indices(s, s->tx_test, r, prod, cons);
+        if (used == r->size)
+            return 0;
+    }
+    uint32_t n = (uint32_t)min64(r->size - used, s->total - s->sent);
+    uint32_t pos = prod & (r->size - 1), first = (uint32_t)min64(n, r->size - pos);
+    fill(r->buf + pos, r->dir, s->sent, first);
+    if (n > first)
+        fill(r->buf, r->dir, s->sent + first, n - first);
+    if (r->copy && !copy_ring(s, r, pos, n, true, s->tx_test)) {
+        s->failed = true;
+        return -1;
+    }
+    barrier();                      /* data, then prod (x86 keeps stores in order) */
+    r->shr->prod = prod + n;
+    s->sent += n;
+    send_notify(s, VCHAN_NOTIFY_WRITE);
+    return 1;
+}
+
+/* Take and check what arrived. 1: progress; 0: nothing there; -1: failed. */
+static int pump_rx(struct side *s)
+{
+    struct vring *r = &s->rx;
+    if (s->rx_done)
+        return 0;
+    uint32_t cons = (uint32_t)s->received, prod = r->shr->prod;
+    rmb();                          /* prod, then the data */
+    uint32_t ready = prod - cons;
+    if (ready > r->size)
+        return bad_indices(s, s->rx_test, r, prod, cons);
+    if (ready == 0) {
+        request_notify(s, VCHAN_NOTIFY_WRITE);
+        prod = r->shr->prod;
+        rmb();
+        ready = prod - cons;
+        if (ready > r->size)
+            return bad_indices(s, s->rx_test, r, prod, cons);
+        if (ready == 0)
+            return 0;
+    }
+    if (ready > s->total - s->received) {
+        test_fail(s->rx_test, "the peer wrote past the end: prod %u, %lu of %lu bytes taken",
+                  prod, (unsigned long)s->received, (unsigned long)s->total);
+        s->failed = true;
+        return -1;
+    }
+    uint32_t pos = cons & (r->size - 1), first = (uint32_t)min64(ready, r->size - pos);
+    if (r->copy && !copy_ring(s, r, pos, ready, false, s->rx_test)) {
+        s->failed = true;
+        return -1;
+    }
+    uint64_t bad = 0;
+    uint8_t got = 0, want = 0;
+    bool ok = verify(r->buf + pos, r->dir, s->received, first, &bad, &got, &want) &&
+              (ready == first ||
+               verify(r->buf, r->dir, s->received + first, ready - first, &bad, &got, &want));
+    if (!ok) {
+        test_fail(s->rx_test, "first bad byte at stream offset %lu: %#x, expected %#x",
+                  (unsigned long)bad, got, want);
+        s->failed = true;
+        return -1;
+    }
+    barrier();                      /* the data is read before cons lets the writer reuse it */
+    r->shr->cons = cons + ready;
+    s->received += ready;
+    send_notify(s, VCHAN_NOTIFY_READ);
+    if (s->received == s->total) {
+        s->rx_ns = now_ns() - s->rx_start;
+        s->rx_done = true;
+        test_pass(s->rx_test);
+    }
+    return 1;
+}
+
+static void stall(struct side *s)
+{
+    unsigned cli = s->ring->cli_notify, srv = s->ring->srv_notify;
+    if (!s->rx_done)
+        test_fail(s->rx_test, "stalled: %lu of %lu bytes arrived (prod %u cons %u; notify bits "
+                  "cli %#x srv %#x; %lu events)", (unsigned long)s->received,
+                  (unsigned long)s->total, s->rx.shr->prod, s->rx.shr->cons, cli, srv,
+                  (unsigned long)s->events);
+    if (!s->tx_done)
+        test_fail(s->tx_test, "stalled: %lu of %lu bytes in, the peer consumed up to %u "
+                  "(notify bits cli %#x srv %#x; %lu events)", (unsigned long)s->sent,
+                  (unsigned long)s->total, s->tx.shr->cons, cli, srv, (unsigned long)s->events);
+    s->failed = true;
+}
+
+static void stream_info(struct side *s)
+{
+    info("stream_dir", "%s", s->server ? "c2s" : "s2c");
+    info("stream_bytes", "%lu", (unsigned long)s->received);
+    if (s->rx_done)
+        info("stream_ns", "%lu", (unsigned long)s->rx_ns);
+    info("events", "%lu", (unsigned long)s->events);
+    info("notifies", "%lu", (unsigned long)s->notifies);
+    info("waits", "%lu", (unsigned long)s->waits);
+    info("slow_waits", "%lu", (unsigned long)s->slow_waits);
+    if (!s->server && copy_mode)
+        info("copy_calls", "%lu", (unsigned long)s->copy_calls);
+}
+
+/* Both directions at once: pump every side given until all are done. With one side (a real
+ * pair) an idle round waits for an event on its port -- for RECHECK_NS at most, then the
+ * rings are looked at again (counted in slow_waits: an event lost or late), and after
+ * PEER_BOUND_NS without progress it is a stall. With two sides (loop mode) nothing else can
+ * move, so an idle round is a stall at once. */
+static bool stream(struct side **sides, unsigned n)
+{
+    uint64_t last = now_ns();
+    for (unsigned i = 0; i < n; i++) {
+        sides[i]->total = total_bytes;
+        sides[i]->rx_start = last;
+    }
+    for (;;) {
+        bool all_done = true, progress = false;
+        uint64_t seen = sides[0]->events;
+        for (unsigned i = 0; i < n; i++) {
+            struct side *s = sides[i];
+            int a = pump_tx(s), b = a < 0 ? -1 : pump_rx(s);
+            if (a < 0 || b < 0)
+                return false;
+            progress |= a > 0 || b > 0;
+            all_done &= s->rx_done && s->tx_done;
+        }
+        if (all_done)
+            return true;
+        uint64_t now = now_ns();
+        if (progress) {
+            last = now;
+            continue;
+        }
+        if (n > 1 || now - last >= PEER_BOUND_NS) {
+            for (unsigned i = 0; i < n; i++)
+                stall(sides[i]);
+            return false;
+        }
+        uint64_t until = min64(now + RECHECK_NS, last + PEER_BOUND_NS);
+        sides[0]->waits++;
+        wait_for_count(&sides[0]->events, seen + 1, until);
+        if (now_ns() >= until)
+            sides[0]->slow_waits++;
+    }
+}
+
+/* ---- XenStore ------------------------------------------------------------------------------ */
+/* Our node `rel` (relative to our home) = value in transaction tx, owned by us and readable
+ * by the peer; false with the reason in `why`. */
+static bool put_node(uint32_t tx, const char *rel, const char *value)
+{
+    static char req[160];
+    int t = xs_write(tx, rel, value);
+    if (t != XS_WRITE) {
+        snprintf(why, sizeof(why), "write %s: type %d %s", rel, t, xs_error());
+        return false;
+    }
+    size_t n = strlen(rel) + 1;
+    memcpy(req, rel, n);
+    n += (size_t)snprintf(req + n, sizeof(req) - n, "n%u", self) + 1;
+    n += (size_t)snprintf(req + n, sizeof(req) - n, "r%u", peer) + 1;
+    t = xs_request(XS_SET_PERMS, tx, req, (uint32_t)n, buf, sizeof(buf));
+    if (t != XS_SET_PERMS) {
+        snprintf(why, sizeof(why), "set_perms %s n%u r%u: type %d %s", rel, self, peer, t,
+                 t == XS_ERROR ? xs_error() : buf);
+        return false;
+    }
+    return true;
+}
+
+/* Read `node` into buf once it exists, is readable, is not empty and (if `want`) reads
+ * `want` or "abort": a watch wakes us on changes and we read again every NODE_POLL_NS
+ * anyway. True only for the value wanted (any, without `want`). */
+static bool wait_node(const char *node, const char *want, uint64_t bound)
+{
+    static char last[64];                    /* the last other value read */
+    uint64_t deadline = now_ns() + bound;
+    bool watched = xs_watch(node, "vchan") == XS_WATCH;
+    bool ok = false;
+    last[0] = 0;
+    for (;;) {
+        if (xs_read(0, node, buf, sizeof(buf)) == XS_READ && buf[0]) {
+            if (!want || !strcmp(buf, want)) {
+                ok = true;
+                break;
+            }
+            snprintf(last, sizeof(last), "%s", buf);
+            if (!strcmp(buf, "abort"))
+                break;
+        }
+        uint64_t now = now_ns();
+        if (now >= deadline || !xs_ready())
+            break;
+        uint64_t slice = now + NODE_POLL_NS < deadline ? now + NODE_POLL_NS : deadline;
+        if (!watched || !xs_read_watch(NULL, 0, NULL, 0, slice))
+            block_until(slice);
+    }
+    if (!ok)
+        snprintf(buf, sizeof(buf), "%s", last);
+    if (watched)
+        xs_unwatch(node, "vchan");
+    while (xs_read_watch(NULL, 0, NULL, 0, 0))
+        ;                                    /* drop what the watch left queued */
+    return ok;
+}
+
+static void set_step(const char *value)
+{
+    char rel[48];
+    snprintf(rel, sizeof(rel), "data/vchan/%u/step", peer);
+    if (!put_node(0, rel, value))
+        test_fail("vchan.step", "step %s: %s", value, why);
+}
+
+/* Wait for the peer's step node to read `want`. */
+static bool wait_step(const char *want)
+{
+    snprintf(path, sizeof(path), "/local/domain/%u/data/vchan/%u/step", peer, self);
+    if (wait_node(path, want, PEER_BOUND_NS))
+        return true;
+    char name[48];
+    snprintf(name, sizeof(name), "vchan.peer_%s", want);
+    test_fail(name, "%s reads '%s' after %lu s, expected '%s'", path, buf,
+              (unsigned long)(PEER_BOUND_NS / 1000000000ULL), want);
+    return false;
+}
+
+static const char *parse_uint(const char *s, unsigned long *v)
+{
+    while (*s == ' ')
+        s++;
+    if (*s < '0' || *s > '9')
+        return NULL;
+    const char *end;
+    *v = strtoul(s, &end, 10);
+    return end;
+}
+
+/* Extra pages of a ring of 2^order bytes; where an in-page ring sits in the shared page. */
+static unsigned ring_pages(unsigned order)
+{
+    return order >= PAGE_SHIFT ? 1u << (order - PAGE_SHIFT) : 0;
+}
+
+static uint32_t in_page_offset(unsigned order)
+{
+    return order == 10 ? 1024 : order == 11 ? 2048 : 0;
+}
+
+/* ---- the server ------------------------------------------------------------------------------ */
+static bool server_offer(struct side *s)
+{
+    s->peer = peer;
+    long rc = xatp(0, pfn(gt_page));
+    if (!check("vchan.grant_table", rc == 0, "add_to_physmap(grant_table 0): %ld", rc))
+        return false;
+    gt = (volatile grant_entry_v1_t *)gt_page;
+
+    rc = evtchn_alloc_unbound(DOMID_SELF, peer, &s->port);
+    if (rc == 0)
+        evtchn_set_handler(s->port, count_handler, (void *)&s->events);
+    if (!check("vchan.alloc_unbound", rc == 0, "alloc_unbound(self, %u): %ld", peer, rc))
+        return false;
+
+    /* The shared page, as init_gnt_srv leaves it. */
+    memset(ring_page, 0, PAGE_SIZE);
+    volatile struct vchan_interface *r = s->ring = (volatile struct vchan_interface *)ring_page;
+    r->left_order = (uint16_t)left_order;
+    r->right_order = (uint16_t)right_order;
+    r->cli_live = 2;
+    r->srv_live = 1;
+    r->cli_notify = VCHAN_NOTIFY_WRITE;
+    unsigned lp = ring_pages(left_order), rp = ring_pages(right_order);
+    for (unsigned i = 0; i < lp + rp; i++) {
+        memset(data_pages[i], 0, PAGE_SIZE);
+        grant(REF_DATA + i, peer, data_pages[i], GTF_permit_access);
+        r->grants[i] = REF_DATA + i;
+        granted_refs[nr_granted++] = REF_DATA + i;
+    }
+    grant(REF_RING, peer, ring_page, GTF_permit_access);
+    granted_refs[nr_granted++] = REF_RING;
+
+    /* The server reads the left ring and writes the right one, both in its own pages. */
+    struct vring *rx = &s->rx, *tx = &s->tx;
+    rx->shr = &r->left, rx->order = left_order, rx->size = 1u << left_order;
+    rx->buf = lp ? data_pages[0] : ring_page + in_page_offset(left_order);
+    rx->dir = DIR_C2S;
+    tx->shr = &r->right, tx->order = right_order, tx->size = 1u << right_order;
+    tx->buf = rp ? data_pages[lp] : ring_page + in_page_offset(right_order);
+    tx->dir = DIR_S2C;
+
+    /* The isolation probes' entries. */
+    for (unsigned i = 0; i < PAGE_SIZE; i++) {
+        other_page[i] = test_byte(REF_OTHER, i);
+        revoke_page[i] = test_byte(REF_REVOKE, i);
+        ro_page[i] = test_byte(REF_RO, i);
+        never_page[i] = 0xee;
+    }
+    grant(REF_OTHER, peer ? 0 : (domid_t)self, other_page, GTF_permit_access);
+    grant(REF_NEVER, peer, never_page, 0);
+    grant(REF_REVOKE, peer, revoke_page, GTF_permit_access);
+    grant(REF_RO, peer, ro_page, GTF_permit_access | GTF_readonly);
+    granted_refs[nr_granted++] = REF_RO;
+    info("ring_ref", "%u", REF_RING);
+    info("port", "%u", s->port);
+
+    /* ring-ref, event-channel and test-refs in one transaction (init_xs_srv). */
+    char base[32], rel[48], value[48];
+    snprintf(base, sizeof(base), "data/vchan/%u", peer);
+    for (unsigned attempt = 0;; attempt++) {
+        uint32_t tx_id = 0;
+        int t = xs_transaction_start(&tx_id);
+        if (t != XS_TRANSACTION_START) {
+            test_fail("vchan.publish", "transaction_start: type %d %s", t, xs_error());
+            return false;
+        }
+        snprintf(rel, sizeof(rel), "%s/ring-ref", base);
+        snprintf(value, sizeof(value), "%u", REF_RING);
+        bool ok = put_node(tx_id, rel, value);
+        snprintf(rel, sizeof(rel), "%s/event-channel", base);
+        snprintf(value, sizeof(value), "%u", s->port);
+        ok = ok && put_node(tx_id, rel, value);
+        snprintf(rel, sizeof(rel), "%s/test-refs", base);
+        snprintf(value, sizeof(value), "%u %u %u %u", REF_OTHER, REF_NEVER, REF_REVOKE, REF_RO);
+        ok = ok && put_node(tx_id, rel, value);
+        t = xs_transaction_end(tx_id, ok);
+        if (ok && t == XS_TRANSACTION_END) {
+            test_pass("vchan.publish");
+            return true;
+        }
+        if (!ok) {
+            test_fail("vchan.publish", "%s", why);
+            return false;
+        }
+        if (t != XS_ERROR || strcmp(xs_error(), "EAGAIN") || attempt >= 8) {
+            test_fail("vchan.publish", "transaction_end: type %d %s", t, xs_error());
+            return false;
+        }
+    }
+}
+
+/* The client's event follows its cli_live = 1. */
+static bool server_wait_connected(struct side *s)
+{
+    uint64_t deadline = now_ns() + PEER_BOUND_NS;
+    for (;;) {
+        uint64_t seen = s->events;
+        uint8_t live = s->ring->cli_live;
+        if (live == 1) {
+            test_pass("vchan.client_connected");
+            return true;
+        }
+        if (now_ns() >= deadline || !wait_for_count(&s->events, seen + 1, deadline)) {
+            test_fail("vchan.client_connected", "cli_live %u after %lu s (2: never connected)",
+                      s->ring->cli_live, (unsigned long)(PEER_BOUND_NS / 1000000000ULL));
+            return false;
+        }
+    }
+}
+
+/* The client has everything mapped and is idle. */
+static void server_check_mapped(struct side *s, bool client_copies)
+{
+    unsigned lp = ring_pages(left_order), rp = ring_pages(right_order);
+    uint16_t want_left = client_copies ? 0 : GTF_reading | GTF_writing;
+    uint16_t want_right = client_copies ? 0 : GTF_reading;
+    bool ok = busy_bits(REF_RING) == (GTF_reading | GTF_writing);
+    unsigned bad = ok ? 0 : REF_RING;
+    for (unsigned i = 0; ok && i < lp + rp; i++) {
+        ok = busy_bits(REF_DATA + i) == (i < lp ? want_left : want_right);
+        if (!ok)
+            bad = REF_DATA + i;
+    }
+    check("vchan.flags_while_mapped", ok, "ref %u: flags %#x (mode %s: ring r+w, left %#x, "
+          "right %#x expected)", bad, bad ? gt[bad].flags : 0,
+          client_copies ? "copy" : "map", want_left, want_right);
+}
+
+static void server_revoke(struct side *s)
+{
+    check_eq("vchan.ro_flags_reading_only", busy_bits(REF_RO), GTF_reading);
+    unsigned i = 0;
+    while (i < PAGE_SIZE && ro_page[i] == test_byte(REF_RO, i))
+        i++;
+    check("vchan.ro_page_unchanged", i == PAGE_SIZE, "byte %u is %#x, was %#x", i,
+          i < PAGE_SIZE ? ro_page[i] : 0, i < PAGE_SIZE ? test_byte(REF_RO, i) : 0);
+    uint16_t f = gt[REF_REVOKE].flags;
+    check("vchan.revoke", end_access(REF_REVOKE) && gt[REF_REVOKE].flags == 0,
+          "ref %u flags %#x (the client should have unmapped it)", REF_REVOKE, f);
+}
+
+static void server_release(struct side *s)
+{
+    check_eq("vchan.client_closed", s->ring->cli_live, 0);
+    unsigned bad = 0;
+    for (unsigned i = 0; i < nr_granted && !bad; i++)
+        if (busy_bits(granted_refs[i]))
+            bad = granted_refs[i];
+    check("vchan.flags_clear_after_unmap", !bad, "ref %u still has flags %#x", bad,
+          bad ? gt[bad].flags : 0);
+    bad = 0;
+    for (unsigned i = 0; i < nr_granted; i++)
+        if (!end_access(granted_refs[i]) && !bad)
+            bad = granted_refs[i];
+    check("vchan.end_access", !bad, "ref %u could not be ended: flags %#x", bad,
+          bad ? gt[bad].flags : 0);
+}
+
+static void role_server(void)
+{
+    struct side *s = &server_side;
+    struct side *sides[1] = { s };
+    if (!server_offer(s) || !server_wait_connected(s)) {
+        set_step("abort");
+        return;
+    }
+    bool ok = stream(sides, 1);
+    stream_info(s);
+    if (!ok) {
+        set_step("abort");
+        return;
+    }
+    if (!wait_step("streamed"))
+        goto abort;
+    snprintf(path, sizeof(path), "/local/domain/%u/data/vchan/%u/mode", peer, self);
+    bool copies = xs_read(0, path, buf, sizeof(buf)) == XS_READ && !strcmp(buf, "copy");
+    info("mode", "%s", copies ? "copy" : "map");
+    server_check_mapped(s, copies);
+    set_step("streamed");
+    if (!wait_step("probed"))
+        goto abort;
+    server_revoke(s);
+    set_step("revoked");
+    if (!wait_step("unmapped"))
+        goto abort;
+    server_release(s);
+    set_step("released");
+    if (!wait_step("done"))
+        goto abort;
+    s->ring->srv_live = 0;
+    return;
+abort:
+    set_step("abort");
+}
+
+/* ---- the client ------------------------------------------------------------------------------ */
+static bool client_connect(struct side *s)
+{
+    s->peer = peer;
+    /* init_xs / libxenvchan_client_init: ring-ref and event-channel from the server's path. */
+    unsigned long v = 0, port = 0, refs[4] = { 0 };
+    const char *p;
+    snprintf(path, sizeof(path), "/local/domain/%u/data/vchan/%u/ring-ref", peer, self);
+    bool ok = wait_node(path, NULL, PEER_BOUND_NS) && parse_uint(buf, &v) && v;
+    ring_ref = (grant_ref_t)v;
+    snprintf(path, sizeof(path), "/local/domain/%u/data/vchan/%u/event-channel", peer, self);
+    ok = ok && xs_read(0, path, buf, sizeof(buf)) == XS_READ && parse_uint(buf, &port) && port;
+    snprintf(path, sizeof(path), "/local/domain/%u/data/vchan/%u/test-refs", peer, self);
+    ok = ok && xs_read(0, path, buf, sizeof(buf)) == XS_READ && (p = parse_uint(buf, &refs[0])) &&
+         (p = parse_uint(p, &refs[1])) && (p = parse_uint(p, &refs[2])) && parse_uint(p, &refs[3]);
+    if (!check("vchan.offer", ok, "ring-ref %lu event-channel %lu test-refs '%s' under "
+               "/local/domain/%u/data/vchan/%u", v, port, buf, peer, self))
+        return false;
+    for (unsigned i = 0; i < 4; i++)
+        test_refs[i] = (grant_ref_t)refs[i];
+    info("ring_ref", "%u", ring_ref);
+
+    /* init_evt_cli: bind with events off, drop the pending bit Xen sets ("be safe"). */
+    uint64_t f = irq_save();
+    long rc = evtchn_bind_interdomain(peer, (evtchn_port_t)port, &s->port);
+    if (rc == 0) {
+        evtchn_set_handler(s->port, count_handler, (void *)&s->events);
+        evtchn_clear_pending(s->port);
+    }
+    irq_restore(f);
+    if (!check("vchan.bind", rc == 0, "bind_interdomain(%u, %lu): %ld", peer, port, rc))
+        return false;
+    info("port", "%u", s->port);
+
+    /* init_gnt_cli: the shared page first, then what its orders and grants[] say. */
+    int16_t st = map_ref(peer, ring_ref, FRAME_RING, false, &ring_handle);
+    if (!check("vchan.map_ring", st == GNTST_okay, "map ref %u at %#lx: status %d", ring_ref,
+               (unsigned long)frame_addr(FRAME_RING), st))
+        return false;
+    map_4k((uint64_t)(uintptr_t)frame_va(FRAME_RING), frame_addr(FRAME_RING), PTE_P | PTE_W);
+    volatile struct vchan_interface *r = s->ring =
+        (volatile struct vchan_interface *)frame_va(FRAME_RING);
+    unsigned lo = r->left_order, ro = r->right_order;
+    ok = lo >= MIN_ORDER && lo <= MAX_ORDER && ro >= MIN_ORDER && ro <= MAX_ORDER &&
+         !(lo == ro && lo < PAGE_SHIFT) && r->cli_live == 2 && r->srv_live == 1;
+    if (!check("vchan.ring_header", ok, "left_order %u right_order %u cli_live %u srv_live %u",
+               lo, ro, r->cli_live, r->srv_live))
+        return false;
+    info("left_order", "%u", lo);
+    info("right_order", "%u", ro);
+
+    /* The client writes the left ring and reads the right one. */
+    unsigned lp = ring_pages(lo), rp = ring_pages(ro);
+    struct vring *tx = &s->tx, *rx = &s->rx;
+    tx->shr = &r->left, tx->order = lo, tx->size = 1u << lo, tx->dir = DIR_C2S;
+    rx->shr = &r->right, rx->order = ro, rx->size = 1u << ro, rx->dir = DIR_S2C;
+    tx->base = in_page_offset(lo);
+    rx->base = in_page_offset(ro);
+    for (unsigned i = 0; i < lp; i++)
+        tx->gref[i] = r->grants[i];
+    for (unsigned i = 0; i < rp; i++)
+        rx->gref[i] = r->grants[lp + i];
+    if (!lp)
+        tx->gref[0] = ring_ref;
+    if (!rp)
+        rx->gref[0] = ring_ref;
+
+    if (copy_mode) {
+        tx->copy = rx->copy = true;
+        tx->bounce = bounce_tx[0], rx->bounce = bounce_rx[0];
+        tx->buf = tx->bounce + tx->base;
+        rx->buf = rx->bounce + rx->base;
+    } else {
+        static struct gnttab_map_grant_ref ops[2 * MAX_RING_PAGES];
+        for (unsigned i = 0; i < lp + rp; i++) {
+            bool readonly = i >= lp;     /* the read ring, as libxenvchan's PROT_READ */
+            memset(&ops[i], 0, sizeof(ops[i]));
+            ops[i].host_addr = frame_addr(FRAME_DATA + i);
+            ops[i].flags = GNTMAP_host_map | (readonly ? GNTMAP_readonly : 0);
+            ops[i].ref = r->grants[i];
+            ops[i].dom = peer;
+            ops[i].status = 99;
+        }
+        rc = lp + rp ? HYPERVISOR_grant_table_op(GNTTABOP_map_grant_ref, ops, lp + rp) : 0;
+        unsigned bad = lp + rp;
+        for (unsigned i = 0; i < lp + rp; i++) {
+            if (ops[i].status == GNTST_okay) {
+                data_handles[nr_data_mapped++] = ops[i].handle;   /* any failure aborts */
+                map_4k((uint64_t)(uintptr_t)frame_va(FRAME_DATA + i),
+                       frame_addr(FRAME_DATA + i), PTE_P | (i >= lp ? 0 : PTE_W));
+            } else if (bad == lp + rp) {
+                bad = i;
+            }
+        }
+        if (!check("vchan.map_data", rc == 0 && bad == lp + rp, "rc %ld; %u of %u pages; ref "
+                   "%u status %d", rc, nr_data_mapped, lp + rp, bad < lp + rp ? ops[bad].ref : 0,
+                   bad < lp + rp ? ops[bad].status : 0))
+            return false;
+        tx->buf = lp ? frame_va(FRAME_DATA) : frame_va(FRAME_RING) + tx->base;
+        rx->buf = rp ? frame_va(FRAME_DATA + lp) : frame_va(FRAME_RING) + rx->base;
+    }
+
+    r->cli_live = 1;
+    r->srv_notify = VCHAN_NOTIFY_WRITE;
+    mb();
+    evtchn_send(s->port);                    /* wake the server */
+    return true;
+}
+
+/* Store v at p with a kernel-fault catcher armed: whether it faulted. */
+static __attribute__((noinline, noclone)) bool store_faulted(volatile uint64_t *p, uint64_t v)
+{
+    extern char vchan_store_done[];
+    arm_kernel_fault(vchan_store_done);
+    asm volatile("movq %0, (%1)\n\t.globl vchan_store_done\nvchan_store_done:"
+                 :: "r"(v), "r"(p) : "memory");
+    disarm_kernel_fault();
+    return user_fault.faulted;
+}
+
+static bool page_is(const volatile uint8_t *p, unsigned ref, unsigned *bad)
+{
+    for (unsigned i = 0; i < PAGE_SIZE; i++)
+        if (p[i] != test_byte(ref, i)) {
+            *bad = i;
+            return false;
+        }
+    return true;
+}
+
+static void client_probe(struct side *s)
+{
+    grant_ref_t other = test_refs[0], never = test_refs[1], revoke = test_refs[2],
+                ro = test_refs[3];
+    unsigned bad = 0;
+    expect_map_refused("vchan.map_other_domain", other, false, GNTST_general_error);
+    expect_map_refused("vchan.map_never_granted", never, false, GNTST_general_error);
+    expect_map_refused("vchan.map_ref_out_of_range", REF_BEYOND, false, GNTST_bad_gntref);
+    expect_map_refused("vchan.map_ro_needs_readonly", ro, false, GNTST_general_error);
+
+    /* The read-only grant, mapped read-only; a store through a writable PTE. */
+    int16_t st = map_ref(peer, ro, FRAME_RO, true, &ro_handle);
+    ro_mapped = st == GNTST_okay;
+    if (check("vchan.map_ro", ro_mapped, "map ref %u readonly: status %d", ro, st)) {
+        volatile uint8_t *va = frame_va(FRAME_RO);
+        map_4k((uint64_t)(uintptr_t)va, frame_addr(FRAME_RO), PTE_P | PTE_W);
+        check("vchan.map_ro_reads", page_is(va, ro, &bad), "byte %u is %#x, expected %#x", bad,
+              va[bad], test_byte(ro, bad));
+        volatile uint64_t *q = (volatile uint64_t *)va + 2;
+        uint64_t before = *q;
+        bool faulted = store_faulted(q, ~before);
+        check("vchan.map_ro_write_no_fault", !faulted, "vector %lu rip %#lx",
+              (unsigned long)user_fault.vector, (unsigned long)user_fault.rip);
+        check("vchan.map_ro_write_dropped", *q == before, "the frame reads %#lx after the "
+              "store, %#lx before", (unsigned long)*q, (unsigned long)before);
+    }
+
+    /* The grant the server will revoke: usable now. */
+    grant_handle_t h = 0;
+    st = map_ref(peer, revoke, FRAME_REVOKE, false, &h);
+    revoke_mapped = st == GNTST_okay;
+    if (check("vchan.map_revoke_before", revoke_mapped, "map ref %u: status %d", revoke, st)) {
+        volatile uint8_t *va = frame_va(FRAME_REVOKE);
+        map_4k((uint64_t)(uintptr_t)va, frame_addr(FRAME_REVOKE), PTE_P | PTE_W);
+        check("vchan.map_revoke_reads", page_is(va, revoke, &bad), "byte %u is %#x, expected "
+              "%#x", bad, va[bad], test_byte(revoke, bad));
+        check_eq("vchan.unmap_revoke", unmap_frame(FRAME_REVOKE, h), GNTST_okay);
+    }
+
+    if (copy_mode) {
+        check_eq("vchan.copy_other_domain", copy_probe(peer, other, false), GNTST_general_error);
+        check_eq("vchan.copy_never_granted", copy_probe(peer, never, false), GNTST_general_error);
+        check_eq("vchan.copy_ref_out_of_range", copy_probe(peer, REF_BEYOND, false),
+                 GNTST_bad_gntref);
+        check_eq("vchan.copy_ro_dest", copy_probe(peer, ro, true), GNTST_general_error);
+        memset(probe_page, 0, 64);
+        st = copy_probe(peer, ro, false);
+        unsigned i = 0;
+        while (st == GNTST_okay && i < 64 && probe_page[i] == test_byte(ro, i))
+            i++;
+        check("vchan.copy_ro_source", st == GNTST_okay && i == 64, "status %d, byte %u", st, i);
+    }
+}
+
+/* Every 512th qword and the last one of frame H+idx read all-ones. */
+static bool reads_ones(unsigned idx, unsigned *where)
+{
+    volatile uint64_t *q = (volatile uint64_t *)frame_va(idx);
+    for (unsigned i = 0; i <= 512; i += 64) {
+        unsigned at = i < 512 ? i : 511;
+        if (q[at] != ~0ULL) {
+            *where = at * 8;
+            return false;
+        }
+    }
+    return true;
+}
+
+static void client_unmap(struct side *s)
+{
+    grant_ref_t revoke = test_refs[2];
+    expect_map_refused("vchan.map_after_revoke", revoke, false, GNTST_general_error);
+    if (copy_mode)
+        check_eq("vchan.copy_after_revoke", copy_probe(peer, revoke, false), GNTST_general_error);
+
+    /* libxenvchan_close: cli_live = 0, unmap, notify. */
+    s->ring->cli_live = 0;
+    mb();
+    evtchn_send(s->port);
+    if (ro_mapped)
+        check_eq("vchan.unmap_ro", unmap_frame(FRAME_RO, ro_handle), GNTST_okay);
+    if (nr_data_mapped) {
+        static struct gnttab_unmap_grant_ref ops[2 * MAX_RING_PAGES];
+        for (unsigned i = 0; i < nr_data_mapped; i++) {
+            memset(&ops[i], 0, sizeof(ops[i]));
+            ops[i].host_addr = frame_addr(FRAME_DATA + i);
+            ops[i].handle = data_handles[i];
+            ops[i].status = 99;
+        }
+        long rc = HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, ops, nr_data_mapped);
+        unsigned bad = nr_data_mapped;
+        for (unsigned i = 0; i < nr_data_mapped && bad == nr_data_mapped; i++)
+            if (ops[i].status != GNTST_okay)
+                bad = i;
+        check("vchan.unmap_data", rc == 0 && bad == nr_data_mapped, "rc %ld; page %u status %d",
+              rc, bad, bad < nr_data_mapped ? ops[bad].status : 0);
+    }
+    check_eq("vchan.unmap_ring", unmap_frame(FRAME_RING, ring_handle), GNTST_okay);
+    check_eq("vchan.unmap_twice", unmap_frame(FRAME_RING, ring_handle), GNTST_bad_handle);
+    s->ring = NULL;
+
+    /* Nothing in the p2m at those frames now: all-ones. */
+    unsigned where = 0, idx = FRAME_RING;
+    bool ok = reads_ones(FRAME_RING, &where);
+    for (unsigned i = 0; ok && i < nr_data_mapped; i++)
+        ok = reads_ones(idx = FRAME_DATA + i, &where);
+    if (ok && ro_mapped)
+        ok = reads_ones(idx = FRAME_RO, &where);
+    if (ok && revoke_mapped)
+        ok = reads_ones(idx = FRAME_REVOKE, &where);
+    check("vchan.unmapped_reads_ones", ok, "frame %#lx offset %u reads %#lx",
+          (unsigned long)(frame_base + idx), where,
+          ok ? 0UL : (unsigned long)((volatile uint64_t *)frame_va(idx))[where / 8]);
+}
+
+static void client_final(void)
+{
+    expect_map_refused("vchan.map_after_end_access", ring_ref, false, GNTST_general_error);
+}
+
+/* After step "done" the server powers off; its destruction closes its end of the channel
+ * (evtchn_destroy), so ours becomes unbound for it. Waiting for that keeps our store node
+ * (removed with our domain) readable until the server has read it. */
+static void client_wait_server_gone(struct side *s)
+{
+    struct evtchn_status st = { 0 };
+    uint64_t deadline = now_ns() + PEER_BOUND_NS, pause = MS;
+    long rc;
+    for (;;) {
+        rc = evtchn_status(DOMID_SELF, s->port, &st);
+        if (rc == 0 && st.status == EVTCHNSTAT_unbound)
+            break;
+        if (now_ns() >= deadline)
+            break;
+        block_until(now_ns() + pause);
+        if (pause < 64 * MS)
+            pause *= 2;
+    }
+    check("vchan.server_gone", rc == 0 && st.status == EVTCHNSTAT_unbound &&
+          st.u.unbound.dom == peer, "port %u: rc %ld status %u (remote %u) after %lu s; "
+          "expected unbound for %u", s->port, rc, st.status, st.u.unbound.dom,
+          (unsigned long)(PEER_BOUND_NS / 1000000000ULL), peer);
+}
+
+static void role_client(void)
+{
+    struct side *s = &client_side;
+    struct side *sides[1] = { s };
+    char rel[48];
+    snprintf(rel, sizeof(rel), "data/vchan/%u/mode", peer);
+    if (!put_node(0, rel, copy_mode ? "copy" : "map"))
+        test_fail("vchan.mode_node", "%s", why);
+    if (!client_connect(s)) {
+        set_step("abort");
+        return;
+    }
+    bool ok = stream(sides, 1);
+    stream_info(s);
+    if (!ok) {
+        set_step("abort");
+        return;
+    }
+    set_step("streamed");
+    if (!wait_step("streamed"))
+        goto abort;
+    client_probe(s);
+    set_step("probed");
+    if (!wait_step("revoked"))
+        goto abort;
+    client_unmap(s);
+    set_step("unmapped");
+    if (!wait_step("released"))
+        goto abort;
+    client_final();
+    set_step("done");
+    client_wait_server_gone(s);
+    return;
+abort:
+    set_step("abort");
+}
+
+/* Both halves in this domain, the steps in the pair's order without waiting. */
+static void role_loop(void)
+{
+    struct side *sv = &server_side, *cl = &client_side;
+    struct side *sides[2] = { sv, cl };
+    if (!server_offer(sv) || !client_connect(cl) || !server_wait_connected(sv))
+        return;
+    bool ok = stream(sides, 2);
+    stream_info(sv);
+    stream_info(cl);
+    if (!ok)
+        return;
+    server_check_mapped(sv, copy_mode);
+    client_probe(cl);
+    server_revoke(sv);
+    client_unmap(cl);
+    server_release(sv);
+    client_final();
+    sv->ring->srv_live = 0;
+}
+
+int guest_main(void)
+{
+    const char *s = cmdline_get("role");   /* a static copy the next cmdline_get reuses */
+    bool server = s && !strcmp(s, "server"), client = s && !strcmp(s, "client");
+    loop_mode = s && !strcmp(s, "loop");
+    if (!check("vchan.role", server || client || loop_mode,
+               "role=server, role=client or role=loop expected, not '%s'", s ? s : "(none)"))
+        return 0;
+    info("role", "%s", server ? "server" : client ? "client" : "loop");
+
+    unsigned long mib = 4;
+    if ((s = cmdline_get("mib")))
+        mib = strtoul(s, NULL, 10);
+    if (!check("vchan.mib", mib >= 1 && mib <= 1024, "mib=%lu: 1..1024", mib))
+        return 0;
+    total_bytes = mib * MIB;
+    info("mib", "%lu", mib);
+    s = cmdline_get("notify");
+    notify_always = s && !strcmp(s, "always");
+    if (!check("vchan.notify", !s || notify_always || !strcmp(s, "bits"),
+               "notify=bits or notify=always expected, not '%s'", s ? s : ""))
+        return 0;
+    info("notify", "%s", notify_always ? "always" : "bits");
+    if (!server) {
+        s = cmdline_get("mode");
+        copy_mode = s && !strcmp(s, "copy");
+        if (!check("vchan.mode", !s || copy_mode || !strcmp(s, "map"),
+                   "mode=map or mode=copy expected, not '%s'", s ? s : ""))
+            return 0;
+        info("mode", "%s", copy_mode ? "copy" : "map");
+    }
+    if (!client) {
+        if ((s = cmdline_get("left_order")))
+            left_order = (unsigned)strtoul(s, NULL, 10);
+        if ((s = cmdline_get("right_order")))
+            right_order = (unsigned)strtoul(s, NULL, 10);
+        if (!check("vchan.orders", left_order >= MIN_ORDER && left_order <= MAX_ORDER &&
+                   right_order >= MIN_ORDER && right_order <= MAX_ORDER &&
+                   !(left_order == right_order && left_order < PAGE_SHIFT),
+                   "left_order %u right_order %u: 10..16, not both 10 or both 11", left_order,
+                   right_order))
+            return 0;
+        info("left_order", "%u", left_order);
+        info("right_order", "%u", right_order);
+    }
+
+    long rc = evtchn_init(UPCALL_CALLBACK_VECTOR);
+    if (!check_eq("vchan.evtchn_init", rc, 0))
+        return 0;
+    if (!check_eq("vchan.xenstore", xs_open(), 0))
+        return 0;
+    self = boot.domid;
+    if (!boot.domid_present && xs_read(0, "domid", buf, sizeof(buf)) == XS_READ)
+        self = (unsigned)strtoul(buf, NULL, 10);
+    info("domid", "%u", self);
+    frame_base = (boot.ram_top >> PAGE_SHIFT) + 256;
+
+    if (loop_mode) {
+        peer = (domid_t)self;
+    } else {
+        unsigned long v = 0;
+        bool ok = wait_node("data/peer", NULL, PEER_BOUND_NS) && parse_uint(buf, &v);
+        if (!check("vchan.peer", ok && v < DOMID_FIRST_RESERVED && v != self,
+                   "data/peer: '%s' (our domid %u)", ok ? buf : "(none)", self))
+            return 0;
+        peer = (domid_t)v;
+    }
+    info("peer", "%u", peer);
+    if (!server)
+        info("frame_base", "%#lx", (unsigned long)frame_base);
+    if (server)
+        role_server();
+    else if (client)
+        role_client();
+    else
+        role_loop();
+    return 0;
+}
