@@ -1,0 +1,43 @@
+"""A libxenvchan-style ring between two guests in two domain processes under a real
+`pyxen daemon` (guests/vchan.c): the server grants the ring pages and leaves an event
+channel unbound for the client, the client maps the grants (or moves the data with
+GNTTABOP_copy) and binds the channel, both stream data both ways and check every byte, then
+the client tries what Xen refuses (grants to another domain, never granted, revoked,
+read-only written) and the server checks its grant entries after each step. Each guest
+reports what it saw; the server's end (destruction) is the client's last check."""
+
+from __future__ import annotations
+
+import pytest
+
+from guestkit import Report
+from host.hostkit import Daemon, console_log, wait_for
+from pyxen.xenstore.client import Client
+
+MIB = 1
+
+
+def finished(daemon: Daemon, name: str) -> Report | None:
+    report = Report.parse(console_log(daemon, name))
+    return report if report.result is not None else None
+
+
+@pytest.mark.parametrize("mode", ["map", "copy"])
+def test_a_granted_ring_carries_every_byte_and_grants_stay_private(daemon: Daemon,
+                                                                    mode: str) -> None:
+    server = daemon.create("server", "vchan", f"role=server mib={MIB} console=hvc0")
+    client = daemon.create("client", "vchan", f"role=client mib={MIB} mode={mode} console=hvc0")
+    assert server > 0 and client > 0
+    with Client(str(daemon.xenstore), timeout=60) as xs:
+        xs.write(f"/local/domain/{server}/data/peer", str(client))
+        xs.write(f"/local/domain/{client}/data/peer", str(server))
+    report_s = wait_for("the server to finish", lambda: finished(daemon, "server"), timeout=900)
+    report_c = wait_for("the client to finish", lambda: finished(daemon, "client"), timeout=900)
+    report_s.assert_all_passed()
+    report_c.assert_all_passed()
+    assert {"vchan.stream_c2s", "vchan.flags_clear_after_unmap", "vchan.end_access"} <= \
+        set(report_s.passed)
+    assert {"vchan.stream_s2c", "vchan.map_ro_write_dropped", "vchan.map_after_revoke",
+            "vchan.unmapped_reads_ones", "vchan.server_gone"} <= set(report_c.passed)
+    assert int(report_c.value("stream_bytes")) == MIB << 20
+    assert report_c.value("mode") == mode
