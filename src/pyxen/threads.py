@@ -10,9 +10,12 @@ domain's process several times a second, for nothing)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -114,3 +117,67 @@ class StopSignals:
 
 
 stop_signals = StopSignals()  # signal handlers are per process: one instance
+
+
+class Wake:
+    """A threading.Event (set/clear/is_set/wait) for a vCPU that sleeps, whose wait can also
+    watch file descriptors (`sources`: fd → what to do when it is readable, run on the
+    waiting thread). A blocked vCPU then takes an event from another domain's process
+    itself (its doorbell eventfd), instead of another thread of its process being woken
+    first to kick it. Without sources it is a plain Event wait.
+
+    While a thread waits on sources, `set` also writes an eventfd the wait watches. The
+    Event is the truth; each step is one bytecode-atomic store or test under the GIL, so
+    either the waiter sees the Event set or the setter sees the waiter."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._fd = -1  # made the first time a wait watches sources
+        self._polling = False
+
+    def set(self) -> None:
+        self._event.set()
+        if self._polling:
+            with contextlib.suppress(OSError):  # closed: nobody waits any more
+                os.eventfd_write(self._fd, 1)
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None,
+             sources: dict[int, Callable[[], None]] | None = None) -> bool:
+        """Until set or `timeout` seconds; whether it was set."""
+        if not sources:
+            return self._event.wait(timeout)
+        if self._fd < 0:
+            self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        for fd in (self._fd, *sources):
+            poller.register(fd, select.POLLIN)
+        self._polling = True
+        try:
+            while not self._event.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                # poll counts milliseconds: round up, never wake early
+                for fd, what in poller.poll(None if left is None else int(left * 1000) + 1):
+                    if what & select.POLLNVAL:  # closed under us: the domain is going
+                        return self._event.is_set()
+                    if fd == self._fd:
+                        with contextlib.suppress(OSError):
+                            os.eventfd_read(fd)
+                    elif fd in sources:
+                        sources[fd]()
+        finally:
+            self._polling = False
+        return self._event.is_set()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

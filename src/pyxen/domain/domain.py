@@ -119,6 +119,9 @@ class Domain:
         self.peers: dict[int, Domain] = {self.domid: self}  # the host's domains, by id
         # host mode: a domain in another process, by id (None: no such domain)
         self.remote_peers: Callable[[int], RemotePeer | None] | None = None
+        # fds a sleeping vCPU also waits on, and what to do when one is readable (another
+        # domain's process rang this domain's doorbell: see pyxen.threads.Wake)
+        self.wake_sources: dict[int, Callable[[], None]] = {}
         self.e820: list[tuple[int, int, int]] = []  # (addr, size, type): XENMEM_memory_map
         self.grant_table = GrantTable(self, config.max_grant_frames)
         self.extra_pages = 0  # increase_reservation pages (allocated, not mapped: HVM)
@@ -309,3 +312,5 @@ class Domain:
         self.flush_console()
         self.machine.close()
         self.memory.close()
+        for vcpu in self.vcpus:
+            vcpu.wake.close()

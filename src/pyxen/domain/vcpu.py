@@ -19,6 +19,7 @@ from pyxen.hv.pagewalk import PagingState
 from pyxen.hv.time import TscCalibration, write_time_info
 from pyxen.hv.timer import Timer
 from pyxen.hv.vcpu import publish_runstate
+from pyxen.threads import Wake
 from pyxen.x86.cpuid import HYPERCALL_MSR
 
 from .backend import Exit, VcpuBackend, no_device_read
@@ -66,7 +67,7 @@ class Vcpu:
         self.periodic_period = 0
         self._periodic_next = 0
         self.thread: threading.Thread | None = None
-        self.wake = threading.Event()
+        self.wake = Wake()
         self.in_multicall = False  # a multicall may not nest
         self.time_area: int | None = None  # VCPUOP_register_vcpu_time_memory_area (va)
 
@@ -206,7 +207,7 @@ class Vcpu:
             timeout = None
             if deadline is not None:
                 timeout = max(0, deadline - self.domain.clock.now()) / 1e9
-            self.wake.wait(timeout)
+            self.wake.wait(timeout, self.domain.wake_sources)
         finally:
             self.wake.clear()
             # Woken while taken down (VCPUOP_down): offline, not running.

@@ -367,6 +367,8 @@ class PeerLinks:
         link = PeerLink(domid, fds)
         self.sel.register(link.serve_sock, selectors.EVENT_READ, (self, link, "serve"))
         self.sel.register(link.bell_in, selectors.EVENT_READ, (self, link, "bell"))
+        # a blocked vCPU takes the peer's events itself (Wake), one thread hop fewer
+        self.domain.wake_sources[link.bell_in] = lambda: self.readable(link, "bell")
         with self.lock:
             self.links[domid] = link
         return link
@@ -382,6 +384,7 @@ class PeerLinks:
         """The peer's process ended: its domain was destroyed."""
         self.sel.unregister(link.serve_sock)
         self.sel.unregister(link.bell_in)
+        self.domain.wake_sources.pop(link.bell_in, None)
         with self.lock:
             if self.links.get(link.domid) is link:
                 del self.links[link.domid]
