@@ -97,51 +97,12 @@ static const char *parse_uint(const char *s, unsigned long *v)
     return end;
 }
 
-/* Read `node` into buf once it exists, is readable and not empty: a watch wakes us on
- * changes, and we read again at least every 500 ms anyway (an event we may not see, e.g.
- * the write before the permissions that let us read). false after `bound`. */
-static bool wait_node(const char *node, uint64_t bound)
-{
-    uint64_t deadline = now_ns() + bound;
-    bool watched = xs_watch(node, "interdomain") == XS_WATCH;
-    bool ok = false;
-    for (;;) {
-        if (xs_read(0, node, buf, sizeof(buf)) == XS_READ && buf[0]) {
-            ok = true;
-            break;
-        }
-        uint64_t now = now_ns();
-        if (now >= deadline || !xs_ready())
-            break;
-        uint64_t slice = now + 500 * MS < deadline ? now + 500 * MS : deadline;
-        if (!watched || !xs_read_watch(NULL, 0, NULL, 0, slice))
-            block_until(slice);
-    }
-    if (!ok)
-        buf[0] = 0;
-    if (watched)
-        xs_unwatch(node, "interdomain");
-    while (xs_read_watch(NULL, 0, NULL, 0, 0))
-        ;                                    /* drop what the watch left queued */
-    return ok;
-}
-
-/* Write our `node` = value, owned by us, readable by the peer only. */
+/* Our `node` = value, owned by us, readable by the peer only. */
 static bool publish(const char *node, const char *value)
 {
-    static char req[128];
-    int t = xs_write(0, node, value);
-    if (t != XS_WRITE) {
-        test_fail("interdomain.publish", "write %s: type %d %s", node, t, xs_error());
-        return false;
-    }
-    size_t n = strlen(node) + 1;
-    memcpy(req, node, n);
-    n += (size_t)snprintf(req + n, sizeof(req) - n, "n%u", self) + 1;
-    n += (size_t)snprintf(req + n, sizeof(req) - n, "r%u", peer) + 1;
-    t = xs_request(XS_SET_PERMS, 0, req, (uint32_t)n, buf, sizeof(buf));
-    return check("interdomain.publish", t == XS_SET_PERMS, "set_perms %s n%u r%u: type %d %s",
-                 node, self, peer, t, t == XS_ERROR ? xs_error() : buf);
+    char why[160];
+    return check("interdomain.publish",
+                 xs_write_shared(0, node, value, self, peer, why, sizeof(why)), "%s", why);
 }
 
 /* Poll EVTCHNOP_status of our `port` (after 1, 2, 4, .. 16 ms) until it is in `state`;
@@ -232,7 +193,8 @@ static void role_a(unsigned rounds)
     /* 5. Channel 2: A binds B's port. */
     snprintf(path, sizeof(path), "/local/domain/%u/data/evtchn2", peer);
     unsigned long pb2 = 0;
-    if (!wait_node(path, PEER_BOUND_NS) || !parse_uint(buf, &pb2)) {
+    if (!xs_wait(path, NULL, NULL, buf, sizeof(buf), PEER_BOUND_NS) ||
+        !parse_uint(buf, &pb2)) {
         test_fail("interdomain.bind_peer_port", "no port in %s ('%s')", path, buf);
         return;
     }
@@ -268,8 +230,8 @@ static void role_b(unsigned rounds)
 
     /* 1. A's ports. */
     snprintf(path, sizeof(path), "/local/domain/%u/data/evtchn", peer);
-    bool ok = wait_node(path, PEER_BOUND_NS) && (s = parse_uint(buf, &pa1)) &&
-              parse_uint(s, &decoy);
+    bool ok = xs_wait(path, NULL, NULL, buf, sizeof(buf), PEER_BOUND_NS) &&
+              (s = parse_uint(buf, &pa1)) && parse_uint(s, &decoy);
     if (!check("interdomain.peer_ports", ok, "no '<pa1> <pdecoy>' in %s ('%s')", path, buf))
         return;
     info("pa1", "%lu", pa1);
@@ -385,18 +347,15 @@ int guest_main(void)
         return 0;
     if (!check_eq("interdomain.xenstore", xs_open(), 0))
         return 0;
-    self = boot.domid;
-    if (!boot.domid_present && xs_read(0, "domid", buf, sizeof(buf)) == XS_READ)
-        self = (unsigned)strtoul(buf, NULL, 10);
+    self = xs_domid();
     info("domid", "%u", self);
 
     evtchn_port_t p;
     check_eq("interdomain.bind_no_domain", evtchn_bind_interdomain(NO_DOMAIN, 1, &p), ESRCH_);
 
-    unsigned long v = 0;
-    bool ok = wait_node("data/peer", PEER_BOUND_NS) && parse_uint(buf, &v);
-    if (!check("interdomain.peer", ok && v < DOMID_FIRST_RESERVED && v != self,
-               "data/peer: '%s' (our domid %u)", ok ? buf : "(none)", self))
+    int v = xs_wait_peer(self, buf, sizeof(buf), PEER_BOUND_NS);
+    if (!check("interdomain.peer", v >= 0, "data/peer: '%s' (our domid %u)",
+               buf[0] ? buf : "(none)", self))
         return 0;
     peer = (domid_t)v;
     info("peer", "%u", peer);

@@ -172,7 +172,6 @@
 #define MS              1000000ULL
 #define MIB             (1024ULL * 1024)
 #define PEER_BOUND_NS   (3 * WAIT_BOUND_NS)   /* for everything that waits on the peer */
-#define NODE_POLL_NS    (500 * MS)            /* re-read a node at least this often */
 #define RECHECK_NS      (1000 * MS)           /* look at idle rings again after this long */
 
 #define MIN_ORDER       10
@@ -662,59 +661,7 @@ static bool stream(struct side **sides, unsigned n)
  * by the peer; false with the reason in `why`. */
 static bool put_node(uint32_t tx, const char *rel, const char *value)
 {
-    static char req[160];
-    int t = xs_write(tx, rel, value);
-    if (t != XS_WRITE) {
-        snprintf(why, sizeof(why), "write %s: type %d %s", rel, t, xs_error());
-        return false;
-    }
-    size_t n = strlen(rel) + 1;
-    memcpy(req, rel, n);
-    n += (size_t)snprintf(req + n, sizeof(req) - n, "n%u", self) + 1;
-    n += (size_t)snprintf(req + n, sizeof(req) - n, "r%u", peer) + 1;
-    t = xs_request(XS_SET_PERMS, tx, req, (uint32_t)n, buf, sizeof(buf));
-    if (t != XS_SET_PERMS) {
-        snprintf(why, sizeof(why), "set_perms %s n%u r%u: type %d %s", rel, self, peer, t,
-                 t == XS_ERROR ? xs_error() : buf);
-        return false;
-    }
-    return true;
-}
-
-/* Read `node` into buf once it exists, is readable, is not empty and (if `want`) reads
- * `want` or "abort": a watch wakes us on changes and we read again every NODE_POLL_NS
- * anyway. True only for the value wanted (any, without `want`). */
-static bool wait_node(const char *node, const char *want, uint64_t bound)
-{
-    static char last[64];                    /* the last other value read */
-    uint64_t deadline = now_ns() + bound;
-    bool watched = xs_watch(node, "vchan") == XS_WATCH;
-    bool ok = false;
-    last[0] = 0;
-    for (;;) {
-        if (xs_read(0, node, buf, sizeof(buf)) == XS_READ && buf[0]) {
-            if (!want || !strcmp(buf, want)) {
-                ok = true;
-                break;
-            }
-            snprintf(last, sizeof(last), "%s", buf);
-            if (!strcmp(buf, "abort"))
-                break;
-        }
-        uint64_t now = now_ns();
-        if (now >= deadline || !xs_ready())
-            break;
-        uint64_t slice = now + NODE_POLL_NS < deadline ? now + NODE_POLL_NS : deadline;
-        if (!watched || !xs_read_watch(NULL, 0, NULL, 0, slice))
-            block_until(slice);
-    }
-    if (!ok)
-        snprintf(buf, sizeof(buf), "%s", last);
-    if (watched)
-        xs_unwatch(node, "vchan");
-    while (xs_read_watch(NULL, 0, NULL, 0, 0))
-        ;                                    /* drop what the watch left queued */
-    return ok;
+    return xs_write_shared(tx, rel, value, self, peer, why, sizeof(why));
 }
 
 static void set_step(const char *value)
@@ -729,7 +676,7 @@ static void set_step(const char *value)
 static bool wait_step(const char *want)
 {
     snprintf(path, sizeof(path), "/local/domain/%u/data/vchan/%u/step", peer, self);
-    if (wait_node(path, want, PEER_BOUND_NS))
+    if (xs_wait(path, want, "abort", buf, sizeof(buf), PEER_BOUND_NS))
         return true;
     char name[48];
     snprintf(name, sizeof(name), "vchan.peer_%s", want);
@@ -964,7 +911,8 @@ static bool client_connect(struct side *s)
     unsigned long v = 0, port = 0, refs[4] = { 0 };
     const char *p;
     snprintf(path, sizeof(path), "/local/domain/%u/data/vchan/%u/ring-ref", peer, self);
-    bool ok = wait_node(path, NULL, PEER_BOUND_NS) && parse_uint(buf, &v) && v;
+    bool ok = xs_wait(path, NULL, NULL, buf, sizeof(buf), PEER_BOUND_NS) &&
+              parse_uint(buf, &v) && v;
     ring_ref = (grant_ref_t)v;
     snprintf(path, sizeof(path), "/local/domain/%u/data/vchan/%u/event-channel", peer, self);
     ok = ok && xs_read(0, path, buf, sizeof(buf)) == XS_READ && parse_uint(buf, &port) && port;
@@ -1339,19 +1287,16 @@ int guest_main(void)
         return 0;
     if (!check_eq("vchan.xenstore", xs_open(), 0))
         return 0;
-    self = boot.domid;
-    if (!boot.domid_present && xs_read(0, "domid", buf, sizeof(buf)) == XS_READ)
-        self = (unsigned)strtoul(buf, NULL, 10);
+    self = xs_domid();
     info("domid", "%u", self);
     frame_base = (boot.ram_top >> PAGE_SHIFT) + 256;
 
     if (loop_mode) {
         peer = (domid_t)self;
     } else {
-        unsigned long v = 0;
-        bool ok = wait_node("data/peer", NULL, PEER_BOUND_NS) && parse_uint(buf, &v);
-        if (!check("vchan.peer", ok && v < DOMID_FIRST_RESERVED && v != self,
-                   "data/peer: '%s' (our domid %u)", ok ? buf : "(none)", self))
+        int v = xs_wait_peer(self, buf, sizeof(buf), PEER_BOUND_NS);
+        if (!check("vchan.peer", v >= 0, "data/peer: '%s' (our domid %u)",
+                   buf[0] ? buf : "(none)", self))
             return 0;
         peer = (domid_t)v;
     }

@@ -213,6 +213,26 @@ const char *xs_error(void);          /* errno name of the last XS_ERROR reply */
 bool xs_read_watch(char *path, size_t psize, char *token, size_t tsize, uint64_t deadline);
 bool xs_pending(void);               /* an event queued, or bytes waiting in the ring */
 unsigned xs_events_dropped(void);    /* events lost because nobody read the queue */
+/* For guests that talk to another domain through the store (interdomain, vchan).
+ * Our domid: the CPUID leaf's when Xen gives it, else our node "domid" (0 if neither). */
+unsigned xs_domid(void);
+/* Wait until `path` exists, is readable, is not empty and, with `want`, reads `want`
+ * (NULL: any value); with `stop` (NULL: none), another value that ends the wait at once.
+ * A watch wakes us on changes, and the node is read again at least every 500 ms anyway
+ * (an event may never come, e.g. for a write made before the permissions that let us read
+ * it). true with the value in `out`; false after `bound` ns, on `stop`, or when the store
+ * is gone, with the last other value read (or "") in `out`. */
+bool xs_wait(const char *path, const char *want, const char *stop, char *out, size_t size,
+             uint64_t bound);
+/* Write `path` = value in transaction `tx` (0: none), then XS_SET_PERMS it to
+ * "n<owner>" "r<reader>": owned by `owner`, readable by `reader` only. false with the
+ * failed request and its answer in `why` ("write ..." or "set_perms ..."). */
+bool xs_write_shared(uint32_t tx, const char *path, const char *value, unsigned owner,
+                     unsigned reader, char *why, size_t wsize);
+/* The other domain of a pair, as the host tells it in our node "data/peer" (decimal),
+ * waited for with xs_wait for `bound` ns: its domid, or -1 when none came, or it is not a
+ * domid below DOMID_FIRST_RESERVED other than `self`. What was read (or "") in `out`. */
+int xs_wait_peer(unsigned self, char *out, size_t size, uint64_t bound);
 
 /* ---- string helpers (runtime/lib.c) ---- */
 void *memset(void *d, int c, size_t n);

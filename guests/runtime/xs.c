@@ -294,3 +294,92 @@ bool xs_read_watch(char *path, size_t psize, char *token, size_t tsize, uint64_t
     }
     return true;
 }
+
+/* ---- helpers the paired guests (interdomain, vchan) share ---- */
+
+#define WAIT_POLL_NS 500000000ULL     /* xs_wait reads the node again at least this often */
+
+unsigned xs_domid(void)
+{
+    char v[16];
+    if (!boot.domid_present && xs_read(0, "domid", v, sizeof(v)) == XS_READ)
+        return (unsigned)strtoul(v, NULL, 10);
+    return boot.domid;
+}
+
+bool xs_wait(const char *path, const char *want, const char *stop, char *out, size_t size,
+             uint64_t bound)
+{
+    static char last[128];            /* the last other value read */
+    uint64_t deadline = hv_now_ns() + bound;
+    bool watched = xs_watch(path, "xs_wait") == XS_WATCH;
+    bool ok = false;
+    last[0] = 0;
+    for (;;) {
+        if (xs_read(0, path, out, size) == XS_READ && out[0]) {
+            if (!want || !strcmp(out, want)) {
+                ok = true;
+                break;
+            }
+            snprintf(last, sizeof(last), "%s", out);
+            if (stop && !strcmp(out, stop))
+                break;
+        }
+        uint64_t now = hv_now_ns();
+        if (now >= deadline || !xs_ready())
+            break;
+        uint64_t slice = now + WAIT_POLL_NS < deadline ? now + WAIT_POLL_NS : deadline;
+        if (!watched || !xs_read_watch(NULL, 0, NULL, 0, slice))
+            poll_port(port, slice);   /* no watch, or no event: sleep out the slice */
+    }
+    if (!ok && size)
+        snprintf(out, size, "%s", last);
+    if (watched)
+        xs_unwatch(path, "xs_wait");
+    while (xs_read_watch(NULL, 0, NULL, 0, 0))
+        ;                             /* drop what the watch left queued */
+    return ok;
+}
+
+bool xs_write_shared(uint32_t tx, const char *path, const char *value, unsigned owner,
+                     unsigned reader, char *why, size_t wsize)
+{
+    int t = xs_write(tx, path, value);
+    if (t != XS_WRITE) {
+        if (wsize)
+            snprintf(why, wsize, "write %s: type %d %s", path, t, xs_error());
+        return false;
+    }
+    /* XS_SET_PERMS "path\0n<owner>\0r<reader>\0": the first entry is the owner (and what
+     * every other domain may do: nothing), then one reader (tools/xenstore). */
+    size_t n = strlen(path) + 1;
+    t = -1;
+    small_reply[0] = 0;
+    if (n + 24 <= sizeof(req_buf)) {
+        memcpy(req_buf, path, n);
+        n += (size_t)snprintf(req_buf + n, sizeof(req_buf) - n, "n%u", owner) + 1;
+        n += (size_t)snprintf(req_buf + n, sizeof(req_buf) - n, "r%u", reader) + 1;
+        t = xs_request(XS_SET_PERMS, tx, req_buf, (uint32_t)n, small_reply,
+                       sizeof(small_reply));
+    }
+    if (t != XS_SET_PERMS) {
+        if (wsize)
+            snprintf(why, wsize, "set_perms %s n%u r%u: type %d %s", path, owner, reader, t,
+                     t == XS_ERROR ? xs_error() : small_reply);
+        return false;
+    }
+    return true;
+}
+
+int xs_wait_peer(unsigned self, char *out, size_t size, uint64_t bound)
+{
+    if (!xs_wait("data/peer", NULL, NULL, out, size, bound))
+        return -1;
+    const char *s = out;
+    while (*s == ' ')
+        s++;
+    if (*s < '0' || *s > '9')
+        return -1;
+    unsigned long v = strtoul(s, NULL, 10);
+    return v < DOMID_FIRST_RESERVED && v != self ? (int)v : -1;
+}
