@@ -22,7 +22,7 @@ from pyxen.hv.vcpu import publish_runstate
 from pyxen.threads import Wake
 from pyxen.x86.cpuid import HYPERCALL_MSR
 
-from .backend import Exit, VcpuBackend, no_device_read
+from .backend import Exit, Regs, SpecialRegs, VcpuBackend, no_device_read
 from .memory import PAGE_SHIFT, PAGE_SIZE, GuestMemoryError
 
 if TYPE_CHECKING:
@@ -47,6 +47,8 @@ class Vcpu:
         if hasattr(backend, "inline_hypercall"):  # an optional backend capability
             backend.inline_hypercall = self.hypercall_inline
         self.online = index == 0
+        # VCPUOP_initialise's (special registers, registers), until this vCPU's thread loads them
+        self.initial_state: tuple[SpecialRegs, Regs] | None = None
         self.initialised = index == 0  # vCPU 0 boots at the PVH entry; others need
         #                                VCPUOP_initialise
         self.compat = False  # whether the current hypercall came from 32-bit code
@@ -151,6 +153,8 @@ class Vcpu:
                 if not self.online:
                     self._park()
                     continue
+                if self.initial_state is not None:
+                    self._load_initial_state()
                 if self.upcall_vector or domain.callback_vector:
                     self.deliver_upcall()
                 exit_ = backend.run()
@@ -212,6 +216,14 @@ class Vcpu:
             self.wake.clear()
             # Woken while taken down (VCPUOP_down): offline, not running.
             self.set_runstate(RUNSTATE_running if self.online else RUNSTATE_offline)
+
+    def _load_initial_state(self) -> None:
+        """VCPUOP_initialise's registers, on this vCPU's own thread, before it first runs."""
+        state, self.initial_state = self.initial_state, None
+        if state is not None:
+            sregs, regs = state
+            self.backend.set_sregs(sregs)
+            self.backend.set_initial_regs(regs)
 
     def _park(self) -> None:
         """An offline vCPU waits to be brought up (VCPUOP_up) or for the domain to stop."""

@@ -115,9 +115,9 @@ def do_vcpu_op(caller: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
         with domain.domain_lock:
             if v.initialised:
                 raise XenError(EEXIST)
-            sregs, regs = hvm_context_state(v, ctx)
-            v.backend.set_sregs(sregs)
-            v.backend.set_initial_regs(regs)
+            # Validated now; loaded by the vCPU's own thread before it first runs (as QEMU
+            # loads a vCPU's state with run_on_cpu): KVM wants a vCPU's ioctls from its thread.
+            v.initial_state = hvm_context_state(v, ctx)
             v.initialised = True
         return 0
     if cmd == V.VCPUOP_up:
