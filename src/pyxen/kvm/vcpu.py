@@ -210,6 +210,9 @@ class KvmVcpu:
             return f"KVM internal error (suberror {ie.suberror}) {data}".rstrip()
         if reason == K.KVM_EXIT_FAIL_ENTRY:
             return f"KVM entry failure (reason {run.exit.fail_entry.hardware_entry_failure_reason:#x})"
+        if reason == K.KVM_EXIT_UNKNOWN:  # its hw.hardware_exit_reason shares fail_entry's place
+            return (f"unknown KVM exit (hardware exit reason "
+                    f"{run.exit.fail_entry.hardware_entry_failure_reason:#x})")
         return f"unexpected KVM exit reason {reason}"
 
     def complete_msr(self, ok: bool, value: int = 0) -> None:
