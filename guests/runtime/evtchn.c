@@ -80,29 +80,15 @@ static inline unsigned ctz64(uint64_t v)
 }
 
 /* ---------------------------------------------------------------- */
-/* The pvclock makes no promise that two readings never go backwards: a vCPU's TSC may step
- * back a little when its host thread moves to another host CPU, and an update of the time
- * info re-anchors the line (Xen sets no PVCLOCK_TSC_STABLE_BIT by default). As Linux's
- * pvclock_clocksource_read does with its last_value, never return less than the largest
- * value any vCPU has returned: `now - earlier` must not wrap around. */
-static volatile uint64_t last_now;
-
 uint64_t now_ns(void)
 {
     if (!shared_info)
         return 0;
     unsigned cpu = smp_id();
     volatile struct vcpu_info *vi = evtchn_cpu[cpu].vi;
-    uint64_t t = vi && vi->time.version != 0
-        ? xen_system_time_ns((const struct vcpu_time_info *)&vi->time)
-        : xen_system_time_ns(&shared_info->vcpu_info[0].time);
-    uint64_t last = __atomic_load_n(&last_now, __ATOMIC_RELAXED);
-    do {
-        if (t <= last)
-            return last;
-    } while (!__atomic_compare_exchange_n(&last_now, &last, t, false, __ATOMIC_SEQ_CST,
-                                          __ATOMIC_RELAXED));
-    return t;
+    if (vi && vi->time.version != 0)
+        return xen_system_time_ns((const struct vcpu_time_info *)&vi->time);
+    return xen_system_time_ns(&shared_info->vcpu_info[0].time);
 }
 
 void evtchn_set_handler(evtchn_port_t port, evtchn_handler_t fn, void *arg)

@@ -96,7 +96,7 @@ static inline void safe_halt_cli(void) { asm volatile("sti; hlt; cli" ::: "memor
 static inline void cpu_relax(void) { asm volatile("pause" ::: "memory"); }
 
 /* ---- time ---- */
-uint64_t now_ns(void);            /* pvclock of the current vCPU (vcpu 0's if unset), never going back */
+uint64_t now_ns(void);            /* pvclock of the current vCPU (vcpu 0's if unset) */
 
 /* ---- handlers ---- */
 void evtchn_set_handler(evtchn_port_t port, evtchn_handler_t fn, void *arg);
