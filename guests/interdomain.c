@@ -85,18 +85,6 @@ static void echo_handler(evtchn_port_t port, void *arg)
     evtchn_send(port);
 }
 
-/* "  123 ..." -> 123 and the rest; NULL if no number is there. */
-static const char *parse_uint(const char *s, unsigned long *v)
-{
-    while (*s == ' ')
-        s++;
-    if (*s < '0' || *s > '9')
-        return NULL;
-    const char *end;
-    *v = strtoul(s, &end, 10);
-    return end;
-}
-
 /* Our `node` = value, owned by us, readable by the peer only. */
 static bool publish(const char *node, const char *value)
 {

@@ -685,17 +685,6 @@ static bool wait_step(const char *want)
     return false;
 }
 
-static const char *parse_uint(const char *s, unsigned long *v)
-{
-    while (*s == ' ')
-        s++;
-    if (*s < '0' || *s > '9')
-        return NULL;
-    const char *end;
-    *v = strtoul(s, &end, 10);
-    return end;
-}
-
 /* Extra pages of a ring of 2^order bytes; where an in-page ring sits in the shared page. */
 static unsigned ring_pages(unsigned order)
 {

@@ -128,3 +128,15 @@ void format_utc(uint64_t t, char *buf, size_t size)
     snprintf(buf, size, "%04ld-%02lu-%02lu %02lu:%02lu:%02lu", (long)y, m, d,
              rem / 3600, (rem / 60) % 60, rem % 60);
 }
+
+/* "  123 ..." -> 123 and the rest; NULL if no number is there. */
+const char *parse_uint(const char *s, unsigned long *v)
+{
+    while (*s == ' ')
+        s++;
+    if (*s < '0' || *s > '9')
+        return NULL;
+    const char *end;
+    *v = strtoul(s, &end, 10);
+    return end;
+}

@@ -245,6 +245,8 @@ int strcmp(const char *a, const char *b);
 int strncmp(const char *a, const char *b, size_t n);
 char *strchr(const char *s, int c);
 unsigned long strtoul(const char *s, const char **end, int base);
+/* Skip spaces, read a decimal number into *v: the rest of s, or NULL if no number is there. */
+const char *parse_uint(const char *s, unsigned long *v);
 
 /* cmdline: "key=value" words. cmdline_get returns a static copy of the
  * value (or NULL when the key is absent); a bare "key" gives "". */
