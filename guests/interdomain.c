@@ -130,8 +130,10 @@ static long bind_quiet(domid_t rdom, evtchn_port_t rport, evtchn_port_t *port,
 /* Sleep until *count reaches target, allowing `gap` between two events. */
 static bool wait_progress(volatile uint64_t *count, uint64_t target, uint64_t gap)
 {
-    while (*count < target)
-        if (!wait_for_count(count, *count + 1, now_ns() + gap))
+    /* One read per round: a ping that lands between a second read and the wait would make
+     * it wait for one ping too many. */
+    for (uint64_t seen; (seen = *count) < target;)
+        if (!wait_for_count(count, seen + 1, now_ns() + gap))
             return false;
     return true;
 }
