@@ -148,13 +148,13 @@ class Vcpu:
         backend = self.backend
         self.calibrate()
         self.update_time()
+        self._load_initial_state()
         try:
             while not domain.stopping:
                 if not self.online:
-                    self._park()
-                    continue
-                if self.initial_state is not None:
+                    self._park()  # VCPUOP_initialise happens while a vCPU is offline
                     self._load_initial_state()
+                    continue
                 if self.upcall_vector or domain.callback_vector:
                     self.deliver_upcall()
                 exit_ = backend.run()
@@ -218,7 +218,8 @@ class Vcpu:
             self.set_runstate(RUNSTATE_running if self.online else RUNSTATE_offline)
 
     def _load_initial_state(self) -> None:
-        """VCPUOP_initialise's registers, on this vCPU's own thread, before it first runs."""
+        """VCPUOP_initialise's registers, if it gave any, on this vCPU's own thread before
+        it runs (off the exit loop's hot path: only when the thread starts or comes online)."""
         state, self.initial_state = self.initial_state, None
         if state is not None:
             sregs, regs = state

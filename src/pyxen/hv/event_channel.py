@@ -88,6 +88,11 @@ class Channel:
         """evtchn_usable: only bound ports have events."""
         return self.state > ECS_RESERVED
 
+    def unbind_from(self, peer: RemotePeer) -> None:
+        """The other end (in `peer`'s process) closed or went: unbound for that domain, as
+        Xen leaves the surviving end."""
+        self.state, self.remote_domid, self.remote_link = ECS_UNBOUND, peer.domid, None
+
 
 class EventChannels:
     """One domain's event-channel ports (Xen's d->evtchn and d->event_lock)."""
@@ -260,7 +265,7 @@ class EventChannels:
             chn = self.ports[port] if self.valid(port) else None
             if (chn is not None and chn.remote_link is peer and chn.remote_port == peer_port
                     and chn.state in (ECS_INTERDOMAIN, ECS_RESERVED)):
-                chn.state, chn.remote_domid, chn.remote_link = ECS_UNBOUND, peer.domid, None
+                chn.unbind_from(peer)
 
     def rung_by_peer(self, peer: RemotePeer, ports: list[int]) -> None:
         """`peer` sent on the other ends of `ports`: raise those still bound to it."""
@@ -276,7 +281,7 @@ class EventChannels:
         with self.lock:
             for chn in self.ports:
                 if chn.remote_link is peer and chn.state in (ECS_INTERDOMAIN, ECS_RESERVED):
-                    chn.state, chn.remote_domid, chn.remote_link = ECS_UNBOUND, peer.domid, None
+                    chn.unbind_from(peer)
 
     def reset(self) -> None:
         """evtchn_reset: close every port, and go back to the 2-level ABI."""
