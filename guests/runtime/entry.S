@@ -217,7 +217,8 @@ trap_common:
 
 /* ------------------------------------------------------------------ */
 /* long run_user(void (*fn)(void), void *user_stack_top, unsigned iopl)
- * Enter ring 3 at fn with the given stack and IOPL (IF stays clear).
+ * Enter ring 3 at fn with the given stack and IOPL (iopl & 3); IF stays
+ * clear unless iopl has USER_IRQS (0x200).
  * Returns when ring 3 does `int $0x80` (value = user's %rax) or faults
  * (the trap handler calls resume_kernel_from_user).                    */
         .globl run_user_raw
@@ -234,6 +235,9 @@ run_user_raw:
         pushfq
         popq    %rax
         andq    $~0x3200, %rax          /* clear IF and IOPL */
+        movl    %edx, %ecx
+        andl    $0x200, %ecx            /* USER_IRQS: IF on in ring 3 */
+        orq     %rcx, %rax
         andl    $3, %edx
         shll    $12, %edx
         orq     %rdx, %rax

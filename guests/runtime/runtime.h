@@ -315,6 +315,10 @@ static inline void user_return(long v)
         ;
 }
 #define USER_FAULTED 0x7fa17ed0ff5e7000L
+/* iopl | USER_IRQS: ring 3 runs with interrupts on (IF=1), e.g. to take event upcalls
+ * while it works (vCPU 0 only: the upcall runs on the trap stack, which smp_id() counts as
+ * vCPU 0's). */
+#define USER_IRQS 0x200
 long run_user(void (*fn)(void), void *user_stack_top, unsigned iopl);
 struct user_fault_info { bool faulted; uint64_t vector, error, rip, cr2; };
 extern struct user_fault_info user_fault;
