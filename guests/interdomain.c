@@ -15,7 +15,10 @@
  *        permissions to "n<A>" "r<P>" (B may read it) [.publish].
  *    2.  poll status(pa1) until interdomain with dom P [.peer_bound].
  *    3.  echo: pa1's handler counts and sends back on pa1 at once; wait until `rounds`
- *        events came (at most WAIT_BOUND_NS between two) [.echo_rounds].
+ *        events came (at most WAIT_BOUND_NS between two) [.echo_rounds]. The handler masks
+ *        pa1 before it echoes the last one, so B's next pings only set it pending.
+ *    3b. echo by polling: `rounds` times, SCHEDOP_poll on pa1 until it is pending (at most
+ *        WAIT_BOUND_NS each), clear it, send on pa1 [.poll_echo_rounds]. pa1 stays masked.
  *    4.  poll status(pa1) until unbound, remote == P: B closed its end
  *        [.peer_close_unbinds]; send(pa1) == 0 (dropped) [.send_unbound_dropped].
  *    5.  wait for /local/domain/<P>/data/evtchn2 = "<pb2>"; pa2 = bind_interdomain(P, pb2)
@@ -30,8 +33,12 @@
  *        [.bind_sets_local_pending]; status(pb1) interdomain dom P port pa1
  *        [.status_interdomain].
  *    4.  `rounds` times: t0 = now_ns(); send(pb1); wait until pb1's handler count goes up
- *        by one; sample now_ns() - t0 [.pingpong: every round answered]. Then the null
- *        hypercall (xen_version(XENVER_version, NULL)), timed one by one, 200 times.
+ *        by one; sample now_ns() - t0 [.pingpong: every round answered].
+ *    4b. mask pb1; `rounds` times: t0; send(pb1); SCHEDOP_poll on pb1 until it is pending;
+ *        sample now_ns() - t0; clear it [.pingpong_poll]; unmask pb1 (its number comes
+ *        back as pb2, and a 2-level port keeps its mask bit across close). No upcall and no handler in the
+ *        path: the signal between the two domain processes and the two hypercalls. Then the
+ *        null hypercall (xen_version(XENVER_version, NULL)), timed one by one, 200 times.
  *    5.  close(pb1) == 0 [.close]; status(pb1) closed [.closed_status].
  *    6.  pb2 = alloc_unbound(SELF, P) [.alloc_unbound]; data/evtchn2 = "<pb2>", readable
  *        by A [.publish]; poll status(pb2) until interdomain with dom P [.peer_bound2];
@@ -58,7 +65,8 @@
  * cmdline: role=a|b (required), rounds=N (ping-pong rounds, default 200; give both the same)
  * INFO keys: role, rounds, domid, peer; A: pa1, pdecoy, pb1 (from status), pa2, echoed;
  *   B: pa1, pdecoy, pb1, pb2, pingpong_rounds, pingpong_rtt_median_ns, pingpong_rtt_p99_ns,
- *   pingpong_rtt_min_ns, null_hypercall_ns (the host benchmark compares the last two kinds).
+ *   pingpong_rtt_min_ns, the same four with poll_ for step 4b (poll_rounds,
+ *   poll_rtt_median_ns, ...), null_hypercall_ns (the host benchmark compares them).
  */
 #include "guest.h"
 #include "evtchn.h"
@@ -73,6 +81,7 @@
 static unsigned self;                        /* our domid */
 static domid_t peer;                         /* the other domain's */
 static volatile uint64_t hits1, hits2;       /* events on channel 1 / channel 2 */
+static unsigned rounds = 200;                /* ping-pong rounds, each way of measuring */
 static uint64_t rtt[MAX_SAMPLES], null_ns[NULL_CALLS];
 static char buf[128], path[96];
 
@@ -81,8 +90,36 @@ static void count_handler(evtchn_port_t port, void *arg) { (*(volatile uint64_t 
 /* A's channel-1 handler: the echo server. */
 static void echo_handler(evtchn_port_t port, void *arg)
 {
-    hits1++;
+    if (++hits1 == rounds)
+        evtchn_mask(port);     /* step 3b polls for the pings that follow */
     evtchn_send(port);
+}
+
+/* Whether `port` (masked: no upcall) became pending before system time `deadline`, waiting
+ * in SCHEDOP_poll. */
+static bool poll_pending(evtchn_port_t port, uint64_t deadline)
+{
+    while (!evtchn_is_pending(port)) {
+        if (now_ns() >= deadline)
+            return false;
+        sched_poll(&port, 1, deadline);
+    }
+    return true;
+}
+
+/* Sort the first `n` samples and report them as <prefix>rtt_{median,p99,min}_ns. */
+static void report_rtt(const char *prefix, unsigned n)
+{
+    char key[40];
+    if (!n)
+        return;
+    sort_u64(rtt, n);
+    snprintf(key, sizeof(key), "%srtt_median_ns", prefix);
+    info(key, "%lu", (unsigned long)percentile_u64(rtt, n, 50));
+    snprintf(key, sizeof(key), "%srtt_p99_ns", prefix);
+    info(key, "%lu", (unsigned long)percentile_u64(rtt, n, 99));
+    snprintf(key, sizeof(key), "%srtt_min_ns", prefix);
+    info(key, "%lu", (unsigned long)rtt[0]);
 }
 
 /* Our `node` = value, owned by us, readable by the peer only. */
@@ -138,7 +175,7 @@ static bool wait_progress(volatile uint64_t *count, uint64_t target, uint64_t ga
     return true;
 }
 
-static void role_a(unsigned rounds)
+static void role_a(void)
 {
     evtchn_port_t pa1 = 0, decoy = 0, pa2 = 0, p;
     struct evtchn_status st = { 0 };
@@ -171,6 +208,16 @@ static void role_a(unsigned rounds)
     /* 3. Echo B's pings (the handler does it). */
     ok = wait_progress(&hits1, rounds, WAIT_BOUND_NS);
     check("interdomain.echo_rounds", ok, "%lu of %u pings came", (unsigned long)hits1, rounds);
+
+    /* 3b. Echo by polling the masked port. */
+    unsigned polled = 0;
+    while (ok && polled < rounds && poll_pending(pa1, now_ns() + WAIT_BOUND_NS)) {
+        evtchn_clear_pending(pa1);
+        evtchn_send(pa1);
+        polled++;
+    }
+    check("interdomain.poll_echo_rounds", polled == rounds, "%u of %u pings came", polled,
+          rounds);
 
     /* 4. B closes its end: ours is unbound for B again; a send on it is dropped. */
     ok = wait_status(pa1, EVTCHNSTAT_unbound, &st, PEER_BOUND_NS);
@@ -210,7 +257,7 @@ static void role_a(unsigned rounds)
     /* Return: RESULT and poweroff; our destruction closes pa2, which B checks. */
 }
 
-static void role_b(unsigned rounds)
+static void role_b(void)
 {
     evtchn_port_t pb1 = 0, pb2 = 0, p;
     struct evtchn_status st = { 0 };
@@ -270,13 +317,27 @@ static void role_b(unsigned rounds)
     irq_enable();
     check("interdomain.pingpong", done == rounds, "%u of %u rounds answered", done, rounds);
     info("pingpong_rounds", "%u", done);
-    unsigned n = done < MAX_SAMPLES ? done : MAX_SAMPLES;
-    if (n) {
-        sort_u64(rtt, n);
-        info("pingpong_rtt_median_ns", "%lu", (unsigned long)percentile_u64(rtt, n, 50));
-        info("pingpong_rtt_p99_ns", "%lu", (unsigned long)percentile_u64(rtt, n, 99));
-        info("pingpong_rtt_min_ns", "%lu", (unsigned long)rtt[0]);
+    report_rtt("pingpong_", done < MAX_SAMPLES ? done : MAX_SAMPLES);
+
+    /* 4b. The same by SCHEDOP_poll on the masked port. */
+    unsigned polled = 0;
+    evtchn_mask(pb1);
+    for (; done == rounds && polled < rounds; polled++) {
+        uint64_t t0 = now_ns();
+        evtchn_send(pb1);
+        if (!poll_pending(pb1, t0 + WAIT_BOUND_NS))
+            break;
+        if (polled < MAX_SAMPLES)
+            rtt[polled] = now_ns() - t0;
+        evtchn_clear_pending(pb1);
     }
+    /* Unmasked again: the 2-level ABI keeps a port's mask bit when it is closed, and the
+     * port number comes back for pb2. */
+    evtchn_unmask_local(pb1);
+    check("interdomain.pingpong_poll", polled == rounds, "%u of %u rounds answered", polled,
+          rounds);
+    info("poll_rounds", "%u", polled);
+    report_rtt("poll_", polled < MAX_SAMPLES ? polled : MAX_SAMPLES);
     irq_disable();
     for (unsigned i = 0; i < NULL_CALLS; i++) {
         uint64_t t0 = now_ns();
@@ -328,7 +389,6 @@ int guest_main(void)
                s ? s : "(none)"))
         return 0;
     info("role", "%s", a ? "a" : "b");
-    unsigned rounds = 200;
     if ((s = cmdline_get("rounds")))
         rounds = (unsigned)strtoul(s, NULL, 10);
     info("rounds", "%u", rounds);
@@ -350,8 +410,8 @@ int guest_main(void)
     peer = (domid_t)v;
     info("peer", "%u", peer);
     if (a)
-        role_a(rounds);
+        role_a();
     else
-        role_b(rounds);
+        role_b();
     return 0;
 }
