@@ -22,7 +22,17 @@
  *   mib=N       bytes each way = N MiB (1..1024, default 4); give both the same;
  *   mode=map|copy  (client, loop; default map) how the client moves the ring data;
  *   left_order=N, right_order=N  (server, loop; default 10 and 14) ring sizes 2^N bytes,
- *                  10..16, not both below 12 and equal (libxenvchan's rule);
+ *                  10..20 (20: libxenvchan's MAX_RING_SHIFT), not both below 12 and equal
+ *                  (libxenvchan's rule), and grants[] must end before an in-page ring (see
+ *                  the shared page below); else FAIL vchan.orders (the client: FAIL
+ *                  vchan.ring_header for such orders in the shared page);
+ *   check=full|none  (default full; give both the same) full: every byte is the pattern
+ *                  below, written and checked. none (for benchmarks: the ring against
+ *                  memcpy): as libxenvchan_write/read, the sender copies from a local 1 MiB
+ *                  buffer, filled with the pattern of offsets 0..1 MiB once before the clock
+ *                  starts, so stream offset o carries pattern byte (o mod 1 MiB); the receiver
+ *                  copies into a local 1 MiB buffer at o mod 1 MiB, and checks only that
+ *                  buffer (the last MiB) once at the end;
  *   notify=bits|always  (default bits; give both the same) bits: libxenvchan's rule, an event
  *                  only when the other side asked for it through the notify bits. always: the
  *                  bits are still requested and cleared as libxenvchan does, but an event goes
@@ -40,27 +50,46 @@
  *  - order 10: the ring is bytes [1024, 2048) of the shared page; 11: [2048, 4096);
  *    12+: 2^(order-12) extra granted pages, their refs in grants[] (left's first, then right's).
  *    Default: left 1 KiB in the shared page, right 16 KiB in 4 pages (grants[0..3]).
+ *    grants[] starts at byte 24 (after the header): 4 bytes a page must end by 1024 with an
+ *    order-10 ring, by 2048 with an order-11 ring (so order 10 goes with at most 250 pages
+ *    on the other side, e.g. not with order 20); two order-20 rings take 2048 bytes.
  *  - ring_shared {cons, prod}: free-running 32-bit byte counters; position = index & (size-1);
  *    prod - cons > size is impossible (FAIL). The writer fills, then moves prod; the reader
  *    checks, then moves cons.
  *  - notify bits (VCHAN_NOTIFY_WRITE 1, _READ 2): cli_notify holds what the server asked
- *    the client to signal, srv_notify what the client asked the server. A reader that finds
- *    the ring empty sets WRITE in the other side's byte and looks again; a writer that finds
- *    it full sets READ and looks again; after moving prod (cons) a side takes WRITE (READ) out
- *    of its own byte with an atomic and and sends an event only if it was set. Initially
- *    cli_notify = WRITE (server), srv_notify = WRITE (client), as libxenvchan.
+ *    the client to signal, srv_notify what the client asked the server. A reader about to
+ *    wait for data sets WRITE in the other side's byte and looks again; a writer about to
+ *    wait for room sets READ and looks again (io.c's request_notify, then the re-read of
+ *    fast_get_data_ready / fast_get_buffer_space); after moving prod (cons) a side takes
+ *    WRITE (READ) out of its own byte with an atomic and and sends an event only if it was
+ *    set (send_notify). Initially cli_notify = WRITE (server), srv_notify = WRITE (client),
+ *    as libxenvchan.
  *  - cli_live: 2 until the client connects, 1 connected, 0 closed; srv_live 1, 0 at the end.
- *  Both directions run at once: each side's loop fills what the peer has freed and checks
- *  what arrived, and when neither moves waits for an event on its port -- at most
- *  RECHECK_NS (1 s), then it looks at the rings again anyway (INFO slow_waits counts the
- *  waits that ran that long: 0 on a healthy host; more means events lost or very late,
- *  which libxenvchan's untimed wait would turn into a hang); after PEER_BOUND_NS without
- *  progress it FAILs.
+ *  Both directions run at once, the data work in ring 3 (guest kernel code is slow on some
+ *  hosts, e.g. emulated under kvm_pvm; user code is not). Ring 3 (run_user, interrupts on so
+ *  that upcalls are counted as they come) passes over the side's two rings again and again:
+ *  each pass fills at most a chunk of what the peer has freed (chunk: half the ring, at most
+ *  CHUNK_MAX = 64 KiB; mode=copy: the whole free space, at most COPY_BATCH = 128 pages) and
+ *  moves prod, then checks at most a chunk of what arrived and moves cons; each index move
+ *  runs send_notify. It returns to ring 0 only at the end of a pass that left an event to
+ *  send (ring 0 sends it, then ring 3 goes on), copies to run (mode=copy), when all is done
+ *  or something failed, or when nothing moved in either direction for SPIN_NS (200 us):
+ *  then it sets the notify bits for what it waits for (data and/or room), passes once more,
+ *  and if still nothing moved, ring 0 waits for an event on its port -- at most RECHECK_NS
+ *  (1 s), then ring 3 looks at the rings again anyway (INFO slow_waits counts the waits that
+ *  ran that long: 0 on a healthy host; more means events lost or very late, which
+ *  libxenvchan's untimed wait would turn into a hang); after PEER_BOUND_NS without progress
+ *  it FAILs. So while data flows both ways the bits stay clear and no event is due: the
+ *  stream stays in ring 3. role=loop runs both sides in one ring-3 loop, and a pass in which
+ *  nothing moved is a stall at once (nothing else can move).
  *  In mode=copy the client maps only the shared page (indices, notify bits, live flags) and
- *  moves ALL ring data with GNTTABOP_copy, batches of up to 16 segments of at most one page:
- *  s2c with GNTCOPY_source_gref (the server's ring page refs -> its own pages), c2s with
- *  GNTCOPY_dest_gref (its own pages -> the server's refs; for an in-page left ring that is
- *  the shared page's ref at offset 1024 + position).
+ *  moves ALL ring data with GNTTABOP_copy between its own bounce pages and the server's: ring
+ *  3 fills the bounce and builds the ops (one segment per piece of a page), ring 0 issues
+ *  them, up to COPY_BATCH segments per hypercall, ring 3 checks every status and then moves
+ *  prod (c2s), or checks the bytes and moves cons (s2c). s2c with GNTCOPY_source_gref (the
+ *  server's ring page refs -> its own pages), c2s with GNTCOPY_dest_gref (its own pages ->
+ *  the server's refs; for an in-page left ring that is the shared page's ref at offset
+ *  1024 + position).
  *
  * Data: byte at stream offset o of direction d is byte (o & 7) (little-endian) of
  *   x = (o >> 3) ^ SEED_d; x ^= x << 13; x ^= x >> 7; x ^= x << 17   (64-bit xorshift)
@@ -77,15 +106,18 @@
  *  /local/domain/C/data/vchan/S/step           the client's step
  * In loop mode S = C = self and the two step nodes are the same (not waited on).
  *
- * Server's grant table (v1, frame 0 put in its physmap with XENMAPSPACE_grant_table):
- *  ref 8 the shared page; refs 9.. the ring pages (left's, then right's), all
+ * Server's grant table (v1, frames 0 and 1 put in its physmap with XENMAPSPACE_grant_table:
+ * 512 entries a frame):
+ *  ref 8 the shared page; refs 64.. the ring pages (left's, then right's; at most 575), all
  *  GTF_permit_access for C; ref 48 a page granted to ANOTHER domain (dom0; if C is 0, S);
  *  ref 49 never granted (flags 0, although domid = C and frame = a real page); ref 50 granted
  *  to C and revoked at step "revoked"; ref 51 granted to C with GTF_readonly. Byte i of the
  *  page of ref r (48, 50, 51) is (i*13 + r*3 + (i >> 8)) & 0xff.
  * Client's frames: H = (ram_top >> 12) + 256 (above RAM, nothing in the p2m there):
  *  H the shared page, H+1.. the ring pages (left's rw, right's GNTMAP_readonly, as
- *  libxenvchan maps its read ring PROT_READ), H+40 ref 51, H+41 ref 50, H+42 probes.
+ *  libxenvchan maps its read ring PROT_READ), H+520 ref 51, H+521 ref 50, H+522 probes.
+ *  Their aliases (VBASE + index pages) of the shared page and the ring pages are user
+ *  pages (PTE_U): ring 3 streams through them.
  *
  * Steps (each side writes its step node, the other waits for that value, PEER_BOUND_NS):
  *  server: nodes published [vchan.grant_table, .alloc_unbound, .publish]; waits for
@@ -94,7 +126,9 @@
  *          [.map_ring], checks cli_live 2 / srv_live 1 / orders [.ring_header], maps the
  *          ring pages (map mode) [.map_data], sets cli_live = 1, srv_notify = WRITE, sends.
  *  both    stream mib MiB each way. Receiver: [.stream_c2s] (server) / [.stream_s2c] (client):
- *          every byte as the pattern says, else FAIL naming the first bad offset. Sender:
+ *          every byte as the pattern says (check=none: the last MiB), else FAIL naming the
+ *          first bad offset; impossible indices, a GNTTABOP_copy status, a fault in ring 3
+ *          FAIL it too. Sender:
  *          [.sent_s2c] (server) / [.sent_c2s] (client): all bytes in and the peer's cons
  *          reached the end.
  *  client  step "streamed".
@@ -131,21 +165,21 @@
  *          remote S: the server's destruction closed its end [.server_gone]. Then RESULT and
  *          poweroff. (So the client's step node, which goes with its domain, is still there
  *          when the server reads "done"; the host must destroy the powered-off server.)
- * Always (both roles): [.role], [.mib], [.notify], [.mode] (client/loop), [.orders]
+ * Always (both roles): [.role], [.mib], [.notify], [.check], [.mode] (client/loop), [.orders]
  *  (server/loop), [.evtchn_init], [.xenstore], [.peer]. Only on failure: [.mode_node] (the
  *  client could not write its mode node), [.step] (a step node could not be written),
  *  [.peer_<step>] (the peer's step node did not read <step> within PEER_BOUND_NS, or read
  *  "abort"). After a failed stream or wait a side writes step "abort" and ends.
  *
- * INFO keys: role, mib, notify, domid, peer, mode (client: its own; server: read from the
+ * INFO keys: role, mib, notify, check, domid, peer, mode (client: its own; server: read from the
  *  client's node), left_order, right_order; server: ring_ref, port (its unbound port);
  *  client: ring_ref (as read), port (its bound end), frame_base (H). After the stream, each
  *  receiver: stream_dir (c2s on the server, s2c on the client), stream_bytes, stream_ns
  *  (from the start of its stream loop to the last byte checked), then events (events on its
  *  port), notifies (events it sent), waits (idle rounds that waited for an event),
- *  slow_waits (those that lasted RECHECK_NS, see above), and in mode=copy copy_calls
- *  (GNTTABOP_copy hypercalls). role=loop prints both sets, the
- *  server's (c2s) first.
+ *  slow_waits (those that lasted RECHECK_NS, see above), ring3_entries (times the stream
+ *  entered ring 3: 1 + the returns described above), and in mode=copy copy_calls
+ *  (GNTTABOP_copy hypercalls). role=loop prints both sets, the server's (c2s) first.
  *
  * Xen 4.17 semantics relied on:
  *  - xen/common/grant_table.c map_grant_ref: no host/device flag GNTST_bad_gntref; no such
@@ -170,14 +204,19 @@
 #include <xen/io/libxenvchan.h>
 
 #define MS              1000000ULL
+#define US              1000ULL
 #define MIB             (1024ULL * 1024)
 #define PEER_BOUND_NS   (3 * WAIT_BOUND_NS)   /* for everything that waits on the peer */
 #define RECHECK_NS      (1000 * MS)           /* look at idle rings again after this long */
+#define SPIN_NS         (200 * US)            /* ring 3 looks at idle rings this long */
+#define SPIN_PASSES     128                   /* idle passes between two looks at the clock */
 
 #define MIN_ORDER       10
-#define MAX_ORDER       16
-#define MAX_RING_PAGES  (1 << (MAX_ORDER - PAGE_SHIFT))   /* 16 per ring */
-#define COPY_BATCH      16
+#define MAX_ORDER       20                    /* libxenvchan's MAX_RING_SHIFT (init.c) */
+#define MAX_RING_PAGES  (1 << (MAX_ORDER - PAGE_SHIFT))   /* 256 per ring */
+#define COPY_BATCH      128                   /* segments per GNTTABOP_copy hypercall */
+#define CHUNK_MAX       (64 * 1024)           /* bytes a pass moves through a mapped ring */
+#define LOCAL_SIZE      (1024 * 1024)         /* check=none: each local buffer */
 
 #define DIR_C2S         0
 #define DIR_S2C         1
@@ -186,38 +225,59 @@
 
 /* The server's grant refs (documented above). */
 #define REF_RING        8
-#define REF_DATA        9
 #define REF_OTHER       48
 #define REF_NEVER       49
 #define REF_REVOKE      50
 #define REF_RO          51
+#define REF_DATA        64
 #define REF_BEYOND      0xfffffU
+#define GT_FRAMES       2                      /* v1: 512 entries a frame */
 
 /* The client's frames, relative to H, and their aliases (VA = VBASE + index pages). */
 #define FRAME_RING      0
 #define FRAME_DATA      1
-#define FRAME_RO        40
-#define FRAME_REVOKE    41
-#define FRAME_PROBE     42
+#define FRAME_RO        520
+#define FRAME_REVOKE    521
+#define FRAME_PROBE     522
 #define VBASE           (ALIAS_BASE + 0x400000ULL)
 
-_Static_assert(REF_DATA + 2 * MAX_RING_PAGES <= REF_OTHER, "ring refs overlap the test refs");
+_Static_assert(REF_RO < REF_DATA, "ring refs overlap the test refs");
+_Static_assert(REF_DATA + 2 * MAX_RING_PAGES <= GT_FRAMES * PAGE_SIZE / sizeof(grant_entry_v1_t),
+               "ring refs beyond the grant table");
 _Static_assert(FRAME_DATA + 2 * MAX_RING_PAGES <= FRAME_RO, "ring frames overlap");
-_Static_assert(sizeof(struct vchan_interface) + 2 * MAX_RING_PAGES * 4 <= 1024,
-               "grants[] would run into an in-page ring");
+_Static_assert(sizeof(struct vchan_interface) + 2 * MAX_RING_PAGES * 4 <= PAGE_SIZE,
+               "grants[] of two largest rings beyond the shared page");
+
+/* A copy-mode ring's GNTTABOP_copy ops: built in ring 3, run in ring 0, checked in ring 3. */
+#define COPY_NONE       0
+#define COPY_ASKED      1
+#define COPY_DONE       2
 
 /* One ring as one side sees it. */
 struct vring {
     volatile struct ring_shared *shr;
     unsigned order;
     uint32_t size;
+    uint32_t chunk;         /* at most this many bytes a pass */
     uint32_t base;          /* in-page ring: its offset in the shared page; 0 when paged */
     uint8_t *buf;           /* the ring's bytes (mapped, own, or the copy-mode bounce) */
+    unsigned dir;           /* DIR_C2S / DIR_S2C: which pattern */
     bool copy;              /* moved with GNTTABOP_copy between bounce and gref[] */
     uint8_t *bounce;        /* copy mode: local pages mirroring the ring's pages */
     grant_ref_t gref[MAX_RING_PAGES];   /* the ring's pages (in-page: the shared page) */
-    unsigned dir;           /* DIR_C2S / DIR_S2C: which pattern */
+    unsigned copy_state;    /* COPY_NONE / _ASKED / _DONE */
+    uint32_t staged;        /* the bytes the ops move */
+    uint32_t fetched;       /* rx: bytes in the bounce not checked yet */
+    unsigned nops;
+    long copy_rc;
+    struct gnttab_copy ops[MAX_RING_PAGES + 1];
 };
+
+/* What ring 3 found wrong, for ring 0 to report. */
+#define F_INDICES       1   /* v: prod, cons */
+#define F_PAST_END      2   /* v: prod */
+#define F_BYTE          3   /* v: stream offset, got, want */
+#define F_COPY          4   /* v: op index, to ring */
 
 struct side {
     bool server;
@@ -225,12 +285,16 @@ struct side {
     domid_t peer;
     evtchn_port_t port;
     volatile uint64_t events;
-    uint64_t notifies, waits, slow_waits, copy_calls;
+    uint64_t notifies, waits, slow_waits, copy_calls, entries;
     volatile struct vchan_interface *ring;
     struct vring tx, rx;
     uint64_t total, sent, received;
     uint64_t rx_start, rx_ns;
     bool rx_done, tx_done, failed;
+    bool rx_passed, tx_passed;          /* their TEST line printed */
+    bool rx_waits, tx_waits;            /* the last pass: nothing to take / no room */
+    unsigned due;                       /* events to send (ring 0 sends them) */
+    struct { unsigned kind; const char *test; struct vring *ring; uint64_t v[3]; } fail;
 };
 
 static struct side server_side = { .server = true, .rx_test = "vchan.stream_c2s",
@@ -240,13 +304,13 @@ static struct side client_side = { .server = false, .rx_test = "vchan.stream_s2c
 
 static unsigned self;              /* our domid */
 static domid_t peer;               /* the other domain's (self in loop mode) */
-static bool loop_mode, copy_mode, notify_always;
+static bool loop_mode, copy_mode, notify_always, check_none;
 static unsigned left_order = 10, right_order = 14;
 static uint64_t total_bytes;
 static char buf[160], path[128], why[128];
 
 /* Server pages. */
-static uint8_t gt_page[PAGE_SIZE] ALIGNED(4096);             /* grant table frame 0 */
+static uint8_t gt_pages[GT_FRAMES][PAGE_SIZE] ALIGNED(4096);  /* grant table frames 0, 1 */
 static uint8_t ring_page[PAGE_SIZE] ALIGNED(4096);           /* struct vchan_interface */
 static uint8_t data_pages[2 * MAX_RING_PAGES][PAGE_SIZE] ALIGNED(4096);
 static uint8_t other_page[PAGE_SIZE] ALIGNED(4096);
@@ -266,6 +330,13 @@ static unsigned nr_data_mapped;
 static bool ro_mapped, revoke_mapped;
 static grant_ref_t ring_ref, test_refs[4];  /* as read from the server's nodes */
 
+/* check=none: per direction, the sender's prefilled source and the receiver's sink. */
+static uint8_t local_src[2][LOCAL_SIZE] ALIGNED(4096);
+static uint8_t local_dst[2][LOCAL_SIZE] ALIGNED(4096);
+
+/* The stack of the ring-3 stream. */
+static uint8_t user_stack[16384] ALIGNED(16);
+
 /* Ring bytes are read and written a qword at a time through uint8_t buffers. */
 typedef uint64_t __attribute__((may_alias)) u64_alias;
 
@@ -278,6 +349,34 @@ static uint8_t test_byte(unsigned ref, unsigned i)
 {
     return (uint8_t)(i * 13 + ref * 3 + (i >> 8));
 }
+
+/* Extra pages of a ring of 2^order bytes; where an in-page ring sits in the shared page. */
+static unsigned ring_pages(unsigned order)
+{
+    return order >= PAGE_SHIFT ? 1u << (order - PAGE_SHIFT) : 0;
+}
+
+static uint32_t in_page_offset(unsigned order)
+{
+    return order == 10 ? 1024 : order == 11 ? 2048 : 0;
+}
+
+/* Ring orders both sides accept: 10..20 each, not both in-page of one size (libxenvchan's
+ * rule), and grants[] (after the header) ends before an in-page ring starts. */
+static bool orders_ok(unsigned lo, unsigned ro)
+{
+    if (lo < MIN_ORDER || lo > MAX_ORDER || ro < MIN_ORDER || ro > MAX_ORDER ||
+        (lo == ro && lo < PAGE_SHIFT))
+        return false;
+    size_t end = sizeof(struct vchan_interface) + 4 * (ring_pages(lo) + ring_pages(ro));
+    return (!in_page_offset(lo) || end <= in_page_offset(lo)) &&
+           (!in_page_offset(ro) || end <= in_page_offset(ro));
+}
+
+#define ORDERS_RULE "10..20, not both 10 or both 11, and grants[] (%lu bytes from offset %lu) " \
+                    "must end before an in-page ring (order 10 at 1024, 11 at 2048)"
+#define ORDERS_ARGS(lo, ro) 4UL * (ring_pages(lo) + ring_pages(ro)), \
+                    (unsigned long)sizeof(struct vchan_interface)
 
 /* ---- the data pattern -------------------------------------------------------------------- */
 static inline uint64_t pattern_q(unsigned dir, uint64_t q)
@@ -323,6 +422,14 @@ static bool verify(const uint8_t *p, unsigned dir, uint64_t off, uint64_t len, u
         }
     }
     return true;
+}
+
+/* memcpy as string moves (the kit's memcpy goes a byte at a time; no SSE in this kit). */
+static void copy_bytes(void *d, const void *s, size_t n)
+{
+    size_t q = n >> 3, b = n & 7;
+    asm volatile("rep movsq" : "+D"(d), "+S"(s), "+c"(q) :: "memory");
+    asm volatile("rep movsb" : "+D"(d), "+S"(s), "+c"(b) :: "memory");
 }
 
 /* ---- grant-table helpers ------------------------------------------------------------------ */
@@ -409,39 +516,93 @@ static void expect_map_refused(const char *name, grant_ref_t ref, bool ro, int16
           ref, ro ? ", readonly" : "", st, want);
 }
 
-/* ---- notify bits (tools/libs/vchan/io.c's request_notify / send_notify) ------------------- */
+/* ---- the stream, ring 3 ----------------------------------------------------------------------
+ * Everything below up to "the stream, ring 0" runs at CPL3 (pure memory: no hypercall, no
+ * console; now_ns() is the pvclock read with rdtsc). Ring 0 sends the events it leaves in
+ * `due`, runs the copy ops it leaves COPY_ASKED and reports what it leaves in `fail`. */
+
+/* tools/libs/vchan/io.c's request_notify: ask the peer for an event on its next move. */
 static void request_notify(struct side *s, uint8_t bit)
 {
     volatile uint8_t *n = s->server ? &s->ring->cli_notify : &s->ring->srv_notify;
     __atomic_fetch_or(n, bit, __ATOMIC_SEQ_CST);   /* locked: a full barrier before re-reads */
 }
 
+/* io.c's send_notify, after an index move: take the bit out of our byte; an event is due if
+ * the peer had asked for it (notify=always: in any case). */
 static void send_notify(struct side *s, uint8_t bit)
 {
     volatile uint8_t *n = s->server ? &s->ring->srv_notify : &s->ring->cli_notify;
     uint8_t prev = __atomic_fetch_and(n, (uint8_t)~bit, __ATOMIC_SEQ_CST);
-    if ((prev & bit) || notify_always) {
-        evtchn_send(s->port);
-        s->notifies++;
+    if ((prev & bit) || notify_always)
+        s->due++;
+}
+
+static int record_failure(struct side *s, unsigned kind, const char *test, struct vring *r,
+                  uint64_t a, uint64_t b, uint64_t c)
+{
+    s->fail.kind = kind, s->fail.test = test, s->fail.ring = r;
+    s->fail.v[0] = a, s->fail.v[1] = b, s->fail.v[2] = c;
+    s->failed = true;
+    return -1;
+}
+
+/* Stream bytes [off, off+n) of r's direction into the ring at position pos (wrapping): the
+ * pattern, or (check=none) a copy of the prefilled local buffer. */
+static void put_bytes(struct vring *r, uint32_t pos, uint64_t off, uint32_t n)
+{
+    while (n) {
+        uint32_t len = (uint32_t)min64(n, r->size - pos);
+        if (check_none) {
+            uint32_t at = (uint32_t)(off % LOCAL_SIZE);
+            len = (uint32_t)min64(len, LOCAL_SIZE - at);
+            copy_bytes(r->buf + pos, local_src[r->dir] + at, len);
+        } else {
+            fill(r->buf + pos, r->dir, off, len);
+        }
+        pos = (pos + len) & (r->size - 1);
+        off += len;
+        n -= len;
     }
 }
 
-static void count_handler(evtchn_port_t port, void *arg) { (*(volatile uint64_t *)arg)++; }
-
-/* ---- ring data movement ------------------------------------------------------------------ */
-/* Copy mode: n bytes at ring position pos between the bounce pages and the peer's granted
- * pages, in batches of up to COPY_BATCH one-page segments. */
-static bool copy_ring(struct side *s, struct vring *r, uint32_t pos, uint32_t n, bool to_ring,
-                      const char *test)
+/* Take stream bytes [off, off+n) at ring position pos: check each (or, check=none, copy
+ * them to the local buffer). false (failure recorded) at the first bad byte. */
+static bool take_bytes(struct side *s, struct vring *r, uint32_t pos, uint64_t off, uint32_t n)
 {
-    static struct gnttab_copy ops[COPY_BATCH];
+    while (n) {
+        uint32_t len = (uint32_t)min64(n, r->size - pos);
+        if (check_none) {
+            uint32_t at = (uint32_t)(off % LOCAL_SIZE);
+            len = (uint32_t)min64(len, LOCAL_SIZE - at);
+            copy_bytes(local_dst[r->dir] + at, r->buf + pos, len);
+        } else {
+            uint64_t bad = 0;
+            uint8_t got = 0, want = 0;
+            if (!verify(r->buf + pos, r->dir, off, len, &bad, &got, &want)) {
+                record_failure(s, F_BYTE, s->rx_test, r, bad, got, want);
+                return false;
+            }
+        }
+        pos = (pos + len) & (r->size - 1);
+        off += len;
+        n -= len;
+    }
+    return true;
+}
+
+/* mode=copy: the ops that move n bytes at ring position pos between the bounce pages and the
+ * peer's granted pages, one per piece of a page; ring 0 runs them. */
+static void copy_ops(struct side *s, struct vring *r, uint32_t pos, uint32_t n, bool to_ring)
+{
     unsigned k = 0;
+    r->staged = n;
     while (n) {
         uint32_t at = r->base + pos, page = at >> PAGE_SHIFT, off = at & (PAGE_SIZE - 1);
         uint32_t len = (uint32_t)min64(min64(n, PAGE_SIZE - off), r->size - pos);
-        struct gnttab_copy *op = &ops[k++];
-        memset(op, 0, sizeof(*op));
+        struct gnttab_copy *op = &r->ops[k++];
         uint64_t local = pfn(r->bounce + page * PAGE_SIZE);
+        memset(op, 0, sizeof(*op));
         if (to_ring) {
             op->flags = GNTCOPY_dest_gref;
             op->source.u.gmfn = local, op->source.domid = DOMID_SELF, op->source.offset = off;
@@ -456,132 +617,285 @@ static bool copy_ring(struct side *s, struct vring *r, uint32_t pos, uint32_t n,
         op->status = 99;
         pos = (pos + len) & (r->size - 1);
         n -= len;
-        if (k == COPY_BATCH || n == 0) {
-            long rc = HYPERVISOR_grant_table_op(GNTTABOP_copy, ops, k);
-            s->copy_calls++;
-            for (unsigned i = 0; i < k; i++)
-                if (rc || ops[i].status != GNTST_okay) {
-                    test_fail(test, "GNTTABOP_copy %s ref %u offset %u len %u: rc %ld status %d",
-                              to_ring ? "to" : "from", to_ring ? ops[i].dest.u.ref :
-                              ops[i].source.u.ref, to_ring ? ops[i].dest.offset :
-                              ops[i].source.offset, ops[i].len, rc, ops[i].status);
-                    return false;
-                }
-            k = 0;
-        }
     }
+    r->nops = k;
+    r->copy_state = COPY_ASKED;
+}
+
+/* The ops ring 0 ran: all GNTST_okay, else the failure recorded. */
+static bool copies_ok(struct side *s, struct vring *r, const char *test)
+{
+    for (unsigned i = 0; i < r->nops; i++)
+        if (r->copy_rc || r->ops[i].status != GNTST_okay) {
+            record_failure(s, F_COPY, test, r, i, r == &s->tx, 0);
+            return false;
+        }
+    r->copy_state = COPY_NONE;
     return true;
 }
 
-static int bad_indices(struct side *s, const char *test, struct vring *r, uint32_t prod,
-                       uint32_t cons)
-{
-    test_fail(test, "impossible indices: prod %u cons %u in a ring of %u bytes", prod, cons,
-              r->size);
-    s->failed = true;
-    return -1;
-}
-
-/* Send what the ring has room for. 1: progress; 0: none possible now; -1: failed. */
-static int pump_tx(struct side *s)
-{
-    struct vring *r = &s->tx;
-    uint32_t prod = (uint32_t)s->sent, cons = r->shr->cons;
-    if (s->tx_done)
-        return 0;
-    if (s->sent == s->total) {
-        /* All in: wait for the peer to consume it all (it tells us if we ask). */
-        if (cons == prod) {
-            s->tx_done = true;
-            test_pass(s->tx_test);
-            return 1;
-        }
-        request_notify(s, VCHAN_NOTIFY_READ);
-        if (r->shr->cons == prod)
-            return pump_tx(s);
-        return 0;
-    }
-    uint32_t used = prod - cons;
-    if (used > r->size)
-        return bad_indices(s, s->tx_test, r, prod, cons);
-    if (used == r->size) {
-        request_notify(s, VCHAN_NOTIFY_READ);
-        cons = r->shr->cons;
-        used = prod - cons;
-        if (used > r->size)
-            return bad_indices(s, s->tx_test, r, prod, cons);
-        if (used == r->size)
-            return 0;
-    }
-    uint32_t n = (uint32_t)min64(r->size - used, s->total - s->sent);
-    uint32_t pos = prod & (r->size - 1), first = (uint32_t)min64(n, r->size - pos);
-    fill(r->buf + pos, r->dir, s->sent, first);
-    if (n > first)
-        fill(r->buf, r->dir, s->sent + first, n - first);
-    if (r->copy && !copy_ring(s, r, pos, n, true, s->tx_test)) {
-        s->failed = true;
-        return -1;
-    }
-    barrier();                      /* data, then prod (x86 keeps stores in order) */
-    r->shr->prod = prod + n;
-    s->sent += n;
-    send_notify(s, VCHAN_NOTIFY_WRITE);
-    return 1;
-}
-
-/* Take and check what arrived. 1: progress; 0: nothing there; -1: failed. */
-static int pump_rx(struct side *s)
+/* What the peer put in rx beyond cons: -1 (failure recorded) if the indices are impossible. */
+static int64_t rx_ready(struct side *s, uint32_t cons)
 {
     struct vring *r = &s->rx;
-    if (s->rx_done)
-        return 0;
-    uint32_t cons = (uint32_t)s->received, prod = r->shr->prod;
+    uint32_t prod = r->shr->prod;
     rmb();                          /* prod, then the data */
     uint32_t ready = prod - cons;
     if (ready > r->size)
-        return bad_indices(s, s->rx_test, r, prod, cons);
-    if (ready == 0) {
-        request_notify(s, VCHAN_NOTIFY_WRITE);
-        prod = r->shr->prod;
-        rmb();
-        ready = prod - cons;
-        if (ready > r->size)
-            return bad_indices(s, s->rx_test, r, prod, cons);
-        if (ready == 0)
-            return 0;
+        return record_failure(s, F_INDICES, s->rx_test, r, prod, cons, 0);
+    if (ready > s->total - s->received)
+        return record_failure(s, F_PAST_END, s->rx_test, r, prod, 0, 0);
+    return ready;
+}
+
+/* Move prod over n bytes that are in the ring. */
+static void publish(struct side *s, uint32_t n)
+{
+    barrier();                      /* data, then prod (x86 keeps stores in order) */
+    s->tx.shr->prod = (uint32_t)(s->sent + n);
+    s->sent += n;
+    send_notify(s, VCHAN_NOTIFY_WRITE);
+}
+
+/* Send what the ring has room for (a chunk). 1: progress; 0: none possible now (tx_waits:
+ * the ring is full, or all is in and not all consumed); -1: failed. */
+static int pump_tx(struct side *s)
+{
+    struct vring *r = &s->tx;
+    s->tx_waits = false;
+    if (s->tx_done || r->copy_state == COPY_ASKED)
+        return 0;
+    if (r->copy_state == COPY_DONE) {           /* the bytes reached the peer's pages */
+        if (!copies_ok(s, r, s->tx_test))
+            return -1;
+        publish(s, r->staged);
+        return 1;
     }
-    if (ready > s->total - s->received) {
-        test_fail(s->rx_test, "the peer wrote past the end: prod %u, %lu of %lu bytes taken",
-                  prod, (unsigned long)s->received, (unsigned long)s->total);
-        s->failed = true;
+    uint32_t prod = (uint32_t)s->sent, cons = r->shr->cons, used = prod - cons;
+    if (used > r->size)
+        return record_failure(s, F_INDICES, s->tx_test, r, prod, cons, 0);
+    if (s->sent == s->total) {
+        if (used == 0) {                        /* the peer consumed it all */
+            s->tx_done = true;
+            return 1;
+        }
+        s->tx_waits = true;
+        return 0;
+    }
+    if (used == r->size) {
+        s->tx_waits = true;
+        return 0;
+    }
+    uint32_t n = (uint32_t)min64(min64(r->size - used, s->total - s->sent), r->chunk);
+    uint32_t pos = prod & (r->size - 1);
+    put_bytes(r, pos, s->sent, n);
+    if (r->copy)
+        copy_ops(s, r, pos, n, true);           /* published once ring 0 has copied them */
+    else
+        publish(s, n);
+    return 1;
+}
+
+/* Take and check what arrived (a chunk). 1: progress; 0: nothing there (rx_waits); -1:
+ * failed. mode=copy: check what ring 0 copied into the bounce; when all of it is checked,
+ * ask for what the peer has added since. */
+static int pump_rx(struct side *s)
+{
+    struct vring *r = &s->rx;
+    s->rx_waits = false;
+    if (s->rx_done || r->copy_state == COPY_ASKED)
+        return 0;
+    int moved = 0;
+    if (r->copy_state == COPY_DONE) {
+        if (!copies_ok(s, r, s->rx_test))
+            return -1;
+        r->fetched = r->staged;
+        moved = 1;
+    }
+    uint32_t cons = (uint32_t)s->received;
+    int64_t ready = r->copy ? r->fetched : rx_ready(s, cons);
+    if (ready < 0)
         return -1;
+    if (ready) {
+        uint32_t n = (uint32_t)min64((uint64_t)ready, r->chunk);
+        if (!take_bytes(s, r, cons & (r->size - 1), s->received, n))
+            return -1;
+        barrier();                  /* the data is taken before cons lets the writer reuse it */
+        cons += n;
+        r->shr->cons = cons;
+        s->received += n;
+        if (r->copy)
+            r->fetched -= n;
+        send_notify(s, VCHAN_NOTIFY_READ);
+        moved = 1;
+        if (s->received == s->total) {
+            s->rx_ns = now_ns() - s->rx_start;
+            s->rx_done = true;
+            /* check=none: the sink holds the last LOCAL_SIZE bytes, a copy of the source. */
+            uint64_t bad = 0;
+            uint8_t got = 0, want = 0;
+            if (check_none &&
+                !verify(local_dst[r->dir], r->dir, 0, LOCAL_SIZE, &bad, &got, &want))
+                return record_failure(s, F_BYTE, s->rx_test, r, s->total - LOCAL_SIZE + bad,
+                                      got, want);
+            return 1;
+        }
     }
-    uint32_t pos = cons & (r->size - 1), first = (uint32_t)min64(ready, r->size - pos);
-    if (r->copy && !copy_ring(s, r, pos, ready, false, s->rx_test)) {
-        s->failed = true;
-        return -1;
+    if (r->copy && !r->fetched) {
+        ready = rx_ready(s, cons);
+        if (ready < 0)
+            return -1;
+        if (ready) {
+            copy_ops(s, r, cons & (r->size - 1), (uint32_t)min64((uint64_t)ready, r->chunk),
+                     false);
+            return 1;
+        }
     }
-    uint64_t bad = 0;
-    uint8_t got = 0, want = 0;
-    bool ok = verify(r->buf + pos, r->dir, s->received, first, &bad, &got, &want) &&
-              (ready == first ||
-               verify(r->buf, r->dir, s->received + first, ready - first, &bad, &got, &want));
-    if (!ok) {
-        test_fail(s->rx_test, "first bad byte at stream offset %lu: %#x, expected %#x",
-                  (unsigned long)bad, got, want);
-        s->failed = true;
-        return -1;
+    s->rx_waits = !moved;
+    return moved;
+}
+
+/* What the ring-3 stream returns to ring 0. */
+#define U_WORK          1   /* events to send or copies to run */
+#define U_IDLE          2   /* nothing moved for SPIN_NS, even after asking for events */
+#define U_DONE          3
+#define U_FAILED        4
+#define U_CODE          0xff
+#define U_PROGRESS      0x100   /* something moved on the way */
+
+static struct { struct side **sides; unsigned n; } job;
+
+/* Pass over every side (each direction at most a chunk) until ring 0 is needed. Nothing
+ * moving: keep looking for SPIN_NS (with one side; in loop mode nothing else can move), then
+ * ask for events on what we wait for (libxenvchan's order: request, barrier, look again). */
+static long stream_user(void)
+{
+    bool any = false, asked = false;
+    uint64_t idle_since = 0, idle_passes = 0;
+    for (;;) {
+        bool progress = false, ring0 = false, done = true;
+        for (unsigned i = 0; i < job.n; i++) {
+            struct side *s = job.sides[i];
+            int a = pump_tx(s), b = a < 0 ? -1 : pump_rx(s);
+            if (a < 0 || b < 0)
+                return U_FAILED | (any || progress ? U_PROGRESS : 0);
+            progress |= a > 0 || b > 0;
+            ring0 |= s->due || s->tx.copy_state == COPY_ASKED || s->rx.copy_state == COPY_ASKED;
+            done &= s->rx_done && s->tx_done;
+        }
+        any |= progress;
+        long moved = any ? U_PROGRESS : 0;
+        if (ring0)
+            return U_WORK | moved;
+        if (done)
+            return U_DONE | moved;
+        if (progress) {
+            idle_since = idle_passes = 0, asked = false;
+            continue;
+        }
+        if (asked)
+            return U_IDLE | moved;
+        if (job.n == 1) {
+            /* The clock every SPIN_PASSES idle passes only (a software CPU's rdtsc is slow). */
+            cpu_relax();
+            if (++idle_passes % SPIN_PASSES)
+                continue;
+            uint64_t now = now_ns();
+            if (!idle_since)
+                idle_since = now;
+            if (now - idle_since < SPIN_NS)
+                continue;
+        }
+        for (unsigned i = 0; i < job.n; i++) {
+            struct side *s = job.sides[i];
+            if (s->rx_waits)
+                request_notify(s, VCHAN_NOTIFY_WRITE);
+            if (s->tx_waits)
+                request_notify(s, VCHAN_NOTIFY_READ);
+        }
+        asked = true;
     }
-    barrier();                      /* the data is read before cons lets the writer reuse it */
-    r->shr->cons = cons + ready;
-    s->received += ready;
-    send_notify(s, VCHAN_NOTIFY_READ);
-    if (s->received == s->total) {
-        s->rx_ns = now_ns() - s->rx_start;
-        s->rx_done = true;
+}
+
+static void user_stream(void) { user_return(stream_user()); }
+
+/* check=none: the senders' sources, once, before the clock starts. */
+static void user_prefill(void)
+{
+    for (unsigned i = 0; i < job.n; i++)
+        fill(local_src[job.sides[i]->tx.dir], job.sides[i]->tx.dir, 0, LOCAL_SIZE);
+    user_return(0);
+}
+
+/* ---- the stream, ring 0 ------------------------------------------------------------------ */
+static void count_handler(evtchn_port_t port, void *arg) { (*(volatile uint64_t *)arg)++; }
+
+static void run_copies(struct side *s, struct vring *r)
+{
+    if (r->copy_state != COPY_ASKED)
+        return;
+    long rc = 0;
+    for (unsigned i = 0; i < r->nops && !rc; i += COPY_BATCH) {
+        rc = HYPERVISOR_grant_table_op(GNTTABOP_copy, &r->ops[i],
+                                       (unsigned)min64(COPY_BATCH, r->nops - i));
+        s->copy_calls++;
+    }
+    r->copy_rc = rc;
+    r->copy_state = COPY_DONE;
+}
+
+static void report_failure(struct side *s)
+{
+    struct vring *r = s->fail.ring;
+    const char *t = s->fail.test;
+    uint64_t *v = s->fail.v;
+    switch (s->fail.kind) {
+    case F_INDICES:
+        test_fail(t, "impossible indices: prod %u cons %u in a ring of %u bytes", (unsigned)v[0],
+                  (unsigned)v[1], r->size);
+        break;
+    case F_PAST_END:
+        test_fail(t, "the peer wrote past the end: prod %u, %lu of %lu bytes taken",
+                  (unsigned)v[0], (unsigned long)s->received, (unsigned long)s->total);
+        break;
+    case F_BYTE:
+        test_fail(t, "first bad byte at stream offset %lu: %#x, expected %#x",
+                  (unsigned long)v[0], (unsigned)v[1], (unsigned)v[2]);
+        break;
+    case F_COPY: {
+        struct gnttab_copy *op = &r->ops[v[0]];
+        bool to = v[1];
+        test_fail(t, "GNTTABOP_copy %s ref %u offset %u len %u: rc %ld status %d",
+                  to ? "to" : "from", to ? op->dest.u.ref : op->source.u.ref,
+                  to ? op->dest.offset : op->source.offset, op->len, r->copy_rc, op->status);
+        break;
+    }
+    }
+}
+
+/* After a ring-3 run: the due events, the copies asked for, the TEST lines. */
+static bool serve_side(struct side *s)
+{
+    s->entries++;
+    for (; s->due; s->due--) {
+        evtchn_send(s->port);
+        s->notifies++;
+    }
+    if (s->failed) {
+        report_failure(s);
+        return false;
+    }
+    run_copies(s, &s->tx);
+    run_copies(s, &s->rx);
+    if (s->tx_done && !s->tx_passed) {
+        s->tx_passed = true;
+        test_pass(s->tx_test);
+    }
+    if (s->rx_done && !s->rx_passed) {
+        s->rx_passed = true;
         test_pass(s->rx_test);
     }
-    return 1;
+    return true;
 }
 
 static void stall(struct side *s)
@@ -609,40 +923,61 @@ static void stream_info(struct side *s)
     info("notifies", "%lu", (unsigned long)s->notifies);
     info("waits", "%lu", (unsigned long)s->waits);
     info("slow_waits", "%lu", (unsigned long)s->slow_waits);
+    info("ring3_entries", "%lu", (unsigned long)s->entries);
     if (!s->server && copy_mode)
         info("copy_calls", "%lu", (unsigned long)s->copy_calls);
 }
 
-/* Both directions at once: pump every side given until all are done. With one side (a real
- * pair) an idle round waits for an event on its port -- for RECHECK_NS at most, then the
- * rings are looked at again (counted in slow_waits: an event lost or late), and after
- * PEER_BOUND_NS without progress it is a stall. With two sides (loop mode) nothing else can
- * move, so an idle round is a stall at once. */
+static void ring_setup(struct vring *r)
+{
+    r->chunk = (uint32_t)(r->copy ? min64(r->size, COPY_BATCH * PAGE_SIZE) :
+                                    min64(r->size / 2, CHUNK_MAX));
+}
+
+/* Both directions at once, every side given, the data work in ring 3 (see stream_user).
+ * Ring 3 comes back for ring 0's part; when it found nothing moving, a real pair waits for
+ * an event on its port -- RECHECK_NS at most (counted in slow_waits: an event lost or
+ * late), then looks again -- and after PEER_BOUND_NS without progress it is a stall. In loop
+ * mode nothing else can move, so an idle return is a stall at once. */
 static bool stream(struct side **sides, unsigned n)
 {
-    uint64_t last = now_ns();
+    job.sides = sides, job.n = n;
     for (unsigned i = 0; i < n; i++) {
         sides[i]->total = total_bytes;
-        sides[i]->rx_start = last;
+        ring_setup(&sides[i]->tx);
+        ring_setup(&sides[i]->rx);
     }
+    void *stack = user_stack + sizeof(user_stack);
+    if (check_none)
+        run_user(user_prefill, stack, 0);
+    uint64_t last = now_ns();
+    for (unsigned i = 0; i < n; i++)
+        sides[i]->rx_start = last;
     for (;;) {
-        bool all_done = true, progress = false;
         uint64_t seen = sides[0]->events;
-        for (unsigned i = 0; i < n; i++) {
-            struct side *s = sides[i];
-            int a = pump_tx(s), b = a < 0 ? -1 : pump_rx(s);
-            if (a < 0 || b < 0)
-                return false;
-            progress |= a > 0 || b > 0;
-            all_done &= s->rx_done && s->tx_done;
+        long r = run_user(user_stream, stack, USER_IRQS);
+        irq_enable();                /* events taken in ring 3 are pending: count them */
+        if (r == USER_FAULTED) {
+            test_fail(sides[0]->rx_test, "the ring-3 stream faulted: vector %lu error %#lx rip "
+                      "%#lx cr2 %#lx", (unsigned long)user_fault.vector,
+                      (unsigned long)user_fault.error, (unsigned long)user_fault.rip,
+                      (unsigned long)user_fault.cr2);
+            for (unsigned i = 0; i < n; i++)
+                sides[i]->failed = true;
+            return false;
         }
-        if (all_done)
+        bool ok = true;
+        for (unsigned i = 0; i < n; i++)
+            ok &= serve_side(sides[i]);
+        if (!ok)
+            return false;
+        if ((r & U_CODE) == U_DONE)
             return true;
         uint64_t now = now_ns();
-        if (progress) {
+        if (r & U_PROGRESS)
             last = now;
+        if ((r & U_CODE) != U_IDLE)
             continue;
-        }
         if (n > 1 || now - last >= PEER_BOUND_NS) {
             for (unsigned i = 0; i < n; i++)
                 stall(sides[i]);
@@ -685,25 +1020,17 @@ static bool wait_step(const char *want)
     return false;
 }
 
-/* Extra pages of a ring of 2^order bytes; where an in-page ring sits in the shared page. */
-static unsigned ring_pages(unsigned order)
-{
-    return order >= PAGE_SHIFT ? 1u << (order - PAGE_SHIFT) : 0;
-}
-
-static uint32_t in_page_offset(unsigned order)
-{
-    return order == 10 ? 1024 : order == 11 ? 2048 : 0;
-}
-
 /* ---- the server ------------------------------------------------------------------------------ */
 static bool server_offer(struct side *s)
 {
     s->peer = peer;
-    long rc = xatp(0, pfn(gt_page));
-    if (!check("vchan.grant_table", rc == 0, "add_to_physmap(grant_table 0): %ld", rc))
+    long rc = 0;
+    unsigned f = 0;
+    for (; f < GT_FRAMES && rc == 0; f++)
+        rc = xatp(f, pfn(gt_pages[f]));
+    if (!check("vchan.grant_table", rc == 0, "add_to_physmap(grant_table %u): %ld", f - 1, rc))
         return false;
-    gt = (volatile grant_entry_v1_t *)gt_page;
+    gt = (volatile grant_entry_v1_t *)gt_pages;
 
     rc = evtchn_alloc_unbound(DOMID_SELF, peer, &s->port);
     if (rc == 0)
@@ -721,7 +1048,6 @@ static bool server_offer(struct side *s)
     r->cli_notify = VCHAN_NOTIFY_WRITE;
     unsigned lp = ring_pages(left_order), rp = ring_pages(right_order);
     for (unsigned i = 0; i < lp + rp; i++) {
-        memset(data_pages[i], 0, PAGE_SIZE);
         grant(REF_DATA + i, peer, data_pages[i], GTF_permit_access);
         r->grants[i] = REF_DATA + i;
         granted_refs[nr_granted++] = REF_DATA + i;
@@ -932,14 +1258,14 @@ static bool client_connect(struct side *s)
     if (!check("vchan.map_ring", st == GNTST_okay, "map ref %u at %#lx: status %d", ring_ref,
                (unsigned long)frame_addr(FRAME_RING), st))
         return false;
-    map_4k((uint64_t)(uintptr_t)frame_va(FRAME_RING), frame_addr(FRAME_RING), PTE_P | PTE_W);
+    map_4k((uint64_t)(uintptr_t)frame_va(FRAME_RING), frame_addr(FRAME_RING),
+           PTE_P | PTE_W | PTE_U);             /* ring 3 streams through it */
     volatile struct vchan_interface *r = s->ring =
         (volatile struct vchan_interface *)frame_va(FRAME_RING);
     unsigned lo = r->left_order, ro = r->right_order;
-    ok = lo >= MIN_ORDER && lo <= MAX_ORDER && ro >= MIN_ORDER && ro <= MAX_ORDER &&
-         !(lo == ro && lo < PAGE_SHIFT) && r->cli_live == 2 && r->srv_live == 1;
-    if (!check("vchan.ring_header", ok, "left_order %u right_order %u cli_live %u srv_live %u",
-               lo, ro, r->cli_live, r->srv_live))
+    ok = orders_ok(lo, ro) && r->cli_live == 2 && r->srv_live == 1;
+    if (!check("vchan.ring_header", ok, "left_order %u right_order %u (" ORDERS_RULE ") "
+               "cli_live %u srv_live %u", lo, ro, ORDERS_ARGS(lo, ro), r->cli_live, r->srv_live))
         return false;
     info("left_order", "%u", lo);
     info("right_order", "%u", ro);
@@ -982,7 +1308,7 @@ static bool client_connect(struct side *s)
             if (ops[i].status == GNTST_okay) {
                 data_handles[nr_data_mapped++] = ops[i].handle;   /* any failure aborts */
                 map_4k((uint64_t)(uintptr_t)frame_va(FRAME_DATA + i),
-                       frame_addr(FRAME_DATA + i), PTE_P | (i >= lp ? 0 : PTE_W));
+                       frame_addr(FRAME_DATA + i), PTE_P | PTE_U | (i >= lp ? 0 : PTE_W));
             } else if (bad == lp + rp) {
                 bad = i;
             }
@@ -1248,6 +1574,12 @@ int guest_main(void)
                "notify=bits or notify=always expected, not '%s'", s ? s : ""))
         return 0;
     info("notify", "%s", notify_always ? "always" : "bits");
+    s = cmdline_get("check");
+    check_none = s && !strcmp(s, "none");
+    if (!check("vchan.check", !s || check_none || !strcmp(s, "full"),
+               "check=full or check=none expected, not '%s'", s ? s : ""))
+        return 0;
+    info("check", "%s", check_none ? "none" : "full");
     if (!server) {
         s = cmdline_get("mode");
         copy_mode = s && !strcmp(s, "copy");
@@ -1261,11 +1593,9 @@ int guest_main(void)
             left_order = (unsigned)strtoul(s, NULL, 10);
         if ((s = cmdline_get("right_order")))
             right_order = (unsigned)strtoul(s, NULL, 10);
-        if (!check("vchan.orders", left_order >= MIN_ORDER && left_order <= MAX_ORDER &&
-                   right_order >= MIN_ORDER && right_order <= MAX_ORDER &&
-                   !(left_order == right_order && left_order < PAGE_SHIFT),
-                   "left_order %u right_order %u: 10..16, not both 10 or both 11", left_order,
-                   right_order))
+        if (!check("vchan.orders", orders_ok(left_order, right_order),
+                   "left_order %u right_order %u: " ORDERS_RULE, left_order, right_order,
+                   ORDERS_ARGS(left_order, right_order)))
             return 0;
         info("left_order", "%u", left_order);
         info("right_order", "%u", right_order);
