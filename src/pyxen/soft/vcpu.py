@@ -33,7 +33,9 @@ How the VM-exit model of `pyxen.domain.backend` maps onto an emulator:
 - **Read-only slots** are mapped read + execute; the write-protection hook refuses a store
   to one (the engine stops at the instruction), which is reported as an MMIO write at its
   guest-physical address; the instruction is then replayed once against a copy of the slot.
-- **TSC**: RDTSC/RDTSCP are hooked and return host monotonic time at `tsc_khz`.
+- **TSC**: RDTSC/RDTSCP are hooked and return host monotonic time at `tsc_khz`. RDTSC's
+  hook is the first instruction hook: with a stop pending (a kick) the engine calls only
+  the first one, and runs its own RDTSC (the host's TSC) if that is not RDTSC's.
 """
 
 from __future__ import annotations
@@ -185,6 +187,7 @@ class SoftVcpu:
         self._dirty = False  # regs changed by pyxen or by the backend: write before running
         self._fresh = False  # ctx holds the state of the current stop
         self._kick = False
+        self._kick_lock = threading.Lock()  # a kick's stop request vs the start of a run
         self._in_emu = False
         self._entries = 0
         self._window = False
@@ -215,14 +218,15 @@ class SoftVcpu:
     # --- hooks ----------------------------------------------------------------------------
     def _install_hooks(self) -> None:
         uc = self.uc
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
-        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
-        uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
-        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
-        # The Python binding does not know RDTSC hooks; the engine does.
+        # RDTSC's hook comes first. For RDTSC, RDTSCP, CPUID, SYSCALL and SYSENTER the engine
+        # walks all instruction hooks in the order they were added and leaves the walk after
+        # any of them once a stop is pending (a kick from another thread, until the current
+        # translation block ends); an instruction whose hook was not reached then gets
+        # Unicorn's own behaviour, for RDTSC the host's TSC: the guest's clock jumps hours
+        # ahead. Only the first hook is always called, so the clock, read most often, goes
+        # there; the others keep that exposure (RDTSCP: the host's TSC; CPUID: QEMU's model;
+        # SYSCALL/SYSENTER: skipped). The Python binding does not know RDTSC hooks; the
+        # engine does.
         self._cfuncs = [HOOK_INSN_CPUID_CFUNC(lambda _uc, _ud: self._on_rdtsc(False)),
                         HOOK_INSN_CPUID_CFUNC(lambda _uc, _ud: self._on_rdtsc(True))]
         for insn, cfunc in zip((X.UC_X86_INS_RDTSC, X.UC_X86_INS_RDTSCP), self._cfuncs,
@@ -232,6 +236,14 @@ class SoftVcpu:
                                     C.c_uint64(1), C.c_uint64(0), C.c_int(insn))
             if err:
                 raise UcError(err)
+        # IN and OUT are safe anywhere in the list (their walk has no such exit).
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         add = self._written.add  # the hot path while logging: one set insertion per store
         readonly = self.machine.ram.readonly_frames
 
@@ -500,9 +512,10 @@ class SoftVcpu:
         self._fresh = False
         self._stop = self._exception = self._rewind = self._unmapped = self._ro_write = None
         self._io = self._msr_at = self._fast_call = self._cr4_at = None
-        self._entries += 1
         self._enter_guest()
-        self._in_emu = True
+        with self._kick_lock:  # a kick in progress has requested its stop (see kick())
+            self._entries += 1
+            self._in_emu = True
         try:
             if not self._kick:
                 self.uc.emu_start(self.regs.rip, 0)
@@ -888,18 +901,26 @@ class SoftVcpu:
         """Stop the engine from any thread; retried across the window in which
         emu_start has been called but the engine has not started yet."""
         self._kick = True
-        if self._in_hook or threading.get_ident() == self.thread_id:
-            # The engine is running a hook (perhaps waiting for a lock the caller holds):
-            # it has started, so one stop request holds; waiting for it could deadlock.
+        if threading.get_ident() == self.thread_id:
+            # In a hook (the engine has started, so one stop request holds) or between
+            # two runs (run() sees _kick first).
             self.uc.emu_stop()
             return
         entry = self._entries
-        # Until the engine has taken the stop; not once it runs a hook: that hook may be
-        # waiting for a lock the caller holds (an IPI sent under the event-channel lock
-        # while the target's own hypercall wants it), and a stop requested before the
-        # hook holds when the hook returns.
-        while self._in_emu and self._kick and self._entries == entry and not self._in_hook:
-            self.uc.emu_stop()
+        # Until the engine has taken the stop. Each stop is requested under _kick_lock
+        # with the run still the one this kick was for: a retry that came late would stop
+        # the next run for nothing, and a stop pending in it changes what some instructions
+        # do (see _install_hooks). Not waited for once the engine runs a hook: that hook may
+        # be waiting for a lock the caller holds (an IPI sent under the event-channel lock
+        # while the target's own hypercall wants it), and a stop requested before the hook
+        # returns holds when it does.
+        while True:
+            with self._kick_lock:
+                if not (self._in_emu and self._kick and self._entries == entry):
+                    return
+                self.uc.emu_stop()
+                if self._in_hook:
+                    return
             time.sleep(KICK_RETRY_S)
 
     # --- time, memory, teardown ---------------------------------------------------------------
