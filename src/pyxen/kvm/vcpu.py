@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import fcntl
+import logging
 import mmap
 import os
 import signal
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from .vm import KvmMachine
 
 KICK_SIGNAL = signal.SIGUSR1
+UNKNOWN_EXIT_RETRIES = 3  # KVM_EXIT_UNKNOWN in a row entered again before it is an error
+log = logging.getLogger(__name__)
 MSR_IA32_TSC = 0x10
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1
 # Leaves whose sub-leaf (ECX) selects different data.
@@ -84,6 +87,8 @@ class KvmVcpu:
         self._xen_hcall = self.run_page.exit.xen.u.hcall
         self._xen_result_due = False
         self._fresh = False  # sync regs hold valid state only after the first exit
+        self._kicks = 0  # kick() counts, so that finishing a port write cannot lose one
+        self._unknown_exits = 0  # KVM_EXIT_UNKNOWN in a row (no other exit between)
 
     # --- setup ---------------------------------------------------------------------------
     def set_cpuid(self, cpuid: Cpuid) -> None:
@@ -139,8 +144,10 @@ class KvmVcpu:
             return Exit.KICKED
         self._fresh = True
         if self._exit_reason.value == K.KVM_EXIT_IO:
+            self._unknown_exits = 0
             port = self.exit_port = self._io_port.value
             if port == self.hypercall_port and self._io_direction.value == K.KVM_EXIT_IO_OUT:
+                self._finish_port_write()
                 return Exit.HYPERCALL
             size = self.exit_size = self._io_size.value
             if self._io_count.value != 1:
@@ -156,6 +163,24 @@ class KvmVcpu:
             return Exit.IO_IN
         return self._slow_exit(self._exit_reason.value)
 
+    def _finish_port_write(self) -> None:
+        """Let KVM retire the hypercall's port write now, before rax takes the result.
+
+        KVM finishes an exit's port I/O at the start of the next KVM_RUN. On this host's KVM
+        (kvm_pvm, which emulates guest ring-0 code) a result written through the sync regs
+        while that completion is still pending was, rarely and only when the run was
+        interrupted, lost: the guest saw the hypercall number come back in rax. One
+        KVM_RUN with immediate_exit set completes the write and enters no guest code; the
+        registers it stores are the ones after the OUT, and the result then goes in with
+        nothing pending. A kick that arrives meanwhile keeps its immediate_exit."""
+        kicks = self._kicks
+        self._immediate_exit.value = 1
+        with contextlib.suppress(InterruptedError):
+            fcntl.ioctl(self.fd, K.KVM_RUN, 0)
+        self._immediate_exit.value = 0
+        if self._kicks != kicks:  # kicked after we set it: that kick is still owed
+            self._immediate_exit.value = 1
+
     def _io_data_accessor(self, offset: int) -> C.c_uint32:
         data = C.c_uint32.from_address(self._base + offset)
         self._io_data[offset] = data
@@ -163,6 +188,8 @@ class KvmVcpu:
 
     def _slow_exit(self, reason: int) -> Exit:
         run = self.run_page
+        if reason != K.KVM_EXIT_UNKNOWN:
+            self._unknown_exits = 0
         if reason == K.KVM_EXIT_X86_WRMSR:
             self.exit_msr = run.exit.msr.index
             self.exit_value = run.exit.msr.data
@@ -186,6 +213,12 @@ class KvmVcpu:
         if reason == K.KVM_EXIT_SHUTDOWN:
             return Exit.SHUTDOWN
         if reason in (K.KVM_EXIT_INTR, K.KVM_EXIT_IRQ_WINDOW_OPEN):
+            return Exit.KICKED
+        if reason == K.KVM_EXIT_UNKNOWN and self._unknown_exits < UNKNOWN_EXIT_RETRIES:
+            # kvm_pvm rarely ends a run of a vCPU idle in hlt with an exit reason it does
+            # not know (0x800000001); entering again carries on. Repeated ones are errors.
+            self._unknown_exits += 1
+            log.debug("vCPU%d: %s, entering again", self.index, self._describe_exit(reason))
             return Exit.KICKED
         self.exit_error = self._describe_exit(reason)
         return Exit.ERROR
@@ -243,6 +276,7 @@ class KvmVcpu:
     def kick(self) -> None:
         if self.fd < 0:
             return  # closed: nothing to kick (and no signal after shutdown)
+        self._kicks += 1  # before immediate_exit: see _finish_port_write
         self._immediate_exit.value = 1
         tid = self.thread_id
         if tid is not None and _kick_handler_installed:
