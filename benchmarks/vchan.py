@@ -1,0 +1,156 @@
+"""Granted ring between two domains: libxenvchan-style streaming throughput, both ways at once.
+
+Two kit guests (guests/vchan.c, role=server and role=client) under a `pyxen daemon` of the
+benchmark's own: the server grants a ring each way (the largest libxenvchan allows, 2^20
+bytes, unless --order says otherwise), the client maps them, and both stream `--mib` MiB
+each way at the same time, the data work in guest ring 3. With `check=none` the sender
+memcpys from a prefilled local buffer into the ring and the receiver memcpys out of it into
+a local buffer, as libxenvchan_write/read do; each receiver times its direction (INFO
+stream_ns). Per vCPU backend (both domains on the same one).
+
+Reference, measured in the same run on the same machine: host memcpy bandwidth, Python's
+ctypes.memmove (glibc) over a 64 MiB buffer, well beyond the caches, best of a few. The
+ratio is the slower direction's MiB/s over it. The same pair with every byte checked
+(`check=full`, the guest's default) is printed too, as is grant copy (`--copy`).
+
+    python -m benchmarks vchan
+    python -m benchmarks.vchan --accel kvm --mib 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.common import report
+from benchmarks.host import Daemon, wait_for
+from pyxen.toolstack.accel import available_accels
+from pyxen.toolstack.guestkit import guest_image
+from pyxen.xenstore.client import Client
+
+MIB = 256
+ORDER = 20          # libxenvchan's largest ring (MAX_RING_SHIFT)
+MEMORY_MIB = 32
+TIMEOUT_S = 600.0
+MEMCPY_MIB = 64
+MEMCPY_ROUNDS = 5
+
+
+def info(log: Path) -> dict[str, str] | None:
+    """The guest's INFO lines by key once it printed RESULT (None before); the first value
+    of a key wins (role=loop prints two sets)."""
+    if not log.exists():
+        return None
+    text = log.read_text(errors="replace")
+    if "\nRESULT " not in text and not text.startswith("RESULT "):
+        return None
+    fails = [line for line in text.splitlines() if line.startswith("TEST ") and "FAIL" in line]
+    if fails:
+        raise RuntimeError(f"{log.stem}: {fails[0]}")
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("INFO "):
+            key, _, value = line[5:].partition(" ")
+            found.setdefault(key, value)
+    return found
+
+
+def pair(accel: str, mib: int, order: int, extra: str = "",
+         client_extra: str = "") -> tuple[dict[str, str], dict[str, str]]:
+    """The server's and the client's INFO from one run of the pair on `accel`."""
+    kernel = guest_image("vchan")
+    common = f"mib={mib} console=hvc0 {extra}".strip()
+    cmdlines = {"server": f"role=server left_order={order} right_order={order} {common}",
+                "client": f"role=client {common} {client_extra}".strip()}
+    with tempfile.TemporaryDirectory(prefix="pyxen-bench-vchan-") as tmp:
+        state = Path(tmp)
+        daemon = Daemon(state)
+        try:
+            domids = {}
+            for role, cmdline in cmdlines.items():
+                cfg = state / f"{role}.cfg"
+                cfg.write_text("\n".join((
+                    f'name = "{role}"', 'type = "pvh"', f'kernel = "{kernel}"',
+                    f"memory = {MEMORY_MIB}", f'accel = "{accel}"',
+                    f'extra = "{cmdline}"')) + "\n")
+                domids[role] = daemon.create(cfg)
+            with Client(str(daemon.xenstore), timeout=60) as xs:
+                xs.write(f"/local/domain/{domids['server']}/data/peer", str(domids["client"]))
+                xs.write(f"/local/domain/{domids['client']}/data/peer", str(domids["server"]))
+            logs = state / "console"
+            server = wait_for("the server to finish", lambda: info(logs / "guest-server.log"),
+                              TIMEOUT_S, 0.1)
+            client = wait_for("the client to finish", lambda: info(logs / "guest-client.log"),
+                              TIMEOUT_S, 0.1)
+            return server, client
+        finally:
+            daemon.stop()
+
+
+def rates(mib: int, server: dict[str, str], client: dict[str, str]) -> tuple[float, float]:
+    """MiB/s client to server and server to client (each as its receiver timed it)."""
+    return (mib / (int(server["stream_ns"]) / 1e9), mib / (int(client["stream_ns"]) / 1e9))
+
+
+def memcpy_mib_s(mib: int = MEMCPY_MIB, rounds: int = MEMCPY_ROUNDS) -> float:
+    """Host memcpy bandwidth, MiB/s: the best of `rounds` copies of `mib` MiB."""
+    size = mib << 20
+    src = ctypes.create_string_buffer(b"\x5a" * 4096 * 16, size)
+    dst = ctypes.create_string_buffer(size)
+    ctypes.memmove(dst, src, size)      # both buffers faulted in
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        ctypes.memmove(dst, src, size)
+        best = min(best, time.perf_counter() - t0)
+    return mib / best
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.vchan",
+                                description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--mib", type=int, default=MIB, help=f"MiB each way (default {MIB})")
+    p.add_argument("--order", type=int, default=ORDER,
+                   help=f"both rings' order, 2^N bytes (default {ORDER}; 12..20)")
+    p.add_argument("--accel", choices=("kvm", "soft"), action="append",
+                   help="a vCPU backend to measure (default: every one this machine has)")
+    p.add_argument("--copy", action="store_true",
+                   help="also the client moving the data with GNTTABOP_copy (check=none)")
+    args = p.parse_args(list(argv or []))
+    memcpy = memcpy_mib_s()
+    print(f"host memcpy: {memcpy:.0f} MiB/s (ctypes.memmove, {MEMCPY_MIB} MiB, best of "
+          f"{MEMCPY_ROUNDS})", flush=True)
+    ratios: dict[str, float] = {}
+    figures: dict[str, float] = {"memcpy_mib_s": memcpy}
+    for accel in args.accel or available_accels():
+        runs = [("none", "", "check=none")]
+        if args.copy:
+            runs.append(("copy", "mode=copy", "check=none"))
+        runs.append(("full", "", "check=full"))
+        for label, client_extra, check in runs:
+            server, client = pair(accel, args.mib, args.order, check, client_extra)
+            c2s, s2c = rates(args.mib, server, client)
+            figures.update({f"{accel}_{label}_c2s_mib_s": c2s, f"{accel}_{label}_s2c_mib_s": s2c})
+            if label == "none":
+                ratios[accel] = min(c2s, s2c) / memcpy
+            print(f"{accel} {label:>4}: c2s {c2s:7.0f} MiB/s, s2c {s2c:7.0f} MiB/s "
+                  f"({min(c2s, s2c) / memcpy:.2f} x memcpy); {args.mib} MiB each way, rings "
+                  f"2^{args.order}; ring-3 entries {server['ring3_entries']} / "
+                  f"{client['ring3_entries']}, events sent {server['notifies']} / "
+                  f"{client['notifies']}, waits {server['waits']} / {client['waits']}"
+                  + (f", copy calls {client['copy_calls']}" if "copy_calls" in client else ""),
+                  flush=True)
+    main_accel = "kvm" if "kvm" in ratios else next(iter(ratios))
+    report("vchan", ratios[main_accel],
+           f"host memcpy (ctypes.memmove, {MEMCPY_MIB} MiB) of the same run; ratio = the slower "
+           f"direction of the check=none ring ({main_accel}) / it",
+           **{f"{a}_ratio": r for a, r in ratios.items()}, **figures)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
