@@ -405,49 +405,58 @@ def acquire_grant_for_copy(rd: Domain, gref: int, ldom: int, readonly: bool,
     with rgt.lock:
         if gref >= rgt.nr_entries():
             return G.GNTST_bad_gntref, None
-        act = rgt.active.setdefault(gref, Active())
-        if act.pin and (act.domid != ldom or act.pin & PIN_OVERFLOW):
-            return G.GNTST_general_error, None
-        old_pin = act.pin
-        flags = rgt.header(gref)[0]
-        if rgt.version == 2 and flags & G.GTF_type_mask == G.GTF_transitive:
-            if not old_pin or (not readonly and not old_pin & PIN_WRITERS):
-                rc = rgt.set_status(gref, act, readonly, False, ldom)
-                if rc != G.GNTST_okay:
-                    return rc, None
-            trans_domid, trans_gref = rgt.transitive(gref)
-            td = rd.peers.get(trans_domid) if trans_domid != rd.domid else None
-            if not allow_transitive or td is None:
-                rgt.release_flags(gref, act, readonly)
-                return G.GNTST_general_error, None
-            rc, inner = acquire_grant_for_copy(td, trans_gref, rd.domid, readonly, False)
-            if rc != G.GNTST_okay or inner is None:
-                rgt.release_flags(gref, act, readonly)
-                return rc, None
-            if not old_pin:
-                act.domid, act.start, act.length = ldom, inner.offset, inner.length
-                act.trans_domain, act.trans_gref, act.gfn = td, trans_gref, inner.gfn
-                act.is_sub_page = True
-        elif not old_pin or (not readonly and not old_pin & PIN_WRITERS):
+        rc, buf = _acquire_for_copy(rd, rgt, gref, ldom, readonly, allow_transitive)
+        if rc != G.GNTST_okay and not rgt.active[gref].pin:
+            del rgt.active[gref]  # a refusal leaves the entry inactive, as it found it
+        return rc, buf
+
+
+def _acquire_for_copy(rd: Domain, rgt: GrantTable, gref: int, ldom: int, readonly: bool,
+                      allow_transitive: bool) -> tuple[int, CopyBuf | None]:
+    """acquire_grant_for_copy's checks and pin, under rgt.lock."""
+    act = rgt.active.setdefault(gref, Active())
+    if act.pin and (act.domid != ldom or act.pin & PIN_OVERFLOW):
+        return G.GNTST_general_error, None
+    old_pin = act.pin
+    flags = rgt.header(gref)[0]
+    if rgt.version == 2 and flags & G.GTF_type_mask == G.GTF_transitive:
+        if not old_pin or (not readonly and not old_pin & PIN_WRITERS):
             rc = rgt.set_status(gref, act, readonly, False, ldom)
             if rc != G.GNTST_okay:
                 return rc, None
-            if rgt.version == 2 and flags & G.GTF_sub_page:
-                start, length = rgt.sub_page(gref)
-                sub = True
-            else:
-                start, length, sub = 0, PAGE_SIZE, False
-            gfn = rgt.entry_frame(gref)
-            rc = get_paged_frame(rd, gfn)
-            if rc != G.GNTST_okay:
-                rgt.release_flags(gref, act, readonly)
-                return rc, None
-            if not act.pin:
-                act.domid, act.is_sub_page, act.start, act.length = ldom, sub, start, length
-                act.trans_domain, act.trans_gref, act.gfn = rd, gref, gfn
-        act.pin += PIN_HSTR if readonly else PIN_HSTW
-        owner = act.trans_domain or rd
-        return G.GNTST_okay, CopyBuf(owner, act.gfn, act.start, act.length, gref, readonly)
+        trans_domid, trans_gref = rgt.transitive(gref)
+        td = rd.peers.get(trans_domid) if trans_domid != rd.domid else None
+        if not allow_transitive or td is None:
+            rgt.release_flags(gref, act, readonly)
+            return G.GNTST_general_error, None
+        rc, inner = acquire_grant_for_copy(td, trans_gref, rd.domid, readonly, False)
+        if rc != G.GNTST_okay or inner is None:
+            rgt.release_flags(gref, act, readonly)
+            return rc, None
+        if not old_pin:
+            act.domid, act.start, act.length = ldom, inner.offset, inner.length
+            act.trans_domain, act.trans_gref, act.gfn = td, trans_gref, inner.gfn
+            act.is_sub_page = True
+    elif not old_pin or (not readonly and not old_pin & PIN_WRITERS):
+        rc = rgt.set_status(gref, act, readonly, False, ldom)
+        if rc != G.GNTST_okay:
+            return rc, None
+        if rgt.version == 2 and flags & G.GTF_sub_page:
+            start, length = rgt.sub_page(gref)
+            sub = True
+        else:
+            start, length, sub = 0, PAGE_SIZE, False
+        gfn = rgt.entry_frame(gref)
+        rc = get_paged_frame(rd, gfn)
+        if rc != G.GNTST_okay:
+            rgt.release_flags(gref, act, readonly)
+            return rc, None
+        if not act.pin:
+            act.domid, act.is_sub_page, act.start, act.length = ldom, sub, start, length
+            act.trans_domain, act.trans_gref, act.gfn = rd, gref, gfn
+    act.pin += PIN_HSTR if readonly else PIN_HSTW
+    owner = act.trans_domain or rd
+    return G.GNTST_okay, CopyBuf(owner, act.gfn, act.start, act.length, gref, readonly)
 
 
 def release_grant_for_copy(rd: Domain, gref: int, readonly: bool) -> None:
