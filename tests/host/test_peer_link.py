@@ -17,7 +17,7 @@ from hv.test_grant_table import BUSY, DATA_GFN, flags_v1, grant_v1, make_domain
 from pyxen.abi import grant_table as G
 from pyxen.abi.errno import EINVAL, ESRCH, XenError
 from pyxen.domain.domain import Domain
-from pyxen.host.peer_link import PeerLink, PeerLinks, link_ends
+from pyxen.host.peer_link import MAX_COPY_GRANTS, PeerLink, PeerLinks, link_ends
 from pyxen.hv import grant_table
 from pyxen.hv.event_channel import ECS_INTERDOMAIN, ECS_UNBOUND
 
@@ -176,22 +176,71 @@ def test_grants_not_made_to_the_peer_are_refused(granter) -> None:
     assert a.map_grant(12, G.GNTMAP_host_map)[0] == G.GNTST_general_error  # r/o, mapped r/w
     assert a.map_grant(12, G.GNTMAP_host_map | G.GNTMAP_readonly)[0] == G.GNTST_okay
     assert flags_v1(dom2, 12) & BUSY == G.GTF_reading
-    assert a.acquire_for_copy(11, True)[0] == G.GNTST_general_error
-    assert a.acquire_for_copy(12, False)[0] == G.GNTST_general_error  # r/o grant, written
+    assert a.acquire_for_copy([(11, True)])[0][0] == G.GNTST_general_error
+    assert a.acquire_for_copy([(12, False)])[0][0] == G.GNTST_general_error  # r/o, written
 
 
 def test_copy_reads_and_writes_only_while_acquired(granter) -> None:
     a, dom2 = granter
     dom2.memory.write(DATA_GFN << 12, b"source")
     grant_v1(dom2, 20, 1, DATA_GFN)
-    status, gfn, offset, length = a.acquire_for_copy(20, False)
+    [(status, gfn, offset, length)] = a.acquire_for_copy([(20, False)])
     assert (status, gfn, offset, length) == (G.GNTST_okay, DATA_GFN, 0, 4096)
     assert flags_v1(dom2, 20) & BUSY == BUSY
     assert a.read(gfn, 0, 6) == b"source"
     a.write(gfn, 100, b"dest")
-    a.release_for_copy(20, False)
+    a.release_for_copy([(20, False)])
     assert flags_v1(dom2, 20) & BUSY == 0
     assert dom2.memory.read((DATA_GFN << 12) + 100, 4) == b"dest"
+
+
+def test_one_call_acquires_many_grants_each_with_its_own_status(granter) -> None:
+    a, dom2 = granter
+    grant_v1(dom2, 20, 1, DATA_GFN)
+    grant_v1(dom2, 21, 1, DATA_GFN + 1, G.GTF_permit_access | G.GTF_readonly)
+    grant_v1(dom2, 22, 3, DATA_GFN)  # to dom3
+    answers = a.acquire_for_copy([(20, False), (21, True), (21, False), (22, True),
+                                  (1 << 20, True), (20, True)])
+    assert [answer[0] for answer in answers] == [
+        G.GNTST_okay, G.GNTST_okay, G.GNTST_general_error, G.GNTST_general_error,
+        G.GNTST_bad_gntref, G.GNTST_okay]
+    assert answers[1] == (G.GNTST_okay, DATA_GFN + 1, 0, 4096)
+    assert flags_v1(dom2, 20) & BUSY == BUSY and flags_v1(dom2, 21) & BUSY == G.GTF_reading
+    assert a.memfd >= 0 and a.read(DATA_GFN + 1, 0, 1) == b"\0"
+    a.release_for_copy([(20, False), (21, True), (20, True)])
+    assert flags_v1(dom2, 20) & BUSY == 0 and flags_v1(dom2, 21) & BUSY == 0
+    assert not dom2.grant_table.active
+
+
+def test_a_release_lets_go_only_pins_the_peer_holds(granter) -> None:
+    a, dom2 = granter
+    grant_v1(dom2, 20, 1, DATA_GFN)
+    grant_table.acquire_grant_for_copy(dom2, 20, 1, False, False)  # dom2's own, as it were
+    a.release_for_copy([(20, False), (20, True), (7, False)])
+    assert flags_v1(dom2, 20) & BUSY == BUSY  # still held: not the peer's to drop
+    grant_table.release_grant_for_copy(dom2, 20, False)
+
+
+def test_malformed_copy_requests_are_refused(granter) -> None:
+    a, dom2 = granter
+    grant_v1(dom2, 20, 1, DATA_GFN)
+    reply = a._call({"op": "acquire", "grants": [[20, False], ["20", 0], [-1, 0], [20], 5,
+                                                 [True, False]]})
+    assert [answer[0] for answer in reply["grants"]] == [G.GNTST_okay] + \
+        [G.GNTST_general_error] * 5
+    assert a._call({"op": "acquire", "grants": [[20, True]] * (MAX_COPY_GRANTS + 1)}) == \
+        {"status": G.GNTST_general_error}
+    assert a._call({"op": "acquire", "grants": 20}) == {"status": G.GNTST_general_error}
+    a.release_for_copy([(20, False)])
+    assert flags_v1(dom2, 20) & BUSY == 0 and not dom2.grant_table.active
+
+
+def test_a_peer_that_is_gone_answers_bad_domain_for_each_grant(pair) -> None:
+    a, b = pair
+    b.call_sock.close()
+    b.serve_sock.close()  # dom2's process ended
+    assert a.acquire_for_copy([(20, False), (21, True)]) == [(G.GNTST_bad_domain, 0, 0, 0)] * 2
+    a.release_for_copy([(20, False)])  # nothing to release, nobody to ask: no error
 
 
 def test_a_dead_mappers_pins_are_released(pair) -> None:

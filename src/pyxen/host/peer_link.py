@@ -19,9 +19,11 @@ Grants go the same way: the mapping side calls the granting side ("map", "unmap"
 "acquire", "release"), which runs Xen's checks and pins against its own grant table, for
 the domain the daemon said is at the other end. With its first successful answer the
 granting side sends its memfd; the mapping side maps only the granted page of it (a
-`ForeignPage`) or, for GNTTABOP_copy, reads and writes only the granted range. The pins a
-peer holds are counted here and dropped when its process ends (Xen's
-gnttab_release_mappings).
+`ForeignPage`) or, for GNTTABOP_copy, reads and writes only the granted range. A copy
+batch's grants travel together: one "acquire" names every grant of the batch ([ref,
+readonly] each, answered each with its own status) and one "release" lets them go, so a
+batch costs two round trips, not two per segment. The pins a peer holds are counted here
+and dropped when its process ends (Xen's gnttab_release_mappings).
 
 A peer can only touch this domain through `EventChannels.bound_by_peer`, `unbound_by_peer`
 and `rung_by_peer`, and through the grant table's pin and copy checks, each of which checks
@@ -39,7 +41,7 @@ import selectors
 import socket
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pyxen.abi import grant_table as G
 from pyxen.abi.errno import ESRCH, XenError
@@ -53,6 +55,7 @@ BITMAP_BYTES = EVTCHN_FIFO_NR_CHANNELS // 8  # a bit for each port either ABI ca
 LINK_TIMEOUT = 30.0  # seconds a vCPU waits for the daemon to connect it to another domain
 # The fds of one side of a link, in the order they travel.
 LINK_FDS = ("call", "serve", "bell_in", "bell_out", "bits_in", "bits_out")
+MAX_COPY_GRANTS = 1024  # grants one "acquire" or "release" may name
 
 
 def link_ends() -> tuple[list[int], list[int]]:
@@ -70,6 +73,38 @@ def link_ends() -> tuple[list[int], list[int]]:
     a = [socks[0], socks[3], bells[0], bells[1], bits[0], bits[1]]
     b = [socks[2], socks[1], bells[1], bells[0], bits[1], bits[0]]
     return a, b
+
+
+def _grant_entry(entry: object) -> tuple[int | None, bool]:
+    """(ref, readonly) of a peer's [ref, readonly]; ref None if it is not one."""
+    if not isinstance(entry, list) or len(entry) != 2:
+        return None, False
+    ref, readonly = entry
+    if not isinstance(ref, int) or isinstance(ref, bool) or not 0 <= ref < 1 << 32:
+        return None, False
+    return ref, bool(readonly)
+
+
+def _status(value: object) -> int:
+    """A GNTST status from the peer: a small negative number, or GNTST_okay (0)."""
+    if isinstance(value, int) and not isinstance(value, bool) and -0x8000 <= value <= 0:
+        return value
+    return G.GNTST_general_error
+
+
+def _copy_answer(answer: object) -> tuple[int, int, int, int]:
+    """The peer's [status, gfn, offset, length] for one grant to copy, checked: a granted
+    range must lie within one page (else GNTST_general_error, as a bad entry would)."""
+    if not isinstance(answer, list) or len(answer) != 4:
+        return G.GNTST_general_error, 0, 0, 0
+    status = _status(answer[0])
+    if status != G.GNTST_okay:
+        return status, 0, 0, 0
+    gfn, offset, length = answer[1:]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (gfn, offset, length)) \
+            or not 0 <= gfn < 1 << 52 or not 0 <= offset <= offset + length <= PAGE_SIZE:
+        return G.GNTST_general_error, 0, 0, 0
+    return status, gfn, offset, length
 
 
 class PeerGone(Exception):
@@ -161,13 +196,25 @@ class PeerLink:
                                   "dev_bus_addr": dev_bus_addr}, gone=G.GNTST_okay)
         return int(reply["status"])
 
-    def acquire_for_copy(self, ref: int, readonly: bool) -> tuple[int, int, int, int]:
-        reply = self._grant_call({"op": "acquire", "ref": ref, "readonly": readonly})
-        return (int(reply["status"]), int(reply.get("gfn", 0)), int(reply.get("offset", 0)),
-                int(reply.get("length", 0)))
+    def acquire_for_copy(self, grants: Sequence[tuple[int, bool]]
+                         ) -> list[tuple[int, int, int, int]]:
+        answers: list[tuple[int, int, int, int]] = []
+        for at in range(0, len(grants), MAX_COPY_GRANTS):
+            part = grants[at : at + MAX_COPY_GRANTS]
+            reply = self._grant_call({"op": "acquire",
+                                      "grants": [[ref, readonly] for ref, readonly in part]})
+            got = reply.get("grants")
+            gone = _status(reply.get("status"))  # no answer at all: the peer is gone
+            for i in range(len(part)):
+                answers.append(_copy_answer(got[i]) if isinstance(got, list) and i < len(got)
+                               else (gone if gone != G.GNTST_okay else G.GNTST_general_error,
+                                     0, 0, 0))
+        return answers
 
-    def release_for_copy(self, ref: int, readonly: bool) -> None:
-        self._grant_call({"op": "release", "ref": ref, "readonly": readonly})
+    def release_for_copy(self, grants: Sequence[tuple[int, bool]]) -> None:
+        for at in range(0, len(grants), MAX_COPY_GRANTS):
+            self._grant_call({"op": "release", "grants": [
+                [ref, readonly] for ref, readonly in grants[at : at + MAX_COPY_GRANTS]]})
 
     def page(self, gfn: int) -> ForeignPage:
         return ForeignPage(self.memfd, gfn)
@@ -176,7 +223,8 @@ class PeerLink:
         return os.pread(self.memfd, length, (gfn << PAGE_SHIFT) + offset)
 
     def write(self, gfn: int, offset: int, data: bytes) -> None:
-        os.pwrite(self.memfd, data, (gfn << PAGE_SHIFT) + offset)
+        if os.pwrite(self.memfd, data, (gfn << PAGE_SHIFT) + offset) != len(data):
+            raise OSError("short write to the peer's memory")
 
     def ring(self, remote_port: int) -> None:
         if not 0 <= remote_port < EVTCHN_FIFO_NR_CHANNELS:
@@ -216,10 +264,14 @@ class PeerLink:
             return False
         op = msg.get("op")
         fds: list[int] = []
-        if op in ("map", "unmap", "acquire", "release"):
+        if op in ("acquire", "release"):
+            reply = self._serve_copy(domain, msg)
+            if op == "acquire" and not self._memfd_sent and any(
+                    answer[0] == G.GNTST_okay for answer in reply.get("grants", ())):
+                fds, self._memfd_sent = [domain.memory.fd], True
+        elif op in ("map", "unmap"):
             reply = self._serve_grant(domain, msg)
-            if reply.get("status") == G.GNTST_okay and op in ("map", "acquire") \
-                    and not self._memfd_sent:
+            if reply.get("status") == G.GNTST_okay and op == "map" and not self._memfd_sent:
                 fds, self._memfd_sent = [domain.memory.fd], True
         else:
             reply = {"errno": self._serve_event(domain, msg)}
@@ -245,11 +297,39 @@ class PeerLink:
             return 0
         return 38  # ENOSYS
 
+    def _serve_copy(self, domain: Domain, msg: Message) -> Message:
+        """The granting side's part of the peer's GNTTABOP_copy: acquire_grant_for_copy of
+        each of our grants [ref, readonly] asked for (for the peer's domid), each answered
+        [GNTST status, gfn, offset, length] in order; or the release of such grants (only
+        of pins the peer holds)."""
+        grants = msg.get("grants")
+        if not isinstance(grants, list) or len(grants) > MAX_COPY_GRANTS:
+            return {"status": G.GNTST_general_error}
+        answers = []
+        for entry in grants:
+            ref, readonly = _grant_entry(entry)
+            if ref is None:
+                answers.append([G.GNTST_general_error, 0, 0, 0])
+                continue
+            if msg["op"] == "release":
+                if self.held["copy", ref, readonly] > 0:
+                    grant_table.release_grant_for_copy(domain, ref, readonly)
+                    self._unhold("copy", ref, readonly)
+                continue
+            rc, buf = grant_table.acquire_grant_for_copy(domain, ref, self.domid, readonly, False)
+            if rc != G.GNTST_okay or buf is None:
+                answers.append([rc, 0, 0, 0])
+                continue
+            self.held["copy", ref, readonly] += 1
+            answers.append([rc, buf.gfn, buf.offset, buf.length])
+        if msg["op"] == "release":
+            return {"status": G.GNTST_okay}
+        return {"status": G.GNTST_okay, "grants": answers}
+
     def _serve_grant(self, domain: Domain, msg: Message) -> Message:
-        """The granting side's part of the peer's map, unmap or copy of our grant `ref`,
-        checked against our grant table for the peer's domid."""
+        """The granting side's part of the peer's map or unmap of our grant `ref`, checked
+        against our grant table for the peer's domid."""
         op, ref, flags = msg["op"], msg.get("ref"), msg.get("flags", 0)
-        readonly = bool(msg.get("readonly"))
         if not isinstance(ref, int) or not isinstance(flags, int) or not 0 <= ref < 1 << 32:
             return {"status": G.GNTST_general_error}
         flags &= G.GNTMAP_host_map | G.GNTMAP_readonly
@@ -259,25 +339,14 @@ class PeerLink:
                 return {"status": rc}
             self.held["map", ref, flags] += 1
             return {"status": rc, "gfn": act.gfn}
-        if op == "unmap":
-            if self.held["map", ref, flags] <= 0:
-                return {"status": G.GNTST_bad_handle}
-            dev_bus_addr = msg.get("dev_bus_addr", 0)
-            rc = grant_table.unmap_for_peer(domain, ref, flags,
-                                            dev_bus_addr if isinstance(dev_bus_addr, int) else -1)
-            if rc == G.GNTST_okay:
-                self._unhold("map", ref, flags)
-            return {"status": rc}
-        if op == "acquire":
-            rc, buf = grant_table.acquire_grant_for_copy(domain, ref, self.domid, readonly, False)
-            if rc != G.GNTST_okay or buf is None:
-                return {"status": rc}
-            self.held["copy", ref, readonly] += 1
-            return {"status": rc, "gfn": buf.gfn, "offset": buf.offset, "length": buf.length}
-        if self.held["copy", ref, readonly] > 0:  # release
-            grant_table.release_grant_for_copy(domain, ref, readonly)
-            self._unhold("copy", ref, readonly)
-        return {"status": G.GNTST_okay}
+        if self.held["map", ref, flags] <= 0:  # unmap
+            return {"status": G.GNTST_bad_handle}
+        dev_bus_addr = msg.get("dev_bus_addr", 0)
+        rc = grant_table.unmap_for_peer(domain, ref, flags,
+                                        dev_bus_addr if isinstance(dev_bus_addr, int) else -1)
+        if rc == G.GNTST_okay:
+            self._unhold("map", ref, flags)
+        return {"status": rc}
 
     def _unhold(self, kind: str, ref: int, how: int) -> None:
         self.held[kind, ref, how] -= 1

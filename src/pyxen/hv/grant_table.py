@@ -19,7 +19,9 @@ GrantMapper is the backend side (what dom0 does through gntdev).
 Between domain processes (host mode) the granting domain's checks and pins run in its own
 process (`RemotePeer.map_grant`, `acquire_for_copy`...); the mapping domain's process
 then maps only the granted page of the granter's memfd (`RemotePeer.page`), and grant copy
-reads and writes only the granted range of it.
+reads and writes only the granted range of it. A GNTTABOP_copy batch acquires all the
+remote grants it names in one call per granting process and releases them in one
+(`RemoteCopies`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from .remote import ForeignPage, RemotePeer
 if TYPE_CHECKING:
     from pyxen.domain.domain import Domain
     from pyxen.domain.vcpu import Vcpu
+
+    from .guest_access import GuestAccess
 
 INITIAL_NR_GRANT_FRAMES = 1
 V1_PER_PAGE = PAGE_SIZE // 8
@@ -386,17 +390,26 @@ class CopyBuf:
     remote: RemotePeer | None = None  # a granting domain in another process
 
     def read(self, offset: int, length: int) -> bytes:
+        """The bytes; a remote page that cannot be read gives fewer (see copy_one)."""
         if self.remote is not None:
-            return self.remote.read(self.gfn, offset, length)
+            try:
+                return self.remote.read(self.gfn, offset, length)
+            except OSError:
+                return b""
         assert self.domain is not None
         return self.domain.memory.read((self.gfn << PAGE_SHIFT) + offset, length)
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes) -> bool:
+        """Whether the bytes landed (a remote page may fail)."""
         if self.remote is not None:
-            self.remote.write(self.gfn, offset, data)
-        else:
-            assert self.domain is not None
-            self.domain.memory.write((self.gfn << PAGE_SHIFT) + offset, data)
+            try:
+                self.remote.write(self.gfn, offset, data)
+            except OSError:
+                return False
+            return True
+        assert self.domain is not None
+        self.domain.memory.write((self.gfn << PAGE_SHIFT) + offset, data)
+        return True
 
 
 def acquire_grant_for_copy(rd: Domain, gref: int, ldom: int, readonly: bool,
@@ -475,12 +488,84 @@ def release_grant_for_copy(rd: Domain, gref: int, readonly: bool) -> None:
         release_grant_for_copy(td, trans_gref, readonly)
 
 
+COPY_WINDOW = 256  # segments of one GNTTABOP_copy whose remote grants are acquired together
+
+
+class RemoteCopies:
+    """The grants of domains in other processes that a run of GNTTABOP_copy segments names,
+    acquired with ONE request per granting process before the run's first segment and
+    released with one after its last, so a batch costs two round trips per peer, not two
+    per segment. Xen acquires each grant when its segment comes and keeps it while the next
+    segments name the same one (gnttab_copy_buf_valid); here a grant named in the run is
+    held for the whole run: its GTF_reading/GTF_writing are set for that long (only during
+    the hypercall), once per (grant, readonly) however many segments name it. Each segment
+    still gets its own status: the answer for its grant, in Xen's order of checks.
+    A grant not acquired beforehand (no run, or a segment read differently than planned)
+    is acquired when its segment comes, and released with the others."""
+
+    def __init__(self, ld: Domain) -> None:
+        self.ld = ld
+        self.peers: dict[int, RemotePeer | None] = {}
+        self.held: dict[tuple[RemotePeer, int, bool], tuple[int, int, int, int]] = {}
+
+    def peer(self, domid: int) -> RemotePeer | None:
+        """The domain process `domid` (looked up once per run), None if none."""
+        if domid not in self.peers:
+            self.peers[domid] = self.ld.remote_peer(domid)
+        return self.peers[domid]
+
+    def remote_claims(self, op: C.Structure) -> list[tuple[RemotePeer, int, bool]]:
+        """The remote grants `op` names, (peer, ref, readonly), source first."""
+        found: list[tuple[RemotePeer, int, bool]] = []
+        for ptr, is_gref, readonly in ((op.source, op.flags & G.GNTCOPY_source_gref, True),
+                                       (op.dest, op.flags & G.GNTCOPY_dest_gref, False)):
+            if not is_gref or self.ld.lookup(ptr.domid) is not None:
+                continue
+            peer = self.peer(ptr.domid)
+            if peer is not None:
+                found.append((peer, ptr.u & 0xFFFF_FFFF, readonly))
+        return found
+
+    def acquire(self, ops: list[C.Structure]) -> None:
+        """acquire_grant_for_copy of every remote grant `ops` name: one request per peer."""
+        wanted: dict[RemotePeer, list[tuple[int, bool]]] = {}
+        seen = set(self.held)
+        for op in ops:
+            for claim in self.remote_claims(op):
+                if claim not in seen:
+                    seen.add(claim)
+                    peer, ref, readonly = claim
+                    wanted.setdefault(peer, []).append((ref, readonly))
+        for peer, grants in wanted.items():
+            for (ref, readonly), answer in zip(grants, peer.acquire_for_copy(grants),
+                                               strict=True):
+                self.held[peer, ref, readonly] = answer
+
+    def claim(self, peer: RemotePeer, ref: int, readonly: bool) -> tuple[int, int, int, int]:
+        """(GNTST status, gfn, offset, length) of the peer's grant for this segment."""
+        answer = self.held.get((peer, ref, readonly))
+        if answer is None:
+            answer = self.held[peer, ref, readonly] = peer.acquire_for_copy([(ref, readonly)])[0]
+        return answer
+
+    def release(self) -> None:
+        """release_grant_for_copy of every grant acquired: one request per peer."""
+        done: dict[RemotePeer, list[tuple[int, bool]]] = {}
+        for (peer, ref, readonly), answer in self.held.items():
+            if answer[0] == G.GNTST_okay:
+                done.setdefault(peer, []).append((ref, readonly))
+        self.held.clear()
+        for peer, grants in done.items():
+            peer.release_for_copy(grants)
+
+
 def _copy_claim(ld: Domain, where: tuple[Domain | None, RemotePeer | None], ptr: C.Structure,
-                is_gref: bool, readonly: bool) -> tuple[int, CopyBuf | None]:
+                is_gref: bool, readonly: bool,
+                remote_copies: RemoteCopies) -> tuple[int, CopyBuf | None]:
     dom, remote = where
     if remote is not None:  # a granting domain in another process (only by grant)
         ref = ptr.u & 0xFFFF_FFFF
-        rc, gfn, start, length = remote.acquire_for_copy(ref, readonly)
+        rc, gfn, start, length = remote_copies.claim(remote, ref, readonly)
         if rc != G.GNTST_okay:
             return rc, None
         return rc, CopyBuf(None, gfn, start, length, ref, readonly, remote=remote)
@@ -497,32 +582,40 @@ def _copy_claim(ld: Domain, where: tuple[Domain | None, RemotePeer | None], ptr:
 
 
 def _copy_release(buf: CopyBuf | None) -> None:
-    if buf is not None and buf.ref is not None and buf.remote is not None:
-        buf.remote.release_for_copy(buf.ref, buf.readonly)
-    elif buf is not None and buf.ref is not None and buf.holder is not None:
+    """A grant of this process's domains, after its segment (remote ones: RemoteCopies)."""
+    if buf is not None and buf.ref is not None and buf.remote is None and \
+            buf.holder is not None:
         release_grant_for_copy(buf.holder, buf.ref, buf.readonly)
 
 
-def copy_one(ld: Domain, op: C.Structure) -> int:
-    """One gnttab_copy entry: its GNTST status."""
+def copy_one(ld: Domain, op: C.Structure, remote_copies: RemoteCopies | None = None) -> int:
+    """One gnttab_copy entry: its GNTST status. Grants of domains in other processes come
+    from `remote_copies` (the batch's); without one, this segment acquires and releases its
+    own."""
+    if remote_copies is None:
+        own = RemoteCopies(ld)
+        try:
+            return copy_one(ld, op, own)
+        finally:
+            own.release()
     doms: list[tuple[Domain | None, RemotePeer | None]] = []
     for ptr, is_gref in ((op.source, op.flags & G.GNTCOPY_source_gref),
                          (op.dest, op.flags & G.GNTCOPY_dest_gref)):
         if ptr.domid != DOMID_SELF and not is_gref:
             return G.GNTST_permission_denied  # only DOMID_SELF may name a frame
         dom = ld.lookup(ptr.domid)
-        remote = ld.remote_peer(ptr.domid) if dom is None else None
+        remote = remote_copies.peer(ptr.domid) if dom is None else None
         if dom is None and remote is None:
             return G.GNTST_bad_domain
         doms.append((dom, remote))
     src = dest = None
     try:
         rc, src = _copy_claim(ld, doms[0], op.source, bool(op.flags & G.GNTCOPY_source_gref),
-                              True)
+                              True, remote_copies)
         if rc != G.GNTST_okay:
             return rc
         rc, dest = _copy_claim(ld, doms[1], op.dest, bool(op.flags & G.GNTCOPY_dest_gref),
-                               False)
+                               False, remote_copies)
         if rc != G.GNTST_okay:
             return rc
         assert src is not None and dest is not None
@@ -533,11 +626,56 @@ def copy_one(ld: Domain, op: C.Structure) -> int:
             return G.GNTST_general_error
         if op.dest.offset < dest.offset or op.dest.offset + op.len > dest.offset + dest.length:
             return G.GNTST_general_error
-        dest.write(op.dest.offset, src.read(op.source.offset, op.len))
+        data = src.read(op.source.offset, op.len)
+        if len(data) != op.len or not dest.write(op.dest.offset, data):
+            return G.GNTST_general_error  # a remote page that could not be reached
         return G.GNTST_okay
     finally:
         _copy_release(dest)
         _copy_release(src)
+
+
+def _read_ahead(guest: GuestAccess, cls: type[C.Structure], uop: int,
+                count: int) -> list[C.Structure]:
+    """The `count` entries at `uop` as they read now, up to the first that cannot be read."""
+    size = C.sizeof(cls)
+    try:
+        data = guest.read(uop, count * size)
+    except XenError:
+        ops = []
+        for i in range(count):
+            try:
+                ops.append(guest.read_struct(cls, uop + i * size))
+            except XenError:
+                break
+        return ops
+    return [cls.from_buffer_copy(data, i * size) for i in range(count)]
+
+
+def _copy_batch(vcpu: Vcpu, uop: int, count: int, cls: type[C.Structure]) -> int:
+    """gnttab_copy: entry by entry as Xen (each read when its turn comes, its status written
+    back), with the remote grants of each COPY_WINDOW entries acquired and released together
+    (RemoteCopies)."""
+    ld = vcpu.domain
+    guest = vcpu.guest()
+    size = C.sizeof(cls)
+    status_at = cls.status.offset  # type: ignore[attr-defined]
+    for first in range(0, count, COPY_WINDOW):
+        n = min(COPY_WINDOW, count - first)
+        remote_copies = RemoteCopies(ld)
+        try:
+            if n > 1:  # (one entry acquires its grants as it comes: the same one call)
+                remote_copies.acquire(_read_ahead(guest, cls, uop + first * size, n))
+            for i in range(first, first + n):
+                if ld.stopping:
+                    return 0
+                at = uop + i * size
+                op = guest.read_struct(cls, at)
+                op.status = copy_one(ld, op, remote_copies)
+                guest.write(at + status_at, struct.pack("<h", op.status))
+        finally:
+            remote_copies.release()
+    return 0
 
 
 # --- map / unmap -------------------------------------------------------------------------------
@@ -917,10 +1055,6 @@ def _batch(vcpu: Vcpu, uop: int, count: int, cls: type[C.Structure],
     return 0
 
 
-def _copy_entry(d: Domain, op: C.Structure) -> None:
-    op.status = copy_one(d, op)
-
-
 def _swap_entry(d: Domain, op: C.Structure) -> None:
     op.status = swap_grant_ref(d, op.ref_a, op.ref_b)
 
@@ -942,8 +1076,7 @@ def do_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> in
     if cmd == G.GNTTABOP_get_version:
         return _get_version(vcpu, uop)
     if cmd == G.GNTTABOP_copy:
-        return _batch(vcpu, uop, count, G.compat_gnttab_copy if compat else G.gnttab_copy,
-                      _copy_entry)
+        return _copy_batch(vcpu, uop, count, G.compat_gnttab_copy if compat else G.gnttab_copy)
     if cmd == G.GNTTABOP_map_grant_ref:
         return _batch(vcpu, uop, count,
                       G.compat_gnttab_map_grant_ref if compat else G.gnttab_map_grant_ref,

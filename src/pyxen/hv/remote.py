@@ -10,6 +10,7 @@ tables: this side only learns the outcome.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -42,10 +43,14 @@ class RemotePeer(Protocol):
         """Drop the pin `flags` of a mapping of `ref` (after checking `dev_bus_addr` if
         given): its GNTST status."""
 
-    def acquire_for_copy(self, ref: int, readonly: bool) -> tuple[int, int, int, int]:
-        """acquire_grant_for_copy on the peer: (GNTST status, gfn, offset, length)."""
+    def acquire_for_copy(self, grants: Sequence[tuple[int, bool]]
+                         ) -> list[tuple[int, int, int, int]]:
+        """acquire_grant_for_copy on the peer of each (ref, readonly), in order, in one
+        call (GNTTABOP_copy acquires a batch's grants together): per grant (GNTST status,
+        gfn, offset, length); a peer that is gone answers GNTST_bad_domain for each."""
 
-    def release_for_copy(self, ref: int, readonly: bool) -> None: ...
+    def release_for_copy(self, grants: Sequence[tuple[int, bool]]) -> None:
+        """Release, in one call, grants acquire_for_copy acquired (status okay)."""
 
     def page(self, gfn: int) -> ForeignPage:
         """The peer's frame `gfn` (one it granted us) mapped here."""
