@@ -548,7 +548,7 @@ static void send_notify(struct side *s, uint8_t bit)
 }
 
 static int record_failure(struct side *s, unsigned kind, const char *test, struct vring *r,
-                  uint64_t a, uint64_t b, uint64_t c)
+                          uint64_t a, uint64_t b, uint64_t c)
 {
     s->fail.kind = kind, s->fail.test = test, s->fail.ring = r;
     s->fail.v[0] = a, s->fail.v[1] = b, s->fail.v[2] = c;
