@@ -177,8 +177,8 @@
  *  receiver: stream_dir (c2s on the server, s2c on the client), stream_bytes, stream_ns
  *  (from the start of its stream loop to the last byte checked), then events (events on its
  *  port), notifies (events it sent), waits (idle rounds that waited for an event),
- *  slow_waits (those that lasted RECHECK_NS, see above), ring3_entries (times the stream
- *  entered ring 3: 1 + the returns described above), and in mode=copy copy_calls
+ *  slow_waits (those that lasted RECHECK_NS, see above), ring3_entries (the stream's runs
+ *  in ring 3, each ended by one of the returns described above), and in mode=copy copy_calls
  *  (GNTTABOP_copy hypercalls). role=loop prints both sets, the server's (c2s) first.
  *
  * Xen 4.17 semantics relied on:
