@@ -408,18 +408,22 @@ static void fill(uint8_t *p, unsigned dir, uint64_t off, uint64_t len)
 static bool verify(const uint8_t *p, unsigned dir, uint64_t off, uint64_t len, uint64_t *bad,
                    uint8_t *got, uint8_t *want)
 {
-    for (; len; len--, off++, p++) {
-        if (!(off & 7) && len >= 8) {
-            if (*(const u64_alias *)p == pattern_q(dir, off >> 3)) {
-                off += 7, p += 7, len -= 7;
-                continue;
+    uint64_t end = off + len;
+    while (off < end) {
+        /* Whole aligned qwords while they match; then byte by byte up to the next qword. */
+        for (; !(off & 7) && end - off >= 8; off += 8, p += 8)
+            if (*(const u64_alias *)p != pattern_q(dir, off >> 3))
+                break;
+        do {
+            if (off == end)
+                return true;
+            uint8_t w = pattern_byte(dir, off);
+            if (*p != w) {
+                *bad = off, *got = *p, *want = w;
+                return false;
             }
-        }
-        uint8_t w = pattern_byte(dir, off);
-        if (*p != w) {
-            *bad = off, *got = *p, *want = w;
-            return false;
-        }
+            off++, p++;
+        } while (off & 7);
     }
     return true;
 }
