@@ -77,11 +77,13 @@
  *  then it sets the notify bits for what it waits for (data and/or room), passes once more,
  *  and if still nothing moved, ring 0 waits for an event on its port -- at most RECHECK_NS
  *  (1 s), then ring 3 looks at the rings again anyway (INFO slow_waits counts the waits that
- *  ran that long: 0 on a healthy host; more means events lost or very late, which
- *  libxenvchan's untimed wait would turn into a hang); after PEER_BOUND_NS without progress
- *  it FAILs. So while data flows both ways the bits stay clear and no event is due: the
- *  stream stays in ring 3. role=loop runs both sides in one ring-3 loop, and a pass in which
- *  nothing moved is a stall at once (nothing else can move).
+ *  ran that long: 0 on a healthy, idle host; more means events lost or very late, which
+ *  libxenvchan's untimed wait would turn into a hang, or a peer that moved nothing for that
+ *  long: a loaded host, a mode=copy client in long GNTTABOP_copy batches); after
+ *  PEER_BOUND_NS without progress it FAILs. So while data flows both ways the bits stay
+ *  clear and no event is due: the stream stays in ring 3. role=loop runs both sides in one
+ *  ring-3 loop, and a pass in which nothing moved is a stall at once (nothing else can
+ *  move).
  *  In mode=copy the client maps only the shared page (indices, notify bits, live flags) and
  *  moves ALL ring data with GNTTABOP_copy between its own bounce pages and the server's: ring
  *  3 fills the bounce and builds the ops (one segment per piece of a page), ring 0 issues
