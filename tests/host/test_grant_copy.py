@@ -8,7 +8,6 @@ the same between two domain processes."""
 from __future__ import annotations
 
 import ctypes as C
-import os
 import struct
 import threading
 from collections import Counter
@@ -98,10 +97,7 @@ def to_ref(ref: int, dom: int = 2, offset: int = 0, length: int = 16,
 def link_pair() -> Iterator[tuple[PeerLink, PeerLink]]:
     """dom1's link to dom2 and the reverse (as tests/host/test_peer_link.py's pair)."""
     a_fds, b_fds = link_ends()
-    b_own = [os.dup(fd) for fd in b_fds]  # what the daemon's SCM_RIGHTS would give b
-    for sock in b_fds[:2]:
-        os.close(sock)
-    a, b = PeerLink(2, a_fds), PeerLink(1, b_own)
+    a, b = PeerLink(2, a_fds), PeerLink(1, b_fds)
     yield a, b
     for link in (a, b):
         link.close()

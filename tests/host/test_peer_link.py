@@ -25,11 +25,7 @@ from pyxen.hv.event_channel import ECS_INTERDOMAIN, ECS_UNBOUND
 @pytest.fixture
 def pair() -> Iterator[tuple[PeerLink, PeerLink]]:
     a_fds, b_fds = link_ends()
-    # The daemon sends each side its fds (SCM_RIGHTS dups them); here b gets the copies.
-    b_own = [os.dup(fd) for fd in b_fds]
-    for sock in b_fds[:2]:
-        os.close(sock)  # the eventfds and bitmaps are shared with a_fds, which a owns
-    a, b = PeerLink(2, a_fds), PeerLink(1, b_own)  # a is dom1's link to dom2, b the reverse
+    a, b = PeerLink(2, a_fds), PeerLink(1, b_fds)  # a is dom1's link to dom2, b the reverse
     yield a, b
     for link in (a, b):
         link.close()
@@ -65,6 +61,15 @@ class Served:
         self.stop.set()
         self.thread.join()
         self.sel.close()
+
+
+def test_the_daemon_closes_each_fd_of_a_new_link_once() -> None:
+    """The daemon sends both sides their fds and closes all twelve: each is an fd of its
+    own (a second close of one would close whatever fd took its number meanwhile)."""
+    a_fds, b_fds = link_ends()
+    assert len(set(a_fds + b_fds)) == 12
+    for fd in a_fds + b_fds:
+        os.close(fd)
 
 
 def test_sends_coalesce_and_arrive_once(pair) -> None:

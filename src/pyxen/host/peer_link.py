@@ -60,7 +60,8 @@ MAX_COPY_GRANTS = 1024  # grants one "acquire" or "release" may name
 
 def link_ends() -> tuple[list[int], list[int]]:
     """A new link's fds (the daemon's part): one side's and the other's, in LINK_FDS order.
-    The caller closes them once sent."""
+    The two sides share the doorbells (eventfds, bitmaps), each through an fd of its own: the
+    caller closes each of the twelve once sent."""
     a_calls = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     b_calls = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     bells = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(2)]
@@ -71,7 +72,7 @@ def link_ends() -> tuple[list[int], list[int]]:
         bits.append(fd)
     socks = [s.detach() for s in (*a_calls, *b_calls)]
     a = [socks[0], socks[3], bells[0], bells[1], bits[0], bits[1]]
-    b = [socks[2], socks[1], bells[1], bells[0], bits[1], bits[0]]
+    b = [socks[2], socks[1], *(os.dup(fd) for fd in (bells[1], bells[0], bits[1], bits[0]))]
     return a, b
 
 
