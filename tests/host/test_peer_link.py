@@ -9,6 +9,7 @@ import ctypes as C
 import os
 import selectors
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,7 @@ from pyxen.abi import grant_table as G
 from pyxen.abi.errno import EINVAL, ESRCH, XenError
 from pyxen.domain.domain import Domain
 from pyxen.host.peer_link import MAX_COPY_GRANTS, PeerLink, PeerLinks, link_ends
+from pyxen.host.wire import WireError
 from pyxen.hv import grant_table
 from pyxen.hv.event_channel import ECS_INTERDOMAIN, ECS_UNBOUND
 
@@ -70,6 +72,59 @@ def test_the_daemon_closes_each_fd_of_a_new_link_once() -> None:
     assert len(set(a_fds + b_fds)) == 12
     for fd in a_fds + b_fds:
         os.close(fd)
+
+
+def closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+def test_a_link_that_cannot_be_made_closes_the_fds_it_took() -> None:
+    """PeerLink takes the daemon's fds: if the link cannot be made of them (here a bitmap
+    that is not one), it closes them itself, once; the caller must not close them again
+    (a second close of a number another thread reuses closes that thread's fd)."""
+    a_fds, b_fds = link_ends()
+    for fd in b_fds:
+        os.close(fd)
+    os.close(a_fds[4])
+    a_fds[4] = os.eventfd(0)  # an eventfd does not map
+    with pytest.raises(OSError):
+        PeerLink(2, a_fds)
+    assert all(closed(fd) for fd in a_fds)
+    few = link_ends()[0][:5]
+    with pytest.raises(WireError):
+        PeerLink(2, few)
+    assert all(closed(fd) for fd in few)
+
+
+def test_a_domain_process_drops_a_link_it_cannot_make(pair) -> None:
+    dom1 = make_domain(1)
+    sel = selectors.DefaultSelector()
+    links = PeerLinks(dom1, lambda msg: True, sel)
+    try:
+        a_fds, b_fds = link_ends()
+        for fd in b_fds:
+            os.close(fd)
+        os.close(a_fds[5])
+        a_fds[5] = os.eventfd(0)
+        done = threading.Thread(target=links.get, args=(2,))
+        done.start()
+        while not links._waiting:
+            time.sleep(0.001)
+        seq = next(iter(links._waiting))
+        links.from_daemon({"op": "peer_link", "domid": 2, "seq": seq}, a_fds)  # no raise
+        done.join(5)
+        assert not done.is_alive() and not links.links
+        assert all(closed(fd) for fd in a_fds)
+        stray = link_ends()[0]
+        links.from_daemon({"op": "peer", "domid": 2, "error": "ESRCH"}, stray)
+        assert all(closed(fd) for fd in stray)  # fds that came with a refusal: not kept
+    finally:
+        sel.close()
+        dom1.memory.close()
 
 
 def test_sends_coalesce_and_arrive_once(pair) -> None:

@@ -108,6 +108,12 @@ def _copy_answer(answer: object) -> tuple[int, int, int, int]:
     return status, gfn, offset, length
 
 
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class PeerGone(Exception):
     """The peer's process ended (its domain was destroyed)."""
 
@@ -130,21 +136,35 @@ class PeerLink:
     """This domain's link to one domain in another process (a `RemotePeer`)."""
 
     def __init__(self, domid: int, fds: list[int]) -> None:
+        """The link over `fds` (LINK_FDS order), which it takes: they are the link's, or
+        closed (each once) if the link cannot be made of them."""
         if len(fds) != len(LINK_FDS):
+            _close_fds(fds)
             raise WireError(f"a peer link needs {len(LINK_FDS)} fds, got {len(fds)}")
         self.domid = domid
         call, serve, self.bell_in, self.bell_out, bits_in, bits_out = fds
-        self.call_sock = socket.socket(fileno=call)
-        self.serve_sock = socket.socket(fileno=serve)
-        self.call_sock.setblocking(True)
-        self.serve_sock.setblocking(False)
-        self._maps = []
+        socks: list[socket.socket] = []
+        self._maps: list[mmap.mmap] = []
         addresses = []
-        for fd in (bits_in, bits_out):
-            m = mmap.mmap(fd, BITMAP_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            os.close(fd)
-            self._maps.append(m)
-            addresses.append(C.addressof(C.c_char.from_buffer(m)))
+        try:
+            for fd in (call, serve):
+                socks.append(socket.socket(fileno=fd))
+            self.call_sock, self.serve_sock = socks
+            self.call_sock.setblocking(True)
+            self.serve_sock.setblocking(False)
+            for fd in (bits_in, bits_out):
+                self._maps.append(mmap.mmap(fd, BITMAP_BYTES, mmap.MAP_SHARED,
+                                            mmap.PROT_READ | mmap.PROT_WRITE))
+                addresses.append(C.addressof(C.c_char.from_buffer(self._maps[-1])))
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            _close_fds(fds[len(socks):])
+            for m in self._maps:
+                with contextlib.suppress(BufferError):
+                    m.close()
+            raise
+        _close_fds([bits_in, bits_out])  # mapped: the maps keep the bitmaps
         self._in_addr, self._out_addr = addresses
         self._in_words = memoryview(self._maps[0]).cast("Q")
         self._call_lock = threading.Lock()
@@ -419,12 +439,10 @@ class PeerLinks:
         """"peer" (another domain linked to this one) or "peer_link" (the answer to `get`)."""
         domid, link = msg.get("domid"), None
         if isinstance(domid, int) and fds and not msg.get("error"):
-            try:
-                link = self._add(domid, fds)
-            except (WireError, OSError):
-                for fd in fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+            with contextlib.suppress(WireError, OSError):
+                link = self._add(domid, fds)  # the fds are the link's, or closed
+        else:
+            _close_fds(fds)
         if msg.get("op") == "peer_link":
             with self.lock:
                 waiter = self._waiting.get(msg.get("seq"))  # type: ignore[arg-type]
@@ -435,8 +453,15 @@ class PeerLinks:
 
     def _add(self, domid: int, fds: list[int]) -> PeerLink:
         link = PeerLink(domid, fds)
-        self.sel.register(link.serve_sock, selectors.EVENT_READ, (self, link, "serve"))
-        self.sel.register(link.bell_in, selectors.EVENT_READ, (self, link, "bell"))
+        try:
+            self.sel.register(link.serve_sock, selectors.EVENT_READ, (self, link, "serve"))
+            self.sel.register(link.bell_in, selectors.EVENT_READ, (self, link, "bell"))
+        except BaseException:
+            for fileobj in (link.serve_sock, link.bell_in):
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(fileobj)
+            link.close()
+            raise
         # a blocked vCPU takes the peer's events itself (Wake), one thread hop fewer
         self.domain.wake_sources[link.bell_in] = lambda: self.readable(link, "bell")
         with self.lock:
