@@ -1038,7 +1038,7 @@ def _get_version(vcpu: Vcpu, uop: int) -> int:
 
 def _batch(vcpu: Vcpu, uop: int, count: int, cls: type[C.Structure],
            one: object, status_only: bool = True) -> int:
-    """The per-entry loop of copy/map/unmap/swap: read, do, write back (status or all)."""
+    """The per-entry loop of map/unmap/swap: read, do, write back (status or all)."""
     guest = vcpu.guest()
     size = C.sizeof(cls)
     status_at = cls.status.offset  # type: ignore[attr-defined]
