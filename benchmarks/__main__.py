@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-NOT_BENCHMARKS = {"common"}
+NOT_BENCHMARKS = {"common", "pair"}
 
 
 def available() -> list[str]:

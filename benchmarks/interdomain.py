@@ -22,57 +22,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from benchmarks.common import report
-from benchmarks.host import Daemon, wait_for
+from benchmarks.pair import run_pair
 from pyxen.toolstack.accel import available_accels
-from pyxen.toolstack.guestkit import guest_image
-from pyxen.xenstore.client import Client
 
 ROUNDS = 2000
 MEMORY_MIB = 16
 TIMEOUT_S = 240.0
 
 
-def info(log: Path) -> dict[str, str] | None:
-    """The guest's INFO lines by key once it printed RESULT (None before)."""
-    if not log.exists():
-        return None
-    text = log.read_text(errors="replace")
-    if "\nRESULT " not in text and not text.startswith("RESULT "):
-        return None
-    fails = [line for line in text.splitlines() if line.startswith("TEST ") and "FAIL" in line]
-    if fails:
-        raise RuntimeError(f"{log.stem}: {fails[0]}")
-    return {k: v for k, _, v in (line[5:].partition(" ") for line in text.splitlines()
-                                 if line.startswith("INFO "))}
-
-
 def pingpong(accel: str, rounds: int) -> dict[str, str]:
     """B's figures from one run of the pair on `accel`."""
-    kernel = guest_image("interdomain")
-    with tempfile.TemporaryDirectory(prefix="pyxen-bench-interdomain-") as tmp:
-        state = Path(tmp)
-        daemon = Daemon(state)
-        try:
-            domids = {}
-            for role in "ab":
-                cfg = state / f"{role}.cfg"
-                cfg.write_text("\n".join((
-                    f'name = "{role}"', 'type = "pvh"', f'kernel = "{kernel}"',
-                    f"memory = {MEMORY_MIB}", f'accel = "{accel}"',
-                    f'extra = "role={role} rounds={rounds} console=hvc0"')) + "\n")
-                domids[role] = daemon.create(cfg)
-            with Client(str(daemon.xenstore), timeout=60) as xs:
-                xs.write(f"/local/domain/{domids['a']}/data/peer", str(domids["b"]))
-                xs.write(f"/local/domain/{domids['b']}/data/peer", str(domids["a"]))
-            return wait_for("the pair to finish",
-                            lambda: info(state / "console" / "guest-b.log"), TIMEOUT_S, 0.1)
-        finally:
-            daemon.stop()
+    cmdlines = {role: f"role={role} rounds={rounds} console=hvc0" for role in "ab"}
+    return run_pair("interdomain", accel, MEMORY_MIB, cmdlines, ["b"], TIMEOUT_S)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

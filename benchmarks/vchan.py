@@ -22,16 +22,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from benchmarks.common import report
-from benchmarks.host import Daemon, wait_for
+from benchmarks.pair import run_pair
 from pyxen.toolstack.accel import available_accels
-from pyxen.toolstack.guestkit import guest_image
-from pyxen.xenstore.client import Client
 
 MIB = 256
 ORDER = 20          # libxenvchan's largest ring (MAX_RING_SHIFT)
@@ -41,55 +37,15 @@ MEMCPY_MIB = 64
 MEMCPY_ROUNDS = 5
 
 
-def info(log: Path) -> dict[str, str] | None:
-    """The guest's INFO lines by key once it printed RESULT (None before); the first value
-    of a key wins (role=loop prints two sets)."""
-    if not log.exists():
-        return None
-    text = log.read_text(errors="replace")
-    if "\nRESULT " not in text and not text.startswith("RESULT "):
-        return None
-    fails = [line for line in text.splitlines() if line.startswith("TEST ") and "FAIL" in line]
-    if fails:
-        raise RuntimeError(f"{log.stem}: {fails[0]}")
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("INFO "):
-            key, _, value = line[5:].partition(" ")
-            found.setdefault(key, value)
-    return found
-
-
 def pair(accel: str, mib: int, order: int, extra: str = "",
          client_extra: str = "") -> tuple[dict[str, str], dict[str, str]]:
     """The server's and the client's INFO from one run of the pair on `accel`."""
-    kernel = guest_image("vchan")
     common = f"mib={mib} console=hvc0 {extra}".strip()
     cmdlines = {"server": f"role=server left_order={order} right_order={order} {common}",
                 "client": f"role=client {common} {client_extra}".strip()}
-    with tempfile.TemporaryDirectory(prefix="pyxen-bench-vchan-") as tmp:
-        state = Path(tmp)
-        daemon = Daemon(state)
-        try:
-            domids = {}
-            for role, cmdline in cmdlines.items():
-                cfg = state / f"{role}.cfg"
-                cfg.write_text("\n".join((
-                    f'name = "{role}"', 'type = "pvh"', f'kernel = "{kernel}"',
-                    f"memory = {MEMORY_MIB}", f'accel = "{accel}"',
-                    f'extra = "{cmdline}"')) + "\n")
-                domids[role] = daemon.create(cfg)
-            with Client(str(daemon.xenstore), timeout=60) as xs:
-                xs.write(f"/local/domain/{domids['server']}/data/peer", str(domids["client"]))
-                xs.write(f"/local/domain/{domids['client']}/data/peer", str(domids["server"]))
-            logs = state / "console"
-            server = wait_for("the server to finish", lambda: info(logs / "guest-server.log"),
-                              TIMEOUT_S, 0.1)
-            client = wait_for("the client to finish", lambda: info(logs / "guest-client.log"),
-                              TIMEOUT_S, 0.1)
-            return server, client
-        finally:
-            daemon.stop()
+    server, client = run_pair("vchan", accel, MEMORY_MIB, cmdlines, ["server", "client"],
+                              TIMEOUT_S)
+    return server, client
 
 
 def rates(mib: int, server: dict[str, str], client: dict[str, str]) -> tuple[float, float]:
