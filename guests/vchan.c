@@ -73,7 +73,9 @@
  *  moves prod, then checks at most a chunk of what arrived and moves cons; each index move
  *  runs send_notify. It returns to ring 0 only at the end of a pass that left an event to
  *  send (ring 0 sends it, then ring 3 goes on), copies to run (mode=copy), when all is done
- *  or something failed, or when nothing moved in either direction for SPIN_NS (200 us):
+ *  or something failed, or when nothing moved in either direction for SPIN_NS (1 ms; longer
+ *  than the peer's trip to ring 0 to send an event, ~0.3-0.5 ms under kvm_pvm, so that trip
+ *  does not make this side block too, and then the peer send again, and so on):
  *  then it sets the notify bits for what it waits for (data and/or room), passes once more,
  *  and if still nothing moved, ring 0 waits for an event on its port -- at most RECHECK_NS
  *  (1 s), then ring 3 looks at the rings again anyway (INFO slow_waits counts the waits that
@@ -210,7 +212,7 @@
 #define MIB             (1024ULL * 1024)
 #define PEER_BOUND_NS   (3 * WAIT_BOUND_NS)   /* for everything that waits on the peer */
 #define RECHECK_NS      (1000 * MS)           /* look at idle rings again after this long */
-#define SPIN_NS         (200 * US)            /* ring 3 looks at idle rings this long */
+#define SPIN_NS         (1000 * US)           /* ring 3 looks at idle rings this long */
 #define SPIN_PASSES     128                   /* idle passes between two looks at the clock */
 
 #define MIN_ORDER       10
