@@ -231,6 +231,27 @@ def test_rename_domid_domname_uptime(daemon: Daemon) -> None:
     assert re.fullmatch(r"new\s+1 \d+:\d\d:\d\d", uptime[2])
 
 
+def test_rename_refuses_a_name_no_domain_may_have(daemon: Daemon) -> None:
+    """The rules `--name` and a config follow hold for a rename too, and Domain-0's name is
+    taken: one line each, and the domain keeps its name."""
+    daemon.create("keeper", "block", LONG_IDLE)
+    for name, words in (("\udcff", "not valid UTF-8"), ("a\nb", "control characters"),
+                        ("", "1 to 128 bytes"), ("x" * 129, "1 to 128 bytes"),
+                        ("12", "not a domain name"), ("Domain-0", "already exists")):
+        done = daemon.pyxen("rename", "keeper", name, check=False)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.splitlines()) == 1 and words in done.stderr, done.stderr
+    assert daemon.pyxen("domid", "keeper").stdout == "1\n"
+
+
+@pytest.mark.parametrize("delay", ["nan", "inf", "-1", "1e308"])
+def test_top_refuses_a_delay_that_is_not_a_time(daemon: Daemon, delay: str) -> None:
+    done = daemon.pyxen("top", "-b", "-d", delay, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines() == [
+        f"pyxen: -d: the delay must be 0 to 31536000 seconds (a year), not {float(delay):g}"]
+
+
 def test_the_daemon_stops_cleanly_on_sigterm(daemon: Daemon) -> None:
     daemon.create("left", "block", LONG_IDLE)
     pid = daemon.domains()["left"]["pid"]

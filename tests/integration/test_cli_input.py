@@ -226,6 +226,18 @@ def test_xenstored_non_utf8_socket_in_a_missing_directory(tmp_path: Path) -> Non
                    prog="pyxen xenstored")
 
 
+@pytest.mark.parametrize(("args", "option", "words"), [
+    (("daemon", "--socket", ""), "--socket", "the socket path is empty"),
+    (("daemon", "--xenstore-socket", ""), "--xenstore-socket", "the socket path is empty"),
+    (("daemon", "--state-dir", ""), "--state-dir", "the directory path is empty"),
+    (("list", "--host", ""), "--host", "the socket path is empty"),
+    (("destroy", "--host", "", "1"), "--host", "the socket path is empty"),
+])
+def test_daemon_and_client_empty_paths_are_bad_usage(args: tuple[str, ...], option: str,
+                                                     words: str) -> None:
+    assert_usage(pyxen(*args), option, words, prog=f"pyxen {args[0]}")
+
+
 # --- xenstored quotas ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("option", QUOTA_OPTIONS)
@@ -365,14 +377,11 @@ def test_signal_stops_pyxen_run_cleanly(guests, sig: signal.Signals, tmp_path: P
     assert not sock.exists()
 
 
-@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: s.name)
-def test_signal_stops_xenstored_cleanly(sig: signal.Signals, tmp_path: Path) -> None:
-    sock = tmp_path / "xs.sock"
-    # Zero quotas are real limits (nothing allowed), accepted as the C daemon accepts them.
-    proc = subprocess.Popen(_argv(("xenstored", "--socket", str(sock), "-E", "0",
-                                   "-Q", "watches=0")),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_stop_signals)
+def _stop_when_serving(args: tuple[str, ...], sock: Path,
+                       sig: signal.Signals) -> tuple[int, str]:
+    """Start `pyxen ARGS`, send `sig` once `sock` accepts connections: status and stderr."""
+    proc = subprocess.Popen(_argv(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=_default_stop_signals)
     try:
         _wait_for(lambda: _connectable(sock), "socket", proc)
         proc.send_signal(sig)
@@ -381,9 +390,31 @@ def test_signal_stops_xenstored_cleanly(sig: signal.Signals, tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 128 + sig, stderr
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: s.name)
+def test_signal_stops_xenstored_cleanly(sig: signal.Signals, tmp_path: Path) -> None:
+    sock = tmp_path / "xs.sock"
+    # Zero quotas are real limits (nothing allowed), accepted as the C daemon accepts them.
+    status, stderr = _stop_when_serving(("xenstored", "--socket", str(sock), "-E", "0",
+                                         "-Q", "watches=0"), sock, sig)
+    assert status == 128 + sig, stderr
     assert stderr.splitlines() == [_message("pyxen xenstored", sig)]
     assert not sock.exists()
+
+
+@pytest.mark.parametrize("sig", (signal.SIGTERM, signal.SIGHUP), ids=lambda s: s.name)
+def test_daemon_takes_away_the_directories_it_created(sig: signal.Signals,
+                                                      tmp_path: Path) -> None:
+    """A daemon told to serve in missing directories makes them, and removes them again
+    when it stops with nothing left in them (no domain ran: no logs, no journal). The
+    probe's connection is still being served when the signal comes: no traceback."""
+    sock = tmp_path / "no" / "such" / "api.sock"
+    status, stderr = _stop_when_serving(("daemon", "--socket", str(sock)), sock, sig)
+    assert "Traceback" not in stderr, stderr
+    assert status == 128 + sig, stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.0, 2.0, 3.5])

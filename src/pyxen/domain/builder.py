@@ -140,19 +140,25 @@ def _shown(text: str) -> str:
                          for c in decoded) + "'"
 
 
+def check_name(name: str) -> None:
+    """The rules a domain name follows wherever it is given (a config, `--name`, a rename):
+    ImageError naming the broken one."""
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:
+        raise ImageError(f"the domain name {_shown(name)} is not valid UTF-8 "
+                         f"(XenStore names are UTF-8)") from None
+    if not encoded or len(encoded) > MAX_NAME:
+        raise ImageError(f"the domain name must be 1 to {MAX_NAME} bytes long "
+                         f"(got {len(encoded)})")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ImageError(f"the domain name {_shown(name)} contains control characters")
+
+
 def check_config(config: DomainConfig) -> None:
     """Every rule a domain configuration must follow, in one place (the CLI relies on it):
     ImageError naming the first broken one."""
-    try:
-        name = config.name.encode()
-    except UnicodeEncodeError:
-        raise ImageError(f"the domain name {_shown(config.name)} is not valid UTF-8 "
-                         f"(XenStore names are UTF-8)") from None
-    if not name or len(name) > MAX_NAME:
-        raise ImageError(f"the domain name must be 1 to {MAX_NAME} bytes long "
-                         f"(got {len(name)})")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in config.name):
-        raise ImageError(f"the domain name {_shown(config.name)} contains control characters")
+    check_name(config.name)
     host = host_memory_mib()
     if not 1 <= config.memory_mib <= host:
         raise ImageError(f"memory must be between 1 MiB and the host's {host} MiB "

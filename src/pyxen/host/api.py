@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from pyxen import __version__
+from pyxen.domain.builder import ImageError, check_name
 from pyxen.host import sched
 from pyxen.host.wire import Message, WireError, decode, encode
 from pyxen.xenstore.client import Client
@@ -118,9 +119,14 @@ class Api:
         from pyxen.host.daemon import HostError
 
         dom, new = self._dom(msg), str(msg.get("name", ""))
-        if not new or new.isdigit():
+        try:
+            check_name(new)
+        except ImageError as e:
+            raise HostError(str(e)) from None
+        if new.isdigit():
             raise HostError(f"'{new}' is not a domain name")
-        if any(d.name == new for d in self.host.domains.values() if d is not dom):
+        if new == "Domain-0" or any(d.name == new for d in self.host.domains.values()
+                                    if d is not dom):
             raise HostError(f"domain with name {new} already exists")
         dom.name = new
         xs = Client.in_process(self.host.xenstored, domid=0)
@@ -193,8 +199,10 @@ class ApiServer:
         if self._server is not None:
             self._server.close()
             self._server = None
-        for task in list(self._clients):
+        clients = list(self._clients)
+        for task in clients:
             task.cancel()
+        await asyncio.gather(*clients, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -206,6 +214,8 @@ class ApiServer:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:  # stop(): the daemon is going; a client just goes too
+            pass
         finally:
             self._clients.discard(task)
             writer.close()
@@ -214,6 +224,7 @@ class ApiServer:
         from pyxen.host.daemon import HostError
 
         while line := await reader.readline():
+            msg: Message = {}
             try:
                 msg = decode(line)
                 op = str(msg.get("op"))
@@ -230,6 +241,10 @@ class ApiServer:
                 reply = {"ok": False, "error": str(e), "status": e.status}
             except WireError as e:
                 reply = {"ok": False, "error": str(e), "status": 1}
+            except Exception as e:  # a bug of ours: the daemon's log has it, the client a line
+                log.exception("the %r request failed", msg.get("op"))
+                reply = {"ok": False, "error": f"the daemon failed on this request ({e!r}); "
+                         f"its log has the details", "status": 1}
             writer.write(encode(reply) + b"\n")
             await writer.drain()
 

@@ -36,7 +36,7 @@ from pyxen.toolstack.console_service import remove_console_nodes
 from pyxen.toolstack.xenstore_service import release_domain
 from pyxen.xenstore.client import Client
 from pyxen.xenstore.snapshot import Persistence, SnapshotError, restore
-from pyxen.xenstore.unix import UnixServer, check_socket_path, prepare_socket_path
+from pyxen.xenstore.unix import UnixServer, check_socket_path, prepare_socket_path, socket_path_arg
 from pyxen.xenstore.xenstored import XenStored
 
 log = logging.getLogger("pyxen.daemon")
@@ -390,12 +390,12 @@ def host_memory_mib() -> int:
 
 # --- the command ---------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--socket", metavar="PATH", default=None,
+    p.add_argument("--socket", metavar="PATH", default=None, type=socket_path_arg,
                    help=f"the API socket (default $PYXEN_HOST or {paths.default_socket()})")
-    p.add_argument("--state-dir", metavar="DIR", default=None,
+    p.add_argument("--state-dir", metavar="DIR", default=None, type=directory_arg,
                    help="console logs, domain logs, dumps, the XenStore socket "
                         "(default: the API socket's directory)")
-    p.add_argument("--xenstore-socket", metavar="PATH", default=None,
+    p.add_argument("--xenstore-socket", metavar="PATH", default=None, type=socket_path_arg,
                    help="where xenstore-* tools find the store (default STATE_DIR/xenstored)")
     p.add_argument("--detach", action="store_true",
                    help="go to the background once serving (with --pid-file)")
@@ -413,15 +413,16 @@ def run(args: argparse.Namespace) -> int:
     socket_path = Path(args.socket or paths.host_socket(None))
     state_dir = Path(args.state_dir) if args.state_dir else socket_path.parent
     xs_path = Path(args.xenstore_socket) if args.xenstore_socket else state_dir / "xenstored"
+    created: list[Path] = []
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         for path in (socket_path, xs_path):
             check_socket_path(str(path))
+        created = make_dirs(state_dir) + make_dirs(socket_path.parent)
         if args.replace:
             take_over(socket_path)
     except (OSError, ValueError, ClientError) as e:
         print(f"pyxen daemon: {e}", file=sys.stderr)
+        remove_empty_dirs(created)
         return 1
     ready_w = -1
     if args.detach:
@@ -437,6 +438,32 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, persist.StateError, SnapshotError) as e:
         print(f"pyxen daemon: {e}", file=sys.stderr)
         return 1
+    finally:
+        remove_empty_dirs(created)
+
+
+def directory_arg(text: str) -> str:
+    """argparse type for a directory option: a path, not an empty string."""
+    if not text:
+        raise argparse.ArgumentTypeError("the directory path is empty")
+    return text
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """Create `path` and its missing parents (private to this user); the ones created,
+    outermost first, so that the daemon can take them away again when it ends."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir(mode=0o700, exist_ok=True)
+    return list(reversed(missing))
+
+
+def remove_empty_dirs(created: list[Path]) -> None:
+    """Take away the directories this daemon created that nothing was left in (a state
+    directory that keeps logs or a journal stays)."""
+    for p in reversed(created):
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            p.rmdir()
 
 
 HANDOVER_TIMEOUT = 60.0  # seconds the old daemon has to save its state and exit

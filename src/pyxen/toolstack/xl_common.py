@@ -13,6 +13,7 @@ from typing import Any
 from pyxen.host import paths
 from pyxen.host.client import HostClient, HostError, HostUnavailable
 from pyxen.host.wire import WireError
+from pyxen.xenstore.unix import socket_path_arg
 
 EXIT_FAILURE = 1
 
@@ -27,7 +28,7 @@ class Command:
 
 
 def add_host_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", metavar="SOCKET",
+    p.add_argument("--host", metavar="SOCKET", type=socket_path_arg,
                    help=f"the daemon's API socket (default ${paths.HOST_ENV} or "
                         f"{paths.default_socket()})")
 

@@ -5,6 +5,7 @@ xl_vcpu.c, xl_mem.c) and xentop's; the daemon applies them (`pyxen.host.sched`).
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -16,6 +17,7 @@ from pyxen.host.limits import host_cpus
 from pyxen.host.sched import format_cpus
 from pyxen.threads import SignalStop
 
+from .run_cmd import MAX_TIMEOUT
 from .xl_common import Command, add_host_argument, domain_argument, with_host
 from .xlcfg import parse_cpu_list
 
@@ -322,8 +324,9 @@ def _top_add(p: argparse.ArgumentParser) -> None:
 
 
 def _top(host: HostClient, args: argparse.Namespace) -> int:
-    if args.delay < 0:
-        raise _usage(f"-d: the delay must be 0 or more seconds, not {args.delay:g}")
+    if not (math.isfinite(args.delay) and 0 <= args.delay <= MAX_TIMEOUT):
+        raise _usage(f"-d: the delay must be 0 to {MAX_TIMEOUT} seconds (a year), "
+                     f"not {args.delay:g}")
     screen = not args.batch and sys.stdout.isatty()
     previous: dict[int, dict[str, Any]] = {}
     shown = 0
