@@ -123,6 +123,12 @@ class VcpuBackend(Protocol):
 
     def regs_changed(self) -> None: ...
 
+    def settle(self) -> None:
+        """Finish what the last exit still owes the CPU before registers change or the
+        vCPU sleeps (KVM: the hypercall's port write). The exit's registers stay readable
+        before it; write them only after it."""
+        ...
+
     def sregs(self) -> SpecialRegs: ...
 
     def is_64bit(self) -> bool:

@@ -206,6 +206,7 @@ class Vcpu:
     def sleep(self, deadline: int | None = None) -> None:
         """Block this vCPU (no CPU used) until kicked or until system time `deadline`.
         Callers clear `wake` before testing their wake-up condition, so no kick is lost."""
+        self.backend.settle()  # now, not on the way back from the wake-up
         self.set_runstate(RUNSTATE_blocked)
         try:
             timeout = None
@@ -269,6 +270,7 @@ class Vcpu:
 
     def _complete_hypercall(self, nr: int, args: tuple[int, ...], result: int) -> None:
         """The result in rax, in the caller's width; --trace's line."""
+        self.backend.settle()
         self.backend.regs.rax = result & (M32 if self.compat else M64)
         self.backend.regs_changed()
         if self.domain.trace:

@@ -88,6 +88,8 @@ class KvmVcpu:
         self._xen_result_due = False
         self._fresh = False  # sync regs hold valid state only after the first exit
         self._kicks = 0  # kick() counts, so that finishing a port write cannot lose one
+        self._port_write_owed = False  # a hypercall's OUT that KVM has not retired yet
+        self._kicks_at_exit = 0
         self._unknown_exits = 0  # KVM_EXIT_UNKNOWN in a row (no other exit between)
 
     # --- setup ---------------------------------------------------------------------------
@@ -134,6 +136,7 @@ class KvmVcpu:
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> Exit:
+        self.settle()
         if self._xen_result_due:  # KVM completes the call from hcall.result, not from rax
             self._xen_hcall.result = self.regs.rax
             self._xen_result_due = False
@@ -147,7 +150,8 @@ class KvmVcpu:
             self._unknown_exits = 0
             port = self.exit_port = self._io_port.value
             if port == self.hypercall_port and self._io_direction.value == K.KVM_EXIT_IO_OUT:
-                self._finish_port_write()
+                self._port_write_owed = True  # settle() finishes it, off the call's path
+                self._kicks_at_exit = self._kicks
                 return Exit.HYPERCALL
             size = self.exit_size = self._io_size.value
             if self._io_count.value != 1:
@@ -163,6 +167,11 @@ class KvmVcpu:
             return Exit.IO_IN
         return self._slow_exit(self._exit_reason.value)
 
+    def settle(self) -> None:
+        if self._port_write_owed:
+            self._port_write_owed = False
+            self._finish_port_write()
+
     def _finish_port_write(self) -> None:
         """Let KVM retire the hypercall's port write now, before rax takes the result.
 
@@ -172,8 +181,12 @@ class KvmVcpu:
         interrupted, lost: the guest saw the hypercall number come back in rax. One
         KVM_RUN with immediate_exit set completes the write and enters no guest code; the
         registers it stores are the ones after the OUT, and the result then goes in with
-        nothing pending. A kick that arrives meanwhile keeps its immediate_exit."""
-        kicks = self._kicks
+        nothing pending. A kick that arrives meanwhile keeps its immediate_exit.
+
+        It runs from settle(): after the hypercall's handler (which reads the arguments
+        from the exit's registers), so that an EVTCHNOP_send wakes its peer one ioctl
+        sooner, and before a vCPU sleeps, so that a woken SCHEDOP_poll pays nothing."""
+        kicks = self._kicks_at_exit  # a kick since the exit is still owed too
         self._immediate_exit.value = 1
         with contextlib.suppress(InterruptedError):
             fcntl.ioctl(self.fd, K.KVM_RUN, 0)

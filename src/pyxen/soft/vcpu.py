@@ -436,6 +436,9 @@ class SoftVcpu:
     def regs_changed(self) -> None:
         self._dirty = True
 
+    def settle(self) -> None:
+        """Nothing to finish: a hook's port write is done when the hook returns."""
+
     def _read_regs(self) -> None:
         uclib.uc_reg_read_batch(self.uc._uch, self._reg_ids, self._reg_ptrs, len(REG_IDS))
 
