@@ -205,6 +205,7 @@
  */
 #include "guest.h"
 #include "evtchn.h"
+#include "gnttab.h"
 #include <xen/io/libxenvchan.h>
 
 #define MS              1000000ULL
@@ -321,7 +322,6 @@ static uint8_t other_page[PAGE_SIZE] ALIGNED(4096);
 static uint8_t never_page[PAGE_SIZE] ALIGNED(4096);
 static uint8_t revoke_page[PAGE_SIZE] ALIGNED(4096);
 static uint8_t ro_page[PAGE_SIZE] ALIGNED(4096);
-static volatile grant_entry_v1_t *gt;
 static unsigned granted_refs[2 * MAX_RING_PAGES + 4], nr_granted;
 
 /* Client pages: the copy-mode bounce pages (one set per ring) and a probe page. */
@@ -449,59 +449,20 @@ static void copy_bytes(void *d, const void *s, size_t n)
         *dp++ = *sp++;
 }
 
-/* ---- grant-table helpers ------------------------------------------------------------------ */
-static long xatp(unsigned long idx, xen_pfn_t gpfn)
-{
-    struct xen_add_to_physmap a = { .domid = DOMID_SELF, .space = XENMAPSPACE_grant_table,
-                                    .idx = idx, .gpfn = gpfn };
-    return HYPERVISOR_memory_op(XENMEM_add_to_physmap, &a);
-}
-
-/* Server: a v1 entry, flags last (a grantee must never see the flags with a stale frame). */
-static void grant(unsigned ref, domid_t domid, const void *page, uint16_t flags)
-{
-    gt[ref].domid = domid;
-    gt[ref].frame = (uint32_t)pfn(page);
-    barrier();
-    gt[ref].flags = flags;
-}
-
-static uint16_t busy_bits(unsigned ref) { return gt[ref].flags & (GTF_reading | GTF_writing); }
-
-/* Server: end foreign access as Linux's gnttab_end_foreign_access_ref (v1): the flags go to
- * 0 only while neither GTF_reading nor GTF_writing is set. */
-static bool end_access(unsigned ref)
-{
-    uint16_t f = gt[ref].flags;
-    do {
-        if (f & (GTF_reading | GTF_writing))
-            return false;
-    } while (!__atomic_compare_exchange_n(&gt[ref].flags, &f, 0, false, __ATOMIC_SEQ_CST,
-                                          __ATOMIC_SEQ_CST));
-    return true;
-}
-
+/* ---- grant-table helpers (runtime/gnttab.c does the work) ------------------------------ */
 static uint64_t frame_addr(unsigned idx) { return (frame_base + idx) << PAGE_SHIFT; }
 static uint8_t *frame_va(unsigned idx) { return (uint8_t *)(uintptr_t)(VBASE + idx * PAGE_SIZE); }
 
-/* Client: map `ref` of domain `dom` at frame H+idx; the GNTST status (-1000: the hypercall
- * itself failed). */
+/* Client: map `ref` of domain `dom` at frame H+idx; the GNTST status (GNTTAB_CALL_FAILED:
+ * the hypercall itself failed). */
 static int16_t map_ref(domid_t dom, grant_ref_t ref, unsigned idx, bool ro, grant_handle_t *h)
 {
-    struct gnttab_map_grant_ref op = { .host_addr = frame_addr(idx), .ref = ref, .dom = dom,
-                                       .flags = GNTMAP_host_map | (ro ? GNTMAP_readonly : 0) };
-    op.status = 99;
-    long rc = HYPERVISOR_grant_table_op(GNTTABOP_map_grant_ref, &op, 1);
-    *h = op.handle;
-    return rc ? (int16_t)-1000 : op.status;
+    return gnttab_map(dom, ref, frame_addr(idx), ro, h);
 }
 
 static int16_t unmap_frame(unsigned idx, grant_handle_t h)
 {
-    struct gnttab_unmap_grant_ref op = { .host_addr = frame_addr(idx), .handle = h };
-    op.status = 99;
-    long rc = HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, &op, 1);
-    return rc ? (int16_t)-1000 : op.status;
+    return gnttab_unmap(frame_addr(idx), h);
 }
 
 /* Client: 64 bytes between probe_page and `ref`'s page (offset 0): the GNTST status. */
@@ -519,7 +480,7 @@ static int16_t copy_probe(domid_t dom, grant_ref_t ref, bool to_ref)
     }
     op.status = 99;
     long rc = HYPERVISOR_grant_table_op(GNTTABOP_copy, &op, 1);
-    return rc ? (int16_t)-1000 : op.status;
+    return rc ? GNTTAB_CALL_FAILED : op.status;
 }
 
 /* A map that must be refused with `want` (unmapped again if it was not). */
@@ -1041,13 +1002,9 @@ static bool wait_step(const char *want)
 static bool server_offer(struct side *s)
 {
     s->peer = peer;
-    long rc = 0;
-    unsigned f = 0;
-    for (; f < GT_FRAMES && rc == 0; f++)
-        rc = xatp(f, pfn(gt_pages[f]));
-    if (!check("vchan.grant_table", rc == 0, "add_to_physmap(grant_table %u): %ld", f - 1, rc))
+    long rc = gnttab_setup(gt_pages, GT_FRAMES);
+    if (!check("vchan.grant_table", rc == 0, "add_to_physmap(grant_table): %ld", rc))
         return false;
-    gt = (volatile grant_entry_v1_t *)gt_pages;
 
     rc = evtchn_alloc_unbound(DOMID_SELF, peer, &s->port);
     if (rc == 0)
@@ -1065,11 +1022,11 @@ static bool server_offer(struct side *s)
     r->cli_notify = VCHAN_NOTIFY_WRITE;
     unsigned lp = ring_pages(left_order), rp = ring_pages(right_order);
     for (unsigned i = 0; i < lp + rp; i++) {
-        grant(REF_DATA + i, peer, data_pages[i], GTF_permit_access);
+        gnttab_grant(REF_DATA + i, peer, pfn(data_pages[i]), GTF_permit_access);
         r->grants[i] = REF_DATA + i;
         granted_refs[nr_granted++] = REF_DATA + i;
     }
-    grant(REF_RING, peer, ring_page, GTF_permit_access);
+    gnttab_grant(REF_RING, peer, pfn(ring_page), GTF_permit_access);
     granted_refs[nr_granted++] = REF_RING;
 
     /* The server reads the left ring and writes the right one, both in its own pages. */
@@ -1088,10 +1045,10 @@ static bool server_offer(struct side *s)
         ro_page[i] = test_byte(REF_RO, i);
         never_page[i] = 0xee;
     }
-    grant(REF_OTHER, peer ? 0 : (domid_t)self, other_page, GTF_permit_access);
-    grant(REF_NEVER, peer, never_page, 0);
-    grant(REF_REVOKE, peer, revoke_page, GTF_permit_access);
-    grant(REF_RO, peer, ro_page, GTF_permit_access | GTF_readonly);
+    gnttab_grant(REF_OTHER, peer ? 0 : (domid_t)self, pfn(other_page), GTF_permit_access);
+    gnttab_grant(REF_NEVER, peer, pfn(never_page), 0);
+    gnttab_grant(REF_REVOKE, peer, pfn(revoke_page), GTF_permit_access);
+    gnttab_grant(REF_RO, peer, pfn(ro_page), GTF_permit_access | GTF_readonly);
     granted_refs[nr_granted++] = REF_RO;
     info("ring_ref", "%u", REF_RING);
     info("port", "%u", s->port);
@@ -1156,28 +1113,28 @@ static void server_check_mapped(struct side *s, bool client_copies)
     unsigned lp = ring_pages(left_order), rp = ring_pages(right_order);
     uint16_t want_left = client_copies ? 0 : GTF_reading | GTF_writing;
     uint16_t want_right = client_copies ? 0 : GTF_reading;
-    bool ok = busy_bits(REF_RING) == (GTF_reading | GTF_writing);
+    bool ok = gnttab_busy(REF_RING) == (GTF_reading | GTF_writing);
     unsigned bad = ok ? 0 : REF_RING;
     for (unsigned i = 0; ok && i < lp + rp; i++) {
-        ok = busy_bits(REF_DATA + i) == (i < lp ? want_left : want_right);
+        ok = gnttab_busy(REF_DATA + i) == (i < lp ? want_left : want_right);
         if (!ok)
             bad = REF_DATA + i;
     }
     check("vchan.flags_while_mapped", ok, "ref %u: flags %#x (mode %s: ring r+w, left %#x, "
-          "right %#x expected)", bad, bad ? gt[bad].flags : 0,
+          "right %#x expected)", bad, bad ? gnttab_v1[bad].flags : 0,
           client_copies ? "copy" : "map", want_left, want_right);
 }
 
 static void server_revoke(struct side *s)
 {
-    check_eq("vchan.ro_flags_reading_only", busy_bits(REF_RO), GTF_reading);
+    check_eq("vchan.ro_flags_reading_only", gnttab_busy(REF_RO), GTF_reading);
     unsigned i = 0;
     while (i < PAGE_SIZE && ro_page[i] == test_byte(REF_RO, i))
         i++;
     check("vchan.ro_page_unchanged", i == PAGE_SIZE, "byte %u is %#x, was %#x", i,
           i < PAGE_SIZE ? ro_page[i] : 0, i < PAGE_SIZE ? test_byte(REF_RO, i) : 0);
-    uint16_t f = gt[REF_REVOKE].flags;
-    check("vchan.revoke", end_access(REF_REVOKE) && gt[REF_REVOKE].flags == 0,
+    uint16_t f = gnttab_v1[REF_REVOKE].flags;
+    check("vchan.revoke", gnttab_end_access(REF_REVOKE) && gnttab_v1[REF_REVOKE].flags == 0,
           "ref %u flags %#x (the client should have unmapped it)", REF_REVOKE, f);
 }
 
@@ -1186,16 +1143,16 @@ static void server_release(struct side *s)
     check_eq("vchan.client_closed", s->ring->cli_live, 0);
     unsigned bad = 0;
     for (unsigned i = 0; i < nr_granted && !bad; i++)
-        if (busy_bits(granted_refs[i]))
+        if (gnttab_busy(granted_refs[i]))
             bad = granted_refs[i];
     check("vchan.flags_clear_after_unmap", !bad, "ref %u still has flags %#x", bad,
-          bad ? gt[bad].flags : 0);
+          bad ? gnttab_v1[bad].flags : 0);
     bad = 0;
     for (unsigned i = 0; i < nr_granted; i++)
-        if (!end_access(granted_refs[i]) && !bad)
+        if (!gnttab_end_access(granted_refs[i]) && !bad)
             bad = granted_refs[i];
     check("vchan.end_access", !bad, "ref %u could not be ended: flags %#x", bad,
-          bad ? gt[bad].flags : 0);
+          bad ? gnttab_v1[bad].flags : 0);
 }
 
 static void role_server(void)
