@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guestkit import image
+from guestkit import Report, image
 from pyxen.host.client import HostClient, HostUnavailable
+from pyxen.xenstore.client import Client
 
 WAIT_S = 120.0  # a generous bound for "soon" on a busy machine
 READY = b"pvguest: watching control/shutdown"
@@ -123,3 +124,27 @@ def type_into_console(daemon: Daemon, name: str, keys: bytes) -> None:
                              env=daemon.env, input=keys + b"\x1d", capture_output=True,
                              timeout=WAIT_S)
     assert session.returncode == 0, session.stderr
+
+
+def finished(daemon: Daemon, name: str) -> Report | None:
+    """Guest `name`'s report once its RESULT line is in its console log, else None."""
+    report = Report.parse(console_log(daemon, name))
+    return report if report.result is not None else None
+
+
+def run_pair(daemon: Daemon, guest: str, first: tuple[str, str], second: tuple[str, str],
+             timeout: float = 600) -> tuple[Report, Report]:
+    """Create two domains of kit guest `guest` ((name, cmdline) each, on hvc0), tell each
+    who its peer is (its data/peer, written as dom0 as a toolstack would), and wait for
+    both reports, every check of both passed."""
+    domids = [daemon.create(name, guest, f"{extra} console=hvc0") for name, extra in
+              (first, second)]
+    assert min(domids) > 0, f"a domain of the pair did not start: {domids}"
+    with Client(str(daemon.xenstore), timeout=60) as xs:
+        xs.write(f"/local/domain/{domids[0]}/data/peer", str(domids[1]))
+        xs.write(f"/local/domain/{domids[1]}/data/peer", str(domids[0]))
+    reports = [wait_for(f"{name} to finish", lambda n=name: finished(daemon, n),
+                        timeout=timeout) for name, _ in (first, second)]
+    for report in reports:
+        report.assert_all_passed()
+    return reports[0], reports[1]

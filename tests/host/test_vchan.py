@@ -11,14 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from guestkit import Report
-from host.hostkit import Daemon, console_log, wait_for
-from pyxen.xenstore.client import Client
-
-
-def finished(daemon: Daemon, name: str) -> Report | None:
-    report = Report.parse(console_log(daemon, name))
-    return report if report.result is not None else None
+from host.hostkit import Daemon, run_pair
 
 
 # 256 MiB each way through libxenvchan's largest rings (2^20 bytes: 256 granted pages a
@@ -31,17 +24,10 @@ def finished(daemon: Daemon, name: str) -> Report | None:
 def test_a_granted_ring_carries_every_byte_and_grants_stay_private(
         daemon: Daemon, mode: str, mib: int, orders: tuple[int, int]) -> None:
     left, right = orders
-    server = daemon.create("server", "vchan", f"role=server mib={mib} left_order={left} "
-                           f"right_order={right} console=hvc0")
-    client = daemon.create("client", "vchan", f"role=client mib={mib} mode={mode} console=hvc0")
-    assert server > 0 and client > 0
-    with Client(str(daemon.xenstore), timeout=60) as xs:
-        xs.write(f"/local/domain/{server}/data/peer", str(client))
-        xs.write(f"/local/domain/{client}/data/peer", str(server))
-    report_s = wait_for("the server to finish", lambda: finished(daemon, "server"), timeout=900)
-    report_c = wait_for("the client to finish", lambda: finished(daemon, "client"), timeout=900)
-    report_s.assert_all_passed()
-    report_c.assert_all_passed()
+    report_s, report_c = run_pair(
+        daemon, "vchan", ("server", f"role=server mib={mib} left_order={left} "
+                                    f"right_order={right}"),
+        ("client", f"role=client mib={mib} mode={mode}"), timeout=900)
     assert {"vchan.stream_c2s", "vchan.sent_s2c", "vchan.flags_clear_after_unmap",
             "vchan.end_access"} <= set(report_s.passed)
     assert {"vchan.stream_s2c", "vchan.sent_c2s", "vchan.map_ro_write_dropped",
