@@ -86,6 +86,7 @@ class StopSignals:
         finally:
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
+            self._pending = None  # check() outside this block has nothing to raise
 
     def request(self, signum: int) -> None:
         """Stop as `signum` would (the console escape), even where it is ignored from
@@ -102,6 +103,18 @@ class StopSignals:
 
     def _raise_pending(self) -> None:
         if self._pending is not None and not self._raised and not self._deferring:
+            self._raised = True
+            raise SignalStop(self._pending)
+
+    def check(self) -> None:
+        """Raise SignalStop if a stop signal came, even if its first SignalStop was lost.
+
+        The handler raises in whatever Python code the main thread runs when the signal is
+        handled. If that is a finalizer (a weakref callback or __del__, run by the garbage
+        collector at any allocation: Unicorn's uc_close), the exception is printed as
+        "ignored" and dropped, and a wait that follows would sleep forever. The main
+        thread's long waits call this first."""
+        if self._pending is not None and not self._deferring:
             self._raised = True
             raise SignalStop(self._pending)
 

@@ -25,7 +25,7 @@ from pyxen.hv.remote import RemotePeer
 from pyxen.hv.shared_info import SharedInfo
 from pyxen.hv.time import DomainClock
 from pyxen.hv.timer import TimerQueue, tight_timer_slack
-from pyxen.threads import start_worker
+from pyxen.threads import start_worker, stop_signals
 
 from .memory import GuestMemory
 from .vcpu import Vcpu
@@ -289,7 +289,10 @@ class Domain:
     def wait(self, timeout: float | None = None) -> Result:
         """Block until the domain stops, or `timeout` seconds pass (→ Outcome.TIMEOUT).
         One sleep, no polling: the domain's threads block the stop signals
-        (`pyxen.threads`), so a signal interrupts this wait in the main thread."""
+        (`pyxen.threads`), so a signal interrupts this wait in the main thread; one whose
+        SignalStop a finalizer swallowed earlier is raised here (`StopSignals.check`)."""
+        if threading.current_thread() is threading.main_thread():
+            stop_signals.check()
         if not self._done.wait(timeout):
             self.timeout(timeout or 0)
         assert self._result is not None
