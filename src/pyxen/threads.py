@@ -101,8 +101,8 @@ class StopSignals:
             self._pending = signum
         self._raise_pending()
 
-    def _raise_pending(self) -> None:
-        if self._pending is not None and not self._raised and not self._deferring:
+    def _raise_pending(self, again: bool = False) -> None:
+        if self._pending is not None and (again or not self._raised) and not self._deferring:
             self._raised = True
             raise SignalStop(self._pending)
 
@@ -114,9 +114,7 @@ class StopSignals:
         collector at any allocation: Unicorn's uc_close), the exception is printed as
         "ignored" and dropped, and a wait that follows would sleep forever. The main
         thread's long waits call this first."""
-        if self._pending is not None and not self._deferring:
-            self._raised = True
-            raise SignalStop(self._pending)
+        self._raise_pending(again=True)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:

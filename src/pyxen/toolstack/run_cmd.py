@@ -22,11 +22,11 @@ from .console_service import console_ring_of, remove_console_nodes, write_consol
 from .embedded import EXIT_CODES, run_image, stdout_console, stop_signals
 from .terminal import ESCAPE_NAME, stdin_console, terminal_name
 from .xenstore_service import attach_xenstore, release_domain
+from .xl_common import MAX_TIMEOUT
 
 EXIT_HELP = ", ".join(f"{code} {outcome.value}" for outcome, code in
                       sorted(EXIT_CODES.items(), key=lambda kv: kv[1]))
 EXIT_USAGE = 2
-MAX_TIMEOUT = 365 * 24 * 3600  # a year: anything longer is a typo (omit --timeout for none)
 
 
 def check_timeout(seconds: float) -> None:

@@ -16,6 +16,10 @@ from pyxen.host.wire import WireError
 from pyxen.xenstore.unix import socket_path_arg
 
 EXIT_FAILURE = 1
+# The longest time a command-line option may give (run --timeout, top -d): a year; anything
+# longer is a typo. Here, not in run_cmd, so that the daemon's clients need not import the
+# hypervisor to check it.
+MAX_TIMEOUT = 365 * 24 * 3600
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from pyxen.host.limits import host_cpus
 from pyxen.host.sched import format_cpus
 from pyxen.threads import SignalStop
 
-from .run_cmd import MAX_TIMEOUT
-from .xl_common import Command, add_host_argument, domain_argument, with_host
+from .xl_common import MAX_TIMEOUT, Command, add_host_argument, domain_argument, with_host
 from .xlcfg import parse_cpu_list
 
 POOL = "Pool-0"  # pyxen has one CPU pool, as a Xen host has until cpupools are made
