@@ -13,6 +13,7 @@ import pytest
 
 from clayout import check_layout, compile_layouts, compile_layouts_i386
 from pyxen.abi import (
+    blkif,
     console,
     hvm,
     hvm_vcpu,
@@ -115,6 +116,11 @@ LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
     ("struct gnttab_swap_grant_ref", gnt.gnttab_swap_grant_ref, {}),
     ("struct gnttab_cache_flush", gnt.gnttab_cache_flush, {}),
     ("struct xencons_interface", console.xencons_interface, {}),
+    ("struct blkif_request_segment", blkif.blkif_request_segment, {}),
+    ("struct blkif_request", blkif.blkif_request, {}),
+    ("struct blkif_request_discard", blkif.blkif_request_discard, {}),
+    ("struct blkif_request_indirect", blkif.blkif_request_indirect, {}),
+    ("struct blkif_response", blkif.blkif_response, {}),
 ]
 
 HEADERS = """
@@ -136,6 +142,7 @@ HEADERS = """
 #include <xen/physdev.h>
 #include <xen/hvm/dm_op.h>
 #include <xen/grant_table.h>
+#include <xen/io/blkif.h>
 """
 
 
