@@ -34,6 +34,7 @@ XL_COMMANDS: dict[str, str] = {
                      "domname", "uptime", "dmesg", "info"), "pyxen.toolstack.xl_ops"),
     **dict.fromkeys(("sched-credit", "vcpu-list", "vcpu-pin", "vcpu-set", "mem-set",
                      "mem-max", "top"), "pyxen.toolstack.xl_sched"),
+    **dict.fromkeys(("block-attach", "block-detach", "block-list"), "pyxen.toolstack.xl_block"),
 }
 
 

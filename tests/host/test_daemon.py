@@ -169,9 +169,11 @@ def test_create_refuses_bad_input_with_one_line(daemon: Daemon) -> None:
     nokernel = daemon.pyxen("create", "-q", str(missing), check=False)
     assert nokernel.returncode == 1 and "/nonexistent/k.elf" in nokernel.stderr
     assert len(nokernel.stderr.strip().splitlines()) == 1
-    withdisk = daemon.config("disky", "block", disk=["/tmp/x.img,raw,xvda,rw"])
+    withdisk = daemon.config("disky", "block", disk=["/nonexistent/x.img,raw,xvda,rw"])
     disky = daemon.pyxen("create", "-q", str(withdisk), check=False)
-    assert disky.returncode == 1 and ": disk: PV devices are not attached yet" in disky.stderr
+    assert disky.returncode == 1
+    assert disky.stderr.strip() == ("pyxen: disk xvda: cannot open /nonexistent/x.img: "
+                                    "No such file or directory")
     assert set(daemon.domains()) == {"unique"}
 
 

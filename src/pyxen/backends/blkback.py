@@ -91,7 +91,7 @@ class BadRequest(Exception):
 @dataclass
 class Request:
     id: int
-    operation: int  # as the front end wrote it (echoed in the response)
+    operation: int  # echoed in the response (an indirect request's inner operation)
     kind: int  # BLKIF_OP_READ/WRITE/... (an indirect request's indirect_op)
     sector: int = 0
     segments: list[tuple[int, int, int]] = field(default_factory=list)  # gref, first, last
@@ -221,7 +221,8 @@ class BlkBack:
             req.nr_sectors = DISCARD.unpack_from(raw)[5]
         elif op == B.BLKIF_OP_INDIRECT:
             fields = INDIRECT.unpack_from(raw)
-            req.kind, nr = fields[1], fields[2]
+            req.kind = req.operation = fields[1]  # blkback answers with the inner operation
+            nr = fields[2]
             if req.kind not in (B.BLKIF_OP_READ, B.BLKIF_OP_WRITE):
                 raise BadRequest(B.BLKIF_RSP_ERROR, f"indirect operation {req.kind}")
             if not 0 < nr <= MAX_INDIRECT_SEGMENTS:

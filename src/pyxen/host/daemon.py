@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from pyxen.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
-from pyxen.host import api_sched, paths, persist, sched  # noqa: F401 - api_sched registers
+from pyxen.host import (  # noqa: F401 - api_sched and devices register their requests
+    api_sched,
+    devices,
+    paths,
+    persist,
+    sched,
+)
 from pyxen.host.api import ApiServer
 from pyxen.host.client import HostClient, HostUnavailable
 from pyxen.host.client import HostError as ClientError
@@ -142,6 +148,7 @@ class Host:
         dom.find_domain = self.domains.get
         self._watch_gone(dom)
         sched.adopt(dom, entry.get("sched") or {})
+        devices.adopt_disks(self, dom)
         self._say(f"domain {domid} ({name}) adopted (process {dom.pid})")
         log.info("dom%d (%s) adopted", domid, name)
         dom.catch_up()
@@ -216,6 +223,10 @@ class Host:
             if action not in ACTIONS:
                 raise HostError(f"{key}: unknown action {action!r} (one of {', '.join(ACTIONS)})")
         spec = dict(spec, domid=self.allocate_domid())
+        disk_specs = spec.get("disks") or []
+        if not isinstance(disk_specs, list) or not all(isinstance(d, str) for d in disk_specs):
+            raise HostError("disks: a list of disk specs expected")
+        disks = devices.open_disks(self, disk_specs, spec["domid"])
         dom = HostedDomain(spec, actions, self.state_dir, self.xenstored, self._stopped,
                            self._dmesg)
         self.domains[dom.domid] = dom
@@ -224,8 +235,12 @@ class Host:
         try:
             sched.prepare(dom)
             await dom.launch()
+            devices.add_disks(self, dom, disks)
+            disks = []
             sched.started(dom, self.xenstored)
         except BaseException as e:
+            for _, _, disk in disks:
+                disk.close()
             dom.destroy()
             await dom.gone
             self.domains.pop(dom.domid, None)

@@ -46,6 +46,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyxen.backends.dataplane import DataPlane
 from pyxen.domain.builder import build_domain, image_limit, load_module
 from pyxen.domain.domain import Domain, DomainConfig
 from pyxen.domain.loader import ImageError
@@ -253,6 +254,7 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
     assert link.control is not None
     sel.register(link.control, selectors.EVENT_READ, "control")
     peers = PeerLinks(domain, link.send, sel)
+    devices = DataPlane(domain)
     link.on_lost = peers.daemon_lost
     if listener is not None:
         sel.register(listener, selectors.EVENT_READ, "listener")
@@ -292,6 +294,9 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
                         domain.max_pages = msg["pages"]
                 elif op in ("peer", "peer_link"):
                     peers.from_daemon(msg, fds)
+                    fds = []
+                elif op in ("device_connect", "device_disconnect"):
+                    link.send(devices.handle(msg, fds))
                     fds = []
                 for fd in fds:
                     os.close(fd)

@@ -10,7 +10,9 @@ deliver from its own thread."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import itertools
 import logging
 import mmap
 import os
@@ -28,6 +30,7 @@ from typing import Any
 
 from pyxen.abi.sched import SHUTDOWN_crash
 from pyxen.backends.console import ConsoleBackend
+from pyxen.backends.xenbus import DeviceError, XenbusBackend
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
 from pyxen.host import procstat
 from pyxen.host.peer_link import link_ends
@@ -43,6 +46,7 @@ from pyxen.xenstore.xenstored import XenStored
 log = logging.getLogger("pyxen.daemon")
 BUILD_TIMEOUT = 300.0  # seconds a domain process may take to build (a big kernel, a busy host)
 SHUTDOWN_REASON_LETTERS = "-rscw"  # xl list's letter for SHUTDOWN_poweroff .. _watchdog
+DEVICE_CALL_TIMEOUT = 30.0  # seconds a domain process has to connect or disconnect a device
 CONSOLE_BACKLOG = 64 * 1024  # bytes of recent console output a new `console` client is shown
 
 
@@ -129,6 +133,10 @@ class HostedDomain:
         self._built: asyncio.Future[Message] | None = None
         self._missed: Message | None = None  # a "stopped" the domain sent no daemon
         self._loop = asyncio.get_running_loop()
+        self.devices: dict[tuple[str, int], XenbusBackend] = {}  # its PV devices
+        self._calls: dict[int, concurrent.futures.Future[Message]] = {}  # device calls, by seq
+        self._calls_lock = threading.Lock()
+        self._call_seq = itertools.count(1)
 
     # --- creation ----------------------------------------------------------------------------
     async def launch(self) -> None:
@@ -289,6 +297,11 @@ class HostedDomain:
             self.on_dmesg(self.domid, wire_to_bytes(str(msg.get("data", ""))))
         elif op == "peer_link":
             self._link_peer(msg.get("domid"), msg.get("seq"))
+        elif op == "device_reply":
+            with self._calls_lock:
+                call = self._calls.pop(msg.get("seq"), None)  # type: ignore[arg-type]
+            if call is not None and not call.done():
+                call.set_result(msg)
         elif op == "stopped" and self.stopped_as is None:
             self.stopped_as = str(msg.get("outcome"))
             self.memory_runs = [(int(gfn), int(n)) for gfn, n in msg.get("runs") or []]
@@ -319,6 +332,35 @@ class HostedDomain:
             for fd in mine + theirs:
                 os.close(fd)
 
+    def device_call(self, msg: Message, fds: list[int]) -> Message:
+        """Ask the domain's process to connect or disconnect a device's data path, and wait
+        for its answer (from a device's thread, never the loop's). DeviceError when the
+        process is gone or does not answer."""
+        if not self.linkable():
+            raise DeviceError(f"domain {self.domid} has no running process")
+        call: concurrent.futures.Future[Message] = concurrent.futures.Future()
+        with self._calls_lock:
+            seq = next(self._call_seq)
+            self._calls[seq] = call
+        try:
+            send_packet(self.control, dict(msg, seq=seq), fds)  # type: ignore[arg-type]
+            return call.result(DEVICE_CALL_TIMEOUT)
+        except (OSError, AttributeError):
+            raise DeviceError(f"domain {self.domid}'s process is gone") from None
+        except concurrent.futures.TimeoutError:
+            raise DeviceError(f"domain {self.domid}'s process did not answer within "
+                              f"{DEVICE_CALL_TIMEOUT:.0f} s (paused?)") from None
+        finally:
+            with self._calls_lock:
+                self._calls.pop(seq, None)
+
+    def _fail_calls(self) -> None:
+        with self._calls_lock:
+            calls, self._calls = self._calls, {}
+        for call in calls.values():
+            if not call.done():
+                call.set_exception(OSError("the domain's process is gone"))
+
     def linkable(self) -> bool:
         """A domain whose process runs and is this daemon's to talk to."""
         return self.control is not None and not self.exited and not self.destroying
@@ -326,6 +368,7 @@ class HostedDomain:
     def _process_exited(self) -> None:
         self._loop.remove_reader(self.pidfd)
         self.exited = True
+        self._fail_calls()
         # A process this daemon started tells its status; an adopted one is not its child.
         status = self.process.wait() if self.process is not None else None
         if self._built is not None and not self._built.done():
@@ -388,6 +431,9 @@ class HostedDomain:
 
     def _finish(self) -> None:
         """The process is gone: release the domain from the store, unmap, close."""
+        devices, self.devices = self.devices, {}
+        for device in devices.values():
+            device.gone()
         if self.introduced:
             remove_console_nodes(self.xenstored, self.domid)
             release_domain(self.xenstored, self.domid, bytes.fromhex(self.uuid))
@@ -402,6 +448,8 @@ class HostedDomain:
         """The daemon hands over: the domain runs on, waiting for the next daemon to adopt
         it; this one only lets go of its channel, mappings and descriptors."""
         if self.pid is not None and not self.exited:
+            for device in self.devices.values():
+                device.let_go()
             self._close_everything()
 
     def _close_everything(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from pyxen.abi.hvm import HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN
 from pyxen.backends.console import ConsoleBackend
+from pyxen.backends.xenbus import remove_path_and_empty_parents
 from pyxen.domain.domain import Domain
 from pyxen.xenstore.client import Client
 from pyxen.xenstore.xenstored import XenStored
@@ -129,12 +130,3 @@ def remove_console_nodes(xenstored: XenStored, domid: int) -> None:
             remove_path_and_empty_parents(xs, path)
     finally:
         xs.close()
-
-
-def remove_path_and_empty_parents(xs: Client, path: str) -> None:
-    if xs.exists(path):
-        xs.rm(path)
-    parent = path.rsplit("/", 1)[0]
-    while parent and xs.exists(parent) and not xs.ls(parent):
-        xs.rm(parent)
-        parent = parent.rsplit("/", 1)[0]

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from pyxen.host.client import HostClient
 
 from .xl_common import Command, add_host_argument, with_host
 from .xl_console import attach
-from .xl_disk import XlConfigError
+from .xl_disk import DiskSpec, XlConfigError
 from .xlcfg import XlConfig, parse_xl_config
 
 ACTION_KEYS = ("on_poweroff", "on_reboot", "on_crash", "on_watchdog")
@@ -47,11 +47,10 @@ def domain_spec(cfg: XlConfig) -> dict[str, Any]:
     """What the daemon builds: the config's settings, paths absolute, a UUID chosen."""
     if cfg.kernel is None:
         raise XlConfigError("a PVH domain needs a kernel", source=cfg.source, key="kernel")
-    for key, specs in (("disk", cfg.disk), ("vif", cfg.vif)):
-        if specs:
-            raise XlConfigError("PV devices are not attached yet (the PV block and network "
-                                "back ends are still to come); remove the line to boot "
-                                "without them", source=cfg.source, key=key)
+    if cfg.vif:
+        raise XlConfigError("network devices are not attached yet (the PV network back "
+                            "end is still to come); remove the line to boot without them",
+                            source=cfg.source, key="vif")
     return {
         "name": cfg.name,
         "uuid": uuid.UUID(cfg.uuid).hex if cfg.uuid else uuid.uuid4().hex,
@@ -69,7 +68,20 @@ def domain_spec(cfg: XlConfig) -> dict[str, Any]:
         "cpu_weight": cfg.cpu_weight,
         "cpus": cfg.cpus,
         "cpus_by_vcpu": cfg.cpus_by_vcpu,
+        "disks": [absolute_disk(disk, cfg.source).to_spec() for disk in cfg.disk],
     }
+
+
+def absolute_disk(disk: DiskSpec, source: str | None = None) -> DiskSpec:
+    """The disk with its target as an absolute path: xl resolves it where xl runs, the
+    daemon opens it where the daemon runs."""
+    if disk.target:
+        disk = replace(disk, target=str(Path(disk.target).absolute()))
+    try:
+        disk.to_spec()
+    except ValueError as e:
+        raise XlConfigError(str(e), source=source, key="disk") from None
+    return disk
 
 
 def _add(p: argparse.ArgumentParser) -> None:

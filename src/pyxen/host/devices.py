@@ -1,0 +1,161 @@
+"""A hosted domain's PV devices, as libxl manages them: opened and checked before the
+domain exists (so a bad disk fails `create` with one line and nothing built), added once it
+is built, attached and detached while it runs, and removed with it.
+
+Requests (registered into `pyxen.host.api` when the daemon imports this module):
+
+    block_attach {dom, spec}           → {devid}     xl block-attach DOM DISKSPEC
+    block_detach {dom, dev, force}     → {}          xl block-detach [-f] DOM DEV
+    block_list   {doms: [ref...]}      → {disks: [{domid, devid, vdev, target, mode,
+                                          sectors, state, frontend_state, backend, ...}]}
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from pyxen.backends.vbd import Disk, VbdBackend, open_disk, vdev_number
+from pyxen.backends.xenbus import DeviceError
+from pyxen.host.api import Api, handler
+from pyxen.host.wire import Message
+from pyxen.toolstack.xl_disk import DiskSpec, XlConfigError, parse_disk_spec
+
+if TYPE_CHECKING:
+    from pyxen.host.daemon import Host
+    from pyxen.host.hosted import HostedDomain
+
+
+def _error(text: str, status: int = 1) -> Exception:
+    from pyxen.host.daemon import HostError  # the daemon imports this module
+
+    return HostError(text, status)
+
+
+def open_disks(host: Host, specs: list[str], domid: int) -> list[tuple[DiskSpec, int, Disk]]:
+    """Each disk of a domain-to-be opened, with its device number; HostError (one line)
+    for the first that cannot be, and nothing left open."""
+    opened: list[tuple[DiskSpec, int, Disk]] = []
+    try:
+        for text in specs:
+            opened.append(_open_one(host, text, domid, opened))
+    except BaseException:
+        for _, _, disk in opened:
+            disk.close()
+        raise
+    return opened
+
+
+def _open_one(host: Host, text: str, domid: int,
+              others: list[tuple[DiskSpec, int, Disk]]) -> tuple[DiskSpec, int, Disk]:
+    try:
+        spec = parse_disk_spec(text)
+        devid = vdev_number(spec.vdev)
+    except (XlConfigError, DeviceError) as e:
+        raise _error(f"disk {text!r}: {e}") from None
+    if any(devid == other for _, other, _ in others):
+        raise _error(f"disk {spec.vdev}: that device is given twice")
+    try:
+        disk = open_disk(spec)
+    except DeviceError as e:
+        raise _error(str(e)) from None
+    user = _writer_of(host, disk, domid, others)
+    if user is not None:
+        disk.close()
+        raise _error(f"disk {spec.vdev}: {disk.path} is in use by {user} (a disk shared "
+                     f"between domains must be read-only everywhere)")
+    return spec, devid, disk
+
+
+def _writer_of(host: Host, disk: Disk, domid: int,
+               others: list[tuple[DiskSpec, int, Disk]]) -> str | None:
+    """Who else has this disk open where one of the two may write (the block hotplug
+    script's sharing check); None when nobody."""
+    for _, _, other in others:
+        if other.identity == disk.identity and not (other.readonly and disk.readonly):
+            return f"this domain's {other.path}"
+    for dom in host.domains.values():
+        for device in dom.devices.values():
+            if (isinstance(device, VbdBackend) and device.disk.identity == disk.identity
+                    and not (device.disk.readonly and disk.readonly)):
+                return f"domain {dom.domid} ({dom.name})"
+    return None
+
+
+def add_disks(host: Host, dom: HostedDomain, disks: list[tuple[DiskSpec, int, Disk]]) -> None:
+    """libxl__device_disk_add for each: nodes, probe, watch (the domain built, not started)."""
+    for spec, devid, disk in disks:
+        device = VbdBackend(spec, disk, host.xenstored, dom.domid, devid, dom.device_call)
+        dom.devices["vbd", devid] = device
+        device.add()
+
+
+def adopt_disks(host: Host, dom: HostedDomain) -> None:
+    """A new daemon takes the devices of a domain it adopted: each disk is opened again
+    (for the next reconnection; the domain's process still has its own descriptor) and its
+    front end watched, from the state the store shows."""
+    for text in dom.spec.get("disks") or []:
+        try:
+            spec = parse_disk_spec(text)
+            devid, disk = vdev_number(spec.vdev), open_disk(spec)
+        except (XlConfigError, DeviceError) as e:
+            host._say(f"domain {dom.domid}: disk {text!r} not taken back: {e}")
+            continue
+        device = VbdBackend(spec, disk, host.xenstored, dom.domid, devid, dom.device_call)
+        dom.devices["vbd", devid] = device
+        device.adopt()
+
+
+def _find(dom: HostedDomain, kind: str, ref: str) -> tuple[int, Any]:
+    """A device of `dom` by devid or vdev name."""
+    try:
+        devid = int(ref) if ref.isdigit() else vdev_number(ref)
+    except DeviceError:
+        devid = -1
+    device = dom.devices.get((kind, devid))
+    if device is None:
+        raise _error(f"domain {dom.domid} has no {kind} device {ref}")
+    return devid, device
+
+
+@handler("block_attach")
+async def block_attach(api: Api, msg: Message) -> Message:
+    dom = api._dom(msg)
+    if dom.stopped_as is not None or dom.destroying:
+        raise _error(f"domain {dom.domid} is not running")
+    spec_text = str(msg.get("spec") or "")
+    [(spec, devid, disk)] = open_disks(api.host, [spec_text], dom.domid)
+    if ("vbd", devid) in dom.devices:
+        disk.close()
+        raise _error(f"domain {dom.domid} has a disk {spec.vdev} already")
+    add_disks(api.host, dom, [(spec, devid, disk)])
+    dom.spec.setdefault("disks", []).append(spec.to_spec())
+    return {"devid": devid}
+
+
+@handler("block_detach")
+async def block_detach(api: Api, msg: Message) -> Message:
+    dom = api._dom(msg)
+    devid, device = _find(dom, "vbd", str(msg.get("dev") or ""))
+    try:
+        await asyncio.get_running_loop().run_in_executor(
+            None, device.remove, bool(msg.get("force")))
+    except DeviceError as e:
+        raise _error(str(e)) from None
+    dom.devices.pop(("vbd", devid), None)
+    vdev = device.spec.vdev
+    dom.spec["disks"] = [s for s in dom.spec.get("disks", [])
+                         if parse_disk_spec(s).vdev != vdev]
+    return {}
+
+
+@handler("block_list")
+async def block_list(api: Api, msg: Message) -> Message:
+    refs = msg.get("doms") or []
+    doms = [api.host.lookup(str(ref)) for ref in refs]
+    disks = []
+    for dom in doms:
+        for (kind, _), device in sorted(dom.devices.items()):
+            if kind == "vbd":
+                disks.append(dict(device.describe(), domid=dom.domid))
+    return {"disks": disks}
