@@ -519,7 +519,7 @@ static bool run(next_fn next, unsigned pages, bool indirect, unsigned depth, boo
     reset_slots(depth);
     bool more = true;
     uint64_t idle_since = xen_now_ns();
-    while (more || in_flight) {
+    for (;;) {
         bool moved = false;
         while (more && nfree) {
             struct job j;
@@ -541,6 +541,8 @@ static bool run(next_fn next, unsigned pages, bool indirect, unsigned depth, boo
             submit(s, &u);
             moved = true;
         }
+        if (!more && !in_flight)
+            break;   /* (the last job may turn out to be the last only now) */
         if (moved)
             kick();
         if (reap())
