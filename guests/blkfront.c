@@ -53,6 +53,9 @@
  *   32 in flight, timed with the guest's clock (xen_now_ns); .bench (every request OKAY),
  *   .close. In-flight requests may share data pages here: nothing is checked.
  *
+ * The xenbus half (finding the device, states, the transaction, closing) is
+ * runtime/xenbus_front.c's, shared with netfront.
+ *
  * cmdline: mode=rw|ro (default rw), seed=N (default 1), vdev=V, ring_order=K (0..4, capped
  *   by the back's max-ring-page-order; default 0), persistent=0|1 (default 1), bench=1,
  *   randread=N (default 20000).
@@ -64,13 +67,11 @@
 #include "guest.h"
 #include "evtchn.h"
 #include "gnttab.h"
+#include "xenbus_front.h"
 #include "ring.h"              /* before blkif.h: Xen's io/ring.h with the kit's barriers */
 #include <xen/io/blkif.h>
 #include <xen/io/protocols.h>
-#include <xen/io/xenbus.h>
 
-#define BACK_BOUND_NS   (3 * WAIT_BOUND_NS)  /* a state change of the back end */
-#define WATCH_SLICE_NS  500000000ULL         /* re-read a watched node at least this often */
 #define MAX_RING_ORDER  4                    /* Linux's XENBUS_MAX_RING_GRANT_ORDER */
 #define MAX_RING_PAGES  (1u << MAX_RING_ORDER)
 #define POOL_PAGES      128                  /* data buffers (512 KiB) */
@@ -109,8 +110,6 @@ static unsigned long want_order, want_persistent = 1, randread = 20000;
 
 /* The device. */
 static unsigned long vdev;
-static char front_dir[40], back_dir[128];
-static domid_t back_id;
 static struct {
     unsigned long max_ring_order, max_indirect, persistent, flush, barrier, discard,
         discard_gran, discard_align, sectors, sector_size, info;
@@ -153,7 +152,6 @@ static unsigned long problems, bad_words;
 static bool stalled;             /* requests left unanswered: the ring is not usable */
 static uint64_t hole_lo, hole_hi;  /* disk bytes that read as zeros (the discarded range) */
 static unsigned long notifies, polls, responses;
-static char buf[256];
 
 static void note(const char *fmt, ...) PRINTF_LIKE(1, 2);
 static void note(const char *fmt, ...)
@@ -165,6 +163,9 @@ static void note(const char *fmt, ...)
     vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
 }
+
+/* The device's store nodes and our half of its xenbus state machine. */
+static struct xenbus_front dev = { .class = "vbd", .token = "blkfront", .note = note };
 
 static void reset_problems(void)
 {
@@ -202,113 +203,26 @@ static void verify(const void *p, uint64_t off, uint32_t bytes)
     }
 }
 
-/* ---- the store ---------------------------------------------------------------------- */
-static bool node_read(const char *dir, const char *name, char *out, size_t size)
-{
-    char path[192];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    return xs_read(0, path, out, size) == XS_READ;
-}
-
-static bool node_uint(const char *dir, const char *name, unsigned long *v)
-{
-    char value[32];
-    if (!node_read(dir, name, value, sizeof(value)) || !value[0])
-        return false;
-    const char *end;
-    *v = strtoul(value, &end, 10);
-    return *end == 0;
-}
-
-static unsigned long node_uint_or(const char *dir, const char *name, unsigned long dflt)
-{
-    unsigned long v;
-    return node_uint(dir, name, &v) ? v : dflt;
-}
-
-static bool set_state(enum xenbus_state st)
-{
-    char path[64], value[4];
-    snprintf(path, sizeof(path), "%s/state", front_dir);
-    snprintf(value, sizeof(value), "%d", st);
-    int t = xs_write(0, path, value);
-    if (t != XS_WRITE)
-        note("write %s = %s: %d %s", path, value, t, xs_error());
-    return t == XS_WRITE;
-}
-
-static int back_state(void)
-{
-    unsigned long v;
-    return node_uint(back_dir, "state", &v) && v < 32 ? (int)v : -1;
-}
-
-/* Wait (under a watch, re-reading at least every WATCH_SLICE_NS) until the back's state is
- * one of `mask` (bit per state): that state, or -1 after `bound` with a note. */
-static int wait_back(unsigned mask, uint64_t bound)
-{
-    char path[160];
-    snprintf(path, sizeof(path), "%s/state", back_dir);
-    uint64_t deadline = hv_now_ns() + bound;
-    bool watched = xs_watch(path, "blkfront") == XS_WATCH;
-    int st;
-    for (;;) {
-        st = back_state();
-        if (st >= 0 && (mask & (1u << st)))
-            break;
-        uint64_t now = hv_now_ns();
-        if (now >= deadline || !xs_ready()) {
-            note("%s is %d after %lu s, waited for one of %#x", path, st,
-                 (unsigned long)(bound / 1000000000ULL), mask);
-            st = -1;
-            break;
-        }
-        uint64_t slice = now + WATCH_SLICE_NS < deadline ? now + WATCH_SLICE_NS : deadline;
-        if (!watched || !xs_read_watch(NULL, 0, NULL, 0, slice))
-            poll_port(xs_port(), slice);
-    }
-    if (watched)
-        xs_unwatch(path, "blkfront");
-    while (xs_read_watch(NULL, 0, NULL, 0, 0))
-        ;
-    return st;
-}
-
 /* ---- grants ------------------------------------------------------------------------- */
-static void grant(grant_ref_t ref, const void *page)
-{
-    gnttab_grant(ref, back_id, pfn_of(page), GTF_permit_access);
-}
-
-/* End foreign access to `ref`, which the back must have released: a note when it has not. */
-static bool take_back(grant_ref_t ref, const char *what)
-{
-    if (gnttab_end_access(ref))
-        return true;
-    note("%s (gref %u) still in use by the back end: flags %#x", what, ref,
-         gnttab_v1[ref].flags);
-    return false;
-}
-
 static void use_page(unsigned pg)
 {
     if (page_users[pg]++ == 0 && !persistent)
-        grant(REF_POOL + pg, pool[pg]);
+        xbf_grant(&dev, REF_POOL + pg, pool[pg], false);
 }
 
 static void unuse_page(unsigned pg)
 {
     if (--page_users[pg] == 0 && !persistent)
-        take_back(REF_POOL + pg, "data page");
+        xbf_take_back(&dev, REF_POOL + pg, "data page");
 }
 
 /* Persistent grants: every data and indirect page, once per connection. */
 static void grant_all(void)
 {
     for (unsigned i = 0; i < POOL_PAGES; i++)
-        grant(REF_POOL + i, pool[i]);
+        xbf_grant(&dev, REF_POOL + i, pool[i], false);
     for (unsigned i = 0; i < MAX_SLOTS; i++)
-        grant(REF_INDIRECT + i, ind_pages[i]);
+        xbf_grant(&dev, REF_INDIRECT + i, ind_pages[i], false);
 }
 
 /* ---- the ring ----------------------------------------------------------------------- */
@@ -334,7 +248,7 @@ static void submit(unsigned s, const union blkreq *u)
     for (unsigned i = 0; i < sl->npages; i++)
         use_page(sl->page[i]);
     if (sl->indirect && !persistent)
-        grant(REF_INDIRECT + s, ind_pages[s]);
+        xbf_grant(&dev, REF_INDIRECT + s, ind_pages[s], false);
     sl->busy = true;
     sl->status = STATUS_NONE;
     memcpy(RING_GET_REQUEST(&front, front.req_prod_pvt), u, sizeof(*u));
@@ -360,7 +274,7 @@ static unsigned complete(const blkif_response_t *rsp)
     for (unsigned i = 0; i < sl->npages; i++)
         unuse_page(sl->page[i]);
     if (sl->indirect && !persistent)
-        take_back(REF_INDIRECT + (grant_ref_t)id, "indirect page");
+        xbf_take_back(&dev, REF_INDIRECT + (grant_ref_t)id, "indirect page");
     if (sl->must_ok && rsp->status != BLKIF_RSP_OKAY)
         note("%s of %u bytes at disk offset %#lx: status %d",
              sl->rsp_op == BLKIF_OP_READ ? "read" : "write", sl->npages * (unsigned)PAGE_SIZE,
@@ -624,40 +538,38 @@ static int16_t one_segment(uint8_t op, uint64_t sector, grant_ref_t gref, uint8_
 /* ---- connecting and disconnecting --------------------------------------------------- */
 static bool find_device(void)
 {
-    const char *s = cmdline_get("vdev");
-    if (s) {
-        vdev = strtoul(s, NULL, 10);
-    } else {
-        int t = xs_request(XS_DIRECTORY, 0, "device/vbd", sizeof("device/vbd"), buf,
-                           sizeof(buf));
-        if (t != XS_DIRECTORY || !buf[0]) {
-            note("directory device/vbd: type %d '%s'", t, t == XS_ERROR ? xs_error() : buf);
-            return false;
-        }
-        const char *end;
-        vdev = strtoul(buf, &end, 10);
-        if (*end) {
-            note("device/vbd/%s is not a vdev number", buf);
-            return false;
-        }
-    }
-    snprintf(front_dir, sizeof(front_dir), "device/vbd/%lu", vdev);
-    unsigned long id;
-    if (!node_read(front_dir, "backend", back_dir, sizeof(back_dir)) || back_dir[0] != '/' ||
-        !node_uint(front_dir, "backend-id", &id) || id >= DOMID_FIRST_RESERVED) {
-        note("%s: backend '%s', backend-id missing or bad", front_dir, back_dir);
+    if (!xbf_find(&dev, cmdline_get("vdev")))
         return false;
-    }
-    back_id = (domid_t)id;
+    vdev = dev.id;
     info("vdev", "%lu", vdev);
-    info("backend", "%s (domain %u)", back_dir, back_id);
+    info("backend", "%s (domain %u)", dev.back, dev.back_id);
     return true;
+}
+
+/* The keys of talk_to_blkback's transaction. */
+static bool write_keys(struct xenbus_front *f, uint32_t tx, void *arg)
+{
+    unsigned pages = 1u << ring_order;
+    bool ok;
+    if (pages == 1) {
+        ok = xbf_put(f, tx, "ring-ref", "%u", REF_RING(ring_set, 0));
+    } else {
+        ok = xbf_put(f, tx, "ring-page-order", "%u", ring_order);
+        for (unsigned i = 0; ok && i < pages; i++) {
+            char name[16];
+            snprintf(name, sizeof(name), "ring-ref%u", i);
+            ok = xbf_put(f, tx, name, "%u", REF_RING(ring_set, i));
+        }
+    }
+    return ok && xbf_put(f, tx, "event-channel", "%u", port) &&
+           xbf_put(f, tx, "protocol", "%s", XEN_IO_PROTO_ABI_X86_64) &&
+           xbf_put(f, tx, "feature-persistent", "%lu", want_persistent);
 }
 
 /* talk_to_blkback: ring, port, the transaction, Initialised. */
 static bool talk_to_back(void)
 {
-    be.max_ring_order = node_uint_or(back_dir, "max-ring-page-order", 0);
+    be.max_ring_order = xbf_uint_or(dev.back, "max-ring-page-order", 0);
     ring_order = (unsigned)want_order;
     if (ring_order > be.max_ring_order)
         ring_order = (unsigned)be.max_ring_order;
@@ -669,12 +581,12 @@ static bool talk_to_back(void)
     SHARED_RING_INIT(sring);
     FRONT_RING_INIT(&front, sring, pages * PAGE_SIZE);
     for (unsigned i = 0; i < pages; i++)
-        grant(REF_RING(ring_set, i), ring_mem[ring_set] + i * PAGE_SIZE);
+        xbf_grant(&dev, REF_RING(ring_set, i), ring_mem[ring_set] + i * PAGE_SIZE, false);
     /* A new port before the old one is closed, so that it is a new one. */
     evtchn_port_t old = port;
-    long rc = evtchn_alloc_unbound(DOMID_SELF, back_id, &port);
+    long rc = evtchn_alloc_unbound(DOMID_SELF, dev.back_id, &port);
     if (rc) {
-        note("EVTCHNOP_alloc_unbound for domain %u: %ld", back_id, rc);
+        note("EVTCHNOP_alloc_unbound for domain %u: %ld", dev.back_id, rc);
         return false;
     }
     mask_port(port, true);   /* polled, never an upcall */
@@ -682,48 +594,9 @@ static bool talk_to_back(void)
         note("EVTCHNOP_close of the old port %u: %ld", old, rc);
         return false;
     }
-    char path[64], value[24];
-    for (unsigned attempt = 0;; attempt++) {
-        uint32_t tx = 0;
-        int t = xs_transaction_start(&tx);
-        if (t != XS_TRANSACTION_START) {
-            note("transaction_start: %d %s", t, xs_error());
-            return false;
-        }
-        bool ok = true;
-#define PUT(name, ...) do {                                                          \
-            snprintf(path, sizeof(path), "%s/%s", front_dir, name);                  \
-            snprintf(value, sizeof(value), __VA_ARGS__);                             \
-            if (ok && (t = xs_write(tx, path, value)) != XS_WRITE) {                 \
-                note("write %s = %s: %d %s", path, value, t, xs_error());            \
-                ok = false;                                                          \
-            }                                                                        \
-        } while (0)
-        if (pages == 1) {
-            PUT("ring-ref", "%u", REF_RING(ring_set, 0));
-        } else {
-            PUT("ring-page-order", "%u", ring_order);
-            for (unsigned i = 0; i < pages; i++) {
-                char name[16];
-                snprintf(name, sizeof(name), "ring-ref%u", i);
-                PUT(name, "%u", REF_RING(ring_set, i));
-            }
-        }
-        PUT("event-channel", "%u", port);
-        PUT("protocol", "%s", XEN_IO_PROTO_ABI_X86_64);
-        PUT("feature-persistent", "%lu", want_persistent);
-#undef PUT
-        t = xs_transaction_end(tx, ok);
-        if (!ok)
-            return false;
-        if (t == XS_TRANSACTION_END)
-            break;
-        if (t != XS_ERROR || strcmp(xs_error(), "EAGAIN") || attempt >= 8) {
-            note("transaction_end: %d %s (attempt %u)", t, xs_error(), attempt + 1);
-            return false;
-        }
-    }
-    return set_state(XenbusStateInitialised);
+    if (!xbf_write_keys(&dev, write_keys, NULL))
+        return false;
+    return xbf_set_state(&dev, XenbusStateInitialised);
 }
 
 /* The back in InitWait: talk to it, wait for Connected, read the disk (blkfront_connect),
@@ -732,31 +605,31 @@ static bool connect(void)
 {
     /* (After a disconnection the back goes from Closed to InitWait once we are
      * Initialising: no stop state here.) */
-    if (wait_back(1u << XenbusStateInitWait, BACK_BOUND_NS) < 0)
+    if (xbf_wait_back(&dev, 1u << XenbusStateInitWait, XBF_BACK_BOUND_NS) < 0)
         return false;
     if (!talk_to_back())
         return false;
-    int st = wait_back(1u << XenbusStateConnected | 1u << XenbusStateClosing |
-                   1u << XenbusStateClosed, BACK_BOUND_NS);
+    int st = xbf_wait_back(&dev, 1u << XenbusStateConnected | 1u << XenbusStateClosing |
+                           1u << XenbusStateClosed, XBF_BACK_BOUND_NS);
     if (st != XenbusStateConnected) {
         if (st >= 0)
             note("the back end went to state %d, not Connected", st);
         return false;
     }
-    if (!node_uint(back_dir, "sectors", &be.sectors) ||
-        !node_uint(back_dir, "sector-size", &be.sector_size) ||
-        !node_uint(back_dir, "info", &be.info)) {
-        note("%s: sectors, sector-size or info missing once Connected", back_dir);
+    if (!xbf_uint(dev.back, "sectors", &be.sectors) ||
+        !xbf_uint(dev.back, "sector-size", &be.sector_size) ||
+        !xbf_uint(dev.back, "info", &be.info)) {
+        note("%s: sectors, sector-size or info missing once Connected", dev.back);
         return false;
     }
     /* blkfront_gather_backend_features */
-    be.barrier = node_uint_or(back_dir, "feature-barrier", 0);
-    be.flush = node_uint_or(back_dir, "feature-flush-cache", 0);
-    be.discard = node_uint_or(back_dir, "feature-discard", 0);
-    be.discard_gran = node_uint_or(back_dir, "discard-granularity", 0);
-    be.discard_align = node_uint_or(back_dir, "discard-alignment", 0);
-    be.persistent = node_uint_or(back_dir, "feature-persistent", 0);
-    be.max_indirect = node_uint_or(back_dir, "feature-max-indirect-segments", 0);
+    be.barrier = xbf_uint_or(dev.back, "feature-barrier", 0);
+    be.flush = xbf_uint_or(dev.back, "feature-flush-cache", 0);
+    be.discard = xbf_uint_or(dev.back, "feature-discard", 0);
+    be.discard_gran = xbf_uint_or(dev.back, "discard-granularity", 0);
+    be.discard_align = xbf_uint_or(dev.back, "discard-alignment", 0);
+    be.persistent = xbf_uint_or(dev.back, "feature-persistent", 0);
+    be.max_indirect = xbf_uint_or(dev.back, "feature-max-indirect-segments", 0);
     persistent = want_persistent && be.persistent;
     indirect_segs = be.max_indirect >= SEGS_INDIRECT ? SEGS_INDIRECT : 0;
     nslots = RING_SIZE(&front) < MAX_SLOTS ? RING_SIZE(&front) : MAX_SLOTS;
@@ -764,7 +637,7 @@ static bool connect(void)
     memset(slots, 0, sizeof(slots));
     if (persistent)
         grant_all();
-    if (!set_state(XenbusStateConnected))
+    if (!xbf_set_state(&dev, XenbusStateConnected))
         return false;
     connected = true;
     return true;
@@ -776,21 +649,16 @@ static bool connect(void)
 static bool disconnect(void)
 {
     connected = false;
-    if (!set_state(XenbusStateClosing))
-        return false;
-    int st = wait_back(1u << XenbusStateClosing | 1u << XenbusStateClosed, BACK_BOUND_NS);
-    if (st < 0 || !set_state(XenbusStateClosed))
-        return false;
-    if (wait_back(1u << XenbusStateClosed, BACK_BOUND_NS) < 0)
+    if (!xbf_close(&dev))
         return false;
     bool ok = true;
     for (unsigned i = 0; i < (1u << ring_order); i++)
-        ok = take_back(REF_RING(ring_set, i), "ring page") && ok;
+        ok = xbf_take_back(&dev, REF_RING(ring_set, i), "ring page") && ok;
     if (persistent) {
         for (unsigned i = 0; i < POOL_PAGES; i++)
-            ok = take_back(REF_POOL + i, "persistent data page") && ok;
+            ok = xbf_take_back(&dev, REF_POOL + i, "persistent data page") && ok;
         for (unsigned i = 0; i < MAX_SLOTS; i++)
-            ok = take_back(REF_INDIRECT + i, "persistent indirect page") && ok;
+            ok = xbf_take_back(&dev, REF_INDIRECT + i, "persistent indirect page") && ok;
     }
     for (unsigned i = 0; i < POOL_PAGES; i++)
         if (page_users[i]) {
@@ -798,14 +666,7 @@ static bool disconnect(void)
             ok = false;
             break;
         }
-    struct evtchn_status es;
-    long rc = evtchn_status(DOMID_SELF, port, &es);
-    if (rc || es.status != EVTCHNSTAT_unbound || es.u.unbound.dom != back_id) {
-        note("our port %u after the back's Closed: rc %ld status %u (unbound for %u "
-             "expected: the back closes its end)", port, rc, es.status, back_id);
-        ok = false;
-    }
-    return ok;
+    return xbf_port_released(&dev, port) && ok;
 }
 
 static void report_connection(void)
@@ -920,7 +781,7 @@ static void reconnect(void)
     reset_problems();
     bool ok = disconnect();
     if (ok)
-        ok = set_state(XenbusStateInitialising);
+        ok = xbf_set_state(&dev, XenbusStateInitialising);
     if (ok) {
         ring_set ^= 1;   /* a new ring: the other set of pages and refs */
         evtchn_port_t old = port;
