@@ -18,6 +18,7 @@ from pyxen.abi import (
     hvm,
     hvm_vcpu,
     memory,
+    netif,
     physdev,
     platform,
     sched,
@@ -121,6 +122,11 @@ LAYOUTS: list[tuple[str, type[C.Structure], dict[str, str]]] = [
     ("struct blkif_request_discard", blkif.blkif_request_discard, {}),
     ("struct blkif_request_indirect", blkif.blkif_request_indirect, {}),
     ("struct blkif_response", blkif.blkif_response, {}),
+    ("struct netif_tx_request", netif.netif_tx_request, {}),
+    ("struct netif_extra_info", netif.netif_extra_info, {}),
+    ("struct netif_tx_response", netif.netif_tx_response, {}),
+    ("struct netif_rx_request", netif.netif_rx_request, {}),
+    ("struct netif_rx_response", netif.netif_rx_response, {}),
 ]
 
 HEADERS = """
@@ -143,6 +149,7 @@ HEADERS = """
 #include <xen/hvm/dm_op.h>
 #include <xen/grant_table.h>
 #include <xen/io/blkif.h>
+#include <xen/io/netif.h>
 """
 
 

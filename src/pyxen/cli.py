@@ -35,6 +35,8 @@ XL_COMMANDS: dict[str, str] = {
     **dict.fromkeys(("sched-credit", "vcpu-list", "vcpu-pin", "vcpu-set", "mem-set",
                      "mem-max", "top"), "pyxen.toolstack.xl_sched"),
     **dict.fromkeys(("block-attach", "block-detach", "block-list"), "pyxen.toolstack.xl_block"),
+    **dict.fromkeys(("network-attach", "network-detach", "network-list"),
+                    "pyxen.toolstack.xl_network"),
 }
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from backends.frontring import FrontRing
 from hv.test_grant_table import flags_v1, grant_v1, make_domain
 from pyxen.abi import blkif as B
 from pyxen.abi import grant_table as G
-from pyxen.abi.ring import SRING_REQ_PROD, SRING_RING, SRING_RSP_EVENT, SRING_RSP_PROD
+from pyxen.abi.ring import SRING_REQ_PROD, SRING_RSP_PROD
 from pyxen.backends.blkback import BlkBack, VbdConnection
 from pyxen.backends.dom0 import Dom0
 from pyxen.domain.domain import Domain
@@ -29,43 +30,21 @@ DISK_SECTORS = 2048  # 1 MiB
 SLOT = B.BLKIF_SLOT_SIZE
 
 
-class Front:
-    """The guest's half, written by hand: ring indices and slots in guest memory."""
+class Front(FrontRing):
+    """The guest's half of the blkif ring."""
 
     def __init__(self, d: Domain, back: BlkBack, dom0: Dom0) -> None:
-        self.d, self.back, self.dom0 = d, back, dom0
-        self.req_prod = 0
-        self.rsp_cons = 0
+        self.back, self.dom0 = back, dom0
+        self.d, self.base, self.slot_size = d, RING_GFN << 12, SLOT
+        self.size, self.req_prod, self.rsp_cons = B.BLK_RING_SIZE(1), 0, 0
 
-    def u32(self, offset: int) -> int:
-        return struct.unpack("<I", self.d.memory.read((RING_GFN << 12) + offset, 4))[0]
-
-    def push(self, slot: bytes) -> None:
-        index = self.req_prod % B.BLK_RING_SIZE(1)
-        self.d.memory.write((RING_GFN << 12) + SRING_RING + index * SLOT, slot)
-        self.req_prod += 1
-        self.d.memory.write((RING_GFN << 12) + SRING_REQ_PROD, struct.pack("<I", self.req_prod))
+    def push(self, *slots: bytes) -> None:
+        super().push(*slots)
         self.dom0.ring(self.back.port)  # what the guest's EVTCHNOP_send reaches
-
-    def responses(self, n: int) -> list[tuple[int, int, int]]:
-        deadline = time.monotonic() + 10
-        while self.u32(SRING_RSP_PROD) - self.rsp_cons < n:
-            assert time.monotonic() < deadline, "no response from the back end"
-            time.sleep(0.002)
-        out = []
-        for _ in range(n):
-            index = self.rsp_cons % B.BLK_RING_SIZE(1)
-            raw = self.d.memory.read((RING_GFN << 12) + SRING_RING + index * SLOT, 16)
-            out.append(struct.unpack_from("<QBxh", raw))
-            self.rsp_cons += 1
-        # RING_FINAL_CHECK_FOR_RESPONSES: notify me of the next one
-        self.d.memory.write((RING_GFN << 12) + SRING_RSP_EVENT,
-                            struct.pack("<I", self.rsp_cons + 1))
-        return out
 
     def one(self, slot: bytes) -> tuple[int, int, int]:
         self.push(slot)
-        return self.responses(1)[0]
+        return struct.unpack_from("<QBxh", self.responses(1, 16)[0])
 
 
 def rw(op: int, req_id: int, sector: int, segs: list[tuple[int, int, int]]) -> bytes:
@@ -94,8 +73,7 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 def connect(disk: Path, pool: ThreadPoolExecutor, readonly: bool = False,
             persistent: bool = False) -> tuple[Domain, Front, BlkBack]:
     d = make_domain(1)
-    d.memory.populate(RING_GFN)
-    d.memory.write(RING_GFN << 12, struct.pack("<IIII", 0, 1, 0, 1))  # SHARED_RING_INIT
+    FrontRing(d, RING_GFN, SLOT)  # the page, initialised
     grant_v1(d, RING_REF, 0, RING_GFN)
     for i in range(16):
         grant_v1(d, DATA_REF + i, 0, DATA_GFN + i)

@@ -16,10 +16,12 @@ from typing import Any
 
 from pyxen.backends.blkback import IO_THREADS, BlkBack, VbdConnection
 from pyxen.backends.dom0 import Dom0
+from pyxen.backends.netback import NetBack, QueueRings, VifConnection
 from pyxen.domain.domain import Domain
 
 log = logging.getLogger("pyxen.dataplane")
 Message = dict[str, Any]
+Served = BlkBack | NetBack
 
 
 class DataPlane:
@@ -27,7 +29,7 @@ class DataPlane:
 
     def __init__(self, domain: Domain) -> None:
         self.dom0 = Dom0(domain)
-        self.served: dict[tuple[str, int], BlkBack] = {}
+        self.served: dict[tuple[str, int], Served] = {}
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -55,18 +57,24 @@ class DataPlane:
 
     def _connect(self, msg: Message, fds: list[int]) -> None:
         kind, devid = msg["kind"], int(msg["devid"])
-        if kind != "vbd":
+        if kind not in ("vbd", "vif"):
             raise ValueError(f"no {kind} back end")
         if len(fds) != 1:
-            raise ValueError("device_connect without the disk's descriptor")
+            raise ValueError("device_connect without the device's descriptor")
         if (kind, devid) in self.served:
             raise ValueError(f"{kind} {devid} is connected already")
-        conn = VbdConnection(devid=devid, ring_refs=[int(r) for r in msg["ring_refs"]],
-                             port=int(msg["port"]), sectors=int(msg["sectors"]),
-                             readonly=bool(msg["readonly"]), persistent=bool(msg["persistent"]),
-                             discard=bool(msg["discard"]), protocol=str(msg["protocol"]))
         try:
-            back = BlkBack(self.dom0, conn, fds[0], self.pool)
+            back: Served
+            if kind == "vbd":
+                conn = VbdConnection(
+                    devid=devid, ring_refs=[int(r) for r in msg["ring_refs"]],
+                    port=int(msg["port"]), sectors=int(msg["sectors"]),
+                    readonly=bool(msg["readonly"]), persistent=bool(msg["persistent"]),
+                    discard=bool(msg["discard"]), protocol=str(msg["protocol"]))
+                back = BlkBack(self.dom0, conn, fds[0], self.pool)
+            else:
+                queues = [QueueRings(*(int(x) for x in q)) for q in msg["queues"]]
+                back = NetBack(self.dom0, VifConnection(devid, queues), fds[0])
             back.connect()
         except BaseException:
             os.close(fds[0])

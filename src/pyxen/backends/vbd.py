@@ -20,7 +20,7 @@ from typing import Any
 
 from pyxen.abi import blkif as B
 from pyxen.backends.blkback import MAX_INDIRECT_SEGMENTS, MAX_RING_PAGE_ORDER
-from pyxen.backends.xenbus import DeviceError, XenbusBackend
+from pyxen.backends.xenbus import DeviceError, XenbusBackend, front_number
 from pyxen.toolstack.xl_disk import DiskSpec
 
 BLKGETSIZE64 = 0x80081272
@@ -29,7 +29,7 @@ BLKPBSZGET = 0x127B
 SECTOR = 512
 
 
-def vdev_number(vdev: str) -> int:
+def vdevfront_number(vdev: str) -> int:
     """libxl's device number for a vdev name: xvdX[N], hdX[N], sdX[N], dN[pM] or a number."""
     m = re.fullmatch(r"xvd([a-z]+)(\d*)", vdev)
     if m:
@@ -156,16 +156,16 @@ class VbdBackend(XenbusBackend):
     def connect_ring(self, front: dict[str, str]) -> list[tuple[str, str]]:
         """connect_ring: the front end's ring pages, channel, protocol and persistence;
         then blkback's connect() nodes."""
-        order = _number(front, "ring-page-order", 0)
+        order = front_number(front, "ring-page-order", 0)
         if order > MAX_RING_PAGE_ORDER:
             raise DeviceError(f"ring-page-order {order} is over the back end's "
                               f"max-ring-page-order {MAX_RING_PAGE_ORDER}")
         if "ring-page-order" in front:
-            refs = [_number(front, f"ring-ref{i}") for i in range(1 << order)]
+            refs = [front_number(front, f"ring-ref{i}") for i in range(1 << order)]
         else:
-            refs = [_number(front, "ring-ref")]
+            refs = [front_number(front, "ring-ref")]
         msg = {"op": "device_connect", "kind": "vbd", "devid": self.devid, "ring_refs": refs,
-               "port": _number(front, "event-channel"),
+               "port": front_number(front, "event-channel"),
                "protocol": front.get("protocol", B.XEN_ABI_X86_64),
                "persistent": front.get("feature-persistent", "0").strip() == "1",
                "sectors": self.disk.sectors, "readonly": self.disk.readonly,
@@ -199,19 +199,3 @@ class VbdBackend(XenbusBackend):
     def describe(self) -> dict[str, Any]:
         return dict(super().describe(), vdev=self.spec.vdev, target=self.disk.path,
                     mode="r" if self.disk.readonly else "w", sectors=self.disk.sectors)
-
-
-def _number(front: dict[str, str], key: str, default: int | None = None) -> int:
-    """An unsigned number the front end wrote (DeviceError names a missing or bad one)."""
-    text = front.get(key)
-    if text is None:
-        if default is not None:
-            return default
-        raise DeviceError(f"the front end wrote no {key}")
-    try:
-        value = int(text.strip(), 10)
-    except ValueError:
-        raise DeviceError(f"the front end's {key} is not a number: {text[:40]!r}") from None
-    if not 0 <= value < 1 << 32:
-        raise DeviceError(f"the front end's {key} is out of range: {value}")
-    return value

@@ -273,3 +273,19 @@ def remove_path_and_empty_parents(xs: Client, path: str) -> None:
             parent = parent.rsplit("/", 1)[0]
     except XenStoreError as e:
         log.debug("removing %s: %s", path, e)
+
+
+def front_number(front: dict[str, str], key: str, default: int | None = None) -> int:
+    """An unsigned number the front end wrote (DeviceError names a missing or bad one)."""
+    text = front.get(key)
+    if text is None:
+        if default is not None:
+            return default
+        raise DeviceError(f"the front end wrote no {key}")
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise DeviceError(f"the front end's {key} is not a number: {text[:40]!r}") from None
+    if not 0 <= value < 1 << 32:
+        raise DeviceError(f"the front end's {key} is out of range: {value}")
+    return value

@@ -148,7 +148,7 @@ class Host:
         dom.find_domain = self.domains.get
         self._watch_gone(dom)
         sched.adopt(dom, entry.get("sched") or {})
-        devices.adopt_disks(self, dom)
+        devices.adopt_devices(self, dom)
         self._say(f"domain {domid} ({name}) adopted (process {dom.pid})")
         log.info("dom%d (%s) adopted", domid, name)
         dom.catch_up()
@@ -226,7 +226,16 @@ class Host:
         disk_specs = spec.get("disks") or []
         if not isinstance(disk_specs, list) or not all(isinstance(d, str) for d in disk_specs):
             raise HostError("disks: a list of disk specs expected")
+        vif_specs = spec.get("vifs") or []
+        if not isinstance(vif_specs, list) or not all(isinstance(v, str) for v in vif_specs):
+            raise HostError("vifs: a list of vif specs expected")
         disks = devices.open_disks(self, disk_specs, spec["domid"])
+        try:
+            vifs = devices.open_vifs(vif_specs, spec["domid"])
+        except BaseException:
+            for _, _, disk in disks:
+                disk.close()
+            raise
         dom = HostedDomain(spec, actions, self.state_dir, self.xenstored, self._stopped,
                            self._dmesg)
         self.domains[dom.domid] = dom
@@ -237,10 +246,14 @@ class Host:
             await dom.launch()
             devices.add_disks(self, dom, disks)
             disks = []
+            devices.add_vifs(self, dom, vifs)
+            vifs = []
             sched.started(dom, self.xenstored)
         except BaseException as e:
             for _, _, disk in disks:
                 disk.close()
+            for _, vif in vifs:
+                vif.close()
             dom.destroy()
             await dom.gone
             self.domains.pop(dom.domid, None)

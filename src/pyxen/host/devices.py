@@ -8,18 +8,24 @@ Requests (registered into `pyxen.host.api` when the daemon imports this module):
     block_detach {dom, dev, force}     → {}          xl block-detach [-f] DOM DEV
     block_list   {doms: [ref...]}      → {disks: [{domid, devid, vdev, target, mode,
                                           sectors, state, frontend_state, backend, ...}]}
+    network_attach {dom, spec}         → {devid}     xl network-attach DOM VIFSPEC
+    network_detach {dom, dev, force}   → {}          xl network-detach [-f] DOM DEVID|MAC
+    network_list {doms: [ref...]}      → {vifs: [{domid, devid, mac, bridge, vifname, ...}]}
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pyxen.backends.vbd import Disk, VbdBackend, open_disk, vdev_number
+from pyxen.backends.vif import Vif, VifBackend
 from pyxen.backends.xenbus import DeviceError
 from pyxen.host.api import Api, handler
 from pyxen.host.wire import Message
 from pyxen.toolstack.xl_disk import DiskSpec, XlConfigError, parse_disk_spec
+from pyxen.toolstack.xl_vif import VifSpec, parse_vif_spec
 
 if TYPE_CHECKING:
     from pyxen.host.daemon import Host
@@ -90,10 +96,17 @@ def add_disks(host: Host, dom: HostedDomain, disks: list[tuple[DiskSpec, int, Di
         device.add()
 
 
-def adopt_disks(host: Host, dom: HostedDomain) -> None:
+def adopt_devices(host: Host, dom: HostedDomain) -> None:
     """A new daemon takes the devices of a domain it adopted: each disk is opened again
     (for the next reconnection; the domain's process still has its own descriptor) and its
-    front end watched, from the state the store shows."""
+    front end watched, from the state the store shows. A vif's TAP stays with the domain's
+    process (a TAP has one owner): it is watched, but cannot reconnect."""
+    for text in dom.spec.get("vifs") or []:
+        spec = parse_vif_spec(text)
+        vif = Vif.adopted(spec, dom.domid, spec.devid or 0)
+        device = VifBackend(vif, host.xenstored, dom.domid, vif.devid, dom.device_call)
+        dom.devices["vif", vif.devid] = device
+        device.adopt()
     for text in dom.spec.get("disks") or []:
         try:
             spec = parse_disk_spec(text)
@@ -106,10 +119,50 @@ def adopt_disks(host: Host, dom: HostedDomain) -> None:
         device.adopt()
 
 
-def _find(dom: HostedDomain, kind: str, ref: str) -> tuple[int, Any]:
-    """A device of `dom` by devid or vdev name."""
+def open_vifs(specs: list[str], domid: int) -> list[tuple[VifSpec, Vif]]:
+    """Each vif of a domain-to-be with its TAP on its bridge (devids as xl numbers them:
+    the list's index unless given); HostError (one line) for the first that fails."""
+    opened: list[tuple[VifSpec, Vif]] = []
     try:
-        devid = int(ref) if ref.isdigit() else vdev_number(ref)
+        for index, text in enumerate(specs):
+            try:
+                spec = parse_vif_spec(text)
+            except XlConfigError as e:
+                raise _error(f"vif {text!r}: {e}") from None
+            devid = index if spec.devid is None else spec.devid
+            if any(vif.devid == devid for _, vif in opened):
+                raise _error(f"vif {devid}: that devid is given twice")
+            try:
+                vif = Vif(spec, domid, devid)
+            except DeviceError as e:
+                raise _error(str(e)) from None
+            opened.append((spec, vif))
+    except BaseException:
+        for _, vif in opened:
+            vif.close()
+        raise
+    return opened
+
+
+def add_vifs(host: Host, dom: HostedDomain, vifs: list[tuple[VifSpec, Vif]]) -> None:
+    """libxl__device_nic_add for each; the config keeps the MAC chosen (a reboot keeps it)."""
+    for _, vif in vifs:
+        device = VifBackend(vif, host.xenstored, dom.domid, vif.devid, dom.device_call)
+        dom.devices["vif", vif.devid] = device
+        device.add()
+    recorded = {parse_vif_spec(text).devid: text for text in dom.spec.get("vifs") or []}
+    for spec, vif in vifs:
+        recorded[vif.devid] = replace(spec, devid=vif.devid, mac=vif.mac).to_spec()
+    dom.spec["vifs"] = [recorded[devid] for devid in sorted(recorded, key=lambda d: d or 0)]
+
+
+def _find(dom: HostedDomain, kind: str, ref: str) -> tuple[int, Any]:
+    """A device of `dom` by devid, vdev name (disks) or MAC (vifs)."""
+    for (k, devid), device in dom.devices.items():
+        if k == kind and isinstance(device, VifBackend) and device.vif.mac == ref.lower():
+            return devid, device
+    try:
+        devid = int(ref) if ref.isdigit() else vdev_number(ref) if kind == "vbd" else -1
     except DeviceError:
         devid = -1
     device = dom.devices.get((kind, devid))
@@ -118,11 +171,19 @@ def _find(dom: HostedDomain, kind: str, ref: str) -> tuple[int, Any]:
     return devid, device
 
 
+async def _detach(dom: HostedDomain, kind: str, ref: str, force: bool) -> Any:
+    devid, device = _find(dom, kind, ref)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, device.remove, force)
+    except DeviceError as e:
+        raise _error(str(e)) from None
+    dom.devices.pop((kind, devid), None)
+    return device
+
+
 @handler("block_attach")
 async def block_attach(api: Api, msg: Message) -> Message:
-    dom = api._dom(msg)
-    if dom.stopped_as is not None or dom.destroying:
-        raise _error(f"domain {dom.domid} is not running")
+    dom = _running(api, msg)
     spec_text = str(msg.get("spec") or "")
     [(spec, devid, disk)] = open_disks(api.host, [spec_text], dom.domid)
     if ("vbd", devid) in dom.devices:
@@ -136,26 +197,58 @@ async def block_attach(api: Api, msg: Message) -> Message:
 @handler("block_detach")
 async def block_detach(api: Api, msg: Message) -> Message:
     dom = api._dom(msg)
-    devid, device = _find(dom, "vbd", str(msg.get("dev") or ""))
-    try:
-        await asyncio.get_running_loop().run_in_executor(
-            None, device.remove, bool(msg.get("force")))
-    except DeviceError as e:
-        raise _error(str(e)) from None
-    dom.devices.pop(("vbd", devid), None)
+    device = await _detach(dom, "vbd", str(msg.get("dev") or ""), bool(msg.get("force")))
     vdev = device.spec.vdev
     dom.spec["disks"] = [s for s in dom.spec.get("disks", [])
                          if parse_disk_spec(s).vdev != vdev]
     return {}
 
 
+def _listing(api: Api, msg: Message, kind: str) -> list[dict[str, Any]]:
+    doms = [api.host.lookup(str(ref)) for ref in msg.get("doms") or []]
+    return [dict(device.describe(), domid=dom.domid) for dom in doms
+            for (k, _), device in sorted(dom.devices.items()) if k == kind]
+
+
 @handler("block_list")
 async def block_list(api: Api, msg: Message) -> Message:
-    refs = msg.get("doms") or []
-    doms = [api.host.lookup(str(ref)) for ref in refs]
-    disks = []
-    for dom in doms:
-        for (kind, _), device in sorted(dom.devices.items()):
-            if kind == "vbd":
-                disks.append(dict(device.describe(), domid=dom.domid))
-    return {"disks": disks}
+    return {"disks": _listing(api, msg, "vbd")}
+
+
+@handler("network_attach")
+async def network_attach(api: Api, msg: Message) -> Message:
+    dom = _running(api, msg)
+    text = str(msg.get("spec") or "")
+    try:
+        spec = parse_vif_spec(text)
+    except XlConfigError as e:
+        raise _error(f"vif {text!r}: {e}") from None
+    if spec.devid is None:  # libxl: the next free devid
+        used = {devid for kind, devid in dom.devices if kind == "vif"}
+        spec = replace(spec, devid=next(i for i in range(len(used) + 1) if i not in used))
+    if ("vif", spec.devid) in dom.devices:
+        raise _error(f"domain {dom.domid} has a vif {spec.devid} already")
+    vifs = open_vifs([spec.to_spec()], dom.domid)
+    add_vifs(api.host, dom, vifs)
+    return {"devid": spec.devid}
+
+
+@handler("network_detach")
+async def network_detach(api: Api, msg: Message) -> Message:
+    dom = api._dom(msg)
+    device = await _detach(dom, "vif", str(msg.get("dev") or ""), bool(msg.get("force")))
+    dom.spec["vifs"] = [s for s in dom.spec.get("vifs") or []
+                        if parse_vif_spec(s).devid != device.devid]
+    return {}
+
+
+@handler("network_list")
+async def network_list(api: Api, msg: Message) -> Message:
+    return {"vifs": _listing(api, msg, "vif")}
+
+
+def _running(api: Api, msg: Message) -> HostedDomain:
+    dom = api._dom(msg)
+    if dom.stopped_as is not None or dom.destroying:
+        raise _error(f"domain {dom.domid} is not running")
+    return dom

@@ -47,10 +47,6 @@ def domain_spec(cfg: XlConfig) -> dict[str, Any]:
     """What the daemon builds: the config's settings, paths absolute, a UUID chosen."""
     if cfg.kernel is None:
         raise XlConfigError("a PVH domain needs a kernel", source=cfg.source, key="kernel")
-    if cfg.vif:
-        raise XlConfigError("network devices are not attached yet (the PV network back "
-                            "end is still to come); remove the line to boot without them",
-                            source=cfg.source, key="vif")
     return {
         "name": cfg.name,
         "uuid": uuid.UUID(cfg.uuid).hex if cfg.uuid else uuid.uuid4().hex,
@@ -69,6 +65,7 @@ def domain_spec(cfg: XlConfig) -> dict[str, Any]:
         "cpus": cfg.cpus,
         "cpus_by_vcpu": cfg.cpus_by_vcpu,
         "disks": [absolute_disk(disk, cfg.source).to_spec() for disk in cfg.disk],
+        "vifs": [vif.to_spec() for vif in cfg.vif],
     }
 
 
