@@ -34,7 +34,8 @@ def wait_for(what: str, condition: Callable[[], Any], timeout: float = WAIT_S) -
 class Daemon:
     """`pyxen daemon` in its own state directory, stopped (SIGTERM) at the end."""
 
-    def __init__(self, state_dir: Path, *options: str, log_name: str = "daemon.err") -> None:
+    def __init__(self, state_dir: Path, *options: str, log_name: str = "daemon.err",
+                 netns: str | None = None) -> None:
         self.dir = state_dir
         self.socket = state_dir / "pyxen.sock"
         self.xenstore = state_dir / "xenstored"
@@ -42,8 +43,9 @@ class Daemon:
                         XENSTORED_PATH=str(self.xenstore))
         self.log_path = state_dir / log_name
         self.stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        inside = ["ip", "netns", "exec", netns] if netns else []  # its domains' vifs there
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pyxen.cli", "daemon", "--socket", str(self.socket),
+            [*inside, sys.executable, "-m", "pyxen.cli", "daemon", "--socket", str(self.socket),
              *options], stdout=subprocess.DEVNULL, stderr=self.stderr, env=self.env)
         wait_for("the daemon to answer", self.answers)
 

@@ -29,7 +29,7 @@ BLKPBSZGET = 0x127B
 SECTOR = 512
 
 
-def vdevfront_number(vdev: str) -> int:
+def vdev_number(vdev: str) -> int:
     """libxl's device number for a vdev name: xvdX[N], hdX[N], sdX[N], dN[pM] or a number."""
     m = re.fullmatch(r"xvd([a-z]+)(\d*)", vdev)
     if m:

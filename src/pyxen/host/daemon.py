@@ -231,7 +231,9 @@ class Host:
             raise HostError("vifs: a list of vif specs expected")
         disks = devices.open_disks(self, disk_specs, spec["domid"])
         try:
-            vifs = devices.open_vifs(vif_specs, spec["domid"])
+            # on a thread: pyroute2 runs an event loop of its own
+            vifs = await asyncio.get_running_loop().run_in_executor(
+                None, devices.open_vifs, vif_specs, spec["domid"])
         except BaseException:
             for _, _, disk in disks:
                 disk.close()

@@ -228,7 +228,8 @@ async def network_attach(api: Api, msg: Message) -> Message:
         spec = replace(spec, devid=next(i for i in range(len(used) + 1) if i not in used))
     if ("vif", spec.devid) in dom.devices:
         raise _error(f"domain {dom.domid} has a vif {spec.devid} already")
-    vifs = open_vifs([spec.to_spec()], dom.domid)
+    vifs = await asyncio.get_running_loop().run_in_executor(  # pyroute2 has its own loop
+        None, open_vifs, [spec.to_spec()], dom.domid)
     add_vifs(api.host, dom, vifs)
     return {"devid": spec.devid}
 
