@@ -188,9 +188,11 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 class Daemon:
     """A `pyxen daemon` of the benchmark's own; stop() ends it and every domain it holds."""
 
-    def __init__(self, state: Path, replacing: Daemon | None = None) -> None:
+    def __init__(self, state: Path, replacing: Daemon | None = None,
+                 netns: str | None = None) -> None:
         """A new daemon; with `replacing`, one started with --replace, which that daemon
-        hands its domains over to (it exits first)."""
+        hands its domains over to (it exits first); with `netns`, inside that network
+        namespace (its domains' vifs there)."""
         self.state = state
         self.socket = state / "pyxen.sock"
         self.xenstore = state / "xenstored"
@@ -198,7 +200,8 @@ class Daemon:
         self.errors_path = state / ("daemon-next.err" if replacing else "daemon.err")
         self._errors = open(self.errors_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [*PYXEN, "daemon", "--socket", str(self.socket),
+            [*(["ip", "netns", "exec", netns] if netns else []), *PYXEN, "daemon",
+             "--socket", str(self.socket),
              *(["--replace"] if replacing else [])],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errors,
             env=self.env)
