@@ -14,6 +14,37 @@ BRIDGE = "xenbr0"  # xl's default bridge name
 HOST_IP = "10.77.0.1"
 PREFIX = 24
 _names = itertools.count()
+# `ping` as a script (a fresh machine may have no ping binary): ICMP echo requests on a raw
+# socket, each reply checked (id, sequence, payload); prints "N of N" and exits 0 if all came.
+PING = """
+import os, socket, struct, sys, time
+def csum(b):
+    b += bytes(len(b) % 2)
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+dest, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+ident, got = os.getpid() & 0xFFFF, 0
+for seq in range(count):
+    payload = b"pyxen ping %d " % seq + bytes(range(40))
+    head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    s.sendto(struct.pack("!BBHHH", 8, 0, csum(head + payload), ident, seq) + payload, (dest, 0))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data, addr = s.recvfrom(4096)
+        except TimeoutError:
+            break
+        icmp = data[(data[0] & 15) * 4:]
+        if addr[0] == dest and icmp[0] == 0 and struct.unpack("!HH", icmp[4:8]) == (ident, seq):
+            assert icmp[8:] == payload and csum(icmp) == 0, "a bad reply"
+            got += 1
+            break
+print("%d of %d" % (got, count))
+sys.exit(0 if got == count else 1)
+"""
 
 
 def run(netns: str, *argv: str, check: bool = True, timeout: float = 60,

@@ -23,6 +23,7 @@ import os
 import select
 import struct
 import threading
+import zlib
 from dataclasses import dataclass, field
 
 from pyxen.abi import grant_table as G
@@ -339,8 +340,10 @@ def _ipv4_l4(frame: bytes) -> tuple[int | None, int]:
 
 
 def _flow_hash(frame: bytes) -> int:
-    """A flow's queue (netback picks by the skb's flow hash): IPv4 addresses and ports."""
-    l4, _ = _ipv4_l4(frame)
-    if l4 is None:
+    """A flow's queue (netback picks by the skb's flow hash): IPv4 addresses, and the ports
+    of TCP and UDP; 0 for what is not IPv4 (ARP)."""
+    if len(frame) < ETH_HLEN + 20 or int.from_bytes(frame[12:14], "big") != ETH_P_IP:
         return 0
-    return hash(frame[ETH_HLEN + 12 : ETH_HLEN + 20] + frame[l4 : l4 + 4])
+    l4, _ = _ipv4_l4(frame)
+    ports = frame[l4 : l4 + 4] if l4 is not None else b""
+    return zlib.crc32(frame[ETH_HLEN + 12 : ETH_HLEN + 20] + ports)

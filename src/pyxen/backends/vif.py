@@ -107,7 +107,7 @@ class VifBackend(XenbusBackend):
             raise DeviceError(f"multi-queue-num-queues {count} (1 to {MAX_QUEUES})")
         queues = []
         for i in range(count):
-            prefix = f"queue-{i}/" if "multi-queue-num-queues" in front else ""
+            prefix = f"queue-{i}/" if count > 1 else ""  # one queue: flat, as netback reads it
             if f"{prefix}event-channel-tx" in front:
                 tx_port = front_number(front, f"{prefix}event-channel-tx")
                 rx_port = front_number(front, f"{prefix}event-channel-rx")

@@ -255,9 +255,13 @@ class XenbusBackend:
                 self._disconnect()
             except DeviceError as e:  # the domain's process is gone: nothing to stop
                 log.debug("dom%d %s %d: %s", self.domid, self.kind, self.devid, e)
-            for path in (self.back, self.front, libxl_path(self.kind, self.domid, self.devid),
-                         f"/local/domain/{BACKEND_DOMID}/error{self.back}"):
-                remove_path_and_empty_parents(self.xs, path)
+            try:
+                for path in (self.back, self.front,
+                             libxl_path(self.kind, self.domid, self.devid),
+                             f"/local/domain/{BACKEND_DOMID}/error{self.back}"):
+                    remove_path_and_empty_parents(self.xs, path)
+            except (ConnectionError, TimeoutError) as e:  # the store closed first (daemon exit)
+                log.debug("dom%d %s %d: nodes left: %s", self.domid, self.kind, self.devid, e)
             self.release()
         self.xs.close()
 
