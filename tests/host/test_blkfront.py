@@ -126,3 +126,26 @@ def test_a_disk_that_cannot_be_served_is_one_line_and_no_domain(daemon: Daemon, 
     assert message.format(dir=tmp_path) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert daemon.domains() == {}
+
+
+def test_a_replacing_daemon_takes_the_disks_over(daemon: Daemon, tmp_path: Path) -> None:
+    image = tmp_path / "kept.img"
+    image.write_bytes(bytes(MIB))
+    domid = daemon.create("keeper", "pvguest", "console=hvc0")
+    daemon.pyxen("block-attach", "keeper", f"{image},raw,xvdb,rw")
+    second = Daemon(tmp_path, "--replace", log_name="daemon-2.err")
+    try:
+        assert daemon.process.wait(timeout=120) == 0
+        wait_for("the new daemon to serve", second.answers)
+        rows = second.pyxen("block-list", "keeper").stdout.splitlines()[1:]
+        assert [row.split()[:3] for row in rows] == [["51728", "0", str(domid)]]
+        # the new daemon knows the disk is taken...
+        other = second.pyxen("block-attach", "keeper", f"{image},raw,xvdc,ro", check=False)
+        assert other.returncode == 1 and "is in use by domain" in other.stderr
+        # ...and lets it go
+        second.pyxen("block-detach", "-f", "keeper", "xvdb")
+        second.pyxen("block-attach", "keeper", f"{image},raw,xvdc,ro")
+        second.pyxen("destroy", "keeper")
+        wait_for("the back end's nodes to go", lambda: not backend_dirs(second))
+    finally:
+        second.stop()
