@@ -164,19 +164,12 @@ class VbdBackend(XenbusBackend):
             refs = [front_number(front, f"ring-ref{i}") for i in range(1 << order)]
         else:
             refs = [front_number(front, "ring-ref")]
-        msg = {"op": "device_connect", "kind": "vbd", "devid": self.devid, "ring_refs": refs,
-               "port": front_number(front, "event-channel"),
-               "protocol": front.get("protocol", B.XEN_ABI_X86_64),
-               "persistent": front.get("feature-persistent", "0").strip() == "1",
-               "sectors": self.disk.sectors, "readonly": self.disk.readonly,
-               "discard": self.spec.discard is not False}
-        dup = os.dup(self.disk.fd)
-        try:
-            reply = self.call(msg, [dup])
-        finally:
-            os.close(dup)
-        if reply.get("error"):
-            raise DeviceError(str(reply["error"]))
+        self.data_path({"op": "device_connect", "ring_refs": refs,
+                        "port": front_number(front, "event-channel"),
+                        "protocol": front.get("protocol", B.XEN_ABI_X86_64),
+                        "persistent": front.get("feature-persistent", "0").strip() == "1",
+                        "sectors": self.disk.sectors, "readonly": self.disk.readonly,
+                        "discard": self.spec.discard is not False}, self.disk.fd)
         info = (B.VDISK_READONLY if self.disk.readonly else 0) | \
             (B.VDISK_CDROM | B.VDISK_REMOVABLE if self.spec.is_cdrom else 0)
         nodes = [("feature-flush-cache", "1"), ("feature-barrier", "1"),
@@ -187,11 +180,6 @@ class VbdBackend(XenbusBackend):
             nodes += [("feature-discard", "1"), ("discard-granularity", str(SECTOR)),
                       ("discard-alignment", "0"), ("discard-secure", "0")]
         return nodes
-
-    def disconnect_ring(self) -> None:
-        reply = self.call({"op": "device_disconnect", "kind": "vbd", "devid": self.devid}, [])
-        if reply.get("error"):
-            raise DeviceError(str(reply["error"]))
 
     def release(self) -> None:
         self.disk.close()

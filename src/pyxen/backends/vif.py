@@ -118,14 +118,7 @@ class VifBackend(XenbusBackend):
         if self.vif.fd < 0:
             raise DeviceError(f"{self.vif.name} was made by the daemon before this one: its "
                               "front end cannot reconnect until the domain restarts")
-        dup = os.dup(self.vif.fd)
-        try:
-            reply = self.call({"op": "device_connect", "kind": "vif", "devid": self.devid,
-                               "queues": queues}, [dup])
-        finally:
-            os.close(dup)
-        if reply.get("error"):
-            raise DeviceError(str(reply["error"]))
+        self.data_path({"op": "device_connect", "queues": queues}, self.vif.fd)
         return []
 
     def _front_nodes(self) -> dict[str, str]:
@@ -138,11 +131,6 @@ class VifBackend(XenbusBackend):
             for key in self.xs.ls(path):
                 nodes[f"queue-{i}/{key}"] = self.xs.read(f"{path}/{key}").decode(errors="replace")
         return nodes
-
-    def disconnect_ring(self) -> None:
-        reply = self.call({"op": "device_disconnect", "kind": "vif", "devid": self.devid}, [])
-        if reply.get("error"):
-            raise DeviceError(str(reply["error"]))
 
     def release(self) -> None:
         self.vif.close()

@@ -19,6 +19,7 @@ directories go.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -97,7 +98,21 @@ class XenbusBackend:
         raise NotImplementedError
 
     def disconnect_ring(self) -> None:
-        """Stop the data path (idempotent)."""
+        """Stop the data path in the domain's process."""
+        self.data_path({"op": "device_disconnect"})
+
+    def data_path(self, msg: Message, fd: int = -1) -> None:
+        """Tell the domain's process to connect or disconnect this device's data path
+        (with a duplicate of `fd`, the device's descriptor, if given); DeviceError if it
+        refuses."""
+        fds = [os.dup(fd)] if fd >= 0 else []
+        try:
+            reply = self.call(dict(msg, kind=self.kind, devid=self.devid), fds)
+        finally:
+            for dup in fds:
+                os.close(dup)
+        if reply.get("error"):
+            raise DeviceError(str(reply["error"]))
 
     def release(self) -> None:
         """The device has gone: let go of host resources (files, TAP devices)."""
