@@ -138,6 +138,23 @@ def test_bad_requests_get_blkbacks_answers(disk, pool) -> None:
     back.disconnect()
 
 
+def test_barrier_write_comes_after_every_earlier_write(disk, pool) -> None:
+    d, front, back = connect(disk, pool)
+    for i in range(8):
+        d.memory.write((DATA_GFN + i) << 12, bytes([i + 1]) * 4096)
+    writes = [rw(B.BLKIF_OP_WRITE, i, i * 8, [(DATA_REF + i, 0, 7)]) for i in range(7)]
+    barrier = rw(B.BLKIF_OP_WRITE_BARRIER, 99, 0, [(DATA_REF + 7, 0, 7)])  # over sector 0
+    front.push(*writes, barrier)
+    front.dom0.ring(back.port)
+    answers = [struct.unpack_from("<QBxh", r) for r in front.responses(8, 16)]
+    assert answers[-1] == (99, B.BLKIF_OP_WRITE_BARRIER, 0)  # the barrier answers last
+    assert sorted(a[0] for a in answers[:-1]) == list(range(7))
+    data = disk.read_bytes()
+    assert data[:4096] == bytes([8]) * 4096  # the barrier's data won over write 0's
+    assert data[4096 : 7 * 4096] == b"".join(bytes([i + 1]) * 4096 for i in range(1, 7))
+    back.disconnect()
+
+
 def test_read_only_disk_refuses_writes_flushes_and_discards(disk, pool) -> None:
     disk.write_bytes(pattern(DISK_SECTORS * 512))
     d, front, back = connect(disk, pool, readonly=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -38,26 +39,59 @@ def backend_dirs(daemon: Daemon) -> list[str]:
             "/local/domain/0/backend/vbd") else []
 
 
-def test_guest_writes_its_disk_and_the_host_finds_every_byte(daemon: Daemon,
-                                                              tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", [
+    "",  # one ring page, persistent grants
+    "ring_order=2 persistent=0",  # a 4-page ring; every request maps and unmaps its pages
+])
+def test_guest_writes_its_disk_and_the_host_finds_every_byte(daemon: Daemon, tmp_path: Path,
+                                                              options: str) -> None:
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(DISK_BYTES))
-    report = run_guest(daemon, "disky", "mode=rw seed=7", f"{image},raw,xvda,rw")
+    report = run_guest(daemon, "disky", f"mode=rw seed=7 {options}", f"{image},raw,xvda,rw")
     assert report.value("sectors") == str(DISK_BYTES // 512)
+    assert report.value("ring_pages") == ("4" if "ring_order=2" in options else "1")
+    assert report.value("persistent") == ("0" if "persistent=0" in options else "1")
     assert {"blkfront.write_indirect", "blkfront.discard", "blkfront.reconnect",
             "blkfront.unknown_op"} <= set(report.passed)
-    data = image.read_bytes()
+    check_pattern_with_hole(image.read_bytes())
+    with open(image, "rb") as f:  # the discarded MiB is a hole the host can see
+        assert os.lseek(f.fileno(), DISCARDED.start, os.SEEK_HOLE) == DISCARDED.start
+        assert os.lseek(f.fileno(), DISCARDED.start, os.SEEK_DATA) == DISCARDED.stop
+    wait_for("the domain to go", lambda: "disky" not in daemon.domains())
+    wait_for("its back end's nodes to go", lambda: not backend_dirs(daemon))
+
+
+def check_pattern_with_hole(data: bytes) -> None:
+    """Every byte as the guest's rw run leaves it: its pattern, the discarded MiB zeros."""
     expected = bytearray(pattern(DISK_BYTES, 7))
     expected[DISCARDED.start : DISCARDED.stop] = bytes(len(DISCARDED))
     assert len(data) == DISK_BYTES
     first_bad = next((i for i in range(0, DISK_BYTES, 4096)
                       if data[i : i + 4096] != expected[i : i + 4096]), None)
     assert first_bad is None, f"the disk differs from the guest's pattern at {first_bad:#x}"
-    with open(image, "rb") as f:  # the discarded MiB is a hole the host can see
-        assert os.lseek(f.fileno(), DISCARDED.start, os.SEEK_HOLE) == DISCARDED.start
-        assert os.lseek(f.fileno(), DISCARDED.start, os.SEEK_DATA) == DISCARDED.stop
-    wait_for("the domain to go", lambda: "disky" not in daemon.domains())
-    wait_for("its back end's nodes to go", lambda: not backend_dirs(daemon))
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path):
+    """A loop block device over a zeroed file (skips where the host has none to give)."""
+    backing = tmp_path / "backing.img"
+    backing.write_bytes(bytes(DISK_BYTES))
+    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"no loop device on this host: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+def test_a_block_device_is_a_disk_too(daemon: Daemon, loop_device: str) -> None:
+    report = run_guest(daemon, "phy", "mode=rw seed=7", f"phy:{loop_device},xvda,w")
+    assert report.value("sectors") == str(DISK_BYTES // 512)
+    with open(loop_device, "rb") as f:
+        check_pattern_with_hole(f.read(DISK_BYTES))
 
 
 def test_read_only_disk_refuses_writes_and_stays_as_it_was(daemon: Daemon,

@@ -99,15 +99,19 @@ def test_host_pings_a_guest_and_udp_echoes_through_it(daemon: Daemon, netns: str
 
 
 def test_two_guests_on_one_bridge_ping_each_other(daemon: Daemon) -> None:
-    start_guest(daemon, "a", f"mode=serve ip={GUEST_A}")
+    start_guest(daemon, "a", f"mode=serve ip={GUEST_A} queues=2 split=1")
     start_guest(daemon, "b", f"mode=ping ip={GUEST_B} peer={GUEST_A} count=5")
     report = wait_for("b to finish", lambda: finished(daemon, "b"), timeout=300)
     report.assert_all_passed()
     assert {"netfront.arp_resolved", "netfront.ping"} <= set(report.passed)
+    with Client(str(daemon.xenstore), timeout=60) as xs:  # a's two queues, split channels
+        front = f"/local/domain/{daemon.domains()['a']['domid']}/device/vif/0"
+        assert xs.read(f"{front}/multi-queue-num-queues") == b"2"
+        assert xs.exists(f"{front}/queue-1/event-channel-rx")
     daemon.pyxen("shutdown", "a")
     a = wait_for("a to finish", lambda: finished(daemon, "a"))
     a.assert_all_passed()
-    assert int(a.value("icmp_replies")) >= 5
+    assert int(a.value("icmp_replies")) >= 5 and a.value("queues") == "2"
 
 
 def test_network_attach_list_detach(daemon: Daemon, netns: str) -> None:
