@@ -30,7 +30,7 @@ for seq in range(count):
     payload = b"pyxen ping %d " % seq + bytes(range(40))
     head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
     s.sendto(struct.pack("!BBHHH", 8, 0, csum(head + payload), ident, seq) + payload, (dest, 0))
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         s.settimeout(max(0.01, deadline - time.monotonic()))
         try:

@@ -152,3 +152,27 @@ def test_a_vif_that_cannot_be_made_is_one_line_and_no_domain(daemon: Daemon, net
 def test_host_address_is_on_the_bridge(netns: str) -> None:
     """The namespace the other tests rely on: the host's end of the bridge answers."""
     assert HOST_IP in run(netns, "ip", "-o", "addr", "show", BRIDGE).stdout
+
+
+FLOOD = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[2])):
+    s.sendto(bytes(1400), (sys.argv[1], 9))
+"""
+
+
+def test_a_stalled_guest_costs_the_others_nothing(daemon: Daemon, netns: str) -> None:
+    """A paused domain posts no pages and reads no frames: what is sent to it piles up in
+    its own TAP's queue and is dropped there, while the bridge serves everyone else."""
+    start_guest(daemon, "a", f"mode=serve ip={GUEST_A}")
+    start_guest(daemon, "b", f"mode=serve ip={GUEST_B}")
+    first = run(netns, sys.executable, "-c", PING, GUEST_B, "1", check=False, timeout=120)
+    assert first.returncode == 0, first.stdout  # b's MAC is known to the host now
+    daemon.pyxen("pause", "b")
+    run(netns, sys.executable, "-c", FLOOD, GUEST_B, "5000", timeout=120)
+    ping = run(netns, sys.executable, "-c", PING, GUEST_A, "3", check=False, timeout=120)
+    assert ping.returncode == 0 and "3 of 3" in ping.stdout, ping.stdout + ping.stderr
+    daemon.pyxen("unpause", "b")
+    again = run(netns, sys.executable, "-c", PING, GUEST_B, "3", check=False, timeout=120)
+    assert again.returncode == 0 and "3 of 3" in again.stdout, again.stdout

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as C
-import ctypes.util
 import logging
 import os
 import struct
@@ -55,7 +54,7 @@ INDIRECT = struct.Struct("<BBH4xQQH2x8I")  # op, indirect_op, nr_segments, id, s
 RESPONSE = struct.Struct("<QBxh")  # id, operation, status
 SEGMENTS_AT = B.blkif_request.seg.offset
 
-_libc = C.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc = C.CDLL(None, use_errno=True)  # the process's own libc (find_library would fork)
 _libc.fallocate.argtypes = [C.c_int, C.c_int, C.c_int64, C.c_int64]
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02

@@ -183,7 +183,8 @@ class NetBack:
                 q.tx_wake.wait()
                 q.tx_wake.clear()
                 while not self.stopping and q.tx.final_check_for_requests():
-                    self._tx_frame(q, q.tx)
+                    while not self.stopping and q.tx.unconsumed():  # a batch: one push
+                        self._tx_frame(q, q.tx)
                     if q.tx.push_responses_and_check_notify():
                         self.dom0.notify(q.tx_port)
         except RingBroken as e:

@@ -15,9 +15,6 @@ import fcntl
 import os
 import struct
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from pyxen.backends.xenbus import DeviceError
 
 TUNSETIFF = 0x400454CA
@@ -62,6 +59,11 @@ def open_tap(name: str) -> int:
 def attach_to_bridge(name: str, bridge: str) -> None:
     """vif-bridge's `online`: the host end gets fe:ff:ff:ff:ff:ff, MTU 1500, joins
     `bridge` and goes up. DeviceError names what is missing."""
+    # imported here: pyroute2 takes a second to import, which every domain process and
+    # daemon start would pay, and only the daemon, making a vif, needs it
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=bridge)
         if not found:
