@@ -185,6 +185,7 @@ static void vnote(struct trouble *t, const char *fmt, va_list ap)
     vsnprintf(t->why, sizeof(t->why), fmt, ap);
 }
 
+/* The first trouble of a kind is kept (its reason); later ones only count. */
 static void note(const char *fmt, ...) PRINTF_LIKE(1, 2);
 static void note(const char *fmt, ...)
 {
@@ -194,21 +195,12 @@ static void note(const char *fmt, ...)
     va_end(ap);
 }
 
-static void rx_note(const char *fmt, ...) PRINTF_LIKE(1, 2);
-static void rx_note(const char *fmt, ...)
+static void tnote(struct trouble *t, const char *fmt, ...) PRINTF_LIKE(2, 3);
+static void tnote(struct trouble *t, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vnote(&rxt, fmt, ap);
-    va_end(ap);
-}
-
-static void tx_note(const char *fmt, ...) PRINTF_LIKE(1, 2);
-static void tx_note(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vnote(&txt, fmt, ap);
+    vnote(t, fmt, ap);
     va_end(ap);
 }
 
@@ -377,7 +369,7 @@ static unsigned tx_reap(unsigned q)
         RING_IDX rp = Q->tx.sring->rsp_prod;
         rmb();  /* the responses before the index that covers them */
         if (rp - Q->tx.rsp_cons > Q->tx.req_prod_pvt - Q->tx.rsp_cons) {
-            tx_note("queue %u: TX rsp_prod %u: %u responses for %u requests", q, rp,
+            tnote(&txt, "queue %u: TX rsp_prod %u: %u responses for %u requests", q, rp,
                     rp - Q->tx.rsp_cons, Q->tx.req_prod_pvt - Q->tx.rsp_cons);
             broken = true;
             return done;
@@ -389,14 +381,14 @@ static unsigned tx_reap(unsigned q)
                 continue;     /* the slot of an extra-info request (we send none) */
             unsigned id = rsp.id;
             if (id >= TX_SIZE || !Q->tx_busy[id]) {
-                tx_note("queue %u: TX response id %u (status %d) matches no request in "
+                tnote(&txt, "queue %u: TX response id %u (status %d) matches no request in "
                         "flight", q, id, rsp.status);
                 broken = true;
                 return done;
             }
             Q->tx_busy[id] = false;
             if (!gnttab_end_access(REF_TX(q, id))) {
-                tx_note("queue %u: TX buffer %u (gref %u) still in use by the back end after "
+                tnote(&txt, "queue %u: TX buffer %u (gref %u) still in use by the back end after "
                         "its response: flags %#x", q, id, REF_TX(q, id),
                         gnttab_v1[REF_TX(q, id)].flags);
                 broken = true;   /* the buffer cannot be reused */
@@ -404,7 +396,7 @@ static unsigned tx_reap(unsigned q)
             }
             if (rsp.status != NETIF_RSP_OKAY) {
                 tx_errors++;
-                tx_note("queue %u: TX response to id %u has status %d", q, id, rsp.status);
+                tnote(&txt, "queue %u: TX response to id %u has status %d", q, id, rsp.status);
             }
             Q->tx_free[Q->ntx_free++] = (uint16_t)id;
             done++;
@@ -729,7 +721,7 @@ static unsigned rx_reap(unsigned q)
         RING_IDX rp = Q->rx.sring->rsp_prod;
         rmb();
         if (rp - Q->rx.rsp_cons > Q->rx.req_prod_pvt - Q->rx.rsp_cons) {
-            rx_note("queue %u: RX rsp_prod %u: %u responses for %u requests", q, rp,
+            tnote(&rxt, "queue %u: RX rsp_prod %u: %u responses for %u requests", q, rp,
                     rp - Q->rx.rsp_cons, Q->rx.req_prod_pvt - Q->rx.rsp_cons);
             broken = true;
             return done;
@@ -742,30 +734,30 @@ static unsigned rx_reap(unsigned q)
             done++;
             Q->rx_granted[slot] = false;
             if (!gnttab_end_access(REF_RX(q, slot))) {
-                rx_note("queue %u: RX page %u (gref %u) still in use by the back end after "
+                tnote(&rxt, "queue %u: RX page %u (gref %u) still in use by the back end after "
                         "its response: flags %#x", q, slot, REF_RX(q, slot),
                         gnttab_v1[REF_RX(q, slot)].flags);
                 broken = true;   /* the page cannot be posted again */
                 return done;
             }
             if (rsp.flags & (NETRXF_more_data | NETRXF_extra_info)) {
-                rx_note("queue %u slot %u: flags %#x: more_data/extra_info without feature-sg "
+                tnote(&rxt, "queue %u slot %u: flags %#x: more_data/extra_info without feature-sg "
                         "or GSO", q, slot, rsp.flags);
                 broken = true;   /* the next slots are not frames: out of step */
                 return done;
             }
             if (rsp.id != slot) {
-                rx_note("queue %u: the response in slot %u has id %u (netif.h: a response "
+                tnote(&rxt, "queue %u: the response in slot %u has id %u (netif.h: a response "
                         "takes its request's slot)", q, slot, rsp.id);
                 continue;
             }
             if (rsp.status < 0) {
                 rx_errors++;
-                rx_note("queue %u slot %u: status %d", q, slot, rsp.status);
+                tnote(&rxt, "queue %u slot %u: status %d", q, slot, rsp.status);
                 continue;
             }
             if (rsp.offset + (unsigned)rsp.status > PAGE_SIZE) {
-                rx_note("queue %u slot %u: offset %u + size %d beyond the page", q, slot,
+                tnote(&rxt, "queue %u slot %u: offset %u + size %d beyond the page", q, slot,
                         rsp.offset, rsp.status);
                 continue;
             }
@@ -823,7 +815,7 @@ static bool tx_drain(void)
             continue;
         }
         if (xen_now_ns() >= idle_since + WAIT_BOUND_NS) {
-            tx_note("%u TX request(s) unanswered for %lu s", tx_in_flight(),
+            tnote(&txt, "%u TX request(s) unanswered for %lu s", tx_in_flight(),
                     (unsigned long)(WAIT_BOUND_NS / SECOND_NS));
             return false;
         }
@@ -1162,7 +1154,7 @@ static void mode_udp_send(const uint8_t *mac)
         if (moved) {
             idle_since = now;
         } else if (now >= idle_since + WAIT_BOUND_NS) {
-            tx_note("%lu of %lu datagrams sent, %u unanswered: nothing moved for %lu s", sent,
+            tnote(&txt, "%lu of %lu datagrams sent, %u unanswered: nothing moved for %lu s", sent,
                     count, tx_in_flight(), (unsigned long)(WAIT_BOUND_NS / SECOND_NS));
             stalled = true;
             break;
