@@ -59,11 +59,17 @@ def link_exists(netns: str, name: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+class NetnsUnavailable(Exception):
+    """This machine will not make a network namespace (a container without the right)."""
+
+
 @contextmanager
 def bridged_netns() -> Iterator[str]:
     """A fresh namespace holding `xenbr0` (up, HOST_IP/24) and a loopback."""
     name = f"pyxen-t{os.getpid()}-{next(_names)}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        raise NetnsUnavailable(made.stderr.strip() or "ip netns add failed")
     try:
         for argv in (["ip", "link", "set", "lo", "up"],
                      ["ip", "link", "add", BRIDGE, "type", "bridge"],
