@@ -120,7 +120,6 @@ class BlkBack:
         self.ring_pins: list[tuple[int, bool]] = []
         self.port = 0
         self.thread: threading.Thread | None = None
-        self.requests = 0
 
     # --- connect / disconnect -----------------------------------------------------------------
     def connect(self) -> None:
@@ -345,7 +344,6 @@ class BlkBack:
                 return
             self.ring.put_response(RESPONSE.pack(req.id, req.operation, status))
             notify = self.ring.push_responses_and_check_notify()
-            self.requests += 1
         if notify:
             self.dom0.notify(self.port)
 

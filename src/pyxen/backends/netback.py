@@ -91,7 +91,6 @@ class Queue:
     rx_port: int = 0
     tx_wake: threading.Event = field(default_factory=threading.Event)
     rx_wake: threading.Event = field(default_factory=threading.Event)
-    rx_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class NetBack:

@@ -100,9 +100,6 @@ class BackRing:
         self.req_cons = (self.req_cons + 1) & MASK32
         return data
 
-    def read_request(self, index: int, length: int) -> bytes:
-        return self._read(self._slot(index), length)
-
     # --- responses ----------------------------------------------------------------------------
     def put_response(self, data: bytes) -> None:
         self._write(self._slot(self.rsp_prod_pvt), data)

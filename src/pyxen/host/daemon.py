@@ -223,20 +223,21 @@ class Host:
             if action not in ACTIONS:
                 raise HostError(f"{key}: unknown action {action!r} (one of {', '.join(ACTIONS)})")
         spec = dict(spec, domid=self.allocate_domid())
-        disk_specs = spec.get("disks") or []
-        if not isinstance(disk_specs, list) or not all(isinstance(d, str) for d in disk_specs):
-            raise HostError("disks: a list of disk specs expected")
-        vif_specs = spec.get("vifs") or []
-        if not isinstance(vif_specs, list) or not all(isinstance(v, str) for v in vif_specs):
-            raise HostError("vifs: a list of vif specs expected")
-        disks = devices.open_disks(self, disk_specs, spec["domid"])
+        disks = devices.open_disks(self, _spec_list(spec, "disks"), spec["domid"])
+        vifs: list = []
+
+        def close_unused() -> None:  # what was opened and not (yet) given to the domain
+            for _, _, disk in disks:
+                disk.close()
+            for vif in vifs:
+                vif.close()
+
         try:
             # on a thread: pyroute2 runs an event loop of its own
             vifs = await asyncio.get_running_loop().run_in_executor(
-                None, devices.open_vifs, vif_specs, spec["domid"])
+                None, devices.open_vifs, _spec_list(spec, "vifs"), spec["domid"])
         except BaseException:
-            for _, _, disk in disks:
-                disk.close()
+            close_unused()
             raise
         dom = HostedDomain(spec, actions, self.state_dir, self.xenstored, self._stopped,
                            self._dmesg)
@@ -252,10 +253,7 @@ class Host:
             vifs = []
             sched.started(dom, self.xenstored)
         except BaseException as e:
-            for _, _, disk in disks:
-                disk.close()
-            for _, vif in vifs:
-                vif.close()
+            close_unused()
             dom.destroy()
             await dom.gone
             self.domains.pop(dom.domid, None)
@@ -383,6 +381,14 @@ class Host:
 
 
 KILL_WAIT = 30.0  # seconds a SIGKILLed domain process may take to be gone
+
+
+def _spec_list(spec: dict[str, Any], key: str) -> list[str]:
+    """The device specs `spec[key]` (disks, vifs): a list of strings, else HostError."""
+    specs = spec.get(key) or []
+    if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+        raise HostError(f"{key}: a list of device specs expected")
+    return specs
 
 
 def wait_exit(pid: int, timeout: float, kill: bool = False) -> bool:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from pyxen.backends.vbd import Disk, VbdBackend, open_disk, vdev_number
 from pyxen.backends.vif import Vif, VifBackend
-from pyxen.backends.xenbus import DeviceError
+from pyxen.backends.xenbus import DeviceError, XenbusBackend
 from pyxen.host.api import Api, handler
 from pyxen.host.wire import Message
 from pyxen.toolstack.xl_disk import DiskSpec, XlConfigError, parse_disk_spec
-from pyxen.toolstack.xl_vif import VifSpec, parse_vif_spec
+from pyxen.toolstack.xl_vif import parse_vif_spec
 
 if TYPE_CHECKING:
     from pyxen.host.daemon import Host
@@ -91,9 +91,7 @@ def _writer_of(host: Host, disk: Disk, domid: int,
 def add_disks(host: Host, dom: HostedDomain, disks: list[tuple[DiskSpec, int, Disk]]) -> None:
     """libxl__device_disk_add for each: nodes, probe, watch (the domain built, not started)."""
     for spec, devid, disk in disks:
-        device = VbdBackend(spec, disk, host.xenstored, dom.domid, devid, dom.device_call)
-        dom.devices["vbd", devid] = device
-        device.add()
+        _install(dom, VbdBackend(spec, disk, host.xenstored, dom.domid, devid, dom.device_call))
 
 
 def adopt_devices(host: Host, dom: HostedDomain) -> None:
@@ -104,9 +102,8 @@ def adopt_devices(host: Host, dom: HostedDomain) -> None:
     for text in dom.spec.get("vifs") or []:
         spec = parse_vif_spec(text)
         vif = Vif.adopted(spec, dom.domid, spec.devid or 0)
-        device = VifBackend(vif, host.xenstored, dom.domid, vif.devid, dom.device_call)
-        dom.devices["vif", vif.devid] = device
-        device.adopt()
+        _install(dom, VifBackend(vif, host.xenstored, dom.domid, vif.devid, dom.device_call),
+                 adopted=True)
     for text in dom.spec.get("disks") or []:
         try:
             spec = parse_disk_spec(text)
@@ -114,15 +111,24 @@ def adopt_devices(host: Host, dom: HostedDomain) -> None:
         except (XlConfigError, DeviceError) as e:
             host._say(f"domain {dom.domid}: disk {text!r} not taken back: {e}")
             continue
-        device = VbdBackend(spec, disk, host.xenstored, dom.domid, devid, dom.device_call)
-        dom.devices["vbd", devid] = device
+        _install(dom, VbdBackend(spec, disk, host.xenstored, dom.domid, devid, dom.device_call),
+                 adopted=True)
+
+
+def _install(dom: HostedDomain, device: XenbusBackend, adopted: bool = False) -> None:
+    """The device becomes one of the domain's: added (nodes, probe, watch), or taken over
+    as a previous daemon left it."""
+    dom.devices[device.kind, device.devid] = device
+    if adopted:
         device.adopt()
+    else:
+        device.add()
 
 
-def open_vifs(specs: list[str], domid: int) -> list[tuple[VifSpec, Vif]]:
+def open_vifs(specs: list[str], domid: int) -> list[Vif]:
     """Each vif of a domain-to-be with its TAP on its bridge (devids as xl numbers them:
     the list's index unless given); HostError (one line) for the first that fails."""
-    opened: list[tuple[VifSpec, Vif]] = []
+    opened: list[Vif] = []
     try:
         for index, text in enumerate(specs):
             try:
@@ -130,29 +136,27 @@ def open_vifs(specs: list[str], domid: int) -> list[tuple[VifSpec, Vif]]:
             except XlConfigError as e:
                 raise _error(f"vif {text!r}: {e}") from None
             devid = index if spec.devid is None else spec.devid
-            if any(vif.devid == devid for _, vif in opened):
+            if any(vif.devid == devid for vif in opened):
                 raise _error(f"vif {devid}: that devid is given twice")
             try:
                 vif = Vif(spec, domid, devid)
             except DeviceError as e:
                 raise _error(str(e)) from None
-            opened.append((spec, vif))
+            opened.append(vif)
     except BaseException:
-        for _, vif in opened:
+        for vif in opened:
             vif.close()
         raise
     return opened
 
 
-def add_vifs(host: Host, dom: HostedDomain, vifs: list[tuple[VifSpec, Vif]]) -> None:
+def add_vifs(host: Host, dom: HostedDomain, vifs: list[Vif]) -> None:
     """libxl__device_nic_add for each; the config keeps the MAC chosen (a reboot keeps it)."""
-    for _, vif in vifs:
-        device = VifBackend(vif, host.xenstored, dom.domid, vif.devid, dom.device_call)
-        dom.devices["vif", vif.devid] = device
-        device.add()
+    for vif in vifs:
+        _install(dom, VifBackend(vif, host.xenstored, dom.domid, vif.devid, dom.device_call))
     recorded = {parse_vif_spec(text).devid: text for text in dom.spec.get("vifs") or []}
-    for spec, vif in vifs:
-        recorded[vif.devid] = replace(spec, devid=vif.devid, mac=vif.mac).to_spec()
+    for vif in vifs:
+        recorded[vif.devid] = replace(vif.spec, devid=vif.devid, mac=vif.mac).to_spec()
     dom.spec["vifs"] = [recorded[devid] for devid in sorted(recorded, key=lambda d: d or 0)]
 
 

@@ -64,21 +64,20 @@ def domain_spec(cfg: XlConfig) -> dict[str, Any]:
         "cpu_weight": cfg.cpu_weight,
         "cpus": cfg.cpus,
         "cpus_by_vcpu": cfg.cpus_by_vcpu,
-        "disks": [absolute_disk(disk, cfg.source).to_spec() for disk in cfg.disk],
+        "disks": [absolute_disk(disk, cfg.source) for disk in cfg.disk],
         "vifs": [vif.to_spec() for vif in cfg.vif],
     }
 
 
-def absolute_disk(disk: DiskSpec, source: str | None = None) -> DiskSpec:
-    """The disk with its target as an absolute path: xl resolves it where xl runs, the
-    daemon opens it where the daemon runs."""
+def absolute_disk(disk: DiskSpec, source: str | None = None) -> str:
+    """The disk's spec with its target as an absolute path: xl resolves it where xl runs,
+    the daemon opens it where the daemon runs."""
     if disk.target:
         disk = replace(disk, target=str(Path(disk.target).absolute()))
     try:
-        disk.to_spec()
+        return disk.to_spec()
     except ValueError as e:
         raise XlConfigError(str(e), source=source, key="disk") from None
-    return disk
 
 
 def _add(p: argparse.ArgumentParser) -> None:

@@ -83,7 +83,7 @@ def _vif_row(v: dict[str, Any]) -> str:
 
 COMMANDS = {
     "block-attach": _attach(
-        "block_attach", "disk", lambda text: absolute_disk(parse_disk_spec(text)).to_spec(),
+        "block_attach", "disk", lambda text: absolute_disk(parse_disk_spec(text)),
         "DISKSPEC", "the disk, as in xl.cfg's disk= (parts may be separate words)"),
     "block-detach": _detach("block_detach", "disk", "DEV",
                             "the disk's device number or vdev (xvdb)"),
