@@ -5,6 +5,9 @@ XEN_ELFNOTE_PHYS32_ENTRY in PT_NOTE segments or, failing that, SHT_NOTE sections
 PT_LOAD segments at their physical addresses (0 included). Anything wrong is an ImageError
 with a message naming the problem, raised before any vCPU runs.
 
+The ELF may come as Linux ships it, in a bzImage (/boot/vmlinuz-*), and the file may be
+compressed: pyxen.domain.bzimage unwraps both, as libxenguest does.
+
 Only regular files are read, up to a size limit (the domain's memory, at most libxc's 1 GiB):
 a directory, a device such as /dev/zero, a FIFO or a huge sparse file is refused with one
 line, at once and without reading it.
@@ -49,6 +52,7 @@ class PvhImage:
     segments: tuple[Segment, ...]
     elf_class: int
     note_source: str  # "PT_NOTE" or "SHT_NOTE", for --trace and tests
+    unwrapped: str = ""  # what held the ELF, e.g. "bzImage (lz4)"; "" for a bare ELF
 
     @property
     def start(self) -> int:
@@ -77,7 +81,7 @@ def read_bounded(path: str | Path, limit: int, what: str) -> bytes:
             kind = FILE_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
             raise ImageError(f"{path}: is {kind}, not a {what} file")
         if st.st_size > limit:
-            raise ImageError(f"{path}: {_too_large(what, limit)}")
+            raise ImageError(f"{path}: {too_large(what, limit)}")
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(st.st_size + 1)
     except OSError as e:
@@ -89,26 +93,49 @@ def read_bounded(path: str | Path, limit: int, what: str) -> bytes:
     return data
 
 
-def _too_large(what: str, limit: int) -> str:
+def too_large(what: str, limit: int) -> str:
     return (f"the {what} is larger than {limit / (1 << 20):g} MiB (a domain loads at most "
             f"its memory, and never more than {MAX_IMAGE_BYTES >> 20} MiB)")
 
 
-def parse_pvh_image(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES) -> PvhImage:
-    """Parse a PVH kernel image of at most `max_bytes`; every problem is an ImageError
-    naming the file."""
+def read_kernel(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[bytes, str]:
+    """The kernel file at `path` unwrapped (bzImage, compressed file), at most `max_bytes`
+    read and at most `max_bytes` decompressed, and what was unwrapped ("" if nothing)."""
+    from .bzimage import unwrap  # here: bzimage imports ImageError from this module
+
     raw = read_bounded(path, max_bytes, "kernel image")
     try:
-        return _parse(raw)
+        return unwrap(raw, max_bytes)
     except ImageError as e:
         raise ImageError(f"{path}: {e}") from e
+
+
+def parse_pvh_image(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES) -> PvhImage:
+    """Parse a PVH kernel image of at most `max_bytes` (an ELF, or a bzImage or compressed
+    file holding one: at most `max_bytes` once decompressed); every problem is an ImageError
+    naming the file."""
+    raw, unwrapped = read_kernel(path, max_bytes)
+    where = f"{path}: {unwrapped}" if unwrapped else str(path)
+    try:
+        return _parse(raw, unwrapped)
+    except ImageError as e:
+        raise ImageError(f"{where}: {e}") from e
     except Exception as e:  # noqa: BLE001 - pyelftools raises all kinds on malformed input
-        raise ImageError(f"{path}: malformed ELF file ({type(e).__name__}: {e})") from e
+        raise ImageError(f"{where}: malformed ELF file ({type(e).__name__}: {e})") from e
 
 
-def _parse(raw: bytes) -> PvhImage:
+# The formats are bzimage.CODECS' (a test keeps the two lists the same).
+NOT_ELF = ("not an ELF file, bzImage or compressed kernel (pyxen boots a Xen PVH kernel as an "
+           "ELF file or a bzImage such as /boot/vmlinuz-*, either of them bare or compressed "
+           "with gzip, bzip2, xz, lzma, lzo, lz4 or zstd)")
+
+
+def _parse(raw: bytes, unwrapped: str = "") -> PvhImage:
     if raw[:4] != ELF_MAGIC:
-        raise ImageError("not an ELF file (a Xen PVH kernel image must be ELF)")
+        if unwrapped:
+            raise ImageError("the decompressed kernel is not an ELF file (it must be the PVH "
+                             "kernel's ELF vmlinux)")
+        raise ImageError(NOT_ELF)
     elf = ELFFile(io.BytesIO(raw))
     machine = elf["e_machine"]
     if machine not in (EM_386, EM_X86_64):
@@ -117,7 +144,8 @@ def _parse(raw: bytes) -> PvhImage:
     if entry is None:
         raise ImageError(
             "no XEN_ELFNOTE_PHYS32_ENTRY note: not a Xen PVH kernel "
-            "(PVH kernels carry a 'Xen' note of type 18 with their 32-bit entry point)"
+            "(PVH kernels carry a 'Xen' note of type 18 with their 32-bit entry point; "
+            "Linux has it when built with CONFIG_XEN_PVH=y)"
         )
     segments = []
     for seg in elf.iter_segments():
@@ -131,7 +159,7 @@ def _parse(raw: bytes) -> PvhImage:
         segments.append(Segment(seg["p_paddr"], data, seg["p_memsz"]))
     if not segments:
         raise ImageError("no loadable (PT_LOAD) segments")
-    return PvhImage(entry, tuple(segments), elf.elfclass, source)
+    return PvhImage(entry, tuple(segments), elf.elfclass, source, unwrapped)
 
 
 def _find_phys32_entry(elf: ELFFile) -> tuple[int | None, str]:
