@@ -1,9 +1,10 @@
 """The PVH domain builder: image + config → a Domain ready to run.
 
 Places the kernel's segments, then (page-aligned, just after the image) hvm_start_info, the
-module list, the memory map, the command lines and the modules, all below 1 GiB; sets vCPU 0
-to PVH's entry state (32-bit flat protected mode, paging off, %ebx = start info). Every
-problem with the image or config is an ImageError raised before any vCPU runs.
+module list, the memory map, the command lines and the modules, all below 1 GiB; places the
+ACPI tables (unless the config turns them off) where libxl does, in the MMIO hole, outside
+RAM; sets vCPU 0 to PVH's entry state (32-bit flat protected mode, paging off, %ebx = start
+info). Every problem with the image or config is an ImageError raised before any vCPU runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from pyxen.abi.start_info import (
     SIF_INITDOMAIN,
     SIF_PRIVILEGED,
+    XEN_HVM_MEMMAP_TYPE_ACPI,
     XEN_HVM_MEMMAP_TYPE_RAM,
     XEN_HVM_MEMMAP_TYPE_RESERVED,
     XEN_HVM_START_MAGIC_VALUE,
@@ -27,10 +29,11 @@ from pyxen.abi.start_info import (
 from pyxen.hv.hypercall import HYPERCALL_PORT, HypercallTable
 from pyxen.x86.cpuid import HYPERCALL_MSR, guest_cpuid
 
+from .acpi import build_tables
 from .backend import MachineBackend, Regs, SpecialRegs
 from .domain import Domain, DomainConfig
 from .loader import MAX_IMAGE_BYTES, ImageError, PvhImage, parse_pvh_image, read_bounded
-from .memory import MMIO_HOLE_START, PAGE_SIZE, GuestMemoryError
+from .memory import MMIO_HOLE_START, PAGE_SHIFT, PAGE_SIZE, GuestMemoryError
 from .vcpu import Vcpu
 
 SPECIAL_PAGES_START = 0xFEFF_8000  # Xen's HVM special pages: 8 frames below 0xFF000000
@@ -39,6 +42,7 @@ START_INFO_LIMIT = 1 << 30  # some PVH guests map only their first GiB at entry
 MAX_VCPUS = 128  # XEN_LEGACY_MAX_VCPUS is 32; vCPUs above it need register_vcpu_info
 MAX_CMDLINE = 4096
 MAX_NAME = 128  # bytes of UTF-8: a label for logs, XenStore and the memfd (which takes 249)
+ACPI_FRAME = "acpi"  # the special_frames kind of the pages that hold the ACPI tables
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,8 @@ def build_domain(
         raise
     try:
         _load_segments(domain, image)
-        _write_start_info(domain, start_info_gpa, config, modules)
+        rsdp = _place_acpi_tables(domain) if config.acpi else 0
+        _write_start_info(domain, start_info_gpa, config, modules, rsdp)
         # What the toolstack hands Xen with XENMEM_set_memory_map: the same map as start info.
         domain.e820 = [(e.addr, e.size, e.type) for e in boot_memmap(domain)]
         host_cpuid = machine.host_cpuid()
@@ -177,7 +182,8 @@ def check_config(config: DomainConfig) -> None:
 
 def _boot_data_end(start: int, config: DomainConfig, modules: list[Module]) -> int:
     size = C.sizeof(hvm_start_info) + len(modules) * C.sizeof(hvm_modlist_entry)
-    size += 3 * C.sizeof(hvm_memmap_table_entry) + len(command_line_bytes(config.cmdline)) + 1
+    # the memory map: RAM below and above the MMIO hole, the special pages, the ACPI tables
+    size += 4 * C.sizeof(hvm_memmap_table_entry) + len(command_line_bytes(config.cmdline)) + 1
     size += sum(len(command_line_bytes(m.cmdline)) + 1 for m in modules)
     end = page_up(start + size)
     for m in modules:
@@ -197,8 +203,24 @@ def _load_segments(domain: Domain, image: PvhImage) -> None:
             domain.memory.write(seg.paddr + len(seg.data), bytes(seg.memsz - len(seg.data)))
 
 
+def _place_acpi_tables(domain: Domain) -> int:
+    """Put the ACPI tables (every vCPU the domain may bring up in the MADT, as libxl) in
+    frames of their own outside RAM, populated as the special pages are: the guest's memory
+    reservation does not pay for them. Returns the RSDP's address."""
+    tables = build_tables(domain.max_vcpus)
+    first = tables.base >> PAGE_SHIFT
+    frames = range(first, first + (page_up(len(tables.data)) >> PAGE_SHIFT))
+    with domain.memory_lock:
+        for gfn in frames:
+            domain.memory.populate(gfn)
+        domain.memory.commit()
+    domain.special_frames.update(dict.fromkeys(frames, ACPI_FRAME))
+    domain.memory.write(tables.base, tables.data)
+    return tables.rsdp
+
+
 def _write_start_info(domain: Domain, gpa: int, config: DomainConfig,
-                      modules: list[Module]) -> None:
+                      modules: list[Module], rsdp: int) -> None:
     mem = domain.memory
     cursor = gpa + C.sizeof(hvm_start_info)
 
@@ -210,7 +232,7 @@ def _write_start_info(domain: Domain, gpa: int, config: DomainConfig,
         cursor += len(data)
         return where
 
-    info = hvm_start_info(magic=XEN_HVM_START_MAGIC_VALUE, version=1)
+    info = hvm_start_info(magic=XEN_HVM_START_MAGIC_VALUE, version=1, rsdp_paddr=rsdp)
     if config.privileged:
         info.flags = SIF_PRIVILEGED | SIF_INITDOMAIN
     memmap = boot_memmap(domain)
@@ -232,15 +254,24 @@ def _write_start_info(domain: Domain, gpa: int, config: DomainConfig,
 
 
 def boot_memmap(domain: Domain) -> list[hvm_memmap_table_entry]:
-    """The memory map a domain boots with: its RAM, around the MMIO hole, and Xen's
-    special-page region (store and console rings) reserved below 0xFF000000, as libxl
-    lays it out."""
-    ram = [hvm_memmap_table_entry(addr=first << 12, size=count << 12,
+    """The memory map a domain boots with: its RAM, around the MMIO hole, Xen's
+    special-page region (store and console rings) reserved below 0xFF000000, and the ACPI
+    tables' frames (if any) as ACPI, as libxl lays it out. Populated frames that hold
+    Xen's or the toolstack's pages are not RAM."""
+    special = domain.special_frames
+    ram = [hvm_memmap_table_entry(addr=first << PAGE_SHIFT, size=count << PAGE_SHIFT,
                                   type=XEN_HVM_MEMMAP_TYPE_RAM)
-           for first, count in domain.memory.runs()]
-    special = hvm_memmap_table_entry(addr=SPECIAL_PAGES_START, size=SPECIAL_PAGES_SIZE,
-                                     type=XEN_HVM_MEMMAP_TYPE_RESERVED)
-    return sorted([*ram, special], key=lambda e: e.addr)
+           for first, count in domain.memory.runs()
+           if not all(gfn in special for gfn in range(first, first + count))]
+    reserved = hvm_memmap_table_entry(addr=SPECIAL_PAGES_START, size=SPECIAL_PAGES_SIZE,
+                                      type=XEN_HVM_MEMMAP_TYPE_RESERVED)
+    entries = [*ram, reserved]
+    acpi = sorted(gfn for gfn, kind in special.items() if kind == ACPI_FRAME)
+    if acpi:
+        entries.append(hvm_memmap_table_entry(addr=acpi[0] << PAGE_SHIFT,
+                                              size=len(acpi) << PAGE_SHIFT,
+                                              type=XEN_HVM_MEMMAP_TYPE_ACPI))
+    return sorted(entries, key=lambda e: e.addr)
 
 
 def _set_pvh_entry_state(vcpu: Vcpu, entry: int, start_info_gpa: int) -> None:

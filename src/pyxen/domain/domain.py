@@ -71,6 +71,7 @@ class DomainConfig:
     max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES
     max_event_channels: int = DEFAULT_MAX_EVENT_CHANNELS
     trace: bool = False
+    acpi: bool = True  # xl's acpi: ACPI tables for the guest (off: rsdp_paddr 0)
     handle: bytes = field(default_factory=bytes)  # xen_domain_handle_t (UUID)
 
 
