@@ -493,6 +493,31 @@ def test_max_event_channels_zero_means_the_default() -> None:
     assert config("max_event_channels = 0\n").max_event_channels == 1023
 
 
+@pytest.mark.parametrize(("text", "acpi"), [
+    ("", True), ("acpi = 0\n", False), ("acpi = 1\n", True), ("acpi = 2\n", True),
+    ('acpi = "0"\n', False), ("acpi = 0x0\n", False), ('acpi = "-1"\n', True),
+])
+def test_acpi_is_xls_boolean_on_by_default(text: str, acpi: bool) -> None:
+    """xl reads acpi as a defbool: a number, any but 0 turning it on; PVH's default is on."""
+    assert config(text).acpi is acpi
+
+
+def test_acpi_can_be_turned_off_on_the_command_line() -> None:
+    assert config("acpi = 1\n", "acpi=0").acpi is False
+
+
+@pytest.mark.parametrize(("text", "what"), [
+    ('acpi = "yes"\n', "`yes' is not a valid number"),
+    ("acpi = [1]\n", "is a list but should be a single value"),
+    ("acpi = 1\nacpi += 1\n", "can't use += with numbers"),
+])
+def test_bad_acpi_values_name_the_key(text: str, what: str) -> None:
+    with pytest.raises(XlConfigError) as info:
+        parse_xl_config(BASE + text, "bad.cfg", host_cpus=8)
+    assert str(info.value).startswith("bad.cfg:"), str(info.value)
+    assert ": acpi: " in str(info.value) and what in str(info.value)
+
+
 def test_vif_warnings_carry_file_and_line() -> None:
     cfg = config("vif = [ 'bridge=br0',\n        'foo=1' ]\n")
     assert cfg.warnings == ["vm.cfg:5: vif: unrecognized argument `foo=1'"]

@@ -60,6 +60,7 @@ def domain_spec(cfg: XlConfig) -> dict[str, Any]:
         "max_grant_frames": cfg.max_grant_frames,
         "max_event_channels": cfg.max_event_channels,
         "accel": cfg.accel,
+        "acpi": cfg.acpi,
         "cap": cfg.cap,
         "cpu_weight": cfg.cpu_weight,
         "cpus": cfg.cpus,

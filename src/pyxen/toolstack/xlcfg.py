@@ -460,6 +460,7 @@ class XlConfig:
     max_event_channels: int = DEFAULT_MAX_EVENT_CHANNELS
     max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES
     accel: str = "auto"                # pyxen's own key: auto | kvm | soft
+    acpi: bool = True                  # ACPI tables for the guest (libxl's PVH default)
     disk: list[DiskSpec] = field(default_factory=list)
     vif: list[VifSpec] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)  # keys pyxen does not use
@@ -653,6 +654,8 @@ def _from_settings(store: dict[str, Setting], source: str, host_cpus: int) -> Xl
     if accel is not None and accel not in ACCELS:
         raise r.error("accel", f"unknown accel \"{accel}\" (one of {', '.join(ACCELS)})")
     cfg.accel = accel or "auto"
+    acpi = r.number("acpi")  # xl's defbool: a number, any but 0 is true
+    cfg.acpi = acpi is None or acpi != 0
     _boot(r, cfg)
     _devices(r, cfg)
     cfg.extra = r.extra()
