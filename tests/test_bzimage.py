@@ -9,6 +9,7 @@ import bz2
 import gzip
 import lzma
 import os
+import random
 import shutil
 import struct
 import subprocess
@@ -135,10 +136,14 @@ def test_setup_sects_zero_means_four(demo_elf: bytes, tmp_path: Path) -> None:
     assert parse_pvh_image(path).unwrapped == "bzImage (gzip)"
 
 
-def test_lzop_crc32_checksums_are_read(demo_elf: bytes, tmp_path: Path) -> None:
-    """lzop's other checksum (--crc32) changes the block headers the loader walks."""
-    data = _tool("lzop", "-9", "-c", "--crc32")(demo_elf)
-    assert unwrap(data, 64 * MiB) == (demo_elf, "lzo-compressed file")
+@pytest.mark.parametrize("flags", [[], ["--crc32"], ["--no-checksum"]],
+                         ids=["adler32", "crc32", "no-checksum"])
+def test_lzop_block_headers(demo_elf: bytes, flags: list[str]) -> None:
+    """lzop's checksums change the block headers the loader walks; a block that would not
+    shrink is stored as it is (the random bytes), with no checksum of compressed data."""
+    data = demo_elf + random.Random(1).randbytes(600_000)
+    compressed = _tool("lzop", "-9", "-c", *flags)(data)
+    assert unwrap(compressed, 64 * MiB) == (data, "lzo-compressed file")
 
 
 def test_zstd_window_above_the_default_is_allowed(demo_elf: bytes) -> None:
