@@ -81,7 +81,19 @@ def test_only_xen_signature_in_the_hypervisor_range() -> None:
     hv = [t for t in table if 0x4000_0000 <= t[0] <= 0x4FFF_FFFF]
     assert lookup(hv, 0x4000_0000)[1:] == (0x566E6558, 0x65584D4D, 0x4D4D566E)  # XenVMMXenVMM
     assert lookup(table, 0x4000_0004)[1:3] == (2, 3)  # vCPU id, domid
-    assert lookup(table, 1)[1] >> 24 == 2  # initial APIC id
+    assert lookup(table, 1)[1] >> 24 == 4  # initial APIC id: Xen's vcpu_id * 2
+
+
+def test_a_local_apic_in_xapic_mode_only() -> None:
+    """The LAPIC is offered (Linux needs it), as xAPIC: x2APIC and the TSC-deadline timer
+    would need MSR exits the software CPU cannot guarantee."""
+    table = P.guest_cpuid([*HOST, (0xB, 0, 1, 2, 0x100, 7), (0xB, 1, 4, 8, 0x201, 7)],
+                          1, 3, 1_000_000)
+    _, b, c, d = lookup(table, 1)
+    assert d & P.LEAF1_EDX_APIC
+    assert not c & (P.LEAF1_ECX_X2APIC | P.LEAF1_ECX_TSC_DEADLINE)
+    assert b >> 24 == 6
+    assert lookup(table, 0xB, 0)[3] == lookup(table, 0xB, 1)[3] == 6  # x2APIC id, each level
 
 
 def test_each_leaf_appears_once() -> None:

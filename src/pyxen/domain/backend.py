@@ -94,6 +94,20 @@ class SpecialRegs(C.Structure):
     ]
 
 
+def real_mode_at(address: int) -> SpecialRegs:
+    """The state a startup IPI gives an AP (SDM §8.4.4.1, Xen's hvm_vcpu_reset_state): real
+    mode, CS:IP = address / 16 : 0, the other segments at 0 with 64 KiB limits."""
+    s = SpecialRegs()
+    for seg in (s.cs, s.ds, s.es, s.fs, s.gs, s.ss):
+        seg.limit, seg.present, seg.s, seg.type = 0xFFFF, 1, 1, 0x3
+    s.cs.selector, s.cs.base, s.cs.type = address >> 4, address, 0xB
+    s.tr.limit, s.tr.present, s.tr.type = 0xFFFF, 1, 0xB
+    s.ldt.limit, s.ldt.present, s.ldt.type = 0xFFFF, 1, 0x2
+    s.gdt.limit = s.idt.limit = 0xFFFF
+    s.cr0 = 0x10  # ET
+    return s
+
+
 Cpuid = list[tuple[int, int, int, int, int, int]]  # (leaf, subleaf, eax, ebx, ecx, edx)
 
 
@@ -117,6 +131,7 @@ class VcpuBackend(Protocol):
     exit_value: int
     exit_msr: int
     exit_is_write: bool
+    exit_data: int  # the value an MMIO write stores
     exit_error: str
 
     def run(self) -> Exit: ...

@@ -277,7 +277,7 @@ def boot_memmap(domain: Domain) -> list[hvm_memmap_table_entry]:
 def _set_pvh_entry_state(vcpu: Vcpu, entry: int, start_info_gpa: int) -> None:
     """Xen's PVH entry: 32-bit flat code/data, TR a busy 32-bit TSS, CR0 = PE|ET, paging off."""
     s = SpecialRegs()
-    vcpu.backend.set_sregs(_flat_segments(s))
+    vcpu.load_sregs(_flat_segments(s))
     regs = Regs()
     regs.rip = entry
     regs.rbx = start_info_gpa

@@ -26,6 +26,18 @@ from pyxen.hv.shared_info import SharedInfo
 from pyxen.hv.time import DomainClock
 from pyxen.hv.timer import TimerQueue, tight_timer_slack
 from pyxen.threads import start_worker, stop_signals
+from pyxen.x86.lapic import (
+    DM_FIXED,
+    DM_INIT,
+    DM_LOWEST,
+    DM_NMI,
+    DM_SMI,
+    DM_STARTUP,
+    SH_ALL,
+    SH_OTHERS,
+    SH_SELF,
+    Ipi,
+)
 
 from .memory import GuestMemory
 from .vcpu import Vcpu
@@ -158,6 +170,32 @@ class Domain:
     def _vcpu_info_moved(self) -> None:
         for v in self.vcpus:
             v.vcpu_info_moved()
+
+    def send_ipi(self, ipi: Ipi) -> None:
+        """An ICR write reaches the vCPUs it names (Xen's vlapic_ipi): fixed and
+        lowest-priority vectors to their LAPICs (lowest priority: the first match), INIT
+        and SIPI to start or stop them. A CPU cannot INIT or SIPI itself."""
+        for v in self.vcpus:
+            own = v.lapic.id == ipi.source
+            if ipi.shorthand == SH_SELF:
+                hit = own
+            elif ipi.shorthand in (SH_ALL, SH_OTHERS):
+                hit = ipi.shorthand == SH_ALL or not own
+            else:
+                hit = v.lapic.matches(ipi.destination, ipi.logical)
+            if not hit:
+                continue
+            if ipi.mode in (DM_FIXED, DM_LOWEST):
+                v.lapic.accept(ipi.vector)
+                if ipi.mode == DM_LOWEST:
+                    return
+            elif ipi.mode == DM_INIT and ipi.level_assert and not own:
+                v.init_ipi()
+            elif ipi.mode == DM_STARTUP and not own:
+                v.startup_ipi(ipi.vector)
+            elif ipi.mode in (DM_NMI, DM_SMI):
+                log.info("d%d: %s IPI to vCPU%d not delivered (not emulated)", self.domid,
+                         "NMI" if ipi.mode == DM_NMI else "SMI", v.index)
 
     @property
     def callback_vector(self) -> int:

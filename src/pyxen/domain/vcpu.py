@@ -21,8 +21,9 @@ from pyxen.hv.timer import Timer
 from pyxen.hv.vcpu import publish_runstate
 from pyxen.threads import Wake
 from pyxen.x86.cpuid import HYPERCALL_MSR
+from pyxen.x86.lapic import APIC_PAGE, Lapic
 
-from .backend import Exit, Regs, SpecialRegs, VcpuBackend, no_device_read
+from .backend import Exit, Regs, SpecialRegs, VcpuBackend, no_device_read, real_mode_at
 from .memory import PAGE_SHIFT, PAGE_SIZE, GuestMemoryError
 
 if TYPE_CHECKING:
@@ -60,7 +61,10 @@ class Vcpu:
         self.runstate_area: tuple[int, bool] | None = None  # (guest va, compat layout)
         self.calibration: TscCalibration | None = None
         self.upcall_vector = 0  # HVMOP_set_evtchn_upcall_vector (0: the domain's callback)
-        self.upcall_edge = False  # per-vCPU vector: an upcall was raised, not yet injected
+        self.lapic_timer = Timer(self._lapic_timer_fired)
+        self.lapic = Lapic(index, domain.clock.now, self._arm_lapic_timer, domain.send_ipi,
+                           self.kick, self._tsc_to_ns)
+        self.wait_for_sipi = index != 0  # an AP waits for INIT/SIPI (or VCPUOP_initialise)
         self._window_requested = False
         self.virq_to_evtchn = [0] * NR_VIRQS
         self.poll_port: int | None = None  # SCHEDOP_poll: the port waited for (0: several)
@@ -155,8 +159,7 @@ class Vcpu:
                     self._park()  # VCPUOP_initialise happens while a vCPU is offline
                     self._load_initial_state()
                     continue
-                if self.upcall_vector or domain.callback_vector:
-                    self.deliver_upcall()
+                self.deliver_interrupts()
                 exit_ = backend.run()
                 if exit_ is Exit.HYPERCALL:
                     self.hypercall()
@@ -167,31 +170,40 @@ class Vcpu:
             domain.vmm_error(f"vCPU{self.index}: internal error: {e!r}")
 
     # --- event delivery ------------------------------------------------------------------------
-    def upcall_ready(self) -> int:
-        """The vector to inject now, or 0.
-
-        The domain-wide callback vector (HVM_PARAM_CALLBACK_IRQ) is level-triggered on
-        evtchn_upcall_pending, with no EOI (what Mini-OS and Linux expect of Xen); a per-vCPU
-        upcall vector (HVMOP_set_evtchn_upcall_vector) is edge-triggered on its raising.
-        """
+    def raise_upcall(self) -> None:
+        """evtchn_upcall_pending went from 0 to 1 (Xen's hvm_assert_evtchn_irq): a per-vCPU
+        upcall vector (HVMOP_set_evtchn_upcall_vector) is an edge interrupt through the
+        LAPIC, EOI'd by the guest; the domain's callback vector is level-triggered on
+        evtchn_upcall_pending and injected directly, with no EOI."""
         if self.upcall_vector:
-            return self.upcall_vector if self.upcall_edge else 0
+            self.lapic.accept(self.upcall_vector)
+        else:
+            self.kick()
+
+    def next_interrupt(self) -> tuple[int, bool]:
+        """(vector, through the LAPIC) to inject now, or (0, False): Xen's
+        hvm_vcpu_has_pending_irq order, the callback vector before the LAPIC."""
         vector = self.domain.callback_vector
-        if vector:
+        if vector and not self.upcall_vector:
             info = self.vcpu_info
             if info is not None and info.evtchn_upcall_pending:
-                return vector
-        return 0
+                return vector, False
+        if self.lapic.irr:
+            vector = self.lapic.pending_vector()
+            if vector:
+                return vector, True
+        return 0, False
 
-    def deliver_upcall(self) -> None:
-        vector = self.upcall_ready()
+    def deliver_interrupts(self) -> None:
+        vector, from_lapic = self.next_interrupt()
         if not vector:
             if self._window_requested:  # the upcall went away (consumed by polling): a
                 self._window_requested = False  # stale request would exit on every sti
                 self.backend.request_interrupt_window(False)
             return
         if self.backend.inject_interrupt(vector):
-            self.upcall_edge = False
+            if from_lapic:
+                self.lapic.acknowledge(vector)
             wanted = False
         else:  # interrupts off: come back as soon as the guest can take it
             wanted = True
@@ -200,8 +212,49 @@ class Vcpu:
         self._window_requested = wanted
 
     def events_need_delivery(self) -> bool:
-        """Xen's local_events_need_delivery for HVM: an upcall that interrupts would take."""
-        return bool(self.upcall_ready()) and bool(self.backend.regs.rflags & RFLAGS_IF)
+        """Xen's local_events_need_delivery for HVM: an interrupt that would be taken now."""
+        return bool(self.next_interrupt()[0]) and bool(self.backend.regs.rflags & RFLAGS_IF)
+
+    def upcall_ready(self) -> int:
+        """The vector an interrupt would bring now (0: none): whether a hypercall that
+        waits or runs inline should stop for it."""
+        return self.next_interrupt()[0]
+
+    # --- the local APIC ------------------------------------------------------------------------
+    def _arm_lapic_timer(self, deadline: int | None) -> None:
+        if deadline is None:
+            self.domain.timers.stop(self.lapic_timer)
+        else:
+            self.domain.timers.set(self.lapic_timer, deadline)
+
+    def _lapic_timer_fired(self) -> None:
+        self.lapic.timer_fired()
+
+    def _tsc_to_ns(self, tsc: int) -> int:
+        """The system time at which this vCPU's TSC reads `tsc` (the TSC-deadline timer)."""
+        cal = self.calibration
+        if cal is None or not cal.tsc_khz:
+            return self.domain.clock.now()
+        return cal.system_time + (tsc - cal.tsc) * 1_000_000 // cal.tsc_khz
+
+    def init_ipi(self) -> None:
+        """INIT (Xen's vlapic_init_sipi_one): the vCPU stops and waits for a SIPI."""
+        self.lapic.reset()
+        self.wait_for_sipi = True
+        if self.online:
+            self.online = False
+            self.kick()
+
+    def startup_ipi(self, vector: int) -> None:
+        """SIPI: a vCPU waiting for one starts in real mode at vector * 4 KiB."""
+        if not self.wait_for_sipi:
+            return
+        self.wait_for_sipi = False
+        self.initial_state = (real_mode_at(vector << 12), Regs(rflags=0x2))
+        self.initialised = True
+        self.online = True
+        self.wake.set()
+        self.kick()
 
     def sleep(self, deadline: int | None = None) -> None:
         """Block this vCPU (no CPU used) until kicked or until system time `deadline`.
@@ -224,8 +277,14 @@ class Vcpu:
         state, self.initial_state = self.initial_state, None
         if state is not None:
             sregs, regs = state
-            self.backend.set_sregs(sregs)
+            self.load_sregs(sregs)
             self.backend.set_initial_regs(regs)
+
+    def load_sregs(self, sregs: SpecialRegs) -> None:
+        """Load special registers, IA32_APIC_BASE from the LAPIC model (KVM derives
+        CPUID's APIC bit from its enable flag)."""
+        sregs.apic_base = self.lapic.apic_base
+        self.backend.set_sregs(sregs)
 
     def _park(self) -> None:
         """An offline vCPU waits to be brought up (VCPUOP_up) or for the domain to stop."""
@@ -288,7 +347,8 @@ class Vcpu:
         elif exit_ is Exit.MSR_WRITE:
             backend.complete_msr(self._msr_write(backend.exit_msr, backend.exit_value))
         elif exit_ is Exit.MSR_READ:
-            backend.complete_msr(False)  # #GP: Xen's MSRs are write-only
+            value = self.lapic.msr_read(backend.exit_msr)  # Xen's own MSR is write-only
+            backend.complete_msr(value is not None, value or 0)
         elif exit_ is Exit.HLT:
             self._halt()
         elif exit_ is Exit.KICKED:
@@ -300,16 +360,31 @@ class Vcpu:
                              f"(guest rip={backend.regs.rip:#x})")
 
     def _mmio(self, gpa: int, write: bool) -> None:
-        """An access the backend could not make as RAM, completed as Xen's
+        """The xAPIC page where the LAPIC is in xAPIC mode; elsewhere an access the backend could not make as RAM, completed as Xen's
         hvm_hap_nested_page_fault does for an HVM guest with no device model: a read of
         no RAM sees all-ones; a write to no RAM vanishes; and a write to a read-only grant
         mapping (p2m_grant_map_ro, one of Xen's write-discard p2m types) goes to the
         emulator, which drops the store and retires the instruction: no fault, the page
         keeps its contents."""
+        base = self.lapic.xapic_mmio_base
+        if base is not None and base <= gpa < base + APIC_PAGE:
+            self._xapic_access(gpa - base, write)
+            return
         if write and self.domain.trace and gpa >> PAGE_SHIFT in self.domain.grant_maps:
             log.info("d%dv%d write to read-only grant mapping at %#x dropped",
                      self.domain.domid, self.index, gpa)
         self.backend.complete_mmio((1 << 64) - 1)
+
+    def _xapic_access(self, offset: int, write: bool) -> None:
+        """A register of the xAPIC page: 32-bit accesses to 16-byte aligned registers; the
+        rest of the page reads as 0 and ignores writes (Xen's vlapic_mmio_read/write)."""
+        if write:
+            if not offset & 0xF and self.backend.exit_size == 4:
+                self.lapic.write(offset, self.backend.exit_data)
+            self.backend.complete_mmio(0)
+            return
+        value = self.lapic.read(offset & ~0xF) if offset & 0xF == 0 else None
+        self.backend.complete_mmio(value or 0)
 
     def _port_write(self, port: int, size: int, value: int) -> None:
         if port == DEBUGCON_PORT:
@@ -317,9 +392,10 @@ class Vcpu:
         # Other ports: no device, writes are dropped (as on Xen for a PVH guest).
 
     def _msr_write(self, msr: int, value: int) -> bool:
-        """Xen's hypercall-page MSR: value = guest-physical address | page index."""
+        """Xen's hypercall-page MSR: value = guest-physical address | page index; the
+        LAPIC's MSRs where a backend reports them."""
         if msr != HYPERCALL_MSR:
-            return False
+            return self.lapic.msr_write(msr, value)
         page_index, gfn = value & (PAGE_SIZE - 1), value >> PAGE_SHIFT
         if page_index != 0:
             return False  # only one hypercall page exists

@@ -31,8 +31,9 @@ def mark_events_pending(v: Vcpu) -> None:
     if info is None:
         return
     if atomic.exchange_byte(C.addressof(info), 1) == 0:  # evtchn_upcall_pending is byte 0
-        v.upcall_edge = True
-    v.kick()
+        v.raise_upcall()
+    else:
+        v.kick()
 
 
 class Evtchn2L:

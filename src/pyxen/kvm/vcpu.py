@@ -82,6 +82,7 @@ class KvmVcpu:
         self.exit_port = self.exit_size = self.exit_value = self.exit_msr = 0
         self.exit_error = ""
         self.exit_is_write = False
+        self.exit_data = 0
         self._pending_in: tuple[int, int] | None = None
         # A vmcall/vmmcall KVM handed over (KVM_EXIT_XEN): its result travels in hcall.result.
         self._xen_hcall = self.run_page.exit.xen.u.hcall
@@ -215,6 +216,7 @@ class KvmVcpu:
             self.exit_value = m.phys_addr
             self.exit_size = m.len
             self.exit_is_write = bool(m.is_write)
+            self.exit_data = int.from_bytes(bytes(m.data)[: m.len], "little")
             return Exit.MMIO
         if reason == K.KVM_EXIT_XEN and run.exit.xen.type == K.KVM_EXIT_XEN_HCALL:
             # vmcall/vmmcall with Xen's registers (sync regs hold them): the same dispatch as

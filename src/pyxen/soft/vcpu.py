@@ -160,6 +160,7 @@ class SoftVcpu:
         self.thread_id: int | None = None
         self.exit_port = self.exit_size = self.exit_value = self.exit_msr = 0
         self.exit_is_write = False
+        self.exit_data = 0
         self.exit_error = ""
         self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self._indexed: frozenset[int] = INDEXED_LEAVES
@@ -788,6 +789,7 @@ class SoftVcpu:
         except (PageFault, GuestMemoryError):
             gpa = address
         self.exit_value, self.exit_size, self.exit_is_write = gpa, size, write
+        self.exit_data = value & ((1 << (8 * size)) - 1) if write else 0
         self._mmio_replay = (gpa, size, write, value)
         return Exit.MMIO
 
@@ -795,6 +797,7 @@ class SoftVcpu:
         """A store refused by a read-only slot (the write hook has its guest-physical
         address): reported as an MMIO write, replayed by run() on a copy of the slot."""
         self.exit_value, self.exit_size, self.exit_is_write = gpa, size, True
+        self.exit_data = value & ((1 << (8 * size)) - 1)
         self._mmio_replay = (gpa, size, True, value)
         return Exit.MMIO
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from pyxen.x86.lapic import CRYSTAL_HZ, apic_id
+
 XEN_CPUID_FIRST_LEAF = 0x4000_0000
 XEN_CPUID_MAX_NUM_LEAVES = 5
 XEN_SIGNATURE = b"XenVMMXenVMM"
@@ -35,7 +37,6 @@ EXTD1_ECX_SVM = 1 << 2
 TSC_LEAF = 0x15  # EAX denominator, EBX numerator, ECX crystal Hz: TSC = ECX * EBX / EAX
 FREQ_LEAF = 0x16  # EAX base MHz, EBX max MHz, ECX bus (reference) MHz
 BUS_MHZ = 100
-CRYSTAL_HZ = 1_000_000  # a multiple of 1 kHz: Linux uses ECX / 1000 as the crystal's kHz
 
 Leaf = tuple[int, int, int, int, int, int]  # leaf, subleaf, eax, ebx, ecx, edx
 
@@ -86,12 +87,16 @@ def guest_cpuid(host: list[Leaf], domid: int, vcpu_id: int, tsc_khz: int) -> lis
         if leaf == 0:
             a = max(a, FREQ_LEAF)  # the frequency leaves must be in range to be read
         elif leaf == 1:
-            # No local APIC is emulated (upcalls are injected directly), so don't claim one.
+            # A local APIC in xAPIC mode (x86.lapic, reached as MMIO on both backends). Not
+            # x2APIC or the TSC-deadline timer: their MSRs would have to reach pyxen, and the
+            # software CPU can stop only at RDMSR/WRMSR sites it has found by scanning code.
             # No VMX: Xen hides nested virtualization unless it is configured (it is not).
             c = (c | LEAF1_ECX_HYPERVISOR) & ~(LEAF1_ECX_X2APIC | LEAF1_ECX_TSC_DEADLINE
                                                | LEAF1_ECX_VMX)
-            d &= ~LEAF1_EDX_APIC
-            b = (b & 0x00FF_FFFF) | (vcpu_id << 24)  # initial APIC id = vCPU id
+            d |= LEAF1_EDX_APIC
+            b = (b & 0x00FF_FFFF) | (apic_id(vcpu_id) << 24)  # initial APIC id
+        elif leaf in (0xB, 0x1F):
+            d = apic_id(vcpu_id)  # x2APIC id, as leaf 1's initial APIC id
         elif leaf == 7 and sub == 0:
             # UMIP hidden: the software CPU cannot enforce it, and both backends offer the same.
             c &= ~LEAF7_ECX_UMIP
