@@ -18,6 +18,7 @@ from unicorn import x86_const as X
 from pyxen.domain.backend import Cpuid, MachineBackend
 from pyxen.domain.memory import current_layout_change
 
+from .baton import Baton
 from .cpustate import LayoutError, probe_layout
 from .dirty import QUIESCE_RETRY_S, DirtyLog
 from .memory import PhysicalRam
@@ -60,6 +61,7 @@ class SoftMachine(MachineBackend):
         self.msr_exits = frozenset(msr_exits)
         self.ram = PhysicalRam()
         self.vcpus: list[SoftVcpu] = []
+        self.baton = Baton()  # engines take turns (locked instructions): see baton.py
         self.tsc_khz = SOFT_TSC_KHZ
         self.tsc_epoch_ns = time.monotonic_ns()
         self.log = DirtyLog()

@@ -23,7 +23,9 @@ How the VM-exit model of `pyxen.domain.backend` maps onto an emulator:
 - **SYSCALL/SYSENTER** come to hooks (the engine skips them); `fastcall` performs them.
 - **CR4 writes** are intercepted through QEMU's SVM intercept bitmap (see cpustate.py) and
   checked against the CPUID policy (x86.cr4): a bit for a feature not offered is #GP(0).
-- **HLT** ends `emu_start`; **kick()** calls `emu_stop` from any thread.
+- **HLT** ends `emu_start`; **kick()** from any thread sets a flag that a machine-code block
+  hook reads, which stops the engine exactly at its next block (stopper.py): Unicorn's own
+  `emu_stop` from another thread can make instructions run twice.
 - **Exceptions and `int n`** come to a hook; they and injected interrupts are delivered
   through the guest's IDT by `interrupts.deliver`. QEMU's record of the exception in flight
   is cleared after each delivery (else the next #PF would become a #DF), and a stop the
@@ -111,6 +113,7 @@ from .interrupts import (
     Unsupported,
     deliver,
 )
+from .stopper import install_stop_hook
 
 if TYPE_CHECKING:
     from .machine import SoftMachine
@@ -134,7 +137,6 @@ HYPERVISOR_LEAVES = range(0x4000_0000, 0x5000_0000)
 MSR_SCAN_BLOCKS = 20_000  # translation blocks scanned for RDMSR/WRMSR after a Xen CPUID
 BOOT_SCAN_BLOCKS = 2_000  # ... and from the vCPU's first instruction (direct MSR writes)
 MSR_TSC_AUX = 0xC000_0103
-KICK_RETRY_S = 0.0002
 # Stops with no reason (late kicks) in a row at one address before the vCPU gives up: the
 # engine's own triple-fault handling ends emu_start like that, and must not spin.
 IDLE_STOPS_LIMIT = 10_000
@@ -174,7 +176,6 @@ class SoftVcpu:
         # hypercall's family allows it (see Vcpu.hypercall_inline); None: always exit.
         self.inline_hypercall: Callable[[], bool | None] | None = None
         self._rax_buf = C.c_uint64()
-        self._in_hook = False
         self._idle_stops = 0
         self._last_idle_rip = -1
         self._rip_buf = C.c_uint64()
@@ -187,10 +188,7 @@ class SoftVcpu:
         self._ram_generation = -1
         self._dirty = False  # regs changed by pyxen or by the backend: write before running
         self._fresh = False  # ctx holds the state of the current stop
-        self._kick = False
-        self._kick_lock = threading.Lock()  # a kick's stop request vs the start of a run
-        self._in_emu = False
-        self._entries = 0
+        self._stopper = install_stop_hook(self.uc)  # kick(): see stopper.py
         self._window = False
         self._stepping = False
         self._scan_blocks = BOOT_SCAN_BLOCKS
@@ -292,11 +290,10 @@ class SoftVcpu:
         self._read_regs()
         self.ctx.save()
         self._fresh = True  # cpl() and is_64bit() from the state at the OUT
-        self._in_hook = True  # kick() must not wait for this engine: it may hold what we need
         try:
             done = self.inline_hypercall()
         finally:
-            self._fresh = self._in_hook = False
+            self._fresh = False
         if done is None:
             return False
         self._rax_buf.value = self.regs.rax
@@ -516,18 +513,19 @@ class SoftVcpu:
         self._fresh = False
         self._stop = self._exception = self._rewind = self._unmapped = self._ro_write = None
         self._io = self._msr_at = self._fast_call = self._cr4_at = None
+        baton = self.machine.baton if len(self.machine.vcpus) > 1 else None
+        if baton is not None:
+            baton.acquire(self)  # one engine at a time: see baton.py
         self._enter_guest()
-        with self._kick_lock:  # a kick in progress has requested its stop (see kick())
-            self._entries += 1
-            self._in_emu = True
         try:
             if not self._kick:
                 self.uc.emu_start(self.regs.rip, 0)
         except UcError as e:
             return e
         finally:
-            self._in_emu = False
             self._leave_guest()
+            if baton is not None:
+                baton.release()
         return None
 
     def _enter_guest(self) -> None:
@@ -618,12 +616,24 @@ class SoftVcpu:
                 return Exit.HYPERCALL
             return self._deliver_engine_event(Event(UD))
         if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED) and self._unmapped:
+            self._nothing_in_flight()
             return self._mmio_exit(*self._unmapped)
         if err.errno == UC_ERR_WRITE_PROT and self._ro_write:
+            self._nothing_in_flight()
             return self._readonly_write_exit(*self._ro_write)
         if err.errno == UC_ERR_FETCH_UNMAPPED:
             return self._error(f"instruction fetch from {self.regs.rip:#x}, which is not RAM")
         return self._error(f"emulator: {err}")
+
+    def _nothing_in_flight(self) -> None:
+        """An access the engine abandoned for pyxen (MMIO, a read-only slot) is no exception
+        of the guest's, but QEMU leaves it recorded as one in flight: cleared, or after two
+        such accesses the guest's next exception of any kind becomes a triple fault (Linux's
+        first hypercall after reading its xAPIC ID and version did)."""
+        ctx = self._state()
+        if ctx.old_exception != -1:
+            ctx.old_exception = -1
+            ctx.restore()
 
     def _deliver_engine_event(self, event: Event) -> Exit | None:
         """An exception the engine raised at regs.rip: corrected where Unicorn's differs from
@@ -903,31 +913,22 @@ class SoftVcpu:
             self._block_hook = None
         self.uc.ctl_flush_tb()  # translated blocks carry (or lack) the hook call
 
+    @property
+    def _kick(self) -> bool:
+        """A kick not yet reported: the flag the engine's stop hook reads."""
+        return bool(self._stopper.requested)
+
+    @_kick.setter
+    def _kick(self, wanted: bool) -> None:
+        self._stopper.requested = int(wanted)
+
     def kick(self) -> None:
-        """Stop the engine from any thread; retried across the window in which
-        emu_start has been called but the engine has not started yet."""
+        """Make run() return KICKED soon, from any thread: the engine stops exactly at the
+        start of its next block (stopper.py; never Unicorn's emu_stop from another thread,
+        which can make instructions run twice)."""
         self._kick = True
         if threading.get_ident() == self.thread_id:
-            # In a hook (the engine has started, so one stop request holds) or between
-            # two runs (run() sees _kick first).
-            self.uc.emu_stop()
-            return
-        entry = self._entries
-        # Until the engine has taken the stop. Each stop is requested under _kick_lock
-        # with the run still the one this kick was for: a retry that came late would stop
-        # the next run for nothing, and a stop pending in it changes what some instructions
-        # do (see _install_hooks). Not waited for once the engine runs a hook: that hook may
-        # be waiting for a lock the caller holds (an IPI sent under the event-channel lock
-        # while the target's own hypercall wants it), and a stop requested before the hook
-        # returns holds when it does.
-        while True:
-            with self._kick_lock:
-                if not (self._in_emu and self._kick and self._entries == entry):
-                    return
-                self.uc.emu_stop()
-                if self._in_hook:
-                    return
-            time.sleep(KICK_RETRY_S)
+            self.uc.emu_stop()  # in a hook: exact as well
 
     # --- time, memory, teardown ---------------------------------------------------------------
     def read_tsc(self) -> int:
