@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pyxen.abi import errno
 from pyxen.abi.errno import XenError
 from pyxen.abi.event_channel import NR_VIRQS, VIRQ_TIMER
-from pyxen.abi.sched import SHUTDOWN_poweroff
+from pyxen.abi.sched import SHUTDOWN_poweroff, SHUTDOWN_reboot
 from pyxen.abi.vcpu import RUNSTATE_blocked, RUNSTATE_offline, RUNSTATE_running
 from pyxen.abi.xen import vcpu_info, vcpu_time_info
 from pyxen.hv.guest_access import GuestAccess
@@ -23,6 +23,7 @@ from pyxen.threads import Wake
 from pyxen.x86.cpuid import HYPERCALL_MSR
 from pyxen.x86.lapic import APIC_PAGE, Lapic
 
+from .acpi import power_request
 from .backend import Exit, Regs, SpecialRegs, VcpuBackend, no_device_read, real_mode_at
 from .memory import PAGE_SHIFT, PAGE_SIZE, GuestMemoryError
 
@@ -253,6 +254,8 @@ class Vcpu:
         self.initial_state = (real_mode_at(vector << 12), Regs(rflags=0x2))
         self.initialised = True
         self.online = True
+        if self.thread is None:
+            self.domain.start_vcpu(self)
         self.wake.set()
         self.kick()
 
@@ -389,6 +392,13 @@ class Vcpu:
     def _port_write(self, port: int, size: int, value: int) -> None:
         if port == DEBUGCON_PORT:
             self.domain.console_write(bytes([value & 0xFF]), source="debugcon")
+        elif self.domain.config.acpi and (request := power_request(port, value)):
+            # The FADT's sleep control / reset register: how a PVH guest powers off
+            # (x86 PVH has no Xen power-off hook) or reboots through ACPI.
+            if request == "poweroff":
+                self.domain.shutdown(SHUTDOWN_poweroff, "ACPI sleep state S5")
+            else:
+                self.domain.shutdown(SHUTDOWN_reboot, "ACPI reset register")
         # Other ports: no device, writes are dropped (as on Xen for a PVH guest).
 
     def _msr_write(self, msr: int, value: int) -> bool:
