@@ -47,6 +47,17 @@ def test_smp_guest_brings_up_its_second_vcpu(guests, accel: str) -> None:
     assert int(report.value("vcpu1_runstate_running_ns")) > 0
 
 
+def test_locked_instructions_are_atomic_between_vcpus(guests, accel: str) -> None:
+    """lock inc/xadd, a cmpxchg spinlock, an xchg lock and lock bts/btr on one shared word,
+    from two vCPUs at once: no update lost or made twice (the software CPU used to lose
+    them, and to repeat instructions after a kick)."""
+    outcome, report = run_guest("smp_atomic", cmdline="rounds=100000", vcpus=2, accel=accel,
+                                timeout=GUEST_TIMEOUT)
+    report.assert_all_passed()
+    assert int(report.value("rounds")) == 100000
+    assert outcome.result.outcome is Outcome.POWEROFF, outcome.result
+
+
 def test_last_vcpu_down_powers_off(guests, accel: str) -> None:
     outcome, report = run_guest("smp", cmdline="end=vcpu_down", vcpus=2, accel=accel, timeout=GUEST_TIMEOUT)
     assert outcome.result.outcome is Outcome.POWEROFF

@@ -1,0 +1,59 @@
+"""stopper.py: a stop requested from another thread lands exactly between two blocks.
+
+The loop counts with `lock inc` and checks itself with `lock bts`/`lock btr` (a bit found
+set before bts, or clear before btr, is an instruction that ran twice); a thread requests a
+stop every few microseconds and each run restarts at the RIP the engine reports.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+
+from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+from unicorn import x86_const as X
+
+from pyxen.soft.stopper import install_stop_hook
+
+#   loop: lock bts [rdi], rcx ; jc bad1 ; lock btr [rdi], rcx ; jnc bad2
+#   next: inc rcx ; and ecx, 31 ; lock inc qword [rdi+8] ; dec r8 ; jnz loop ; hlt
+#   bad1: inc qword [rsi] ; jmp next      bad2: inc qword [rsi+8] ; jmp next
+LOOP = bytes.fromhex("f0480fab0f7218f0480fb30f731648ffc183e11ff048ff470849ffc875e2f4"
+                     "48ff06ebea48ff4608ebe4")
+CODE, DATA, ROUNDS = 0x1000, 0x10000, 300_000
+
+
+def test_stops_from_another_thread_never_repeat_an_instruction() -> None:
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(CODE, 0x1000)
+    uc.mem_map(DATA, 0x1000)
+    uc.mem_write(CODE, LOOP)
+    uc.reg_write(X.UC_X86_REG_RDI, DATA)
+    uc.reg_write(X.UC_X86_REG_RSI, DATA + 0x100)
+    uc.reg_write(X.UC_X86_REG_R8, ROUNDS)
+    flag = install_stop_hook(uc)
+    hlt = CODE + LOOP.index(b"\xf4")
+    done = threading.Event()
+
+    def requester() -> None:
+        while not done.is_set():
+            flag.requested = 1
+            time.sleep(0.00005)
+
+    thread = threading.Thread(target=requester)
+    thread.start()
+    rip, runs = CODE, 0
+    try:
+        while rip != hlt:
+            flag.requested = 0
+            uc.emu_start(rip, hlt)
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            runs += 1
+    finally:
+        done.set()
+        thread.join()
+    bts_twice, btr_twice = struct.unpack("<QQ", uc.mem_read(DATA + 0x100, 16))
+    (count,) = struct.unpack("<Q", uc.mem_read(DATA + 8, 8))
+    assert runs > 10  # it was stopped, many times
+    assert (bts_twice, btr_twice, count) == (0, 0, ROUNDS)
