@@ -74,6 +74,7 @@ class DomainSpec:
     vcpus: int = 1
     maxvcpus: int | None = None
     cmdline: str = ""
+    acpi: bool = True  # xl's acpi (default on for PVH): the tables Linux needs
     ramdisk: str | None = None
     max_grant_frames: int = 32
     max_event_channels: int = 1023
@@ -89,7 +90,7 @@ class DomainSpec:
         return DomainConfig(name=self.name, domid=self.domid, memory_mib=self.memory,
                             maxmem_mib=self.maxmem, vcpus=self.vcpus, max_vcpus=self.maxvcpus,
                             cmdline=self.cmdline, max_grant_frames=self.max_grant_frames,
-                            max_event_channels=self.max_event_channels,
+                            max_event_channels=self.max_event_channels, acpi=self.acpi,
                             handle=bytes.fromhex(self.uuid))
 
 

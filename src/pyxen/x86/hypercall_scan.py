@@ -18,6 +18,7 @@ offers KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL. Two kinds of evidence, strongest firs
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 from pathlib import Path
@@ -65,25 +66,27 @@ def _executable_segments(elf: ELFFile) -> list[tuple[int, bytes]]:
 def vmcall_evidence(path: str | Path) -> str | None:
     """Why the image at `path` issues vmcall/vmmcall as Xen hypercalls, or None if it does
     not seem to (or is not an ELF image pyxen can judge)."""
+    from pyxen.domain.loader import read_kernel  # the x86 rules never need the loader else
+
     try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            notes = xen_notes(elf)
-            if notes.get(XEN_ELFNOTE_GUEST_OS, b"").rstrip(b"\0") == b"linux":
-                if XEN_ELFNOTE_HYPERCALL_PAGE in notes:
-                    return None
-                return ("a Linux kernel without a Xen hypercall-page note (XSA-466 or later): "
-                        "it makes hypercalls with vmcall/vmmcall")
-            for vaddr, data in _executable_segments(elf):
-                found = _MOV_EAX_THEN_CALL.search(data)
-                if found:
-                    nr = data[found.start() + 1]
-                    insn = "vmcall" if data[found.end() - 1] == 0xC1 else "vmmcall"
-                    return (f"it issues {insn} with hypercall number {nr} in %eax "
-                            f"(at {vaddr + found.start() + 5:#x})")
-                found = _LINUX_STUB_PAIR.search(data)
-                if found:
-                    return f"it has vmmcall/vmcall hypercall stubs (at {vaddr + found.start():#x})"
+        raw, _ = read_kernel(path)  # a bzImage or compressed kernel: the ELF inside
+        elf = ELFFile(io.BytesIO(raw))
+        notes = xen_notes(elf)
+        if notes.get(XEN_ELFNOTE_GUEST_OS, b"").rstrip(b"\0") == b"linux":
+            if XEN_ELFNOTE_HYPERCALL_PAGE in notes:
+                return None
+            return ("a Linux kernel without a Xen hypercall-page note (XSA-466 or later): "
+                    "it makes hypercalls with vmcall/vmmcall")
+        for vaddr, data in _executable_segments(elf):
+            found = _MOV_EAX_THEN_CALL.search(data)
+            if found:
+                nr = data[found.start() + 1]
+                insn = "vmcall" if data[found.end() - 1] == 0xC1 else "vmmcall"
+                return (f"it issues {insn} with hypercall number {nr} in %eax "
+                        f"(at {vaddr + found.start() + 5:#x})")
+            found = _LINUX_STUB_PAIR.search(data)
+            if found:
+                return f"it has vmmcall/vmcall hypercall stubs (at {vaddr + found.start():#x})"
     except (OSError, ELFError, ValueError, struct.error):
         return None
     return None
