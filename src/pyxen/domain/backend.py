@@ -13,6 +13,7 @@ interface knows which one runs (DESIGN.md, principle 3). It is deliberately narr
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
 import enum
 from typing import Protocol
@@ -203,6 +204,11 @@ class MachineBackend(Protocol):
         ...
 
     def unmap_memory(self, slot: int) -> None: ...
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """A block in which no vCPU executes guest code, for pyxen's writes to guest words
+        the guest changes with locked instructions (a no-op where those are atomic)."""
+        ...
 
     def set_dirty_logging(self, enabled: bool) -> None:
         """Start (with an empty record) or stop recording which guest frames the *guest*

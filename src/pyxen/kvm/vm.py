@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
 import os
 import threading
@@ -87,6 +88,10 @@ class KvmMachine(MachineBackend):
             flt.ranges[i].base = msr
             flt.ranges[i].bitmap = C.addressof(bitmap)
         ioctl(self.vm_fd, K.KVM_X86_SET_MSR_FILTER, flt)
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to exclude: a KVM vCPU's locked instructions are the CPU's own."""
+        return contextlib.nullcontext()
 
     def map_memory(self, slot: int, gpa: int, size: int, host_address: int,
                    readonly: bool = False) -> None:

@@ -7,6 +7,7 @@ Used where KVM is absent, or slow because it emulates guest kernel code itself (
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
 import functools
 import threading
@@ -134,6 +135,11 @@ class SoftMachine(MachineBackend):
             with log.cond:
                 log.cond.wait_for(functools.partial(_all_left, running), QUIESCE_RETRY_S)
                 running = [(v, e) for v, e in running if v.guest_epoch == e]
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """No engine runs meanwhile: pyxen's writes to words the guest changes with locked
+        instructions (see baton.py)."""
+        return self.baton.exclusive()
 
     def create_vcpu(self, index: int, hypercall_port: int) -> SoftVcpu:
         vcpu = SoftVcpu(self, index, hypercall_port)

@@ -290,10 +290,14 @@ class SoftVcpu:
         self._read_regs()
         self.ctx.save()
         self._fresh = True  # cpl() and is_64bit() from the state at the OUT
+        # No guest code runs while a hook does: give the baton back for the hypercall, which
+        # may wait for a lock held by a thread that wants the baton (baton.exclusive).
+        self.machine.baton.release()
         try:
             done = self.inline_hypercall()
         finally:
             self._fresh = False
+            self.machine.baton.acquire(self)
         if done is None:
             return False
         self._rax_buf.value = self.regs.rax
@@ -513,9 +517,8 @@ class SoftVcpu:
         self._fresh = False
         self._stop = self._exception = self._rewind = self._unmapped = self._ro_write = None
         self._io = self._msr_at = self._fast_call = self._cr4_at = None
-        baton = self.machine.baton if len(self.machine.vcpus) > 1 else None
-        if baton is not None:
-            baton.acquire(self)  # one engine at a time: see baton.py
+        baton = self.machine.baton
+        baton.acquire(self)  # one engine at a time, and none while pyxen writes: baton.py
         self._enter_guest()
         try:
             if not self._kick:
@@ -524,8 +527,7 @@ class SoftVcpu:
             return e
         finally:
             self._leave_guest()
-            if baton is not None:
-                baton.release()
+            baton.release()
         return None
 
     def _enter_guest(self) -> None:
