@@ -24,6 +24,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from corruption import damaged_file
 from guestkit import GUEST_TIMEOUT, Report, image
 from pyxen.domain.bzimage import CODECS, unwrap
 from pyxen.domain.domain import DomainConfig, Outcome
@@ -344,16 +345,11 @@ def test_corrupted_bzimages_fail_cleanly(demo_elf: bytes, tmp_path_factory, data
     name = data.draw(st.sampled_from([n for n in COMPRESSORS if n not in ("lzo", "lz4")]
                                      + [n for n in ("lzo", "lz4") if shutil.which(
                                          {"lzo": "lzop", "lz4": "lz4"}[n])]))
-    raw = bytearray(_payload_cache(name, demo_elf))
+    raw = _payload_cache(name, demo_elf)
     start = 4 * 512 + 0x2CC  # where bzimage() puts the payload
     # The setup header, the payload's first bytes (headers) and anywhere at all.
     regions = [(0x1F0, 0x250), (start, start + 64), (0, len(raw))]
-    for _ in range(data.draw(st.integers(1, 6))):
-        lo, hi = data.draw(st.sampled_from(regions))
-        raw[data.draw(st.integers(lo, hi - 1))] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.one_of(st.none(), st.integers(0, len(raw))))
-    path = Path(tmp_path_factory.mktemp("bz")) / "vmlinuz"
-    path.write_bytes(raw[:cut])
+    path = damaged_file(data, raw, regions, 6, Path(tmp_path_factory.mktemp("bz")) / "vmlinuz")
     try:
         img = parse_pvh_image(path, 16 * MiB)
     except ImageError as e:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from corruption import damaged_file
 from guestkit import image
 from pyxen.domain.builder import (
     check_config,
@@ -41,16 +42,11 @@ def test_elf32_wrapper_at_zero_with_section_note(guests) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_corrupted_images_fail_cleanly(guests, tmp_path_factory, data) -> None:
-    raw = bytearray(image("demo").read_bytes())
+    raw = image("demo").read_bytes()
     note = _note_offset(image("demo"))
     # Corrupt the headers and notes (where parsers break) more often than the payload.
     regions = [(0, 64), (64, 512), (note, note + 0x200), (0, len(raw))]
-    for _ in range(data.draw(st.integers(1, 8))):
-        lo, hi = data.draw(st.sampled_from(regions))
-        raw[data.draw(st.integers(lo, hi - 1))] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.one_of(st.none(), st.integers(0, len(raw))))
-    path = Path(tmp_path_factory.mktemp("elf")) / "k.elf"
-    path.write_bytes(raw[:cut])
+    path = damaged_file(data, raw, regions, 8, Path(tmp_path_factory.mktemp("elf")) / "k.elf")
     try:
         img = parse_pvh_image(path)
     except ImageError as e:

@@ -11,37 +11,20 @@ and took over 14 minutes for the same kernel.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import selectors
 import subprocess
 import sys
 import time
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from pyxen.toolstack.accel import available_accels
-
-KIT_PY = Path(__file__).resolve().parents[2] / "guests" / "linux" / "kit.py"
-
-
-def load_kit() -> ModuleType:
-    if "pyxen_linux_kit" in sys.modules:  # tests/linux loads it too
-        return sys.modules["pyxen_linux_kit"]
-    spec = importlib.util.spec_from_file_location("pyxen_linux_kit", KIT_PY)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
+from pyxen.toolstack.linuxkit import kit_dir, load_kit
 
 kitpy = load_kit()
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pyxen" / "linux-kit"
-DIR = Path(os.environ.get("PYXEN_LINUX_DIR", CACHE))
+DIR = kit_dir()
 # What the kernel gets: its console on the PV ring (hvc0), early output through
 # HYPERVISOR_console_io; /init (the default rdinit) from the initramfs.
 CMDLINE = "console=hvc0 earlyprintk=xen panic=-1"

@@ -6,33 +6,18 @@ saying why, where the packages cannot be fetched (no apt, offline)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-KIT_PY = Path(__file__).resolve().parents[2] / "guests" / "linux" / "kit.py"
-
-
-def load_kit() -> ModuleType:
-    if "pyxen_linux_kit" in sys.modules:  # the boot test loads it too
-        return sys.modules["pyxen_linux_kit"]
-    spec = importlib.util.spec_from_file_location("pyxen_linux_kit", KIT_PY)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
+from pyxen.toolstack.linuxkit import KIT_PY, kit_dir, load_kit
 
 kitpy = load_kit()
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pyxen" / "linux-kit"
-DIR = Path(os.environ.get("PYXEN_LINUX_DIR", CACHE))
+DIR = kit_dir()
 
 
 @pytest.fixture(scope="session")
