@@ -6,6 +6,7 @@ ready bits and heads, and evtchn_upcall_pending."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
 from types import SimpleNamespace
 
@@ -30,18 +31,23 @@ class FakeVcpu:
     def __init__(self, index: int) -> None:
         self.index = index
         self.vcpu_info = vcpu_info()
-        self.upcall_edge = False
         self.poll_port: int | None = None
         self.kicks = 0
+        self.upcalls = 0
 
     def kick(self) -> None:
         self.kicks += 1
+
+    def raise_upcall(self) -> None:
+        self.upcalls += 1
+        self.kick()
 
 
 @pytest.fixture
 def dom():  # type: ignore[no-untyped-def]
     mem = GuestMemory(16 << 20, 16 << 20, "fifo-test")
-    d = SimpleNamespace(domid=1, memory=mem, vcpus=[FakeVcpu(0), FakeVcpu(1)])
+    d = SimpleNamespace(domid=1, memory=mem, vcpus=[FakeVcpu(0), FakeVcpu(1)],
+                        machine=SimpleNamespace(exclusive=contextlib.nullcontext))
     d.shared_info = SharedInfo(mem, on_move=lambda: None)
     d.evtchn = EventChannels(d, 8191)  # type: ignore[arg-type]
     yield d
