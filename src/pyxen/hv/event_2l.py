@@ -53,21 +53,25 @@ class Evtchn2L:
         """Nothing to set up per port in 2-level mode."""
 
     def set_pending(self, v: Vcpu, port: int) -> None:
-        """evtchn_2l_set_pending: the strict order Xen uses, with atomic guest-memory ops."""
+        """evtchn_2l_set_pending: the strict order Xen uses, with atomic guest-memory ops
+        made while no vCPU runs guest code where that matters (machine.exclusive, always the
+        innermost lock: the software CPU's locked instructions are not atomic)."""
         base = self._bitmaps()
         word, bit = divmod(port, 64)
-        if atomic.test_and_set_bit(base + PENDING + 8 * word, bit):
-            return  # already pending: nothing new to signal
-        if not atomic.test_bit(base + MASK + 8 * word, bit):
-            info = v.vcpu_info
-            if info is not None and not atomic.test_and_set_bit(
-                    C.addressof(info) + type(info).evtchn_pending_sel.offset, word):
-                mark_events_pending(v)
+        with self.ev.domain.machine.exclusive():
+            if atomic.test_and_set_bit(base + PENDING + 8 * word, bit):
+                return  # already pending: nothing new to signal
+            if not atomic.test_bit(base + MASK + 8 * word, bit):
+                info = v.vcpu_info
+                if info is not None and not atomic.test_and_set_bit(
+                        C.addressof(info) + type(info).evtchn_pending_sel.offset, word):
+                    mark_events_pending(v)
         self.ev.check_pollers(port)
 
     def clear_pending(self, port: int) -> None:
         word, bit = divmod(port, 64)
-        atomic.test_and_clear_bit(self._bitmaps() + PENDING + 8 * word, bit)
+        with self.ev.domain.machine.exclusive():
+            atomic.test_and_clear_bit(self._bitmaps() + PENDING + 8 * word, bit)
 
     def unmask(self, port: int) -> None:
         """evtchn_2l_unmask: an unmask that finds the port pending raises the upcall again."""
@@ -75,12 +79,13 @@ class Evtchn2L:
         word, bit = divmod(port, 64)
         v = self.ev.domain.vcpus[self.ev.ports[port].notify_vcpu]
         info = v.vcpu_info
-        if (atomic.test_and_clear_bit(base + MASK + 8 * word, bit)
-                and atomic.test_bit(base + PENDING + 8 * word, bit)
-                and info is not None
-                and not atomic.test_and_set_bit(
-                    C.addressof(info) + type(info).evtchn_pending_sel.offset, word)):
-            mark_events_pending(v)
+        with self.ev.domain.machine.exclusive():
+            if (atomic.test_and_clear_bit(base + MASK + 8 * word, bit)
+                    and atomic.test_bit(base + PENDING + 8 * word, bit)
+                    and info is not None
+                    and not atomic.test_and_set_bit(
+                        C.addressof(info) + type(info).evtchn_pending_sel.offset, word)):
+                mark_events_pending(v)
 
     def is_pending(self, port: int) -> bool:
         word, bit = divmod(port, 64)

@@ -151,14 +151,11 @@ class EventChannels:
         if not self.valid(port) or not self.ports[port].usable():
             return
         vcpus = self.domain.vcpus
-        with self.domain.machine.exclusive():  # the guest's locked RMWs on the same words
-            self.port_ops.set_pending(vcpus[vcpu_id] if vcpu_id < len(vcpus) else vcpus[0],
-                                      port)
+        self.port_ops.set_pending(vcpus[vcpu_id] if vcpu_id < len(vcpus) else vcpus[0], port)
 
     def clear_pending(self, port: int) -> None:
         if self.valid(port) and self.ports[port].usable():
-            with self.domain.machine.exclusive():
-                self.port_ops.clear_pending(port)
+            self.port_ops.clear_pending(port)
 
     def is_pending(self, port: int) -> bool:
         return self.valid(port) and self.ports[port].usable() and self.port_ops.is_pending(port)
@@ -170,8 +167,7 @@ class EventChannels:
     def unmask(self, port: int) -> None:
         """An unmask that finds the port pending delivers its event (both ABIs)."""
         if self.valid(port) and self.ports[port].usable():
-            with self.domain.machine.exclusive():
-                self.port_ops.unmask(port)
+            self.port_ops.unmask(port)
 
     def set_priority(self, port: int, priority: int) -> None:
         """evtchn_set_priority: -EINVAL for an invalid port, then -ENOSYS in 2-level mode,

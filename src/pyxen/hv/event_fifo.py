@@ -159,7 +159,8 @@ class EvtchnFifo:
             chn.fifo_pending = True
             return
         fv = self.vcpus[v.index]
-        with self.lock:
+        # machine.exclusive is the innermost lock (see event_2l.set_pending).
+        with self.lock, self.ev.domain.machine.exclusive():
             last_vcpu, last_priority = chn.fifo_lastq
             q = fv.queues[chn.priority]
             old_q = self.vcpus[last_vcpu].queues[last_priority]
@@ -195,14 +196,16 @@ class EvtchnFifo:
         """Only the PENDING bit: the guest unlinks (and skips) events that are not pending."""
         word = self.word(port)
         if word is not None:
-            atomic.test_and_clear_bit32(word, PENDING)
+            with self.ev.domain.machine.exclusive():
+                atomic.test_and_clear_bit32(word, PENDING)
             self._wrote(word)
 
     def unmask(self, port: int) -> None:
         word = self.word(port)
         if word is None:
             return
-        atomic.test_and_clear_bit32(word, MASKED)
+        with self.ev.domain.machine.exclusive():
+            atomic.test_and_clear_bit32(word, MASKED)
         self._wrote(word)
         if atomic.test_bit32(word, PENDING):  # relink if pending
             chn = self.ev.ports[port]
