@@ -363,12 +363,12 @@ class Vcpu:
                              f"(guest rip={backend.regs.rip:#x})")
 
     def _mmio(self, gpa: int, write: bool) -> None:
-        """The xAPIC page where the LAPIC is in xAPIC mode; elsewhere an access the backend could not make as RAM, completed as Xen's
-        hvm_hap_nested_page_fault does for an HVM guest with no device model: a read of
-        no RAM sees all-ones; a write to no RAM vanishes; and a write to a read-only grant
-        mapping (p2m_grant_map_ro, one of Xen's write-discard p2m types) goes to the
-        emulator, which drops the store and retires the instruction: no fault, the page
-        keeps its contents."""
+        """The xAPIC page where the LAPIC is in xAPIC mode; elsewhere an access the backend
+        could not make as RAM, completed as Xen's hvm_hap_nested_page_fault does for an HVM
+        guest with no device model: a read of no RAM sees all-ones; a write to no RAM
+        vanishes; and a write to a read-only grant mapping (p2m_grant_map_ro, one of Xen's
+        write-discard p2m types) goes to the emulator, which drops the store and retires the
+        instruction: no fault, the page keeps its contents."""
         base = self.lapic.xapic_mmio_base
         if base is not None and base <= gpa < base + APIC_PAGE:
             self._xapic_access(gpa - base, write)
@@ -386,7 +386,7 @@ class Vcpu:
                 self.lapic.write(offset, self.backend.exit_data)
             self.backend.complete_mmio(0)
             return
-        value = self.lapic.read(offset & ~0xF) if offset & 0xF == 0 else None
+        value = None if offset & 0xF else self.lapic.read(offset)
         self.backend.complete_mmio(value or 0)
 
     def _port_write(self, port: int, size: int, value: int) -> None:

@@ -219,8 +219,9 @@ class SoftVcpu:
         uc = self.uc
         # RDTSC's hook comes first. For RDTSC, RDTSCP, CPUID, SYSCALL and SYSENTER the engine
         # walks all instruction hooks in the order they were added and leaves the walk after
-        # any of them once a stop is pending (a kick from another thread, until the current
-        # translation block ends); an instruction whose hook was not reached then gets
+        # any of them once a stop is pending (requested by an earlier hook of the same
+        # translation block; kicks from other threads stop only at a block's start, see
+        # stopper.py); an instruction whose hook was not reached then gets
         # Unicorn's own behaviour, for RDTSC the host's TSC: the guest's clock jumps hours
         # ahead. Only the first hook is always called, so the clock, read most often, goes
         # there; the others keep that exposure (RDTSCP: the host's TSC; CPUID: QEMU's model;
