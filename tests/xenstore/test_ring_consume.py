@@ -57,3 +57,26 @@ def test_a_request_longer_than_the_ring_is_taken_in_parts_with_notifications() -
     guest.receive(4096)
     assert guest.replies()[0][:2] == (XS_WRITE, 9)
     assert xenstored.store.nodes["/big"].value == b"v" * 3000
+
+
+def test_requests_added_without_a_notification_while_others_are_handled_are_served() -> None:
+    """Linux's xb_write notifies only if req_cons had caught up with its old req_prod: a
+    request written while the one before is being handled comes with no notification."""
+    xenstored, ring, guest, _ = make_ring()
+    first, second = request(1, "/first", b"1"), request(2, "/second", b"2")
+    feed = ring.conn.feed
+    sent: list[int] = []
+
+    def feed_and_write_more(data: bytes) -> None:
+        if not sent:  # the guest writes its next request meanwhile, and does not notify
+            sent.append(guest.send(second))
+        feed(data)
+
+    ring.conn.feed = feed_and_write_more  # type: ignore[method-assign]
+    guest.send(first)
+    ring.kick()  # the only notification
+    assert sent == [len(second)]
+    assert guest.u32(XSDI_REQ_CONS) == len(first) + len(second)
+    guest.receive(4096)
+    assert [r[:2] for r in guest.replies()] == [(XS_WRITE, 1), (XS_WRITE, 2)]
+    assert xenstored.store.nodes["/second"].value == b"2"

@@ -39,6 +39,7 @@ _fetch_or_4 = _rmw("fetch_or", 4, C.c_uint32)
 _fetch_and_4 = _rmw("fetch_and", 4, C.c_uint32)
 _fetch_or_2 = _rmw("fetch_or", 2, C.c_uint16)
 _fetch_and_2 = _rmw("fetch_and", 2, C.c_uint16)
+_thread_fence = _bind("atomic_thread_fence", None, C.c_int)
 _load_4 = _bind("__atomic_load_4", C.c_uint32, C.c_void_p, C.c_int)
 _store_4 = _bind("__atomic_store_4", None, C.c_void_p, C.c_uint32, C.c_int)
 # libatomic's entry point has no `weak` flag (that is the compiler builtin's): pointer,
@@ -82,6 +83,12 @@ def test_and_clear_bit32(address: int, bit: int) -> bool:
 
 def test_bit32(address: int, bit: int) -> bool:
     return bool(_load_4(address, _SEQ_CST) >> bit & 1)
+
+
+def fence() -> None:
+    """A full memory barrier (mfence): this thread's stores are visible to other CPUs before
+    its later loads are made (the store-then-load order ring consumers need)."""
+    _thread_fence(_SEQ_CST)
 
 
 def load32(address: int) -> int:

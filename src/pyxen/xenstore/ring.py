@@ -31,6 +31,7 @@ from pyxen.abi.xs_wire import (
     XSDI_RSP_CONS,
     XSDI_RSP_PROD,
 )
+from pyxen.hv import atomic
 from pyxen.xenstore.xenstored import XenStored
 
 log = logging.getLogger("pyxen.xenstore")
@@ -67,29 +68,41 @@ class GuestRing:
     def kick(self) -> None:
         """The guest notified its store port: take its requests, push out pending output.
 
+        A guest adds requests without notifying while earlier ones are still unconsumed
+        (Linux's xb_write notifies only when it finds req_cons caught up with its old
+        req_prod), so the ring is looked at again after each batch until it is empty, as
+        xenstored's main loop does before it sleeps; req_cons is made visible before
+        req_prod is read again, or both sides could miss each other's update.
+
         The requests are marked consumed (req_cons) only once handled and answered, so a
         daemon killed in between leaves them in the ring for the next one (which may then
         answer one twice; a guest drops a reply to a request id it no longer waits for)."""
         with self.feeding:
-            with self.lock:
-                if self.failed:
-                    return
-                indices = self._indices(XSDI_REQ_CONS, XSDI_REQ_PROD, "request")
-                if indices is None:
-                    return
-                cons, prod, avail = indices
-                data = self._copy_out(XSDI_REQ, cons, avail)
-                notified = self.notifications
-            if data:
-                self.conn.feed(data)  # replies come back through _write
-            with self.lock:
-                if data and not self.failed:
-                    self._set_u32(XSDI_REQ_CONS, prod)
-                self._flush()
-                if data and self.notifications == notified:
-                    # no reply yet (part of a request longer than the ring): the guest may
-                    # be waiting for the space, as xenstored notifies after reading
-                    self.notify()
+            while self._take_requests():
+                atomic.fence()
+
+    def _take_requests(self) -> bool:
+        """Handle what the ring holds now; whether there was anything."""
+        with self.lock:
+            if self.failed:
+                return False
+            indices = self._indices(XSDI_REQ_CONS, XSDI_REQ_PROD, "request")
+            if indices is None:
+                return False
+            cons, prod, avail = indices
+            data = self._copy_out(XSDI_REQ, cons, avail)
+            notified = self.notifications
+        if data:
+            self.conn.feed(data)  # replies come back through _write
+        with self.lock:
+            if data and not self.failed:
+                self._set_u32(XSDI_REQ_CONS, prod)
+            self._flush()
+            if data and self.notifications == notified:
+                # no reply yet (part of a request longer than the ring): the guest may
+                # be waiting for the space, as xenstored notifies after reading
+                self.notify()
+            return bool(data) and not self.failed
 
     def _indices(self, cons_at: int, prod_at: int, what: str) -> tuple[int, int, int] | None:
         """A ring's consumer and producer indices and the bytes between them; None (and the
