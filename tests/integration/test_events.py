@@ -27,6 +27,7 @@ from pyxen.domain.domain import Outcome
     ("smp", "", 2),
     ("evtchn_latency", "samples=50", 2),
     ("evtchn_latency", "samples=50 upcall=percpu", 2),
+    ("lapic_mmio", "", 1),
 ])
 def test_event_guest_passes(guests, accel: str, name: str, cmdline: str, vcpus: int) -> None:
     outcome, report = run_guest(name, cmdline=cmdline, vcpus=vcpus, accel=accel, timeout=GUEST_TIMEOUT)

@@ -34,6 +34,7 @@ def _rmw(op: str, size: int, ctype: type) -> C._CFuncPtr:  # type: ignore[name-d
 _fetch_or_8 = _rmw("fetch_or", 8, C.c_uint64)
 _fetch_and_8 = _rmw("fetch_and", 8, C.c_uint64)
 _exchange_1 = _rmw("exchange", 1, C.c_uint8)
+_exchange_4 = _rmw("exchange", 4, C.c_uint32)
 _exchange_8 = _rmw("exchange", 8, C.c_uint64)
 _fetch_or_4 = _rmw("fetch_or", 4, C.c_uint32)
 _fetch_and_4 = _rmw("fetch_and", 4, C.c_uint32)
@@ -64,6 +65,11 @@ def test_bit(address: int, bit: int) -> bool:
 def exchange64(address: int, value: int) -> int:
     """Store `value` in the 64-bit word at `address`; the old value."""
     return _exchange_8(address, value, _SEQ_CST)
+
+
+def exchange32(address: int, value: int) -> int:
+    """Store `value` in the 32-bit word at `address`; the old value."""
+    return _exchange_4(address, value & 0xFFFF_FFFF, _SEQ_CST)
 
 
 def exchange_byte(address: int, value: int) -> int:

@@ -74,6 +74,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from pyxen.domain.backend import Cpuid, Exit, Regs, SpecialRegs, no_device_read
 from pyxen.domain.memory import GuestMemoryError
+from pyxen.hv import atomic
 from pyxen.hv.guest_access import GuestAccess
 from pyxen.hv.pagewalk import PageFault, PagingState, translate
 from pyxen.x86 import cr4
@@ -140,6 +141,7 @@ MSR_TSC_AUX = 0xC000_0103
 # Stops with no reason (late kicks) in a row at one address before the vCPU gives up: the
 # engine's own triple-fault handling ends emu_start like that, and must not spin.
 IDLE_STOPS_LIMIT = 10_000
+STEP_ATTEMPTS = 100  # a single step a kick stopped before its instruction is retried
 REFINED_VECTORS = frozenset([UD, NM, GP])  # what Unicorn reports differently (faults.py)
 SCRATCH = 4096
 
@@ -859,22 +861,45 @@ class SoftVcpu:
         return TRACKED if self._tracking or view[3] else UC_PROT_ALL
 
     def _step(self) -> None:
-        """Execute exactly one instruction (Unicorn counts only in freshly translated code)."""
+        """Execute exactly one instruction (Unicorn counts only in freshly translated code).
+        A kick must not stop it: the stop hook would end the step before the instruction,
+        and the engine would later run it from the start (an MMIO write made twice). Kicks
+        pending or arriving meanwhile are set aside (atomically: other threads set the flag)
+        and stand again afterwards."""
         self._write_regs()
         rip = self.regs.rip
         self._invalidating(self.uc.ctl_remove_cache, rip, rip + 16)
+        flag = C.addressof(self._stopper)
+        kicked = atomic.exchange32(flag, 0)
         self._stepping = True
+        try:
+            for _ in range(STEP_ATTEMPTS):
+                self._step_once(rip)
+                arrived = atomic.exchange32(flag, 0)
+                kicked |= arrived
+                if not arrived or self.regs.rip != rip:
+                    break  # it ran (or faulted: its exception is reported as usual)
+        finally:
+            self._stepping = False
+            if kicked:
+                self._kick = True
+        self._invalidating(self.uc.ctl_remove_cache, rip, rip + 16)
+
+    def _step_once(self, rip: int) -> None:
+        baton = self.machine.baton
+        held = baton.held_here()
+        if not held:
+            baton.acquire(self)
         self._enter_guest()
         try:
             with contextlib.suppress(UcError):
                 self.uc.emu_start(rip, 0, count=1)
         finally:
-            self._stepping = False
             self._fresh = False
             self._leave_guest()
-        self._invalidating(self.uc.ctl_remove_cache, rip, rip + 16)
+            if not held:
+                baton.release()
         self._read_regs()
-        self._fresh = False
 
     def _invalidating(self, call: Callable[..., object], *args: object) -> None:
         """Unicorn re-translates what a hook removal or cache invalidation covers, with the
@@ -887,6 +912,17 @@ class SoftVcpu:
 
     # --- interrupts -----------------------------------------------------------------------------
     def inject_interrupt(self, vector: int) -> bool:
+        """An instruction left half done at the last exit completes first, as on hardware
+        (an interrupt is recognised between instructions): an MMIO access is replayed now,
+        an exception it raised is delivered by run() before any interrupt. Delivered
+        before the replay, the interrupt's frame pointed back at the access, which ran
+        again after iret (a second IPI from one ICR write), and the replay ran at the
+        handler's first instruction instead."""
+        if self._pending_event:
+            return False  # run() delivers it; pyxen asks again at the next window
+        if self._mmio_replay:
+            self._sync_ram()
+            self._replay_mmio()
         if not self.regs.rflags & RFLAGS_IF or self._state().hflags & HF_INHIBIT_IRQ:
             return False
         return self._deliver(Event(vector, external=True)) is None
