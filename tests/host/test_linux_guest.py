@@ -33,11 +33,6 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("PYXEN_LINUX_TEST") != "1",
                        reason="slow: set PYXEN_LINUX_TEST=1 to boot Debian's kernel"),
     pytest.mark.skipif(not can_make_netns(), reason="needs root, /dev/net/tun and iproute2"),
-    # Run by hand this passed once end to end but for the power-off; as a test it stopped
-    # twice in xenbus's first XenStore request (xs_talkv never woken): a lost XenStore
-    # event under the daemon, not yet found. Kept running (opt-in) to show when it is.
-    pytest.mark.xfail(reason="Linux's XenStore requests can hang under the daemon (issue 14 "
-                             "note)", strict=False),
 ]
 
 
