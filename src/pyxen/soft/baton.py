@@ -64,15 +64,22 @@ class Baton:
             else:
                 self._queue.append(vcpu)
                 deadline = time.monotonic() + SLICE_S
+            seen = self._holder
             while True:
                 if self._holder is None and self._queue[0] is vcpu:
                     self._queue.popleft()
                     self._take(vcpu)
                     return
                 holder = self._holder
+                if holder is None:  # the head of the queue is about to take it: look again
+                    self._cond.wait(SLICE_S)  # soon, and kick it if it keeps it too long
+                    continue
+                if holder is not seen:  # a new holder gets its own slice
+                    seen = holder
+                    deadline = time.monotonic() + (0 if urgent else SLICE_S)
                 left = deadline - time.monotonic()
-                if holder is None or left > 0:
-                    self._cond.wait(left if left > 0 else None)
+                if left > 0:
+                    self._cond.wait(left)
                     continue
                 deadline = time.monotonic() + SLICE_S  # one kick per slice
                 holder.kick()  # it stops at its next block and gives the baton back
