@@ -57,3 +57,35 @@ def test_stops_from_another_thread_never_repeat_an_instruction() -> None:
     (count,) = struct.unpack("<Q", uc.mem_read(DATA + 8, 8))
     assert runs > 10  # it was stopped, many times
     assert (bts_twice, btr_twice, count) == (0, 0, ROUNDS)
+
+
+#   cli ; mov ecx, 1000 ; l1: dec ecx ; jnz l1 ; sti ; nop ; mov eax, 1 ; l2: jmp l2
+WINDOW = bytes.fromhex("fab9e8030000ffc975fcfb90b801000000ebfe")
+
+
+def test_a_wanted_interrupt_window_stops_at_the_first_block_with_if_set() -> None:
+    """The hook's other job: with `window` set it stops, as a kick, once IF is 1 (pyxen then
+    injects), and never while IF is 0 -- without a Python hook, whose adding and removing
+    flushed all translated code."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(CODE, 0x1000)
+    uc.mem_write(CODE, WINDOW)
+    flag = install_stop_hook(uc)
+    flag.window = 1
+    uc.emu_start(CODE, 0, timeout=5_000_000)  # bounded in case it never stops
+    rip = uc.reg_read(X.UC_X86_REG_RIP)
+    sti = CODE + WINDOW.index(b"\xfb")
+    assert uc.reg_read(X.UC_X86_REG_ECX) == 0  # the loop with IF=0 ran to its end
+    assert uc.reg_read(X.UC_X86_REG_EFLAGS) & 0x200
+    assert sti < rip <= CODE + len(WINDOW) - 2  # just after sti, not in the endless loop
+    assert flag.requested == 1
+
+
+def test_no_window_no_stop() -> None:
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(CODE, 0x1000)
+    uc.mem_write(CODE, WINDOW)
+    flag = install_stop_hook(uc)
+    uc.emu_start(CODE, 0, timeout=200_000)  # 0.2 s: it is in the endless loop by then
+    assert uc.reg_read(X.UC_X86_REG_RIP) == CODE + len(WINDOW) - 2
+    assert flag.requested == 0

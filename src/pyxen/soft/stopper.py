@@ -13,6 +13,12 @@ one block hook that costs a load and a branch per block: a few bytes of machine 
 Python callback per block would cost more than the guest's own code), which reads a flag
 and, when another thread has set it, tail-calls uc_emu_stop(uc). Its signature is
 uc_cb_hookcode_t: (uc, address, size, user_data) in rdi, rsi, edx, rcx.
+
+The same hook waits for an interrupt window: while `window` is set (pyxen has an interrupt
+to inject and the guest runs with IF=0), it reads EFLAGS through uc_reg_read at each block
+and stops, as a kick, once IF is set. A Python block hook did this before, and adding or
+removing it flushed every translated block (a hook is compiled into the code): with Linux,
+about 70 flushes a second, each followed by translating the kernel's hot code again.
 """
 
 from __future__ import annotations
@@ -22,16 +28,30 @@ import mmap
 
 from unicorn import UC_HOOK_BLOCK, Uc, UcError
 from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.x86_const import UC_X86_REG_EFLAGS
 
-# user_data -> StopFlag:  mov eax, [rcx]; test eax, eax; jnz 1f; ret; 1: jmp [rcx + 8]
-_STUB = bytes.fromhex("8b01" "85c0" "7501" "c3" "ff6108")
+# user_data -> StopFlag (Intel syntax; assembled with GNU as, then checked byte for byte):
+#       mov eax, [rcx]; test eax, eax; jnz stop          requested: stop at once
+#       mov eax, [rcx+4]; test eax, eax; jnz check; ret  window: look at IF
+# check: push rbx; push rdi; mov rbx, rcx; sub rsp, 24   (the call needs rsp 16-aligned)
+#       mov esi, [rbx+24]; mov rdx, rsp; mov qword [rdx], 0
+#       call [rbx+16]                                    uc_reg_read(uc, EFLAGS, &value)
+#       mov rax, [rsp]; add rsp, 24; pop rdi; mov rcx, rbx; pop rbx
+#       test eax, 0x200; jnz hit; ret
+# hit:  mov dword [rcx], 1                               reported as a kick
+# stop: jmp [rcx+8]                                      uc_emu_stop(uc)
+_STUB = bytes.fromhex(
+    "8b0185c0753c8b410485c07501c353574889cb4883ec188b73184889e248c70200000000ff5310"
+    "488b04244883c4185f4889d95ba9000200007501c3c70101000000ff6108")
 _page: mmap.mmap | None = None
 
 
 class StopFlag(C.Structure):
-    """What the stub reads: the flag another thread sets, and where uc_emu_stop is."""
+    """What the stub reads: the flag another thread sets, whether to stop once IF is set,
+    and the two Unicorn entry points it calls."""
 
-    _fields_ = [("requested", C.c_int32), ("_pad", C.c_int32), ("emu_stop", C.c_void_p)]
+    _fields_ = [("requested", C.c_int32), ("window", C.c_int32), ("emu_stop", C.c_void_p),
+                ("reg_read", C.c_void_p), ("regid", C.c_int32)]
 
 
 def _stub_address() -> int:
@@ -45,8 +65,10 @@ def _stub_address() -> int:
 
 
 def install_stop_hook(uc: Uc) -> StopFlag:
-    """Give `uc` the block hook; setting the returned flag's `requested` stops it."""
-    flag = StopFlag(0, 0, C.cast(uclib.uc_emu_stop, C.c_void_p).value)
+    """Give `uc` the block hook; setting the returned flag's `requested` stops it, setting
+    its `window` stops it at the first block that starts with IF set."""
+    flag = StopFlag(0, 0, C.cast(uclib.uc_emu_stop, C.c_void_p).value,
+                    C.cast(uclib.uc_reg_read, C.c_void_p).value, UC_X86_REG_EFLAGS)
     handle = C.c_size_t()
     err = uclib.uc_hook_add(uc._uch, C.byref(handle), UC_HOOK_BLOCK, C.c_void_p(_stub_address()),
                             C.byref(flag), C.c_uint64(1), C.c_uint64(0))

@@ -192,7 +192,6 @@ class SoftVcpu:
         self._fresh = False  # ctx holds the state of the current stop
         self._stopper = install_stop_hook(self.uc)  # kick(): see stopper.py
         self._window = False
-        self._stepping = False
         self._scan_blocks = BOOT_SCAN_BLOCKS
         self._block_hook: int | None = None
         self._stop: str | None = None  # why a hook stopped the engine
@@ -387,10 +386,6 @@ class SoftVcpu:
         return False
 
     def _on_block(self, uc: Uc, address: int, size: int, _: object) -> None:
-        if self._window and not self._stepping and uc.reg_read(X.UC_X86_REG_RFLAGS) & RFLAGS_IF:
-            self._stop = "window"
-            uc.emu_stop()
-            return
         if not self._scan_blocks:
             return
         self._scan_blocks -= 1
@@ -595,7 +590,7 @@ class SoftVcpu:
         if self._stop == "inline":
             return Exit.KICKED  # a hypercall run in the hook left work for the vCPU loop
         if self._stop is not None:
-            return None  # a hook's stop ("window": IF is 1 now; the loop reports it)
+            return None  # the scan hook's stop: the loop goes on
         if self._kick:
             self._kick = False
             return Exit.KICKED
@@ -871,7 +866,7 @@ class SoftVcpu:
         self._invalidating(self.uc.ctl_remove_cache, rip, rip + 16)
         flag = C.addressof(self._stopper)
         kicked = atomic.exchange32(flag, 0)
-        self._stepping = True
+        window, self._window = self._window, False  # IF may be 1 here: it must not stop
         try:
             for _ in range(STEP_ATTEMPTS):
                 self._step_once(rip)
@@ -880,7 +875,7 @@ class SoftVcpu:
                 if not arrived or self.regs.rip != rip:
                     break  # it ran (or faulted: its exception is reported as usual)
         finally:
-            self._stepping = False
+            self._window = window
             if kicked:
                 self._kick = True
         self._invalidating(self.uc.ctl_remove_cache, rip, rip + 16)
@@ -940,8 +935,10 @@ class SoftVcpu:
         return True
 
     def _prepare_block_hook(self) -> None:
-        wanted = bool(self._scan_blocks) or (self._window
-                                             and not self.regs.rflags & RFLAGS_IF)
+        """The Python block hook scans code for RDMSR/WRMSR after a Xen CPUID (rare: adding
+        or removing it flushes every translated block). Interrupt windows need none: the
+        stop hook watches IF (stopper.py)."""
+        wanted = bool(self._scan_blocks)
         if wanted == (self._block_hook is not None):
             return
         if wanted:
@@ -951,6 +948,15 @@ class SoftVcpu:
             self._invalidating(self.uc.hook_del, self._block_hook)
             self._block_hook = None
         self.uc.ctl_flush_tb()  # translated blocks carry (or lack) the hook call
+
+    @property
+    def _window(self) -> bool:
+        """An interrupt window wanted: the stop hook stops at the first block with IF set."""
+        return bool(self._stopper.window)
+
+    @_window.setter
+    def _window(self, wanted: bool) -> None:
+        self._stopper.window = int(wanted)
 
     @property
     def _kick(self) -> bool:
