@@ -1,9 +1,13 @@
 """Decoding the few instructions the soft CPU completes itself: port I/O, RDMSR/WRMSR and
-the VMCALL/VMMCALL hypercall instructions (see vcpu.py for how the engine stops at them)."""
+the VMCALL/VMMCALL hypercall instructions (see vcpu.py for how the engine stops at them),
+and where the instruction a single step runs ends (Capstone)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+
+import capstone
 
 PREFIXES = frozenset([0x66, 0x67, 0xF2, 0xF3, 0xF0, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65])
 WRMSR, RDMSR = b"\x0f\x30", b"\x0f\x32"
@@ -67,3 +71,25 @@ def decode_mov_to_cr(code: bytes, long_mode: bool) -> MovToCr | None:
     modrm = code[i + 2]
     return MovToCr(cr=(modrm >> 3 & 7) | (8 if rex & 4 else 0),
                    gpr=(modrm & 7) | (8 if rex & 1 else 0), length=i + 3)
+
+
+# Instructions after which execution does not simply go on at the next address.
+_BRANCHES = (capstone.CS_GRP_JUMP, capstone.CS_GRP_CALL, capstone.CS_GRP_RET,
+             capstone.CS_GRP_IRET, capstone.CS_GRP_INT, capstone.CS_GRP_BRANCH_RELATIVE)
+
+
+@cache
+def _decoder(bits: int) -> capstone.Cs:
+    mode = {64: capstone.CS_MODE_64, 32: capstone.CS_MODE_32, 16: capstone.CS_MODE_16}[bits]
+    cs = capstone.Cs(capstone.CS_ARCH_X86, mode)
+    cs.detail = True  # for the instruction groups
+    return cs
+
+
+def straight_line_end(code: bytes, address: int, bits: int) -> int | None:
+    """The address right after the instruction at the start of `code` (at `address`, in
+    `bits`-bit code) if execution continues there; None for a branch or undecodable bytes."""
+    insn = next(_decoder(bits).disasm(code, address, 1), None)
+    if insn is None or any(insn.group(g) for g in _BRANCHES):
+        return None
+    return address + insn.size
