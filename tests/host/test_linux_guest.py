@@ -61,7 +61,7 @@ def test_linux_on_a_pv_disk_and_a_pv_nic(netns: str, tmp_path: Path) -> None:
     try:
         config = tmp_path / "linux.cfg"
         config.write_text("\n".join([
-            'name = "linux"', 'type = "pvh"', 'accel = "soft"', "memory = 256", "vcpus = 1",
+            'name = "linux"', 'type = "pvh"', 'accel = "soft"', "memory = 256", "vcpus = 2",
             f'kernel = "{kit.vmlinuz}"', f'ramdisk = "{kit.initrd}"', 'root = "/dev/xvda"',
             f'extra = "console=hvc0 pyxen.ip={GUEST_IP}/24"',
             f"disk = ['{disk},raw,xvda,rw']", "vif = ['bridge=xenbr0']"]) + "\n")

@@ -2,7 +2,7 @@
 `pyxen run` to the kit's busybox shell: its bzImage as shipped, the initramfs's /init loading
 the PV front-end modules, busybox init's sysinit printing the kit's ready line.
 
-Slow (about a minute on an idle machine, several on a busy one), so it runs only with
+Slow (about a minute each on an idle machine, several on a busy one), so they run only with
 PYXEN_LINUX_TEST=1. It builds the kit (guests/linux/kit.py, Debian packages) into
 ~/.cache/pyxen/linux-kit (or PYXEN_LINUX_DIR) unless it is there already, and skips, saying
 why, where it cannot. The software CPU only: this host's KVM (kvm_pvm) emulates guest ring 0
@@ -91,27 +91,38 @@ class Console:
         return "\n".join(self.out.decode(errors="replace").splitlines()[-30:])
 
 
-def test_debian_kernel_boots_to_an_interactive_shell_and_powers_off(kit) -> None:
-    ready = f"{kitpy.MARKER} (root=initramfs) linux={kit.release} cpus=1"
+def boot(kit, vcpus: int) -> Console:  # kit: kitpy.Kit
+    """`pyxen run` of the kit's kernel and initramfs, up to the kit's ready line."""
     console = Console([sys.executable, "-m", "pyxen.cli", "run", str(kit.vmlinuz), "--accel",
-                       "soft", "--memory", "256", "--ramdisk", str(kit.initrd), "--cmdline",
-                       CMDLINE, "--timeout", str(BOOT_TIMEOUT)])
+                       "soft", "--memory", "256", "--vcpus", str(vcpus), "--ramdisk",
+                       str(kit.initrd), "--cmdline", CMDLINE, "--timeout", str(BOOT_TIMEOUT)])
+    ready = f"{kitpy.MARKER} (root=initramfs) linux={kit.release} cpus={vcpus}"
+    if not console.expect(re.escape(ready), BOOT_TIMEOUT):
+        console.close()
+        pytest.fail(f"no ready line:\n{console.context()}")
+    console.expect(r"# ", 60)
+    return console
+
+
+def test_debian_kernel_boots_to_an_interactive_shell_and_powers_off(kit) -> None:
+    """Two vCPUs: the second comes up through INIT/SIPI, nproc says 2."""
+    console = boot(kit, vcpus=2)
     try:
-        assert console.expect(re.escape(ready), BOOT_TIMEOUT), console.context()
         out = console.out.decode(errors="replace")
         assert "Booting kernel on Xen PVH" in out
         # The local APIC and the MADT: Linux leaves PIC mode and starts its Xen clock events.
         assert "No local APIC present" not in out and "installing Xen timer for CPU 0" in out
+        assert "smp: Brought up 1 node, 2 CPUs" in out  # the AP started by INIT/SIPI
         assert "ACPI: PM: (supports S0 S5)" in out  # power-off through the FADT registers
         assert "xen_netfront: Initialising Xen virtual ethernet driver" in out  # modprobe
         assert "pyxen-linux: modprobe" not in out  # /init's line for a failure
+        assert "soft lockup" not in out and "BUG:" not in out
         # Typed at the shell on hvc0; the markers are made by the shell, not echoed input.
-        console.expect(r"# ", 60)
         console.type("uname -a")
         assert console.expect(rf"Linux pyxen {re.escape(kit.release)} .*x86_64", 120), \
             console.context()
         console.type("echo nproc-says-$(nproc)")
-        assert console.expect(r"nproc-says-1\b", 120), console.context()
+        assert console.expect(r"nproc-says-2\b", 120), console.context()
         console.type("echo up-$(cut -d' ' -f1 /proc/uptime); sleep 2; "
                      "echo up-$(cut -d' ' -f1 /proc/uptime)")
         first = console.expect(r"up-(\d+\.\d+)\D", 120)
@@ -123,5 +134,17 @@ def test_debian_kernel_boots_to_an_interactive_shell_and_powers_off(kit) -> None
         assert console.expect(r"reboot: Power down", 300), console.context()
         status = console.wait(120)
         assert status == 0, f"exit {status}:\n{console.context()}"
+    finally:
+        console.close()
+
+
+def test_reboot_at_the_shell_ends_the_run_as_a_reboot(kit) -> None:
+    """busybox's reboot, then Linux's ACPI reset register: `pyxen run` reports a reboot (4)."""
+    console = boot(kit, vcpus=1)
+    try:
+        console.type("reboot")
+        assert console.expect(r"reboot: Restarting system", 300), console.context()
+        status = console.wait(120)
+        assert status == 4, f"exit {status}:\n{console.context()}"
     finally:
         console.close()
