@@ -88,28 +88,6 @@ asm(".text\n"
     "  pop %rdi; pop %rsi; pop %rdx; pop %rcx; pop %rax\n"
     "  iretq\n");
 
-struct idt_gate {
-    uint16_t off_lo, sel;
-    uint8_t ist, type;
-    uint16_t off_mid;
-    uint32_t off_hi, zero;
-} __attribute__((packed));
-
-static void install_ipi_gate(void)
-{
-    struct { uint16_t limit; uint64_t base; } __attribute__((packed)) idtr;
-    asm volatile("sidt %0" : "=m"(idtr));
-    struct idt_gate *g = (struct idt_gate *)(uintptr_t)idtr.base + IPI_VECTOR;
-    uint64_t h = (uint64_t)(uintptr_t)ipi_entry;
-    g->off_lo = h & 0xffff;
-    g->sel = KCS64;
-    g->ist = 0;
-    g->type = 0x8e;                     /* present, DPL0, 64-bit interrupt gate */
-    g->off_mid = (h >> 16) & 0xffff;
-    g->off_hi = h >> 32;
-    g->zero = 0;
-}
-
 static bool wait_for(uint32_t count)
 {
     uint64_t end = now_ns() + WAIT_BOUND_NS;
@@ -131,7 +109,7 @@ int guest_main(void)
     if (!check_eq("lapic_mmio.map", map_4k(LAPIC_BASE, LAPIC_BASE, PTE_P | PTE_W | 0x18), 0))
         return 0;
     irq_disable();
-    install_ipi_gate();
+    install_interrupt_gate(IPI_VECTOR, ipi_entry);
     lapic_write(LAPIC_TPR, 0);
     lapic_write(LAPIC_SVR, 0x100 | 0xff);   /* software-enable the xAPIC */
     lapic_write(LAPIC_ICR_HI, 0);

@@ -367,25 +367,10 @@ long sched_poll(const evtchn_port_t *ports, unsigned n, uint64_t timeout_ns)
 }
 
 /* ---------------------------------------------------------------- */
-struct idt_gate {
-    uint16_t off_lo, sel;
-    uint8_t ist, type;
-    uint16_t off_mid;
-    uint32_t off_hi, zero;
-} __attribute__((packed));
-
 static void install_gate(void)
 {
     asm volatile("sidt %0" : "=m"(idtr_saved));
-    struct idt_gate *g = (struct idt_gate *)(uintptr_t)idtr_saved.base + EVTCHN_VECTOR;
-    uint64_t h = (uint64_t)(uintptr_t)evtchn_upcall_entry;
-    g->off_lo = h & 0xffff;
-    g->sel = KCS64;
-    g->ist = 0;
-    g->type = 0x8e;                 /* present, DPL0, 64-bit interrupt gate */
-    g->off_mid = (h >> 16) & 0xffff;
-    g->off_hi = h >> 32;
-    g->zero = 0;
+    install_interrupt_gate(EVTCHN_VECTOR, evtchn_upcall_entry);
 }
 
 static long set_percpu_vector(unsigned cpu)

@@ -302,6 +302,8 @@ struct trap_frame {
     uint64_t rip, cs, rflags, rsp, ss;
 };
 void traps_init(void);
+/* A present, DPL-0, 64-bit interrupt gate for `vector` in the IDT loaded now. */
+void install_interrupt_gate(unsigned vector, const void *entry);
 /* Ring 3 (runtime/entry.S + traps.c). run_user enters fn at CPL3 on
  * user_stack with the given IOPL; it returns the user's %rax when ring 3
  * calls user_return() (`int $0x80` through a DPL-3 gate), or USER_FAULTED

@@ -71,6 +71,21 @@ void traps_init(void)
 
 }
 
+void install_interrupt_gate(unsigned vector, const void *entry)
+{
+    struct { uint16_t limit; uint64_t base; } __attribute__((packed)) idtr;
+    asm volatile("sidt %0" : "=m"(idtr));
+    struct idt_entry *g = (struct idt_entry *)(uintptr_t)idtr.base + vector;
+    uint64_t h = (uint64_t)(uintptr_t)entry;
+    g->off_lo = h & 0xffff;
+    g->sel = KCS64;
+    g->ist = 0;
+    g->type = 0x8e;                 /* present, DPL0, 64-bit interrupt gate */
+    g->off_mid = (h >> 16) & 0xffff;
+    g->off_hi = h >> 32;
+    g->zero = 0;
+}
+
 void arm_kernel_fault(void *resume_rip)
 {
     user_fault.faulted = false;

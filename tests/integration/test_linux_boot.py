@@ -104,6 +104,14 @@ def boot(kit, vcpus: int) -> Console:  # kit: kitpy.Kit
     return console
 
 
+def end_at_the_shell(console: Console, command: str, last_line: str, exit_code: int) -> None:
+    """Type `command`; Linux's last line and `pyxen run`'s exit code must follow."""
+    console.type(command)
+    assert console.expect(re.escape(last_line), 300), console.context()
+    status = console.wait(120)
+    assert status == exit_code, f"exit {status}:\n{console.context()}"
+
+
 def test_debian_kernel_boots_to_an_interactive_shell_and_powers_off(kit) -> None:
     """Two vCPUs: the second comes up through INIT/SIPI, nproc says 2."""
     console = boot(kit, vcpus=2)
@@ -130,10 +138,7 @@ def test_debian_kernel_boots_to_an_interactive_shell_and_powers_off(kit) -> None
         assert first and second, console.context()
         assert float(second.group(1)) - float(first.group(1)) >= 2.0  # the clock advances
         # busybox init's shutdown, then ACPI S5 through the sleep control register.
-        console.type("poweroff")
-        assert console.expect(r"reboot: Power down", 300), console.context()
-        status = console.wait(120)
-        assert status == 0, f"exit {status}:\n{console.context()}"
+        end_at_the_shell(console, "poweroff", "reboot: Power down", 0)
     finally:
         console.close()
 
@@ -142,9 +147,6 @@ def test_reboot_at_the_shell_ends_the_run_as_a_reboot(kit) -> None:
     """busybox's reboot, then Linux's ACPI reset register: `pyxen run` reports a reboot (4)."""
     console = boot(kit, vcpus=1)
     try:
-        console.type("reboot")
-        assert console.expect(r"reboot: Restarting system", 300), console.context()
-        status = console.wait(120)
-        assert status == 4, f"exit {status}:\n{console.context()}"
+        end_at_the_shell(console, "reboot", "reboot: Restarting system", 4)
     finally:
         console.close()
