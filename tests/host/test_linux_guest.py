@@ -6,13 +6,12 @@ the guest's eth0, a line typed at the guest's shell is written to the root file 
 `pyxen shutdown` powers Linux off (xenbus control/shutdown → init → ACPI S5), and the file
 is then read from the image on the host.
 
-Slow (several minutes on the software CPU), so it runs only with PYXEN_LINUX_TEST=1, like
-tests/integration/test_linux_boot.py; it needs root (TAP, bridge) and the kit.
+About a minute on an idle machine; it needs root (TAP, bridge) and the kit, as
+tests/integration/test_linux_boot.py does.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -30,8 +29,6 @@ GUEST_IP = "10.77.0.2"
 BOOT_S = 900  # a busy 2-core host makes the boot several times slower
 
 pytestmark = [
-    pytest.mark.skipif(os.environ.get("PYXEN_LINUX_TEST") != "1",
-                       reason="slow: set PYXEN_LINUX_TEST=1 to boot Debian's kernel"),
     pytest.mark.skipif(not can_make_netns(), reason="needs root, /dev/net/tun and iproute2"),
 ]
 

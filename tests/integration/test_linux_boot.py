@@ -2,8 +2,7 @@
 `pyxen run` to the kit's busybox shell: its bzImage as shipped, the initramfs's /init loading
 the PV front-end modules, busybox init's sysinit printing the kit's ready line.
 
-Slow (about a minute each on an idle machine, several on a busy one), so they run only with
-PYXEN_LINUX_TEST=1. It builds the kit (guests/linux/kit.py, Debian packages) into
+About half a minute each on an idle machine, several on a busy one. It builds the kit (guests/linux/kit.py, Debian packages) into
 ~/.cache/pyxen/linux-kit (or PYXEN_LINUX_DIR) unless it is there already, and skips, saying
 why, where it cannot. The software CPU only: this host's KVM (kvm_pvm) emulates guest ring 0
 and took over 14 minutes for the same kernel.
@@ -29,10 +28,6 @@ DIR = kit_dir()
 # HYPERVISOR_console_io; /init (the default rdinit) from the initramfs.
 CMDLINE = "console=hvc0 earlyprintk=xen panic=-1"
 BOOT_TIMEOUT = 900  # generous: a busy 2-core host can make the boot several times slower
-
-pytestmark = pytest.mark.skipif(os.environ.get("PYXEN_LINUX_TEST") != "1",
-                                reason="slow: set PYXEN_LINUX_TEST=1 to boot Debian's kernel")
-
 
 @pytest.fixture(scope="module")
 def kit():  # -> kitpy.Kit
