@@ -198,8 +198,7 @@ class SoftVcpu:
         self._ram_generation = -1
         self._dirty = False  # regs changed by pyxen or by the backend: write before running
         self._fresh = False  # ctx holds the state of the current stop
-        self._stopper = install_stop_hook(self.uc)  # kick(): see stopper.py
-        self._window = False
+        self._stopper = install_stop_hook(self.uc)  # kick() and _window: see stopper.py
         self._scan_blocks = BOOT_SCAN_BLOCKS
         self._block_hook: int | None = None
         self._stop: str | None = None  # why a hook stopped the engine
@@ -825,8 +824,10 @@ class SoftVcpu:
             self._mmio_replay = (gpa, size, False, value)
 
     def _replay_mmio(self) -> None:
-        """Run the instruction once against a scratch page holding the VMM's answer."""
+        """Run the instruction once against a scratch page holding the VMM's answer (in
+        the memory layout of now: a change may have landed since the exit)."""
         assert self._mmio_replay is not None
+        self._sync_ram()
         gpa, size, write, value = self._mmio_replay
         self._mmio_replay = None
         slot = next((m for m in self._mapped if m[0] <= gpa < m[0] + m[1]), None)
@@ -864,20 +865,21 @@ class SoftVcpu:
         return TRACKED if self._tracking or view[3] else UC_PROT_ALL
 
     def _step(self) -> None:
-        """Execute exactly one instruction (Unicorn counts only in freshly translated code).
-        A kick must not stop it: the stop hook would end the step before the instruction,
+        """Execute exactly one instruction, in freshly translated code (where Unicorn counts
+        instructions and sees exits). A kick must not stop it: the stop hook would end the step before the instruction,
         and the engine would later run it from the start (an MMIO write made twice). Kicks
         pending or arriving meanwhile are set aside (atomically: other threads set the flag)
         and stand again afterwards."""
         self._write_regs()
         rip = self.regs.rip
         self._invalidating(self.uc.ctl_remove_cache, rip, rip + 16)
+        until = self._straight_line_end(rip)
         flag = C.addressof(self._stopper)
         kicked = atomic.exchange32(flag, 0)
         window, self._window = self._window, False  # IF may be 1 here: it must not stop
         try:
             for _ in range(STEP_ATTEMPTS):
-                self._step_once(rip)
+                self._step_once(rip, until)
                 arrived = atomic.exchange32(flag, 0)
                 kicked |= arrived
                 if not arrived or self.regs.rip != rip:
@@ -888,13 +890,12 @@ class SoftVcpu:
                 self._kick = True
         self._invalidating(self.uc.ctl_remove_cache, rip, rip + 16)
 
-    def _step_once(self, rip: int) -> None:
-        """One instruction: run to its end address where it is a straight-line instruction
-        (an exit there; its block was just dropped, so the fresh translation stops there). emu_start's
-        `count` would do for any instruction, but Unicorn flushes every translated block when
+    def _step_once(self, rip: int, until: int | None) -> None:
+        """One instruction: run to `until`, its end, where it is a straight-line instruction
+        (an exit there; its block was just dropped, so the fresh translation stops there).
+        emu_start's `count` would do for any instruction, but Unicorn flushes every translated block when
         a counted run is followed by an uncounted one (a 2000-block loop: 0.05 ms a run, 12 ms
         after a counted step); it serves only for branches and page-crossing ends."""
-        until = self._straight_line_end(rip)
         baton = self.machine.baton
         held = baton.held_here()
         if not held:
@@ -948,7 +949,6 @@ class SoftVcpu:
         if self._pending_event:
             return False  # run() delivers it; pyxen asks again at the next window
         if self._mmio_replay:
-            self._sync_ram()
             self._replay_mmio()
         if not self.regs.rflags & RFLAGS_IF or self._state().hflags & HF_INHIBIT_IRQ:
             return False
