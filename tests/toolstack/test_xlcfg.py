@@ -138,6 +138,14 @@ def test_lists_may_be_empty_nested_and_mixed() -> None:
         "a": [], "b": [[]], "c": ["1", "x", ["2", ["y"]]]}
 
 
+def test_lists_nested_too_deep_are_one_line_errors() -> None:
+    """Found by fuzzing (fuzz/crashes/xlcfg/deep-lists): 1000 nested lists raised
+    RecursionError; a bound on nesting makes it a config error, as xl's bounded stack does."""
+    assert values("a = " + "[" * 64 + "]" * 64)["a"]
+    with pytest.raises(XlConfigError, match=r"^<config>:2: a: .*nested more than 64 deep$"):
+        parse_settings("\na = " + "[" * 2000 + "]" * 2000)
+
+
 def test_last_line_needs_no_newline() -> None:
     assert values('a = "x"') == {"a": "x"}
 

@@ -51,6 +51,7 @@ MAX_VCPUS = 128                    # Xen's HVM_MAX_VCPUS, which also bounds a PV
 MAX_EVENT_CHANNELS = 2**31 - 1     # Xen clamps the port limit to INT_MAX
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
 XENFIRMWAREDIR = "/usr/lib/xen/boot"  # where xl looks for pvgrub{32,64}.bin
+MAX_NESTING = 64                   # lists in lists: no xl key nests more than two
 PV_ONLY = "pyxen runs PVH guests only (type = \"pvh\")"
 
 
@@ -197,19 +198,24 @@ class _Parser:
         while self.tok.kind == "NEWLINE":
             self.i += 1
 
-    def value(self) -> tuple[Value, int, list[int]]:
+    def value(self, depth: int = 0) -> tuple[Value, int, list[int]]:
         tok = self.tok
         if tok.kind in ("STRING", "NUMBER"):
             self.i += 1
             return tok.text, tok.line, []
         if tok.kind != "[":
             raise self.error("a value (a string, a number or a [list])")
+        if depth == MAX_NESTING:
+            # xl's bison parser gives up too (its stack is bounded), deeper down
+            raise XlConfigError(f"config parsing error near `[': lists nested more than "
+                                f"{MAX_NESTING} deep", source=self.source, line=tok.line,
+                                key=self.key)
         self.i += 1
         items: list[Value] = []
         lines: list[int] = []
         self.skip_newlines()
         while self.tok.kind != "]":
-            item, line, _ = self.value()
+            item, line, _ = self.value(depth + 1)
             items.append(item)
             lines.append(line)
             self.skip_newlines()
