@@ -17,7 +17,7 @@ import os
 import platform
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyxen import __version__
 from pyxen.domain.builder import ImageError, check_name
@@ -47,6 +47,16 @@ def handler(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
+def _object(msg: Message, key: str) -> dict[str, Any]:
+    """A request's JSON object field (absent: empty); HostError if it is something else."""
+    from pyxen.host.daemon import HostError
+
+    value = msg.get(key) or {}
+    if not isinstance(value, dict):
+        raise HostError(f"{key}: a JSON object expected, not {type(value).__name__}")
+    return dict(value)
+
+
 class Api:
     """The requests, against one Host."""
 
@@ -58,7 +68,7 @@ class Api:
 
     @handler("create")
     async def create(self, msg: Message) -> Message:
-        dom = await self.host.create(dict(msg.get("spec") or {}), dict(msg.get("actions") or {}),
+        dom = await self.host.create(_object(msg, "spec"), _object(msg, "actions"),
                                      paused=bool(msg.get("paused")))
         return {"domid": dom.domid, "name": dom.name}
 
@@ -223,7 +233,16 @@ class ApiServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from pyxen.host.daemon import HostError
 
-        while line := await reader.readline():
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # no newline within MAX_REQUEST: the stream cannot be framed
+                writer.write(encode({"ok": False, "status": 1, "error": "a request line is "
+                                     f"limited to {MAX_REQUEST} bytes"}) + b"\n")
+                await writer.drain()
+                return
+            if not line:
+                return
             msg: Message = {}
             try:
                 msg = decode(line)

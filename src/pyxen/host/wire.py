@@ -29,8 +29,10 @@ def encode(msg: Message) -> bytes:
 def decode(data: bytes) -> Message:
     try:
         msg = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an int of 5000 digits
         raise WireError(f"not a JSON message: {e}") from None
+    except RecursionError:  # [[[[...: JSON has no nesting limit, Python's parser has
+        raise WireError("not a JSON message: nested too deeply") from None
     if not isinstance(msg, dict):
         raise WireError("a message must be a JSON object")
     return msg
@@ -56,4 +58,6 @@ def bytes_to_wire(data: bytes) -> str:
 
 
 def wire_to_bytes(text: str) -> bytes:
-    return text.encode("latin-1")
+    """The bytes of a latin-1 string; a code point above U+00FF (which no byte gives: the
+    peer is broken) becomes '?' rather than an exception."""
+    return text.encode("latin-1", "replace")
