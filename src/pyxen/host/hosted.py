@@ -289,7 +289,11 @@ class HostedDomain:
         elif op == "failed" and self._built is not None and not self._built.done():
             self._built.set_exception(RuntimeError(str(msg.get("error", "build failed"))))
         elif op == "vcpu_thread":
-            index, tid = int(msg.get("vcpu", -1)), int(msg.get("tid", 0))
+            index, tid = _count(msg.get("vcpu")), _count(msg.get("tid"))
+            if index is None or tid is None or not self._own_thread(tid):
+                log.warning("dom%d: ignored vcpu_thread %r: not a thread of its process",
+                            self.domid, msg)
+                return
             self.vcpu_tids[index] = tid
             if self.on_vcpu_thread is not None:
                 self.on_vcpu_thread(self, index, tid)
@@ -299,16 +303,22 @@ class HostedDomain:
             self._link_peer(msg.get("domid"), msg.get("seq"))
         elif op == "device_reply":
             with self._calls_lock:
-                call = self._calls.pop(msg.get("seq"), None)  # type: ignore[arg-type]
+                call = self._calls.pop(_count(msg.get("seq")), None)  # type: ignore[arg-type]
             if call is not None and not call.done():
                 call.set_result(msg)
         elif op == "stopped" and self.stopped_as is None:
             self.stopped_as = str(msg.get("outcome"))
-            self.memory_runs = [(int(gfn), int(n)) for gfn, n in msg.get("runs") or []]
+            self.memory_runs = _runs(msg.get("runs"))
+            if self.memory_runs is None:
+                log.warning("dom%d: malformed memory runs in %r", self.domid, msg)
             self.on_stopped(self, self.stopped_as, str(msg.get("detail") or ""))
         else:
             for fd in fds:
                 os.close(fd)
+
+    def _own_thread(self, tid: int) -> bool:
+        """Whether `tid` is a thread of the domain's process (the daemon pins it)."""
+        return self.pid is not None and os.path.isdir(f"/proc/{self.pid}/task/{tid}")
 
     def _link_peer(self, domid: object, seq: object) -> None:
         """The domain process asks to be linked to domain `domid`'s (its first
@@ -515,6 +525,22 @@ class HostedDomain:
 
 
 ADOPT_TIMEOUT = 10.0  # seconds a domain process has to answer
+
+
+def _count(value: object) -> int | None:
+    """A domain process's number field: a JSON integer from 0 (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else None
+
+
+def _runs(value: object) -> list[tuple[int, int]] | None:
+    """A "stopped" message's memory runs, [[gfn, frames], ...]; None if malformed."""
+    if not isinstance(value, list):
+        return [] if value is None else None
+    runs = [tuple(map(_count, run)) for run in value if isinstance(run, list) and len(run) == 2]
+    if len(runs) != len(value) or any(None in run for run in runs):
+        return None
+    return runs  # type: ignore[return-value]
 
 
 def ask_adopt(path: str, paused_pid: int | None) -> tuple[Message, list[int], socket.socket]:
