@@ -28,6 +28,7 @@ from typing import Any
 from pyxen.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 from pyxen.host import (  # noqa: F401 - api_sched and devices register their requests
     api_sched,
+    containment,
     devices,
     paths,
     persist,
@@ -69,8 +70,10 @@ class HostError(Exception):
 class Host:
     """The registry and the lifecycle of the host's domains."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, contain: bool = True) -> None:
         self.state_dir = state_dir
+        self.contain = contain  # domain processes contained (containment.py)
+        self._said_uncontained = False
         self.xenstored = XenStored()
         self.domains: dict[int, HostedDomain] = {}
         self.dmesg = bytearray()
@@ -243,6 +246,7 @@ class Host:
                            self._dmesg)
         self.domains[dom.domid] = dom
         dom.find_domain = self.domains.get
+        dom.contain = self.contain
         self.changed()
         try:
             sched.prepare(dom)
@@ -263,8 +267,21 @@ class Host:
         self._watch_gone(dom)
         if not paused:
             dom.unpause()
-        log.info("dom%d (%s) created", dom.domid, dom.name)
+        log.info("dom%d (%s) created: process %s, containment %s", dom.domid, dom.name,
+                 dom.pid, dom.containment)
+        self._check_contained(dom)
         return dom
+
+    def _check_contained(self, dom: HostedDomain) -> None:
+        """Say once (log and dmesg) when domain processes run uncontained against the
+        daemon's wish: a host without libseccomp."""
+        if not self.contain or dom.containment == containment.CONTAINED \
+                or self._said_uncontained:
+            return
+        self._said_uncontained = True
+        text = f"domain processes run uncontained: {dom.containment}"
+        log.warning("%s", text)
+        self._say(text)
 
     def _watch_gone(self, dom: HostedDomain) -> None:
         def forget(_: object) -> None:
@@ -369,7 +386,7 @@ class Host:
                 "vcpus": dom.spec.get("vcpus", 1), "state": dom.state_letters(),
                 "shutdown_reason": dom.shutdown_reason,
                 "cpu_time": round(dom.cpu_seconds(), 1), "created": dom.created,
-                "pid": dom.live_pid(),
+                "pid": dom.live_pid(), "containment": dom.containment,
                 "console_log": str(dom.tap.log_path), "spec": dom.spec, "actions": dom.actions}
 
     def domain0_info(self) -> dict[str, Any]:
@@ -437,6 +454,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="go to the background once serving (with --pid-file)")
     p.add_argument("--pid-file", metavar="FILE", help="write the daemon's pid there")
     p.add_argument("--verbose", action="store_true", help="log each domain event on stderr")
+    p.add_argument("--no-containment", action="store_true",
+                   help="run domain processes without no_new_privs and their seccomp "
+                        "filter (for strace or gdb on one; see pyxen.host.containment)")
     p.add_argument("--replace", action="store_true",
                    help="take over from the daemon serving on this socket: it hands its "
                         "domains over and exits, and this one adopts them (an upgrade "
@@ -470,7 +490,8 @@ def run(args: argparse.Namespace) -> int:
         os.close(ready_r)
         os.setsid()
     try:
-        return asyncio.run(serve(socket_path, state_dir, xs_path, args.pid_file, ready_w))
+        return asyncio.run(serve(socket_path, state_dir, xs_path, args.pid_file, ready_w,
+                                 contain=not args.no_containment))
     except (OSError, persist.StateError, SnapshotError) as e:
         print(f"pyxen daemon: {e}", file=sys.stderr)
         return 1
@@ -520,9 +541,11 @@ def take_over(socket_path: Path) -> None:
 
 
 async def serve(socket_path: Path, state_dir: Path, xs_path: Path, pid_file: str | None,
-                ready_fd: int) -> int:
+                ready_fd: int, contain: bool = True) -> int:
     loop = asyncio.get_running_loop()
-    host = Host(state_dir)
+    host = Host(state_dir, contain)
+    if not contain:
+        log.warning("--no-containment: new domain processes run without their seccomp filter")
     stop = host.stopping
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, lambda s=sig: stop.done() or stop.set_result(s))

@@ -4,8 +4,10 @@ The daemon starts one per domain (as QEMU or Firecracker run one VM per process)
 domain has its own vCPU threads, GIL and memfd-backed RAM, and a crash here touches no
 other domain. FD is this process's end of a SOCK_SEQPACKET control channel:
 
-    daemon → here   {"op": "build", "domain": {...}}      what to build (see DomainSpec)
-    here → daemon   {"op": "built", ...} + fds            memfd and the rings' eventfds
+    daemon → here   {"op": "build", "domain": {...},      what to build (see DomainSpec),
+                     "contain": true}                     and whether to contain the process
+    here → daemon   {"op": "built", ...} + fds            memfd and the rings' eventfds, and
+                                                          its containment (containment.py)
                     {"op": "failed", "error": "..."}      the image or config was refused
     daemon → here   {"op": "start"}                       run vCPU 0
                     {"op": "set_max_pages", "pages": N}   XEN_DOMCTL_max_mem (xl mem-max)
@@ -51,6 +53,7 @@ from pyxen.domain.builder import build_domain, image_limit, load_module
 from pyxen.domain.domain import Domain, DomainConfig
 from pyxen.domain.loader import ImageError
 from pyxen.domain.vcpu import Vcpu
+from pyxen.host import containment
 from pyxen.host.peer_link import PeerLinks
 from pyxen.host.wire import Message, WireError, bytes_to_wire, recv_packet, send_packet
 from pyxen.hv import hypercall_table
@@ -223,8 +226,12 @@ def serve(control: socket.socket) -> int:
     try:
         store = RingLink(domain, place_store_ring)
         console = RingLink(domain, place_console_ring)
+        # everything the domain needs is open; the guest has not run yet
+        contained = containment.contain(msg.get("contain", True) is not False)
+        if contained != containment.CONTAINED:
+            print(f"pyxen domain process: containment {contained}", file=sys.stderr)
         rings: Message = {"store": store.describe(), "console": console.describe(),
-                          "max_pages": domain.max_pages,
+                          "max_pages": domain.max_pages, "containment": contained,
                           "fds": ["memfd", "store_kick", "store_notify",
                                   "console_kick", "console_notify"]}
         fds = [domain.memory.fd, store.kick_fd, store.notify_fd,

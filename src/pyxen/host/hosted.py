@@ -32,7 +32,7 @@ from pyxen.abi.sched import SHUTDOWN_crash
 from pyxen.backends.console import ConsoleBackend
 from pyxen.backends.xenbus import DeviceError, XenbusBackend
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
-from pyxen.host import procstat
+from pyxen.host import containment, procstat
 from pyxen.host.peer_link import link_ends
 from pyxen.host.wire import Message, WireError, recv_packet, send_packet, wire_to_bytes
 from pyxen.toolstack.console_service import remove_console_nodes, write_console_nodes
@@ -118,6 +118,8 @@ class HostedDomain:
         self.process: subprocess.Popen[bytes] | None = None  # when this daemon started it
         self.pid: int | None = None
         self.exited = False
+        self.contain = True  # whether its process is to be contained (containment.py)
+        self.containment = "unknown"  # how its process says it is contained
         self.adopt_socket = state_dir / "domains" / f"{self.domid}.sock"
         self.control: socket.socket | None = None
         self.pidfd = -1
@@ -154,7 +156,8 @@ class HostedDomain:
         child.close()
         self._watch_process(self.process.pid, parent)
         self._built = self._loop.create_future()
-        send_packet(parent, {"op": "build", "domain": dict(self.spec, adopt_socket=self._adopt_path())})
+        send_packet(parent, {"op": "build", "contain": self.contain,
+                             "domain": dict(self.spec, adopt_socket=self._adopt_path())})
         try:
             built = await asyncio.wait_for(self._built, BUILD_TIMEOUT)
         except TimeoutError:
@@ -230,6 +233,7 @@ class HostedDomain:
     def _serve_rings(self, built: Message) -> tuple[ServiceRing, ServiceRing]:
         """Serve the store and console rings `built` names; the two rings."""
         self.memfd, store_kick, store_notify, console_kick, console_notify = self.fds
+        self.containment = str(built.get("containment", "unknown (an older domain process)"))
         store = ServiceRing("xenstore", built["store"]["gfn"], built["store"]["port"])
         console = ServiceRing("console", built["console"]["gfn"], built["console"]["port"])
         self.store = GuestRing(self.xenstored, self.domid, self._map(store.gfn),
@@ -389,7 +393,9 @@ class HostedDomain:
             self._finish()
         elif self.stopped_as is None:  # killed from outside, or died: Xen calls that a crash
             how = ("ended" if status is None else
-                   f"killed by {signal.Signals(-status).name}" if status < 0
+                   "killed by SIGSYS, as its seccomp filter kills a forbidden system call "
+                   "(the kernel's audit log names the call)" if containment.killed_by_filter(status)
+                   else f"killed by {signal.Signals(-status).name}" if status < 0
                    else f"exited with status {status}")
             self.stopped_as = "crash"
             self.on_stopped(self, "crash", f"the domain's process {how}")
