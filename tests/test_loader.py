@@ -5,6 +5,7 @@ rules, checked before anything is read."""
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,31 @@ def test_command_line_is_the_bytes_given() -> None:
     assert command_line_bytes("plain") == b"plain"
     assert command_line_bytes("caf\u00e9") == "café".encode()
     assert command_line_bytes(os.fsdecode(b"A\xff\xfeB")) == b"A\xff\xfeB"
+
+
+def _pvh_elf64(note_zeros: int = 0, note_filesz: int | None = None) -> bytes:
+    """A minimal ELF64 PVH kernel: one PT_LOAD, one PT_NOTE whose notes are `note_zeros`
+    bytes of empty notes and then the PHYS32_ENTRY note."""
+    xen = struct.pack("<III", 4, 4, 18) + b"Xen\0" + struct.pack("<I", 0x100000)
+    notes = bytes(note_zeros) + xen
+    note_off, code = 64 + 2 * 56, b"\xf4" * 16
+    head = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8) + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 62, 1, 0x100000, 64, 0, 0, 64, 56, 2, 64, 0, 0)
+    load = struct.pack("<IIQQQQQQ", 1, 7, note_off + len(notes), 0x100000, 0x100000, 16, 16, 16)
+    note = struct.pack("<IIQQQQQQ", 4, 4, note_off, 0, 0,
+                       len(notes) if note_filesz is None else note_filesz, len(notes), 4)
+    return head + load + note + notes + code
+
+
+def test_note_scan_is_bounded(tmp_path: Path) -> None:
+    """Found by fuzzing (fuzz/crashes/image_bzimage/huge-note-segment): a PT_NOTE segment
+    claiming 8 TiB made pyelftools read empty notes through the whole file, 0.1 ms each."""
+    path = tmp_path / "k"
+    path.write_bytes(_pvh_elf64())
+    assert parse_pvh_image(path).entry == 0x100000
+    path.write_bytes(_pvh_elf64(note_filesz=1 << 43))
+    with pytest.raises(ImageError, match="PT_NOTE segment .* extends past its end"):
+        parse_pvh_image(path)
+    path.write_bytes(_pvh_elf64(note_zeros=12 * 2000))
+    with pytest.raises(ImageError, match="holds more than 1024 notes"):
+        parse_pvh_image(path)

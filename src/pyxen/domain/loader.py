@@ -140,7 +140,7 @@ def _parse(raw: bytes, unwrapped: str = "") -> PvhImage:
     machine = elf["e_machine"]
     if machine not in (EM_386, EM_X86_64):
         raise ImageError(f"ELF machine {machine} is not x86 (EM_386 or EM_X86_64)")
-    entry, source = _find_phys32_entry(elf)
+    entry, source = _find_phys32_entry(elf, len(raw))
     if entry is None:
         raise ImageError(
             "no XEN_ELFNOTE_PHYS32_ENTRY note: not a Xen PVH kernel "
@@ -162,22 +162,40 @@ def _parse(raw: bytes, unwrapped: str = "") -> PvhImage:
     return PvhImage(entry, tuple(segments), elf.elfclass, source, unwrapped)
 
 
-def _find_phys32_entry(elf: ELFFile) -> tuple[int | None, str]:
+# Notes read per note segment or section: Linux has a dozen. pyelftools takes ~0.1 ms a
+# note, and a note can be 12 zero bytes: unbounded, a large image would take hours.
+MAX_NOTES = 1024
+MAX_SECTIONS = 1 << 16  # what e_shnum can say; a vmlinux has about a hundred
+
+
+def _find_phys32_entry(elf: ELFFile, size: int) -> tuple[int | None, str]:
     for seg in elf.iter_segments():
         if seg["p_type"] == "PT_NOTE":
-            entry = _entry_from_notes(seg.iter_notes())
+            _in_file(seg["p_offset"], seg["p_filesz"], size, "a PT_NOTE segment")
+            entry = _entry_from_notes(seg.iter_notes(), "a PT_NOTE segment")
             if entry is not None:
                 return entry, "PT_NOTE"
-    for sec in elf.iter_sections():
+    for index, sec in enumerate(elf.iter_sections()):
+        if index == MAX_SECTIONS:  # e_shnum 0 says section 0 holds the count: any number
+            raise ImageError(f"more than {MAX_SECTIONS} sections")
         if sec["sh_type"] == "SHT_NOTE":
-            entry = _entry_from_notes(sec.iter_notes())
+            _in_file(sec["sh_offset"], sec["sh_size"], size, "an SHT_NOTE section")
+            entry = _entry_from_notes(sec.iter_notes(), "an SHT_NOTE section")
             if entry is not None:
                 return entry, "SHT_NOTE"
     return None, ""
 
 
-def _entry_from_notes(notes) -> int | None:  # type: ignore[no-untyped-def]
-    for note in notes:
+def _in_file(offset: int, length: int, size: int, what: str) -> None:
+    if offset + length > size:
+        raise ImageError(f"truncated file: {what} ({length:#x} bytes at {offset:#x}) "
+                         f"extends past its end ({size:#x} bytes)")
+
+
+def _entry_from_notes(notes, where: str) -> int | None:  # type: ignore[no-untyped-def]
+    for count, note in enumerate(notes):
+        if count == MAX_NOTES:
+            raise ImageError(f"{where} holds more than {MAX_NOTES} notes")
         if note["n_name"] == XEN_ELFNOTE_NAME.decode() and note["n_type"] == XEN_ELFNOTE_PHYS32_ENTRY:
             desc = note["n_desc"]
             if isinstance(desc, str):  # pyelftools returns unknown descs as latin-1 strings
