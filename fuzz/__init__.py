@@ -2,8 +2,8 @@
 
 Each module of `fuzz.targets` is one target: a `one_input(data: bytes) -> None` that feeds
 the bytes to one parser and raises only on a bug (an exception other than the parser's
-documented one-line error, a broken invariant, a hang), and a `seeds()` that returns
-valid inputs to start from. `python -m fuzz` runs a target under atheris (libFuzzer for
+documented one-line error, a broken invariant, a hang), a `seeds()` that returns valid
+inputs to start from, and INSTRUMENT, the modules it wants coverage of. `python -m fuzz` runs a target under atheris (libFuzzer for
 Python), with pyxen's modules instrumented for coverage:
 
     python -m fuzz --list                                  # the targets

@@ -10,21 +10,38 @@ import importlib
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 from fuzz.targets import HERE as TARGETS_DIR
 from fuzz.targets import names
 
 CORPUS = Path(__file__).parent / "corpus"
-# Instrumented for coverage: pyxen, and pyelftools, which parses kernel images for it.
-INSTRUMENTED = ["pyxen", "elftools"]
+# Instrumented for coverage unless a target names its modules (INSTRUMENT = (...)):
+# instrumenting all of pyxen costs seconds at every start (the host modules import the
+# hypervisor).
+INSTRUMENTED = ("pyxen",)
+
+
+def _tree(name: str) -> ast.Module:
+    return ast.parse((TARGETS_DIR / f"{name}.py").read_text())
 
 
 def summary(name: str) -> str:
     """A target's first docstring line, read without importing it."""
-    doc = ast.get_docstring(ast.parse((TARGETS_DIR / f"{name}.py").read_text())) or ""
+    doc = ast.get_docstring(_tree(name)) or ""
     return doc.split("\n", 1)[0]
+
+
+def instrumented(name: str) -> list[str]:
+    """The modules a target wants coverage of: its INSTRUMENT, read without importing it
+    (an import before the instrumentation would leave them uninstrumented)."""
+    for node in _tree(name).body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "INSTRUMENT" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    return list(INSTRUMENTED)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,13 +66,37 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load(name: str, instrument: bool) -> ModuleType:
-    """The target's module; with `instrument`, its pyxen imports get coverage hooks."""
-    if not instrument:
-        return importlib.import_module(f"fuzz.targets.{name}")
-    import atheris
+    """The target's module; with `instrument`, the functions of the modules it names get
+    coverage hooks. (atheris.instrument_imports would take all of pyxen: it filters on the
+    top-level package only.)"""
+    module = importlib.import_module(f"fuzz.targets.{name}")
+    if instrument:
+        import atheris
 
-    with atheris.instrument_imports(include=INSTRUMENTED):
-        return importlib.import_module(f"fuzz.targets.{name}")
+        prefixes = instrumented(name)
+        for modname, mod in list(sys.modules.items()):
+            if any(modname == p or modname.startswith(p + ".") for p in prefixes):
+                for fn in _functions(mod):
+                    atheris.instrument_func(fn)
+    return module
+
+
+def _functions(module: ModuleType) -> Iterator[FunctionType]:
+    """The functions and methods defined in `module` (nested ones are instrumented with
+    the function that holds them)."""
+    for obj in list(vars(module).values()):
+        if getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if isinstance(obj, FunctionType):
+            yield obj
+        elif isinstance(obj, type):
+            for attr in vars(obj).values():
+                if isinstance(attr, staticmethod | classmethod):
+                    attr = attr.__func__
+                if isinstance(attr, property):
+                    yield from (f for f in (attr.fget, attr.fset) if isinstance(f, FunctionType))
+                elif isinstance(attr, FunctionType):
+                    yield attr
 
 
 def write_seeds(module: ModuleType, directory: Path) -> None:

@@ -12,30 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from typing import Any
 
-from fuzz.targets._check import Bug, require
+from fuzz.targets._check import no_logged_errors, require
 from pyxen.host import api as api_mod
 from pyxen.host.api import MAX_REQUEST, ApiServer
 from pyxen.host.daemon import Host, HostError
 from pyxen.host.hosted import ConsoleTap
 from pyxen.xenstore.xenstored import XenStored
 
+INSTRUMENT = ("pyxen.host.api", "pyxen.host.wire", "pyxen.host.daemon")
 
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-ERRORS = _Errors()
-_log = logging.getLogger("pyxen.daemon")
-_log.addHandler(ERRORS)
-_log.propagate = False
 LOOP = asyncio.new_event_loop()
 
 
@@ -107,9 +94,6 @@ def _no_live(xenstored: XenStored, dom: FakeDomain) -> dict[str, Any]:
     return {}
 
 
-api_mod.sched.live_config = _no_live  # type: ignore[assignment]  # the scheduler's, not the API's
-
-
 async def _serve(data: bytes) -> Writer:
     server = ApiServer.__new__(ApiServer)
     server.api = api_mod.Api(FakeHost())  # type: ignore[arg-type]
@@ -125,12 +109,13 @@ async def _serve(data: bytes) -> Writer:
 
 
 def one_input(data: bytes) -> None:
-    ERRORS.records.clear()
-    writer = LOOP.run_until_complete(_serve(data))
-    if ERRORS.records:
-        record = ERRORS.records[0]
-        raise Bug(f"the daemon failed on a request: {record.getMessage()}") from (
-            record.exc_info[1] if record.exc_info else None)
+    live_config, api_mod.sched.live_config = api_mod.sched.live_config, _no_live
+    try:
+        # the catch-all for a request the daemon failed on logs it: a bug
+        with no_logged_errors("pyxen.daemon"):
+            writer = LOOP.run_until_complete(_serve(data))
+    finally:
+        api_mod.sched.live_config = live_config
     text = bytes(writer.data)
     if b'"op":"console"' in text or not text:
         return

@@ -9,6 +9,8 @@ from __future__ import annotations
 from fuzz.targets._check import one_line, require
 from pyxen.toolstack.xl_disk import XlConfigError, parse_disk_spec
 
+INSTRUMENT = ("pyxen.toolstack.xl_disk",)
+
 
 def one_input(data: bytes) -> None:
     spec = data.decode("utf-8", "surrogateescape")

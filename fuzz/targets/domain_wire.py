@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import socket
 import threading
 from typing import Any
 
+from fuzz.targets._check import no_logged_errors
 from pyxen.host.hosted import HostedDomain
 from pyxen.host.wire import WireError, decode
 
+INSTRUMENT = ("pyxen.host.wire", "pyxen.host.hosted")
+
 LOOP = asyncio.new_event_loop()
-_log = logging.getLogger("pyxen.daemon")
-_log.propagate = False  # its warnings on bad messages are expected
-_log.addHandler(logging.NullHandler())
 # the daemon's end of the control channel (for peer_link's refusal), and the process's end
 DAEMON_END, PROCESS_END = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 PROCESS_END.setblocking(False)
@@ -51,7 +50,8 @@ def one_input(data: bytes) -> None:
         return
     dom = _domain()
     dom._calls[1] = asyncio.Future(loop=LOOP)
-    dom._handle(msg, [])
+    with no_logged_errors("pyxen.daemon"):
+        dom._handle(msg, [])
     if dom._built.done() and not dom._built.cancelled():
         dom._built.exception()  # retrieved: "failed" sets it
     try:

@@ -11,6 +11,8 @@ from fuzz.targets._images import COMPRESSORS, LIMIT, MemFile, bzimage, elf64, pa
 from pyxen.domain.bzimage import unwrap
 from pyxen.domain.loader import ImageError, parse_pvh_image
 
+INSTRUMENT = ("pyxen.domain.loader", "pyxen.domain.bzimage", "elftools")
+
 FILE = MemFile()
 
 

@@ -10,6 +10,8 @@ from fuzz.targets._check import one_line, require
 from fuzz.targets._images import LIMIT, MemFile, elf32, elf64
 from pyxen.domain.loader import ImageError, parse_pvh_image
 
+INSTRUMENT = ("pyxen.domain.loader", "pyxen.domain.bzimage", "elftools")
+
 FILE = MemFile()
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from fuzz.targets._check import one_line, require
 from pyxen.toolstack.xl_vif import XlConfigError, parse_vif_spec
 
+INSTRUMENT = ("pyxen.toolstack.xl_vif",)
+
 
 def one_input(data: bytes) -> None:
     spec = data.decode("utf-8", "surrogateescape")

@@ -17,6 +17,9 @@ from pyxen.toolstack.xl_disk import parse_disk_spec
 from pyxen.toolstack.xl_vif import parse_vif_spec
 from pyxen.toolstack.xlcfg import XlConfigError, parse_xl_config
 
+INSTRUMENT = ("pyxen.toolstack.xlcfg", "pyxen.toolstack.xl_disk", "pyxen.toolstack.xl_vif",
+              "pyxen.toolstack.xl_create")
+
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
