@@ -17,6 +17,7 @@ from pyxen.threads import start_worker
 from .time import DomainClock
 
 PR_SET_TIMERSLACK = 29
+MAX_WAIT_S = 3600.0  # the longest single wait for a timer; a later deadline is waited for again
 _libc = C.CDLL(None, use_errno=True)
 
 
@@ -88,7 +89,9 @@ class TimerQueue:
             deadline, _, _, timer = self._heap[0]
             delay = deadline - self.clock.now()
             if delay > 0:
-                self._cond.wait(delay / 1e9)
+                # A guest may arm a timer centuries away: wait in bounded steps (a wait
+                # past time_t's range raises, and would end every timer of the domain).
+                self._cond.wait(min(delay / 1e9, MAX_WAIT_S))
                 continue
             heapq.heappop(self._heap)
             timer.deadline = None
