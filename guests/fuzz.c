@@ -605,6 +605,12 @@ static void gen_call(struct call *c, bool batch)
         __HYPERVISOR_kexec_op, __HYPERVISOR_iret, __HYPERVISOR_multicall,
     };
     memset(c, 0, sizeof(*c));
+    /* Half of all lone calls are batches: a multicall's entries are dispatched by the
+     * hypervisor like any call, and cost no exit each. */
+    if (!batch && one_in(2)) {
+        c->nr = __HYPERVISOR_multicall;
+        return;
+    }
     c->nr = one_in(32) ? (unsigned)(one_in(2) ? below(128) : gen_val()) : nrs[below(ARRAY_SIZE(nrs))];
     switch (c->nr) {
     case __HYPERVISOR_memory_op: gen_memory_op(c); break;
@@ -660,7 +666,7 @@ static long raw_hypercall(uint32_t nr, const uint64_t *a)
 
 /* The multicall list ends where the guard page after BATCH_VA starts: a count past it
  * reads nothing of ours. It is an image page (so no call can name its frame), aliased. */
-#define BATCH_MAX 32
+#define BATCH_MAX 64
 static uint8_t batch_page[PAGE_SIZE] ALIGNED(PAGE_SIZE);
 #define batch ((multicall_entry_t *)(BATCH_VA + PAGE_SIZE - BATCH_MAX * sizeof(multicall_entry_t)))
 static uint64_t calls_done, mutations_done;
@@ -709,6 +715,23 @@ static void repair_winb(void)
         }
 }
 
+/* A call may have taken scratch pages away (decrease_reservation, exchange, a move):
+ * writing to a hole is an MMIO exit per store, so a page that reads as one (all ones) is
+ * populated again and refilled. */
+static void restore_scratch(void)
+{
+    for (unsigned i = 0; i < SCRATCH_PAGES; i++) {
+        volatile uint64_t *page = (volatile uint64_t *)(SCRATCH_VA + i * PAGE_SIZE);
+        if (page[0] != ~0ULL || page[PAGE_SIZE / 8 - 1] != ~0ULL)
+            continue;
+        xen_pfn_t gfn = sac_gfn + i;
+        struct xen_memory_reservation r = { .nr_extents = 1, .domid = DOMID_SELF };
+        set_xen_guest_handle(r.extent_start, &gfn);
+        HYPERVISOR_memory_op(XENMEM_populate_physmap, &r);
+        fill_words((void *)page, PAGE_SIZE);
+    }
+}
+
 static void one_call(void)
 {
     struct call c;
@@ -733,6 +756,7 @@ static void one_call(void)
             if (batch[i].result != 0xdeadbeef)
                 tally((long)batch[i].result);
         calls_done += n;
+        restore_scratch();
     } else if (c.nr < 128 && c.nr != __HYPERVISOR_iret && c.nr != __HYPERVISOR_sched_op &&
                c.nr != __HYPERVISOR_memory_op && one_in(16)) {
         /* The same call from 32-bit code (compat layouts) -- but not the calls whose
@@ -745,17 +769,38 @@ static void one_call(void)
         trace_call("call", c.nr, c.a);
         tally(raw_hypercall(c.nr, c.a));
         calls_done++;
+        if (c.nr == __HYPERVISOR_memory_op || c.nr == __HYPERVISOR_grant_table_op)
+            restore_scratch();
     }
     repair_winb();
 }
 
 /* ---- ring mutations -------------------------------------------------------------- */
 
+/* A ring page the fuzzer took away (decrease_reservation of a special frame) is a hole:
+ * every store to it is an MMIO exit, so it is left alone for a while. */
+static unsigned ring_gone[2];
+
+static bool ring_page_gone(unsigned which, volatile uint64_t *page)
+{
+    if (ring_gone[which]) {
+        ring_gone[which]--;
+        return true;
+    }
+    if (page[0] == ~0ULL && page[PAGE_SIZE / 8 - 1] == ~0ULL) {
+        ring_gone[which] = 4096;
+        return true;
+    }
+    return false;
+}
+
 static void mutate_ring(void)
 {
     uint8_t *page;
     evtchn_port_t port;
     unsigned which = (unsigned)below(3);
+    if (which < 2 && ring_page_gone(which, (volatile uint64_t *)(which ? CONS_VA : STORE_VA)))
+        which = 2;
     if (which == 0 && have_store) {
         page = (uint8_t *)STORE_VA;
         port = store_port;
@@ -940,7 +985,7 @@ static int fuzz_main(void)
     asm volatile("cli");
     uint64_t next_report = every;
     for (uint64_t round = 1; calls == 0 || calls_done < calls; round++) {
-        if (one_in(8))
+        if (one_in(3))
             mutate_ring();
         else
             one_call();

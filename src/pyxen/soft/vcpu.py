@@ -154,6 +154,13 @@ REFINED_VECTORS = frozenset([UD, NM, GP])  # what Unicorn reports differently (f
 SCRATCH = 4096
 
 
+# Translated code per vCPU. Unicorn's default buffer is 1 GiB and is only flushed when full,
+# so a guest that keeps code pages changing (data sharing a page with code, self-modifying
+# code, the fuzzing guest) made each vCPU's RSS creep towards 1 GiB. Linux's boot to a shell
+# translates ~40 MiB; a full buffer is flushed and refilled, which costs a few milliseconds.
+TCG_BUFFER_BYTES = 64 << 20
+
+
 class SoftVcpu:
     """One software vCPU (implements pyxen.domain.backend.VcpuBackend)."""
 
@@ -162,6 +169,7 @@ class SoftVcpu:
         self.index = index
         self.hypercall_port = hypercall_port
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc.ctl_set_tcg_buffer_size(TCG_BUFFER_BYTES)  # before anything starts TCG
         self.uc.ctl_exits_enabled(True)  # and none set: `until` never stops a guest at 0
         self.ctx = Context(self.uc, machine.context_header)  # state at the last stop
         self._snapshot = Context(self.uc, machine.context_header)
