@@ -23,8 +23,9 @@
  * Interrupts stay off: an upcall vector it set at random is never taken.
  *
  * role=witness: a bystander for host-mode runs. It fills 8 MiB with a seeded pattern, grants
- * one other page to its peer (the fuzzer may write it), and for `seconds` keeps checking the
- * pattern and a few hypercalls with known answers; any change is a failed TEST.
+ * one other page to its peer (the fuzzer may write it), and keeps checking the pattern and a
+ * few hypercalls with known answers until its XenStore node data/stop appears (or for at
+ * most `seconds`); any change is a failed TEST.
  */
 #include "guest.h"
 #include "gnttab.h"
@@ -1043,7 +1044,8 @@ static int witness_main(void)
         for (grant_ref_t ref = GNTTAB_FIRST_REF; ref < GNTTAB_FIRST_REF + 8; ref++)
             gnttab_grant(ref, (domid_t)peer, shared_gfn, GTF_permit_access);
     info("witness_grants", "peer=%u rc=%ld", peer, g);
-    printf("witness: watching 8 MiB for %lu s\n", seconds);
+    bool store = xs_open() == 0;
+    printf("witness: watching 8 MiB until data/stop (at most %lu s)\n", seconds);
 
     uint64_t start, now;
     hvm_get_time(&start);
@@ -1067,6 +1069,9 @@ static int witness_main(void)
                 bad_calls++;
         }
         rounds++;
+        char stop[16];
+        if (store && xs_read(0, "data/stop", stop, sizeof(stop)) == XS_READ)
+            break;
         hvm_get_time(&now);
         sleep_until(now + 20000000);            /* 20 ms */
         hvm_get_time(&now);
