@@ -573,11 +573,19 @@ static void gen_hvm_op(struct call *c)
 {
     uint64_t op = one_in(8) ? gen_val() : below(30);
     uint64_t p = gen_struct(64);
-    if (in_scratch(p, 16) && (op == HVMOP_set_param || op == HVMOP_get_param)) {
-        struct xen_hvm_param *h = FIELD(p, struct xen_hvm_param);
-        h->domid = (domid_t)(one_in(2) ? DOMID_SELF : gen_domid());
-        h->index = (uint32_t)(one_in(8) ? gen_val() : below(HVM_NR_PARAMS + 4));
-        h->value = gen_val();
+    if (op == HVMOP_set_param || op == HVMOP_get_param) {
+        /* Xen crashes a domain that sets its own VM86 TSS above 4 GiB: the structure is a
+         * private one (an earlier batch entry could rewrite scratch), the value checked. */
+        bool priv = !one_in(16);
+        p = priv ? private_struct() : unreadable_ptr();
+        if (priv) {
+            struct xen_hvm_param *h = FIELD(p, struct xen_hvm_param);
+            h->domid = (domid_t)(one_in(2) ? DOMID_SELF : gen_domid());
+            h->index = (uint32_t)(one_in(8) ? gen_val() : below(HVM_NR_PARAMS + 4));
+            h->value = gen_val();
+            if (h->index == HVM_PARAM_VM86_TSS)
+                h->value &= 0xffffffff;
+        }
     }
     c->a[0] = op;
     c->a[1] = p;
