@@ -28,7 +28,7 @@ from pyxen.soft.vcpu import TCG_BUFFER_BYTES
 # Calls per backend in the default suite: the "a million in a CI run" on the
 # software CPU (~7 000 calls/s here); kvm_pvm runs the guest's own ring-0 code at ~2 M
 # instructions/s, ~300 calls/s.
-CALLS = {"soft": 1_000_000, "kvm": 20_000}
+CALLS = {"soft": 1_000_000, "kvm": 10_000}
 MEMORY_MIB = 64
 # Python, Unicorn, Capstone and pyxen's own state, measured at 60-70 MiB on a short run.
 ALLOWANCE_MIB = 160
