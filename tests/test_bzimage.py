@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from fuzz.targets._images import bzimage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -68,22 +69,6 @@ def kernel_payload(name: str, elf: bytes) -> bytes:
     with it) the decompressed size as LE32 appended (size_append)."""
     data = COMPRESSORS[name](elf)
     return data if name == "gzip" else data + struct.pack("<I", len(elf))
-
-
-def bzimage(payload: bytes, *, setup_sects: int = 3, version: int = 0x020F,
-            offset: int | None = None, length: int | None = None) -> bytes:
-    """A bzImage as Linux's arch/x86/boot lays it out: boot sector and setup (setup_sects
-    sectors after the first), then the protected-mode code, the payload inside it."""
-    setup = bytearray((setup_sects or 4) * 512 + 512)
-    setup[0:2] = b"MZ"
-    setup[0x1F1] = setup_sects
-    setup[0x1FE:0x200] = b"\x55\xaa"
-    setup[0x202:0x206] = b"HdrS"
-    struct.pack_into("<H", setup, 0x206, version)
-    code = b"\x90" * 0x2CC  # the decompressor's own code comes first
-    struct.pack_into("<II", setup, 0x248, len(code) if offset is None else offset,
-                     len(payload) if length is None else length)
-    return bytes(setup) + code + payload + b"\xcc" * 0x1000
 
 
 @pytest.fixture(scope="module")

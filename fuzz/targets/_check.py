@@ -16,6 +16,18 @@ def require(condition: object, what: str) -> None:
         raise Bug(what)
 
 
+def reads_back(parse, spec: str, value) -> None:  # type: ignore[no-untyped-def]
+    """`value` (what `parse` made of `spec`) written back by its to_spec() parses the same,
+    or to_spec() refuses it in one line."""
+    try:
+        text = value.to_spec()
+    except ValueError as e:
+        one_line(e)
+        return
+    again = parse(text)
+    require(again == value, f"{spec!r} is {value}, but its to_spec() {text!r} is {again}")
+
+
 def one_line(error: BaseException) -> None:
     """A user-facing error is one line of text."""
     text = str(error)

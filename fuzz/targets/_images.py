@@ -106,14 +106,17 @@ def payload(name: str, elf: bytes) -> bytes:
     return data if name == "gzip" else data + struct.pack("<I", len(elf))
 
 
-def bzimage(data: bytes, setup_sects: int = 1, version: int = 0x020F) -> bytes:
-    """A bzImage holding `data` as its payload, right after a small decompressor."""
+def bzimage(payload: bytes, *, setup_sects: int = 3, version: int = 0x020F,
+            offset: int | None = None, length: int | None = None) -> bytes:
+    """A bzImage as Linux's arch/x86/boot lays it out: boot sector and setup (setup_sects
+    sectors after the first), then the protected-mode code, the payload inside it."""
     setup = bytearray((setup_sects or 4) * 512 + 512)
     setup[0:2] = b"MZ"
     setup[0x1F1] = setup_sects
     setup[0x1FE:0x200] = b"\x55\xaa"
     setup[0x202:0x206] = b"HdrS"
     struct.pack_into("<H", setup, 0x206, version)
-    code = b"\x90" * 16
-    struct.pack_into("<II", setup, 0x248, len(code), len(data))
-    return bytes(setup) + code + data
+    code = b"\x90" * 0x2CC  # the decompressor's own code comes first
+    struct.pack_into("<II", setup, 0x248, len(code) if offset is None else offset,
+                     len(payload) if length is None else length)
+    return bytes(setup) + code + payload + b"\xcc" * 0x1000

@@ -6,7 +6,7 @@ what the daemon is sent) as a spec that parses to the same disk, or refuse with 
 
 from __future__ import annotations
 
-from fuzz.targets._check import one_line, require
+from fuzz.targets._check import one_line, reads_back
 from pyxen.toolstack.xl_disk import XlConfigError, parse_disk_spec
 
 INSTRUMENT = ("pyxen.toolstack.xl_disk",)
@@ -19,13 +19,7 @@ def one_input(data: bytes) -> None:
     except XlConfigError as e:
         one_line(e)
         return
-    try:
-        text = disk.to_spec()
-    except ValueError as e:
-        one_line(e)
-        return
-    again = parse_disk_spec(text)
-    require(again == disk, f"{spec!r} is {disk}, but its to_spec() {text!r} is {again}")
+    reads_back(parse_disk_spec, spec, disk)
 
 
 def seeds() -> list[bytes]:

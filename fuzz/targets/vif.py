@@ -7,7 +7,7 @@ ValueError.
 
 from __future__ import annotations
 
-from fuzz.targets._check import one_line, require
+from fuzz.targets._check import one_line, reads_back, require
 from pyxen.toolstack.xl_vif import XlConfigError, parse_vif_spec
 
 INSTRUMENT = ("pyxen.toolstack.xl_vif",)
@@ -22,13 +22,7 @@ def one_input(data: bytes) -> None:
         return
     for warning in vif.warnings:
         require("\n" not in warning, f"a warning is not one line: {warning!r}")
-    try:
-        text = vif.to_spec()
-    except ValueError as e:
-        one_line(e)
-        return
-    again = parse_vif_spec(text)
-    require(again == vif, f"{spec!r} is {vif}, but its to_spec() {text!r} is {again}")
+    reads_back(parse_vif_spec, spec, vif)
 
 
 def seeds() -> list[bytes]:

@@ -11,6 +11,7 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from fuzz.targets.api import Writer
 
 from pyxen.host.api import MAX_REQUEST, Api, ApiServer
 from pyxen.host.hosted import HostedDomain
@@ -30,17 +31,6 @@ def test_bytes_above_latin1_do_not_raise() -> None:
     assert wire_to_bytes("a\u20acb") == b"a?b"
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        pass
-
-
 def _serve(data: bytes) -> list[dict]:
     async def run() -> bytes:
         server = ApiServer.__new__(ApiServer)
@@ -48,7 +38,7 @@ def _serve(data: bytes) -> list[dict]:
         reader = asyncio.StreamReader(limit=MAX_REQUEST)
         reader.feed_data(data)
         reader.feed_eof()
-        writer = _Writer()
+        writer = Writer()
         await server._serve(reader, writer)  # type: ignore[arg-type]
         return bytes(writer.data)
 
