@@ -3,9 +3,10 @@
  * arguments -- numbers and sub-ops, counts and orders near the limits, pointers into
  * unmapped, read-only, MMIO, page-table and special pages and across page boundaries, other
  * domains' ids, bogus ports and grant references -- in 64-bit and 32-bit (compat) form and in
- * multicall batches, and scribbles on its shared rings (XenStore, console) and its grant
- * table, notifying their back ends. The hypervisor must answer everything with a Xen error
- * code or a Xen-defined result; the host side checks that (tests/fuzz).
+ * multicall batches, and scribbles on its shared rings (XenStore, console), its grant
+ * table and shared_info, notifying the rings' back ends. The hypervisor must answer
+ * everything with a Xen error code or a Xen-defined result; the host side checks that
+ * (tests/integration/test_fuzz_guest.py, tests/host/test_fuzz_beside.py).
  *
  * Command line: seed=N calls=N [report=N] [peer=DOMID] [role=witness seconds=N peer=DOMID]
  *   seed     the PRNG seed (the run is reproducible from it: same calls, same order)
@@ -788,7 +789,7 @@ static void one_call(void)
 
 /* A ring page the fuzzer took away (decrease_reservation of a special frame) is a hole:
  * every store to it is an MMIO exit, so it is left alone for a while. */
-static unsigned ring_gone[2];
+static unsigned ring_gone[3];
 
 static bool ring_page_gone(unsigned which, volatile uint64_t *page)
 {
@@ -807,7 +808,17 @@ static void mutate_ring(void)
 {
     uint8_t *page;
     evtchn_port_t port;
-    unsigned which = (unsigned)below(3);
+    unsigned which = (unsigned)below(4);
+    if (which == 3) {
+        /* shared_info (the runtime mapped it at boot): pending and mask bits, vcpu_info,
+         * the time fields -- all of it the hypervisor reads back. Interrupts are off, so
+         * an upcall it makes pending is never taken. */
+        if (!shared_info || ring_page_gone(2, (volatile uint64_t *)shared_info))
+            return;
+        fill_words((uint8_t *)shared_info + 8 * below(PAGE_SIZE / 8 - 4), 8 * (1 + below(4)));
+        mutations_done++;
+        return;
+    }
     if (which < 2 && ring_page_gone(which, (volatile uint64_t *)(which ? CONS_VA : STORE_VA)))
         which = 2;
     if (which == 0 && have_store) {
