@@ -34,7 +34,7 @@ def test_a_fuzzer_cannot_touch_a_bystander(daemon: Daemon) -> None:
     witness = daemon.create("witness", "fuzz", "role=witness seed=5 seconds=900 peer=2 "
                             "console=hvc0")
     assert witness == 1
-    seed = int(time.time()) % 100_000
+    seed = 3  # fixed: see test_fuzz_guest.py
     fuzzer = daemon.create("fuzzer", "fuzz", f"seed={seed} calls={CALLS} peer=1", memory=64)
     assert fuzzer in (2, -1), fuzzer  # -1: it has finished already
     report = wait_for("the fuzzer to finish", lambda: re.search(

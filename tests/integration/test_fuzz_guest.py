@@ -19,7 +19,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from guestkit import image
@@ -29,6 +28,9 @@ from pyxen.soft.vcpu import TCG_BUFFER_BYTES
 # software CPU (~7 000 calls/s here); kvm_pvm runs the guest's own ring-0 code at ~2 M
 # instructions/s, ~300 calls/s.
 CALLS = {"soft": 1_000_000, "kvm": 10_000}
+# Fixed seeds: a failure here is a regression, reproducible as it is. New seeds are for the
+# long runs (README, "Fuzzing"); a seed that finds something becomes a test of its own.
+SEEDS = {"soft": 1, "kvm": 2}
 MEMORY_MIB = 64
 # Python, Unicorn, Capstone and pyxen's own state, measured at 60-70 MiB on a short run.
 ALLOWANCE_MIB = 160
@@ -49,7 +51,7 @@ def run_fuzzer(accel: str, seed: int, calls: int, logs: Path) -> tuple[int, str,
 
 
 def test_the_fuzzing_guest_cannot_hurt_the_hypervisor(guests, accel: str, tmp_path: Path) -> None:
-    seed = int(time.time()) % 100_000
+    seed = SEEDS[accel]
     calls = CALLS[accel]
     status, out, err, rss_kib = run_fuzzer(accel, seed, calls, tmp_path)
     context = f"seed={seed} calls={calls} accel={accel}; stderr:\n{err[-3000:]}"
