@@ -35,6 +35,12 @@ int guest_main(void)
     longline[n++] = '\n';
     check_eq("console.write_long", HYPERVISOR_console_io(CONSOLEIO_write, n, longline), 0);
 
+    /* Control bytes: Xen strips a domU's non-printable bytes (ESC, BEL, C1, CR) before its
+     * console shows them; the host should see "INFO console_clean a[2Jbc<TAB>tab". */
+    static const char dirty[] = "INFO console_clean a\x1b[2Jb\x07\x9b" "c\ttab\r\n";
+    check_eq("console.write_control_bytes",
+             HYPERVISOR_console_io(CONSOLEIO_write, sizeof(dirty) - 1, dirty), 0);
+
     check_eq("console.write_zero_len", HYPERVISOR_console_io(CONSOLEIO_write, 0, line), 0);
     check_eq("console.write_zero_len_badptr", HYPERVISOR_console_io(CONSOLEIO_write, 0, BAD_PTR), 0);
     check_eq("console.write_badptr", HYPERVISOR_console_io(CONSOLEIO_write, 10, BAD_PTR), EFAULT_);

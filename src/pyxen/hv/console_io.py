@@ -2,7 +2,10 @@
 
 As in a Xen debug build, any domain may write (Xen's output path for early and test kernels);
 reading Xen's console input is for the privileged domain only, and an unknown sub-op is
-refused by the same XSM check (-EPERM) before it can be -ENOSYS.
+refused by the same XSM check (-EPERM) before it can be -ENOSYS. What an unprivileged
+domain writes loses its non-printable bytes first, as Xen's guest_console_write strips them
+(isprint or tab; a newline ends the line): the console is the host's terminal, and a guest
+must not send it escape sequences.
 """
 
 from __future__ import annotations
@@ -18,6 +21,14 @@ if TYPE_CHECKING:
     from pyxen.domain.vcpu import Vcpu
 
 CHUNK = 127  # Xen copies and prints at most this much at a time
+# Xen's isprint (its ctype is ISO 8859-1: 0x20-0x7e and 0xa0-0xff), tab, and the newline.
+_PRINTABLE = bytes([*range(0x20, 0x7F), *range(0xA0, 0x100), 0x09, 0x0A])
+_STRIP = bytes(sorted(set(range(256)) - set(_PRINTABLE)))
+
+
+def printable(data: bytes) -> bytes:
+    """`data` as Xen prints a domU's console_io write: without its non-printable bytes."""
+    return data.translate(None, _STRIP)
 
 
 def do_console_io(vcpu: Vcpu, cmd: int, count: int, buffer: int, *_: int) -> int:
@@ -26,9 +37,11 @@ def do_console_io(vcpu: Vcpu, cmd: int, count: int, buffer: int, *_: int) -> int
         raise XenError(EPERM)
     if cmd == CONSOLEIO_write:
         guest = vcpu.guest()
+        raw = vcpu.domain.privileged  # the hardware domain's output is interactive: as it is
         while count > 0:
             n = min(count, CHUNK)
-            vcpu.domain.console_write(guest.read(buffer, n))  # EFAULT stops here, as in Xen
+            data = guest.read(buffer, n)  # EFAULT stops here, as in Xen
+            vcpu.domain.console_write(data if raw else printable(data))
             buffer += n
             count -= n
         return 0
