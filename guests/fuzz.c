@@ -789,7 +789,7 @@ static void one_call(void)
 
 /* A ring page the fuzzer took away (decrease_reservation of a special frame) is a hole:
  * every store to it is an MMIO exit, so it is left alone for a while. */
-static unsigned ring_gone[3];
+static unsigned ring_gone[3 + GNT_FRAMES];
 
 static bool ring_page_gone(unsigned which, volatile uint64_t *page)
 {
@@ -829,8 +829,11 @@ static void mutate_ring(void)
         port = cons_port;
     } else if (have_gnt) {
         /* A grant entry: any flags, any domid, any frame (as 32-bit words, harmless). */
-        uint32_t *e = (uint32_t *)(GNT_VA + 8 * below(GNT_FRAMES * PAGE_SIZE / 8));
-        fill_words(e, 8);
+        unsigned frame = (unsigned)below(GNT_FRAMES);
+        uint64_t at = GNT_VA + frame * PAGE_SIZE;
+        if (ring_page_gone(3 + frame, (volatile uint64_t *)at))
+            return;
+        fill_words((uint32_t *)(at + 8 * below(PAGE_SIZE / 8)), 8);
         mutations_done++;
         return;
     } else {
