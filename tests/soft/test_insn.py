@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyxen.soft.insn import straight_line_end
+from pyxen.soft.insn import plain_store, straight_line_end
 
 BASE = 0xFFFF_FFFF_8100_0000
 
@@ -41,3 +41,24 @@ def test_branches_are_left_to_a_counted_step(code: str) -> None:
 def test_undecodable_bytes_are_left_to_a_counted_step() -> None:
     assert straight_line_end(b"", BASE, 64) is None
     assert straight_line_end(bytes.fromhex("c700"), BASE, 64) is None  # cut short
+
+
+@pytest.mark.parametrize("code, length, size", [
+    ("8902", 2, 4),                  # mov %eax,(%rdx): Linux's writel, an APIC EOI
+    ("c70001000000", 6, 4),          # movl $1,(%rax)
+    ("48893c25b000e0fe", 8, 8),      # mov %rdi,0xfee000b0
+    ("8807", 2, 1),                  # mov %al,(%rdi)
+])
+def test_a_plain_store_retires_without_a_replay(code: str, length: int, size: int) -> None:
+    assert plain_store(bytes.fromhex(code) + b"\x90" * 8, BASE, 64) == (length, size)
+
+
+@pytest.mark.parametrize("code", [
+    "8b02",    # mov (%rdx),%eax: a load needs the device's answer
+    "0107",    # add %eax,(%rdi): reads the old value, sets flags
+    "8707",    # xchg: a load too
+    "f3ab",    # rep stos: many stores
+    "89c0",    # mov %eax,%eax: no memory at all
+])
+def test_anything_else_is_replayed(code: str) -> None:
+    assert plain_store(bytes.fromhex(code) + b"\x90" * 8, BASE, 64) is None

@@ -93,3 +93,15 @@ def straight_line_end(code: bytes, address: int, bits: int) -> int | None:
     if insn is None or any(insn.group(g) for g in _BRANCHES):
         return None
     return address + insn.size
+
+
+def plain_store(code: bytes, address: int, bits: int) -> tuple[int, int] | None:
+    """(length, bytes stored) of the `mov` to memory at the start of `code`, an instruction
+    whose only effect besides moving rip on is that one store; None for anything else."""
+    insn = next(_decoder(bits).disasm(code, address, 1), None)
+    if insn is None or insn.mnemonic != "mov" or len(insn.operands) != 2:
+        return None
+    dest = insn.operands[0]
+    if dest.type != capstone.x86.X86_OP_MEM:
+        return None
+    return insn.size, dest.size
