@@ -8,7 +8,7 @@ remote shutdown, memory ops naming other domains) at the witness among other ids
   all the while (its own TESTs);
 - a second fuzzer, destroyed in the middle of its storm, goes at once: its process and its
   domain are gone and the daemon carries on;
-- nothing escaped as an exception in the daemon (its log).
+- nothing escaped as an exception in the daemon or a domain process (their logs).
 """
 
 from __future__ import annotations
@@ -61,5 +61,8 @@ def test_a_fuzzer_cannot_touch_a_bystander(daemon: Daemon) -> None:
     seen = wait_for("the witness's report", lambda: finished(daemon, "witness"), timeout=300)
     seen.assert_all_passed()
     assert {"witness.memory_intact", "witness.hypercalls_answer"} <= set(seen.passed)
-    log = daemon.errors()
-    assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+    logs = [daemon.errors()] + [path.read_text(errors="replace")  # each domain process's
+                                for path in (daemon.dir / "log").glob("domain-*.log")]
+    assert len(logs) == 4, "the daemon's log and the three domain processes' logs"
+    for log in logs:
+        assert "Traceback" not in log and "internal error" not in log, log[-3000:]

@@ -20,7 +20,6 @@ the bytes (and writing the bytes before the index) is all a consistent ring need
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +34,9 @@ from pyxen.abi.console import (
     XENCONS_OUT_PROD,
     XENCONS_OUT_SIZE,
 )
+from pyxen.hv import atomic
 
 log = logging.getLogger("pyxen.console")
-U32 = struct.Struct("<I")
 RATE_LIMIT_ALLOWANCE = 30  # notifications serviced per period (xenconsoled's figures)
 RATE_LIMIT_PERIOD = 0.200  # seconds
 PERIOD_FUZZ = 0.005  # xenconsoled starts a new period up to 5 ms early
@@ -51,6 +50,7 @@ class ConsoleBackend:
                  notify: Callable[[], None], name: str = "domain",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.page = page
+        self._base = atomic.buffer_address(page)  # indices: single 32-bit accesses
         self.output = output
         self.notify = notify
         self.name = name
@@ -66,10 +66,12 @@ class ConsoleBackend:
         self._space = threading.Condition(self._lock)  # the guest notified: `in` may have room
 
     def _u32(self, offset: int) -> int:
-        return U32.unpack_from(self.page, offset)[0]
+        return atomic.load32(self._base + offset)
 
     def _set_u32(self, offset: int, value: int) -> None:
-        U32.pack_into(self.page, offset, value & 0xFFFF_FFFF)
+        # One 32-bit store, as Xen's back ends make it: struct.pack_into writes byte by
+        # byte, and a vCPU reading meanwhile could see half an index.
+        atomic.store32(self._base + offset, value)
 
     # --- output: the guest's notifications ------------------------------------------------
     def kick(self) -> None:

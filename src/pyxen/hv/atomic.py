@@ -97,6 +97,12 @@ def fence() -> None:
     _thread_fence(_SEQ_CST)
 
 
+def buffer_address(buffer: memoryview | bytearray) -> int:
+    """Where a writable buffer (a mapped guest page) lives, for the loads and stores here.
+    The buffer stays exported (and so mapped) while the caller holds the address."""
+    return C.addressof(C.c_char.from_buffer(buffer))
+
+
 def load32(address: int) -> int:
     return _load_4(address, _SEQ_CST)
 

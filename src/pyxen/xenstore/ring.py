@@ -16,7 +16,6 @@ affected.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 from collections.abc import Callable
 
@@ -35,7 +34,6 @@ from pyxen.hv import atomic
 from pyxen.xenstore.xenstored import XenStored
 
 log = logging.getLogger("pyxen.xenstore")
-U32 = struct.Struct("<I")
 MASK = XENSTORE_RING_SIZE - 1
 
 
@@ -45,6 +43,7 @@ class GuestRing:
     def __init__(self, xenstored: XenStored, domid: int, page: memoryview,
                  notify: Callable[[], None]) -> None:
         self.page = page
+        self._base = atomic.buffer_address(page)  # indices: single 32-bit accesses
         self.notify = notify
         self.out = bytearray()
         self.failed = False
@@ -54,10 +53,12 @@ class GuestRing:
         self.conn = xenstored.connect(domid, self._write, self._closed)
 
     def _u32(self, offset: int) -> int:
-        return U32.unpack_from(self.page, offset)[0]
+        return atomic.load32(self._base + offset)
 
     def _set_u32(self, offset: int, value: int) -> None:
-        U32.pack_into(self.page, offset, value & 0xFFFF_FFFF)
+        # One 32-bit store, as Xen's back ends make it: struct.pack_into writes byte by
+        # byte, and a vCPU reading meanwhile could see half an index.
+        atomic.store32(self._base + offset, value)
 
     def _copy_out(self, ring: int, index: int, n: int) -> bytes:
         start = index & MASK
