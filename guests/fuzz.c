@@ -232,10 +232,12 @@ static uint64_t unreadable_ptr(void)
     return bad[below(ARRAY_SIZE(bad))];
 }
 
+/* Fresh frames where the last call's lists were (the rest of the page holds safe frames
+ * from set-up: nothing but this code writes it). */
 static void refill_lists(void)
 {
     uint64_t *list = (uint64_t *)LIST_VA;
-    for (unsigned i = 0; i < PAGE_SIZE / 8; i++)
+    for (unsigned i = 0; i < list_used; i++)
         list[i] = gen_gfn();
     list_used = 0;
 }
@@ -941,6 +943,8 @@ static bool set_up(void)
     map_4k(BATCH_VA, virt_to_phys(batch_page), PTE_P | PTE_W);
     map_4k(PRIV_VA, virt_to_phys(private_pages), PTE_P | PTE_W);
     map_4k(LIST_VA, virt_to_phys(private_pages + PAGE_SIZE), PTE_P | PTE_W);
+    list_used = PAGE_SIZE / 8;
+    refill_lists();
     hvm_get_time(&now_ns);
     for (unsigned i = 0; i < WINB_PAGES; i++)
         map_4k(WINB_VA + i * PAGE_SIZE, (sac_gfn + 32 + i) << PAGE_SHIFT, PTE_P | PTE_W);

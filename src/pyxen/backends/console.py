@@ -69,8 +69,6 @@ class ConsoleBackend:
         return atomic.load32(self._base + offset)
 
     def _set_u32(self, offset: int, value: int) -> None:
-        # One 32-bit store, as Xen's back ends make it: struct.pack_into writes byte by
-        # byte, and a vCPU reading meanwhile could see half an index.
         atomic.store32(self._base + offset, value)
 
     # --- output: the guest's notifications ------------------------------------------------

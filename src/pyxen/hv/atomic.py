@@ -98,8 +98,10 @@ def fence() -> None:
 
 
 def buffer_address(buffer: memoryview | bytearray) -> int:
-    """Where a writable buffer (a mapped guest page) lives, for the loads and stores here.
-    The buffer stays exported (and so mapped) while the caller holds the address."""
+    """Where a writable buffer (a mapped guest page) lives, for the loads and stores here:
+    ring indices must be read and written whole, as Xen's back ends do (struct.pack_into
+    writes byte by byte, and a vCPU reading meanwhile could see half an index). The buffer
+    stays exported (and so mapped) while the caller holds the address."""
     return C.addressof(C.c_char.from_buffer(buffer))
 
 
