@@ -61,9 +61,11 @@ static bool one_in(unsigned n) { return below(n) == 0; }
 #define PT_ALIAS_VA    (ALIAS_BASE + 0x19000)      /* window B's page table, writable */
 #define HOLE_VA        (ALIAS_BASE + 0x1a000)      /* a frame that is not RAM */
 #define BATCH_VA       (ALIAS_BASE + 0x1e000)      /* the multicall list, then a guard */
-#define PRIV_VA        (ALIAS_BASE + 0x20000)      /* memory_op structures, then a guard */
-#define LIST_VA        (PRIV_VA + PAGE_SIZE)       /* their frame lists */
+#define PRIV_VA        (ALIAS_BASE + 0x20000)      /* private structures: 2 pages, */
+#define PRIV_PAGES     2                           /* a slot per batch entry */
+#define LIST_VA        (PRIV_VA + PRIV_PAGES * PAGE_SIZE)  /* their frame lists, a guard */
 #define SLOT_SIZE      128
+#define BATCH_MAX      64                          /* entries in a multicall batch */
 #define WINB_VA        (ALIAS_BASE + 0x200000)     /* 16 pages behind a page table we expose */
 #define WINB_PAGES     16
 
@@ -221,7 +223,7 @@ static bool in_scratch(uint64_t ptr, uint64_t size)
  * make up can name), their frame lists in the page after it, filled with safe frames only
  * and followed by a guard page, so a count past the list still reads only safe frames;
  * or they get a pointer that cannot be read at all. */
-static uint8_t private_pages[2 * PAGE_SIZE] ALIGNED(PAGE_SIZE);
+static uint8_t private_pages[(PRIV_PAGES + 1) * PAGE_SIZE] ALIGNED(PAGE_SIZE);
 static unsigned cur_slot;                  /* the batch entry being built (0: a lone call) */
 static unsigned list_used;
 
@@ -254,7 +256,11 @@ static uint64_t gen_gfn_array(unsigned n)
 
 static uint64_t private_struct(void)
 {
-    uint64_t p = PRIV_VA + (cur_slot % (PAGE_SIZE / SLOT_SIZE)) * SLOT_SIZE;
+    /* One slot per entry of the largest batch: entries built later must not rewrite an
+     * earlier entry's structure before the multicall reads it (slot 0, the lone call's,
+     * is never built while a batch is). */
+    _Static_assert(PRIV_PAGES * PAGE_SIZE / SLOT_SIZE >= BATCH_MAX, "a slot per entry");
+    uint64_t p = PRIV_VA + (cur_slot % (PRIV_PAGES * PAGE_SIZE / SLOT_SIZE)) * SLOT_SIZE;
     fill_words((void *)(uintptr_t)p, SLOT_SIZE);
     return p;
 }
@@ -678,7 +684,6 @@ static long raw_hypercall(uint32_t nr, const uint64_t *a)
 
 /* The multicall list ends where the guard page after BATCH_VA starts: a count past it
  * reads nothing of ours. It is an image page (so no call can name its frame), aliased. */
-#define BATCH_MAX 64
 static uint8_t batch_page[PAGE_SIZE] ALIGNED(PAGE_SIZE);
 #define batch ((multicall_entry_t *)(BATCH_VA + PAGE_SIZE - BATCH_MAX * sizeof(multicall_entry_t)))
 static uint64_t calls_done, mutations_done;
@@ -941,8 +946,9 @@ static bool set_up(void)
         map_4k(GNT_VA + i * PAGE_SIZE, (sac_gfn + 20 + i) << PAGE_SHIFT, PTE_P | PTE_W);
     }
     map_4k(BATCH_VA, virt_to_phys(batch_page), PTE_P | PTE_W);
-    map_4k(PRIV_VA, virt_to_phys(private_pages), PTE_P | PTE_W);
-    map_4k(LIST_VA, virt_to_phys(private_pages + PAGE_SIZE), PTE_P | PTE_W);
+    for (unsigned i = 0; i <= PRIV_PAGES; i++)      /* the structures' pages, the list's */
+        map_4k(PRIV_VA + i * PAGE_SIZE, virt_to_phys(private_pages + i * PAGE_SIZE),
+               PTE_P | PTE_W);
     list_used = PAGE_SIZE / 8;
     refill_lists();
     hvm_get_time(&now_ns);
