@@ -7,12 +7,13 @@ records the first outcome only and kicks every vCPU out of the guest.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
 import enum
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -146,6 +147,9 @@ class Domain:
         self._done = threading.Event()
         self._state_lock = threading.Lock()  # the first outcome wins (_stop)
         self.domain_lock = threading.RLock()  # Xen's d->domain_lock: vCPU state, watchdogs
+        self.pause_count = 0  # Xen's d->pause_count: pause() calls not yet undone
+        self.quiesce = threading.Condition()  # pause_count and quiet_vcpus change under it
+        self.quiet_vcpus: set[int] = set()  # vCPUs at their pause point or parked offline
         # told of each vCPU thread as it starts, on that thread (host mode pins them)
         self.on_vcpu_thread: Callable[[Vcpu], None] | None = None
 
@@ -295,6 +299,50 @@ class Domain:
                                        daemon=True)
         start_worker(vcpu.thread)
 
+    # --- pause --------------------------------------------------------------------------------------
+    def pause(self, timeout: float = 30.0) -> bool:
+        """Xen's domain_pause: every vCPU leaves guest code and finishes the hypercall it is
+        in (a blocked vCPU wakes, as from a spurious event), then waits; the domain's timers
+        fire nothing until unpause(). Nests. True once every vCPU has stopped; False if one
+        did not within `timeout` seconds (the domain stays paused: call unpause())."""
+        with self.quiesce:
+            self.pause_count += 1
+        self.timers.hold(True)
+        for vcpu in self.vcpus:
+            vcpu.kick()
+        with self.quiesce:
+            return self.quiesce.wait_for(self._all_quiet, timeout)
+
+    def _all_quiet(self) -> bool:
+        return self.stopping or all(
+            v.index in self.quiet_vcpus or v.thread is None or not v.thread.is_alive()
+            for v in self.vcpus)
+
+    def unpause(self) -> None:
+        with self.quiesce:
+            self.pause_count -= 1
+            if self.pause_count:
+                return
+            self.quiesce.notify_all()
+        self.timers.hold(False)
+
+    @contextlib.contextmanager
+    def quiet(self, vcpu: Vcpu) -> Iterator[None]:
+        """`vcpu` counts as stopped for pause() while inside (it runs no guest code)."""
+        with self.quiesce:
+            self.quiet_vcpus.add(vcpu.index)
+            self.quiesce.notify_all()
+        try:
+            yield
+        finally:
+            with self.quiesce:
+                self.quiet_vcpus.discard(vcpu.index)
+
+    def pause_point(self, vcpu: Vcpu) -> None:
+        """A vCPU's thread waits here, between exits, while the domain is paused."""
+        with self.quiet(vcpu), self.quiesce:
+            self.quiesce.wait_for(lambda: not self.pause_count or self.stopping)
+
     # --- lifecycle --------------------------------------------------------------------------------
     def shutdown(self, reason: int, detail: str = "") -> None:
         """SCHEDOP_shutdown and friends: the guest asked to stop with a Xen reason."""
@@ -318,6 +366,8 @@ class Domain:
                 return
             self._result = result
             self.stopping = True
+        with self.quiesce:  # paused vCPUs go too
+            self.quiesce.notify_all()
         for timer in self.watchdogs.values():
             timer.cancel()
         self.timers.close()

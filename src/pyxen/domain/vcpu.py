@@ -156,6 +156,10 @@ class Vcpu:
         self._load_initial_state()
         try:
             while not domain.stopping:
+                if domain.pause_count:
+                    backend.settle()
+                    domain.pause_point(self)
+                    continue
                 if not self.online:
                     self._park()  # VCPUOP_initialise happens while a vCPU is offline
                     self._load_initial_state()
@@ -295,7 +299,8 @@ class Vcpu:
             self.set_runstate(RUNSTATE_offline)
         self.wake.clear()
         if not self.online and not self.domain.stopping:
-            self.wake.wait()
+            with self.domain.quiet(self):
+                self.wake.wait()
         if self.online and self.runstate_state == RUNSTATE_offline:
             self.set_runstate(RUNSTATE_running)
 

@@ -45,6 +45,7 @@ class TimerQueue:
         self._seq = 0
         self._cond = threading.Condition()
         self._stopped = False
+        self._held = False  # the domain is paused: deadlines that pass wait for unpause
         self._thread = threading.Thread(target=self._run, name=f"{name}-timers", daemon=True)
         start_worker(self._thread)
 
@@ -61,6 +62,12 @@ class TimerQueue:
         with self._cond:
             timer.generation += 1
             timer.deadline = None
+
+    def hold(self, held: bool) -> None:
+        """Fire nothing while held (the domain is paused); what came due fires on release."""
+        with self._cond:
+            self._held = held
+            self._cond.notify()
 
     def close(self) -> None:
         with self._cond:
@@ -83,7 +90,7 @@ class TimerQueue:
         while not self._stopped:
             while self._heap and self._heap[0][2] != self._heap[0][3].generation:
                 heapq.heappop(self._heap)  # cancelled or re-armed since
-            if not self._heap:
+            if not self._heap or self._held:
                 self._cond.wait()
                 continue
             deadline, _, _, timer = self._heap[0]
