@@ -9,6 +9,8 @@ interface knows which one runs (DESIGN.md, principle 3). It is deliberately narr
 - `regs` is a live, mutable view of the general registers in the layout of `Regs`; after
   changing it call `regs_changed()` so the change reaches the CPU on the next `run()`.
 - `sregs()` returns segment and control state as `SpecialRegs` (fresh after each exit).
+- `save_cpu()` and `load_cpu()` carry a vCPU's whole architectural state (`CpuState`) out
+  of one backend and into another, for save/restore and live migration.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .cpu_state import CpuState
 
 
 class Exit(enum.IntEnum):
@@ -183,6 +188,19 @@ class VcpuBackend(Protocol):
 
     def read_tsc(self) -> int:
         """The guest's current time-stamp counter."""
+        ...
+
+    def save_cpu(self) -> CpuState:
+        """Everything the guest can observe of this vCPU. Only while it runs no guest code
+        (its domain paused, or before its first run) and after its last exit was answered;
+        what the exit still owed the CPU (a port or MMIO read's value) is completed first,
+        as the next run() would. Which thread may call it: see each backend."""
+        ...
+
+    def load_cpu(self, state: CpuState) -> None:
+        """Make the next run() continue exactly where `state`'s vCPU stopped (its TSC
+        included). Same conditions as save_cpu, and after set_cpuid: ValueError (one line)
+        for a state this vCPU cannot hold, which then must not run."""
         ...
 
     def close(self) -> None: ...

@@ -44,10 +44,61 @@ kvm_dtable = DescriptorTable
 kvm_sregs = SpecialRegs
 
 
-class kvm_vcpu_events(C.Structure):
-    """Opaque here: pyxen never edits it, only its size matters for sync regs."""
+class kvm_vcpu_events_exception(C.Structure):
+    _fields_ = [("injected", C.c_uint8), ("nr", C.c_uint8), ("has_error_code", C.c_uint8),
+                ("pending", C.c_uint8), ("error_code", C.c_uint32)]
 
-    _fields_ = [("raw", C.c_uint8 * 64)]
+
+class kvm_vcpu_events_interrupt(C.Structure):
+    _fields_ = [("injected", C.c_uint8), ("nr", C.c_uint8), ("soft", C.c_uint8),
+                ("shadow", C.c_uint8)]
+
+
+class kvm_vcpu_events_nmi(C.Structure):
+    _fields_ = [("injected", C.c_uint8), ("pending", C.c_uint8), ("masked", C.c_uint8),
+                ("pad", C.c_uint8)]
+
+
+class kvm_vcpu_events_smi(C.Structure):
+    _fields_ = [("smm", C.c_uint8), ("pending", C.c_uint8), ("smm_inside_nmi", C.c_uint8),
+                ("latched_init", C.c_uint8)]
+
+
+class kvm_vcpu_events(C.Structure):
+    """Events in flight (KVM_GET/SET_VCPU_EVENTS; also the sync-regs area's third part)."""
+
+    _fields_ = [
+        ("exception", kvm_vcpu_events_exception),
+        ("interrupt", kvm_vcpu_events_interrupt),
+        ("nmi", kvm_vcpu_events_nmi),
+        ("sipi_vector", C.c_uint32),
+        ("flags", C.c_uint32),
+        ("smi", kvm_vcpu_events_smi),
+        ("triple_fault", C.c_uint8),  # struct { __u8 pending; }
+        ("reserved", C.c_uint8 * 26),
+        ("exception_has_payload", C.c_uint8),
+        ("exception_payload", C.c_uint64),
+    ]
+
+
+class kvm_xsave(C.Structure):
+    """The XSAVE area in XSAVE's standard (non-compacted) format, legacy FXSAVE part first."""
+
+    _fields_ = [("region", C.c_uint32 * 1024)]
+
+
+class kvm_xcr(C.Structure):
+    _fields_ = [("xcr", C.c_uint32), ("reserved", C.c_uint32), ("value", C.c_uint64)]
+
+
+class kvm_xcrs(C.Structure):
+    _fields_ = [("nr_xcrs", C.c_uint32), ("flags", C.c_uint32), ("xcrs", kvm_xcr * 16),
+                ("padding", C.c_uint64 * 16)]
+
+
+class kvm_debugregs(C.Structure):
+    _fields_ = [("db", C.c_uint64 * 4), ("dr6", C.c_uint64), ("dr7", C.c_uint64),
+                ("flags", C.c_uint64), ("reserved", C.c_uint64 * 9)]
 
 
 class kvm_sync_regs(C.Structure):
@@ -286,6 +337,14 @@ KVM_TRANSLATE = _iowr(0x85, C.sizeof(kvm_translation))
 KVM_INTERRUPT = _iow(0x86, C.sizeof(kvm_interrupt))
 KVM_GET_MSRS = _iowr(0x88, C.sizeof(kvm_msrs(0)))
 KVM_SET_MSRS = _iow(0x89, C.sizeof(kvm_msrs(0)))
+KVM_GET_VCPU_EVENTS = _ior(0x9F, C.sizeof(kvm_vcpu_events))
+KVM_SET_VCPU_EVENTS = _iow(0xA0, C.sizeof(kvm_vcpu_events))
+KVM_GET_DEBUGREGS = _ior(0xA1, C.sizeof(kvm_debugregs))
+KVM_SET_DEBUGREGS = _iow(0xA2, C.sizeof(kvm_debugregs))
+KVM_GET_XSAVE = _ior(0xA4, C.sizeof(kvm_xsave))
+KVM_SET_XSAVE = _iow(0xA5, C.sizeof(kvm_xsave))
+KVM_GET_XCRS = _ior(0xA6, C.sizeof(kvm_xcrs))
+KVM_SET_XCRS = _iow(0xA7, C.sizeof(kvm_xcrs))
 KVM_SET_CPUID2 = _iow(0x90, C.sizeof(kvm_cpuid2_header))
 KVM_ENABLE_CAP = _iow(0xA3, C.sizeof(kvm_enable_cap))
 KVM_SIGNAL_MSI = _iow(0xA5, C.sizeof(kvm_msi))
@@ -306,6 +365,14 @@ KVM_CAP_X86_MSR_FILTER = 189
 KVM_SYNC_X86_REGS = 1 << 0
 KVM_SYNC_X86_SREGS = 1 << 1
 KVM_SYNC_X86_EVENTS = 1 << 2
+
+# kvm_vcpu_events.flags: which optional parts KVM_SET_VCPU_EVENTS takes from the struct
+KVM_VCPUEVENT_VALID_NMI_PENDING = 1 << 0
+KVM_VCPUEVENT_VALID_SIPI_VECTOR = 1 << 1
+KVM_VCPUEVENT_VALID_SHADOW = 1 << 2
+KVM_VCPUEVENT_VALID_SMM = 1 << 3
+KVM_X86_SHADOW_INT_MOV_SS = 1  # kvm_vcpu_events.interrupt.shadow
+KVM_X86_SHADOW_INT_STI = 2
 
 KVM_MSR_EXIT_REASON_INVAL = 1 << 0
 KVM_MSR_EXIT_REASON_UNKNOWN = 1 << 1

@@ -2,6 +2,7 @@
 
 The hot path (`run` → hypercall → `run`) issues exactly one ioctl, KVM_RUN: registers travel
 through kvm_run's sync-regs area (KVM_CAP_SYNC_REGS) instead of GET/SET_REGS ioctls.
+Save/restore (`save_cpu`/`load_cpu`) uses the GET/SET ioctls of every part (cpustate.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import threading
 from typing import TYPE_CHECKING
 
 from pyxen.domain.backend import Cpuid, Exit, Regs, Segment, SpecialRegs
+from pyxen.domain.cpu_state import CpuState
 
+from . import cpustate
 from . import uapi as K
 from .ioctl import ioctl
 
@@ -28,6 +31,7 @@ KICK_SIGNAL = signal.SIGUSR1
 UNKNOWN_EXIT_RETRIES = 3  # KVM_EXIT_UNKNOWN in a row entered again before it is an error
 log = logging.getLogger(__name__)
 MSR_IA32_TSC = 0x10
+TSC_SLACK_S = 60  # a loaded TSC read back later than this after the load did not take
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1
 # Leaves whose sub-leaf (ECX) selects different data.
 INDEXED_LEAVES = {0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1D, 0x1E, 0x1F,
@@ -92,6 +96,7 @@ class KvmVcpu:
         self._port_write_owed = False  # a hypercall's OUT that KVM has not retired yet
         self._kicks_at_exit = 0
         self._unknown_exits = 0  # KVM_EXIT_UNKNOWN in a row (no other exit between)
+        self._kept_msrs: tuple[int, ...] | None = None  # of CPU_MSRS, those KVM keeps here
 
     # --- setup ---------------------------------------------------------------------------
     def set_cpuid(self, cpuid: Cpuid) -> None:
@@ -134,6 +139,57 @@ class KvmVcpu:
 
     def read_tsc(self) -> int:
         return self.read_msr(MSR_IA32_TSC)
+
+    # --- save/restore --------------------------------------------------------------------
+    def save_cpu(self) -> CpuState:
+        """The whole state. From any thread of the process while run() is not running (KVM
+        serialises vCPU ioctls itself; the vCPU's own thread is not needed): what the last
+        exit still owes is completed first, without entering the guest."""
+        self._complete_exit()
+        return cpustate.save(self.fd, self._msrs_kept())
+
+    def load_cpu(self, state: CpuState) -> None:
+        """Make the next run() continue from `state` (same threads as save_cpu, after
+        set_cpuid). The TSC is written as IA32_TSC; a KVM that ignores that (kvm_pvm: the
+        guest reads the host's TSC) is logged, since the guest's TSC then jumps."""
+        state.validate()
+        self._complete_exit()  # nothing of the old state may complete on top of the new
+        cpustate.load(self.fd, state, self._msrs_kept())
+        C.memmove(C.addressof(self.regs), C.addressof(state.regs), C.sizeof(Regs))
+        C.memmove(C.addressof(self._sregs), C.addressof(state.sregs), C.sizeof(SpecialRegs))
+        self._dirty_regs.value = 0  # the sync area matches what KVM now holds
+        self.run_page.cr8 = state.sregs.cr8  # KVM_RUN loads CR8 from here (no in-kernel APIC)
+        self._fresh = True
+        self._check_tsc(state.tsc)
+
+    def _msrs_kept(self) -> tuple[int, ...]:
+        if self._kept_msrs is None:
+            self._kept_msrs = cpustate.kept_msrs(self.fd)
+        return self._kept_msrs
+
+    def _complete_exit(self) -> None:
+        """Let KVM finish what the last exit still owes (a port or MMIO read's value, an MSR
+        access, the hypercall's port write or Xen result) with one KVM_RUN that enters no
+        guest code: KVM's documented way to make the state whole before it is read. A kick
+        pending before it stays pending."""
+        self._port_write_owed = False
+        if self._xen_result_due:
+            self._xen_hcall.result = self.regs.rax
+            self._xen_result_due = False
+        owed, kicks = self._immediate_exit.value, self._kicks
+        self._immediate_exit.value = 1
+        with contextlib.suppress(InterruptedError):
+            fcntl.ioctl(self.fd, K.KVM_RUN, 0)
+        self._immediate_exit.value = 1 if owed or self._kicks != kicks else 0
+        self._fresh = True  # KVM stored the registers into the sync area on the way out
+        self._pending_in = None
+
+    def _check_tsc(self, tsc: int) -> None:
+        now = self.read_tsc()
+        khz = self.tsc_khz()
+        if not tsc <= now <= tsc + TSC_SLACK_S * 1000 * khz:
+            log.warning("vCPU%d: this KVM did not take the loaded TSC (%#x; it reads %#x): "
+                        "the guest's TSC jumps", self.index, tsc, now)
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> Exit:

@@ -2,7 +2,7 @@
 
 Unicorn (QEMU's TCG as a library) exposes general registers and control registers, but not
 the hidden part of the segment registers, the CPU's mode flags (CPL, CS.L, CS.D, the
-interrupt shadow) or the pending exception's error code, and it never delivers interrupts
+interrupt shadow), XCR0 or the pending exception's error code, and it never delivers interrupts
 through the guest's IDT itself. All of these live in QEMU's `CPUX86State`, which
 `uc_context_save/restore` copy as raw bytes. This module reads and writes that copy at
 offsets that are *checked* against the loaded engine at start-up (`probe_layout`): if a
@@ -27,6 +27,7 @@ ENV_HFLAGS = 176
 ENV_SEGS = 184  # ES, CS, SS, DS, FS, GS, then LDT, TR, GDT, IDT: 24 bytes each
 ENV_CR = 424
 ENV_EFER = 592
+ENV_XCR0 = 4904  # uint64_t xcr0, with the MSR-backed state after the x87/SSE registers
 ENV_DR = 5400  # dr[0]; error_code, exception_is_int, exception_next_eip precede it
 # QEMU's "exception in flight" (int old_exception), after dr[8] and four breakpoint pointers.
 # QEMU resets it when it delivers an exception itself; Unicorn hands exceptions to a hook
@@ -97,6 +98,8 @@ def probe_layout() -> int:
         raise LayoutError(f"unicorn {uc_version()}: unexpected mode flags layout")
     if ctx.old_exception != -1 or _divide_error_in_flight(uc, ctx) != 0:
         raise LayoutError(f"unicorn {uc_version()}: unexpected exception state layout")
+    if not _xcr0_round_trip(uc, ctx):
+        raise LayoutError(f"unicorn {uc_version()}: unexpected XCR0 layout")
     if _cr4_write_intercepted(uc, ctx) != EXCP_VMEXIT_WRITE_CR4:
         raise LayoutError(f"unicorn {uc_version()}: unexpected intercept state layout")
     ctx.close()
@@ -110,6 +113,18 @@ def _cr4_write_intercepted(uc: Uc, ctx: Context) -> int | None:
     ctx.restore()
     seen = _interrupts_of(uc, b"\x0f\x22\xe0")  # mov %rax,%cr4
     return seen[0] if seen else None
+
+
+def _xcr0_round_trip(uc: Uc, ctx: Context) -> bool:
+    """XSETBV's value lands at ENV_XCR0, and a value written there is what XGETBV reads."""
+    _interrupts_of(uc, b"\x31\xc9\xb8\x01\x00\x00\x00\x31\xd2\x0f\x01\xd1")  # xsetbv(1)
+    ctx.save()
+    if ctx.xcr0 != 1:
+        return False
+    ctx.xcr0 = 3
+    ctx.restore()
+    _interrupts_of(uc, b"\x31\xc9\x0f\x01\xd0")  # xor %ecx,%ecx; xgetbv
+    return uc.reg_read(X.UC_X86_REG_RAX) == 3
 
 
 def _divide_error_in_flight(uc: Uc, ctx: Context) -> int:
@@ -176,6 +191,14 @@ class Context:
     @efer.setter
     def efer(self, value: int) -> None:
         C.c_uint64.from_address(self._at(ENV_EFER)).value = value
+
+    @property
+    def xcr0(self) -> int:
+        return C.c_uint64.from_address(self._at(ENV_XCR0)).value
+
+    @xcr0.setter
+    def xcr0(self, value: int) -> None:
+        C.c_uint64.from_address(self._at(ENV_XCR0)).value = value
 
     def cr(self, n: int) -> int:
         return C.c_uint64.from_address(self._at(ENV_CR + 8 * n)).value

@@ -68,6 +68,11 @@ class SoftMachine(MachineBackend):
         self.log = DirtyLog()
         self.ram.on_write = self.log.note_write  # guest writes pyxen makes for the CPU
 
+    def set_tsc(self, tsc: int) -> None:
+        """Every vCPU's TSC reads `tsc` now and counts on from there: one counter per
+        machine, as on a host whose TSCs are synchronized (the last vCPU loaded sets it)."""
+        self.tsc_epoch_ns = time.monotonic_ns() + (-tsc * 1_000_000 // self.tsc_khz)
+
     readonly_memory = True  # read-only slots: mapped read+exec, writes stop at the write hook
 
     def map_memory(self, slot: int, gpa: int, size: int, host_address: int,

@@ -38,6 +38,9 @@ How the VM-exit model of `pyxen.domain.backend` maps onto an emulator:
 - **TSC**: RDTSC/RDTSCP are hooked and return host monotonic time at `tsc_khz`. RDTSC's
   hook is the first instruction hook: with a stop pending (a kick) the engine calls only
   the first one, and runs its own RDTSC (the host's TSC) if that is not RDTSC's.
+- **Save/restore** (`save_cpu`/`load_cpu`, savestate.py): from any thread while run() is
+  not running. The engine has no NMIs and holds no injected interrupt (inject_interrupt
+  delivers at once); a loaded one waits in `_pending_interrupt` for the next run().
 """
 
 from __future__ import annotations
@@ -73,13 +76,14 @@ from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
 from unicorn.unicorn_py3.unicorn import uclib
 
 from pyxen.domain.backend import Cpuid, Exit, Regs, SpecialRegs, no_device_read
+from pyxen.domain.cpu_state import SHADOW_STI, CpuState, PendingException
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE, GuestMemoryError
 from pyxen.hv import atomic
 from pyxen.hv.guest_access import GuestAccess
 from pyxen.hv.pagewalk import PageFault, PagingState, translate
 from pyxen.x86 import cr4
 
-from . import fastcall
+from . import fastcall, savestate
 from .cpustate import (
     EFER_LMA,
     EXCP_VMEXIT_WRITE_CR4,
@@ -217,6 +221,7 @@ class SoftVcpu:
         self._unmapped: tuple[int, int, int, int] | None = None
         self._ro_write: tuple[int, int, int] | None = None  # (gpa, size, value) refused
         self._pending_event: Event | None = None
+        self._pending_interrupt: int | None = None  # accepted elsewhere (load_cpu): deliver
         self._msr_pending: bool | None = None  # True: write, False: read
         self._mmio_replay: tuple[int, int, bool, int] | None = None
         self._scratch = C.create_string_buffer(SCRATCH)
@@ -449,6 +454,58 @@ class SoftVcpu:
         self._fresh = False
         self._dirty = True
 
+    # --- save/restore -----------------------------------------------------------------------
+    def save_cpu(self) -> CpuState:
+        """The whole state, from any thread while run() is not running. An MMIO read the VMM
+        has answered is completed first (one step of the engine, on the calling thread), as
+        KVM completes it when it next enters the guest."""
+        if self._msr_pending is not None:
+            raise RuntimeError(f"vCPU{self.index}: state saved with an MSR exit unanswered")
+        if self._mmio_replay:
+            self._replay_mmio()
+        ctx = self._state()
+        regs = Regs()
+        C.memmove(C.addressof(regs), C.addressof(self.regs), C.sizeof(Regs))
+        sregs = self.sregs()
+        savestate.mark_tr_busy(sregs)
+        fxsave, ymmh = savestate.read_vector_state(self.uc)
+        event = self._pending_event
+        return CpuState(
+            regs=regs, sregs=sregs, fxsave=fxsave, ymmh=ymmh, xcr0=ctx.xcr0,
+            msrs=savestate.read_msrs(self.uc), tsc=self.read_tsc(),
+            debugregs=savestate.read_debugregs(self.uc),
+            # QEMU keeps one inhibit flag for both kinds of shadow
+            interrupt_shadow=SHADOW_STI if ctx.hflags & HF_INHIBIT_IRQ else 0,
+            pending_exception=None if event is None else PendingException(event.vector,
+                                                                          event.error),
+            pending_interrupt=self._pending_interrupt)
+
+    def load_cpu(self, state: CpuState) -> None:
+        """Make the next run() continue from `state`; from any thread while run() is not
+        running, after set_cpuid (the engine would run control-register values KVM refuses,
+        so they are checked here). The machine's TSC moves: its vCPUs share one."""
+        state.validate()
+        why = savestate.misfit(state, self._cr4_valid)
+        if why is not None:
+            raise ValueError(f"CPU state: {why}")
+        self._mmio_replay = self._msr_pending = None  # nothing of an earlier exit is owed
+        self.set_initial_regs(state.regs)
+        self.set_sregs(state.sregs)  # also sets the mode flags from the segments
+        ctx = self._state()
+        ctx.xcr0 = state.xcr0
+        inhibit = HF_INHIBIT_IRQ if state.interrupt_shadow else 0
+        ctx.hflags = ctx.hflags & ~HF_INHIBIT_IRQ | inhibit
+        ctx.old_exception = -1
+        ctx.restore()
+        savestate.write_vector_state(self.uc, state.fxsave, state.ymmh)
+        savestate.write_msrs(self.uc, state.msrs)
+        savestate.write_debugregs(self.uc, state.debugregs)
+        self._fresh = False
+        exc = state.pending_exception
+        self._pending_event = None if exc is None else Event(exc.vector, exc.error_code)
+        self._pending_interrupt = state.pending_interrupt
+        self.machine.set_tsc(state.tsc)
+
     # --- registers --------------------------------------------------------------------------
     def regs_changed(self) -> None:
         self._dirty = True
@@ -513,6 +570,10 @@ class SoftVcpu:
         if self._pending_event:
             event, self._pending_event = self._pending_event, None
             if (trouble := self._deliver(event)) is not None:
+                return trouble
+        if self._pending_interrupt is not None:
+            vector, self._pending_interrupt = self._pending_interrupt, None
+            if (trouble := self._deliver(Event(vector, external=True))) is not None:
                 return trouble
         while True:
             if self._kick:
@@ -977,7 +1038,7 @@ class SoftVcpu:
         before the replay, the interrupt's frame pointed back at the access, which ran
         again after iret (a second IPI from one ICR write), and the replay ran at the
         handler's first instruction instead."""
-        if self._pending_event:
+        if self._pending_event or self._pending_interrupt is not None:
             return False  # run() delivers it; pyxen asks again at the next window
         if self._mmio_replay:
             self._replay_mmio()
@@ -1041,7 +1102,7 @@ class SoftVcpu:
     # --- time, memory, teardown ---------------------------------------------------------------
     def read_tsc(self) -> int:
         return (time.monotonic_ns() - self.machine.tsc_epoch_ns) * self.machine.tsc_khz \
-            // 1_000_000
+            // 1_000_000 & M64  # a 64-bit counter: it wraps
 
     def _sync_ram(self) -> None:
         ram = self.machine.ram
