@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes as C
 import logging
 import threading
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from pyxen.x86.lapic import APIC_PAGE, Lapic
 from .acpi import power_request
 from .backend import Exit, Regs, SpecialRegs, VcpuBackend, no_device_read, real_mode_at
 from .memory import PAGE_SHIFT, PAGE_SIZE, GuestMemoryError
+from .saved import Saved
 
 if TYPE_CHECKING:
     from .domain import Domain
@@ -431,6 +433,74 @@ class Vcpu:
         self.wake.clear()
         if not self.events_need_delivery():
             self.sleep()
+
+    # --- save / restore ------------------------------------------------------------------------
+    def save_xen_state(self) -> dict[str, object]:
+        """What Xen keeps of this vCPU besides its registers (the domain is paused): up or
+        down, where its vcpu_info and areas are, its upcall vector, VIRQs, timers (their
+        deadlines in the domain's system time, which continues across a restore) and its
+        local APIC."""
+        override = self.vcpu_info_override
+        initial = self.initial_state
+        return {
+            "online": self.online, "initialised": self.initialised,
+            "wait_for_sipi": self.wait_for_sipi,
+            "initial_state": None if initial is None else
+            {"sregs": bytes(initial[0]).hex(), "regs": bytes(initial[1]).hex()},
+            "vcpu_info_gpa": None if override is None else
+            C.addressof(override) - self.domain.memory.host_address,
+            "runstate": [self.runstate_state, self.runstate_entry, *self.runstate_time],
+            "runstate_area": None if self.runstate_area is None else list(self.runstate_area),
+            "time_area": self.time_area, "upcall_vector": self.upcall_vector,
+            "virq_to_evtchn": list(self.virq_to_evtchn),
+            "singleshot": self.singleshot.deadline,
+            "periodic": [self.periodic_period, self._periodic_next],
+            "lapic": self.lapic.save_state(),
+        }
+
+    def load_xen_state(self, state: object) -> None:
+        """The counterpart of save_xen_state, before the domain starts (ValueError names a
+        field that does not fit)."""
+        saved = Saved(state, f"vCPU{self.index}")
+        online, initialised = saved.bool("online"), saved.bool("initialised")
+        wait_for_sipi = saved.bool("wait_for_sipi")
+        initial = None
+        if saved.data.get("initial_state") is not None:
+            init = saved.sub("initial_state")
+            initial = (SpecialRegs.from_buffer_copy(init.hex("sregs", C.sizeof(SpecialRegs))),
+                       Regs.from_buffer_copy(init.hex("regs", C.sizeof(Regs))))
+        info_gpa = saved.opt_int("vcpu_info_gpa")
+        runstate = saved.ints("runstate", 6)
+        area = saved.data.get("runstate_area")
+        if area is not None and not (isinstance(area, list) and len(area) == 2 and
+                                     isinstance(area[0], int) and isinstance(area[1], bool)):
+            raise ValueError(f"the saved vCPU{self.index} has no valid runstate_area")
+        time_area = saved.opt_int("time_area")
+        upcall_vector = saved.int("upcall_vector", hi=0xFF)
+        virqs = saved.ints("virq_to_evtchn", NR_VIRQS)
+        singleshot = saved.opt_int("singleshot", hi=(1 << 63) - 1)
+        period, periodic_next = saved.ints("periodic", 2)
+        if runstate[0] > RUNSTATE_offline:
+            raise ValueError(f"the saved vCPU{self.index} has runstate {runstate[0]}")
+        if info_gpa is not None:
+            try:
+                self.domain.memory.check_populated(info_gpa, C.sizeof(vcpu_info))
+            except GuestMemoryError as e:
+                raise ValueError(f"the saved vCPU{self.index}'s vcpu_info: {e}") from None
+        self.lapic.load_state(saved.data.get("lapic"))
+        self.online, self.initialised, self.wait_for_sipi = online, initialised, wait_for_sipi
+        self.initial_state = initial
+        self.vcpu_info_override = None if info_gpa is None else \
+            self.domain.memory.struct_at(vcpu_info, info_gpa)  # type: ignore[assignment]
+        self.runstate_state, self.runstate_entry = runstate[0], runstate[1]
+        self.runstate_time = runstate[2:]
+        self.runstate_area = None if area is None else (area[0], area[1])
+        self.time_area, self.upcall_vector = time_area, upcall_vector
+        self.virq_to_evtchn = virqs
+        if singleshot is not None:
+            self.domain.timers.set(self.singleshot, singleshot)
+        if period:
+            self.set_periodic(period, first=periodic_next)
 
     def go_offline(self) -> None:
         self.online = False

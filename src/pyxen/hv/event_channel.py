@@ -37,6 +37,7 @@ from pyxen.abi.errno import (
 )
 from pyxen.abi.event_channel import EVTCHN_2L_NR_CHANNELS
 from pyxen.abi.xen import DOMID_SELF, HYPERVISOR_event_channel_op
+from pyxen.domain.saved import Saved
 
 from . import event_fifo
 from .event_2l import Evtchn2L, mark_events_pending
@@ -283,6 +284,75 @@ class EventChannels:
                 if chn.remote_link is peer and chn.state in (ECS_INTERDOMAIN, ECS_RESERVED):
                     chn.unbind_from(peer)
 
+    # --- save / restore ------------------------------------------------------------------------
+    def save_state(self) -> dict[str, object]:
+        """Every port's binding, and the ABI's state outside guest memory (the 2-level
+        bitmaps live in shared_info and vcpu_info: they travel as pages). A port bound to
+        another domain cannot travel yet: ValueError names it."""
+        ports: list[object] = []
+        with self.lock:
+            for port, chn in enumerate(self.ports):
+                if chn.state == ECS_INTERDOMAIN and chn.consumer is None and \
+                        chn.remote_dom is not self.domain:
+                    raise ValueError(f"port {port} is bound to domain {chn.remote_domid}: "
+                                     "interdomain channels do not travel yet")
+                ports.append([chn.state, chn.notify_vcpu, chn.remote_domid, chn.remote_port,
+                              chn.virq, chn.pirq, chn.priority, chn.fifo_pending,
+                              list(chn.fifo_lastq), _peer_kind(chn)])
+            fifo = self.port_ops.save_state() if isinstance(self.port_ops, EvtchnFifo) else None
+        return {"max_evtchn_port": self.max_evtchn_port, "ports": ports, "fifo": fifo}
+
+    def load_state(self, state: object, services: dict[int, Callable[[], None]]) -> None:
+        """The counterpart of save_state, into a domain with no port bound yet. `services`
+        gives the consumer of each pyxen service by its port in dom0 (the store's and the
+        console's, placed again by the toolstack)."""
+        saved = Saved(state, "event channels")
+        rows = saved.list("ports")
+        if not 0 < len(rows) <= E.EVTCHN_FIFO_NR_CHANNELS or len(rows) % EVTCHNS_PER_BUCKET:
+            raise ValueError(f"the saved event channels have {len(rows)} ports")
+        ports = [self._load_channel(port, row, services) for port, row in enumerate(rows)]
+        max_port = saved.int("max_evtchn_port", hi=E.EVTCHN_FIFO_NR_CHANNELS)
+        ops = self.port_ops
+        if saved.data.get("fifo") is not None:  # its pages are read with no port bound yet
+            ops = EvtchnFifo(self)
+            ops.load_state(saved.sub("fifo", "FIFO state"))
+        with self.lock:
+            self.port_ops, self.max_evtchn_port = ops, max_port
+            self.ports = ports
+            self._free_hint = 1
+
+    def _load_channel(self, port: int, row: object,
+                      services: dict[int, Callable[[], None]]) -> Channel:
+        names = ("state", "notify_vcpu", "remote_domid", "remote_port", "virq", "pirq",
+                 "priority", "fifo_pending", "fifo_lastq", "peer")
+        if not isinstance(row, list) or len(row) != len(names):
+            raise ValueError(f"the saved port {port} is malformed")
+        saved = Saved(dict(zip(names, row, strict=True)), f"port {port}")
+        lastq = saved.ints("fifo_lastq", 2)
+        chn = Channel(state=saved.int("state", hi=ECS_IPI),
+                      notify_vcpu=saved.int("notify_vcpu", hi=len(self.domain.vcpus) - 1),
+                      remote_domid=saved.int("remote_domid", hi=0xFFFF),
+                      remote_port=saved.int("remote_port", hi=E.EVTCHN_FIFO_NR_CHANNELS),
+                      virq=saved.int("virq", hi=E.NR_VIRQS - 1),
+                      pirq=saved.int("pirq", hi=NR_PIRQS_DOMU),
+                      priority=saved.int("priority", hi=E.EVTCHN_FIFO_PRIORITY_MIN),
+                      fifo_pending=saved.bool("fifo_pending"),
+                      fifo_lastq=(lastq[0], lastq[1]))
+        if (port == 0) != (chn.state == ECS_RESERVED):
+            raise ValueError(f"the saved port {port} has state {chn.state}")
+        peer = saved.str("peer")
+        if (chn.state == ECS_INTERDOMAIN) != (peer in ("service", "self")) or \
+                peer not in ("service", "self", ""):
+            raise ValueError(f"the saved port {port} has state {chn.state} and peer {peer!r}")
+        if peer == "service":
+            if chn.remote_port not in services:
+                raise ValueError(f"the saved port {port} is bound to dom0's port "
+                                 f"{chn.remote_port}, which no service holds here")
+            chn.consumer = services[chn.remote_port]
+        elif peer == "self":  # a loopback channel: this domain, whatever its id is now
+            chn.remote_dom, chn.remote_domid = self.domain, self.domain.domid
+        return chn
+
     def reset(self) -> None:
         """evtchn_reset: close every port, and go back to the 2-level ABI."""
         for port in range(1, len(self.ports)):
@@ -290,6 +360,13 @@ class EventChannels:
                 self.close(port)
         if isinstance(self.port_ops, EvtchnFifo):
             self.port_ops = Evtchn2L(self)
+
+
+def _peer_kind(chn: Channel) -> str:
+    """How a saved interdomain port's other end is found again ("" for other states)."""
+    if chn.state != ECS_INTERDOMAIN:
+        return ""
+    return "service" if chn.consumer is not None else "self"
 
 
 def _lock_pair(a: Domain, b: Domain):  # type: ignore[no-untyped-def]

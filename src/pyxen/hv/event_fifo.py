@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from pyxen.abi import event_channel as E
 from pyxen.abi.errno import EINVAL, ENOENT, ENOSPC, XenError
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
+from pyxen.domain.saved import Saved
 
 from . import atomic
 from .event_2l import mark_events_pending
@@ -69,6 +70,45 @@ class EvtchnFifo:
         self.event_array: list[C.Array[C.c_uint32]] = []  # views of the donated pages
         self.num_evtchns = 0
         self.lock = threading.RLock()  # Xen's per-queue locks, as one
+
+    # --- save / restore ------------------------------------------------------------------------
+    def _gpa(self, address: int) -> int:
+        return address - self.mem.host_address
+
+    def save_state(self) -> dict[str, object]:
+        """The FIFO ABI's state outside guest memory: where the control blocks and event
+        array pages are, and each queue's tail (Xen's evtchn_fifo_queue.tail)."""
+        return {"control_blocks": [None if fv.control_block is None else
+                                   self._gpa(C.addressof(fv.control_block)) for fv in self.vcpus],
+                "event_array": [self._gpa(C.addressof(page)) >> PAGE_SHIFT
+                                for page in self.event_array],
+                "tails": [[q.tail for q in fv.queues] for fv in self.vcpus]}
+
+    def load_state(self, saved: Saved) -> None:
+        blocks = saved.list("control_blocks")
+        tails = saved.list("tails")
+        if len(blocks) != len(self.vcpus) or len(tails) != len(self.vcpus):
+            raise ValueError("the saved FIFO state is for another number of vCPUs")
+        for index, gpa in enumerate(blocks):
+            if gpa is not None:
+                if not isinstance(gpa, int) or gpa % 8 or \
+                        gpa % PAGE_SIZE > PAGE_SIZE - C.sizeof(E.evtchn_fifo_control_block):
+                    raise ValueError(f"the saved FIFO control block of vCPU{index} is invalid")
+                try:
+                    self.map_control_block(index, gpa >> PAGE_SHIFT, gpa % PAGE_SIZE)
+                except XenError:
+                    raise ValueError(f"the saved FIFO control block of vCPU{index} is not "
+                                     "in RAM") from None
+            row = Saved({"t": tails[index]}, f"FIFO queues of vCPU{index}").ints(
+                "t", E.EVTCHN_FIFO_MAX_QUEUES)
+            for q, tail in zip(self.vcpus[index].queues, row, strict=True):
+                q.tail = tail
+        for gfn in saved.ints("event_array"):
+            try:
+                self.add_page_to_event_array(gfn)
+            except XenError:
+                raise ValueError(f"the saved FIFO event array page {gfn:#x} is not usable") \
+                    from None
 
     # --- guest pages -------------------------------------------------------------------------
     def _map_guest_page(self, gfn: int) -> int:

@@ -39,6 +39,7 @@ from pyxen.abi.hvm import HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_PFN
 from pyxen.abi.memory import XENMAPIDX_grant_table_status
 from pyxen.abi.xen import DOMID_SELF, HYPERVISOR_grant_table_op
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
+from pyxen.domain.saved import Saved
 
 from . import atomic
 from .hypercall import HypercallTable, subop_describer
@@ -226,6 +227,40 @@ class GrantTable:
                 self.aside.pop(key, None)
             self.nr_status = 0
             self.d.memory.commit()
+
+    # --- save / restore ------------------------------------------------------------------------
+    def save_state(self) -> dict[str, object]:
+        """Version, frames and where they are mapped; a frame not in the physmap travels
+        here, a mapped one as a page. Grants in use by a mapping or a copy cannot travel
+        yet: ValueError says so."""
+        with self.lock:
+            if any(a.pin for a in self.active.values()) or any(self.maptrack):
+                raise ValueError("grants are mapped: grant mappings do not travel yet")
+            return {"version": self.version, "nr_frames": self.nr_frames,
+                    "nr_status": self.nr_status, "gfns": dict(self.gfns),
+                    "aside": {key: bytes(page).hex() for key, page in self.aside.items()}}
+
+    def load_state(self, state: object) -> None:
+        """The counterpart of save_state, into a fresh table (the frames' guest pages are
+        in memory already, and the domain's special frames name them)."""
+        saved = Saved(state, "grant table")
+        version = saved.int("version", 1, 2)
+        nr_frames = saved.int("nr_frames", INITIAL_NR_GRANT_FRAMES, self.max_frames)
+        nr_status = saved.int("nr_status", hi=grant_to_status_frames(self.max_frames))
+        keys = {f"grant_table:{i}" for i in range(nr_frames)} | \
+            {f"grant_status:{i}" for i in range(nr_status)}
+        gfns, aside = saved.sub("gfns"), saved.sub("aside")
+        placed = {key: gfns.int(key, hi=self.d.memory.max_gfn) for key in gfns.data}
+        kept = {key: bytearray(aside.hex(key, PAGE_SIZE)) for key in aside.data}
+        if set(placed) | set(kept) != keys or set(placed) & set(kept) or \
+                len(set(placed.values())) != len(placed):
+            raise ValueError("the saved grant table's frames do not add up")
+        for key, gfn in placed.items():
+            if not self.d.memory.is_populated(gfn):
+                raise ValueError(f"the saved grant table's {key} is at {gfn:#x}, not in RAM")
+        with self.lock:
+            self.version, self.nr_frames, self.nr_status = version, nr_frames, nr_status
+            self.gfns, self.aside = placed, kept
 
     # --- entries ------------------------------------------------------------------------------
     def _entry(self, ref: int) -> tuple[bytearray | C.Array, int, int | None]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from pyxen.abi.xen import XEN_LEGACY_MAX_VCPUS, shared_info, vcpu_info
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE, GuestMemory
+from pyxen.domain.saved import Saved
 
 
 class SharedInfo:
@@ -41,6 +42,24 @@ class SharedInfo:
         self._private[:] = C.string_at(C.addressof(self.page), PAGE_SIZE)
         self.page = shared_info.from_buffer(self._private)
         self.gfn = None
+        self.on_move()
+
+    def save_state(self) -> dict[str, object]:
+        """Where the page is; its contents too while it is private (a mapped page travels
+        with the guest's memory)."""
+        return {"gfn": self.gfn, "private": None if self.gfn is not None else
+                C.string_at(C.addressof(self.page), PAGE_SIZE).hex()}
+
+    def load_state(self, saved: Saved) -> None:
+        gfn = saved.opt_int("gfn", hi=self.mem.max_gfn)
+        if gfn is None:
+            self._private[:] = saved.hex("private", PAGE_SIZE)
+            self.page = shared_info.from_buffer(self._private)
+        elif not self.mem.is_populated(gfn):
+            raise ValueError(f"the saved shared_info is at {gfn:#x}, which is not RAM")
+        else:
+            self.page = shared_info.from_buffer(self.mem.map, gfn << PAGE_SHIFT)
+        self.gfn = gfn
         self.on_move()
 
     def default_vcpu_info(self, vcpu_id: int) -> vcpu_info | None:

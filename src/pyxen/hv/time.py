@@ -50,6 +50,10 @@ class DomainClock:
         """Xen system time: ns since the epoch."""
         return time.monotonic_ns() - self.epoch_ns
 
+    def continue_from(self, system_time: int) -> None:
+        """A restored domain's time goes on from where it was saved, without a jump."""
+        self.epoch_ns = time.monotonic_ns() - system_time
+
     def wallclock_at_zero(self) -> tuple[int, int]:
         """(seconds, nanoseconds) of UTC wallclock time at system time 0."""
         wall_ns = time.time_ns() - self.now()

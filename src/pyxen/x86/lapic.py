@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyxen.domain.saved import Saved
+
 # The core crystal clock (CPUID leaf 0x15's ECX): the APIC timer's input, and a multiple of
 # 1 kHz since Linux takes ECX / 1000 as the crystal's kHz.
 CRYSTAL_HZ = 1_000_000
@@ -129,6 +131,32 @@ class Lapic:
             self._timer_deadline: int | None = None
             self.tsc_deadline = 0
         self._arm(None)
+
+    # Registers a save carries (Xen's HVM_SAVE_CODE(LAPIC) and LAPIC_REGS in one), in
+    # system time where they are times: the domain's clock continues across a restore.
+    _SAVED = ("apic_base", "irr", "isr", "tmr", "tpr", "esr", "_esr_pending", "ldr", "dfr",
+              "svr", "icr", "timer_initial", "divide", "_timer_start", "tsc_deadline")
+
+    def save_state(self) -> dict[str, object]:
+        with self._lock:
+            state: dict[str, object] = {name: getattr(self, name) for name in self._SAVED}
+            state["lvt"] = {str(reg): value for reg, value in self.lvt.items()}
+            state["timer_deadline"] = self._timer_deadline
+            return state
+
+    def load_state(self, state: object) -> None:
+        """A saved APIC (checked: ValueError names what does not fit), its timer re-armed."""
+        saved = Saved(state, f"local APIC {self.id}")
+        values = {name: saved.int(name) for name in self._SAVED}
+        lvt = saved.sub("lvt")
+        lvts = {reg: lvt.int(str(reg), hi=0xFFFF_FFFF) for reg in LVTS}
+        deadline = saved.opt_int("timer_deadline")
+        with self._lock:
+            for name, value in values.items():
+                setattr(self, name, value)
+            self.lvt = lvts
+            self._timer_deadline = deadline
+        self._arm(deadline)
 
     @property
     def enabled(self) -> bool:
