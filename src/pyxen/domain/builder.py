@@ -93,29 +93,42 @@ def build_domain(
     if start_info_gpa >= START_INFO_LIMIT:
         raise ImageError(f"{image_path}: the image ends above 1 GiB; no room for the start info")
 
-    machine = machine_factory([HYPERCALL_MSR])
-    try:
-        domain = Domain(config, machine, hypercalls, console)
-    except BaseException:
-        machine.close()
-        raise
+    domain = new_domain(config, machine_factory, hypercalls, console)
     try:
         _load_segments(domain, image)
         rsdp = _place_acpi_tables(domain) if config.acpi else 0
         _write_start_info(domain, start_info_gpa, config, modules, rsdp)
         # What the toolstack hands Xen with XENMEM_set_memory_map: the same map as start info.
         domain.e820 = [(e.addr, e.size, e.type) for e in boot_memmap(domain)]
-        host_cpuid = machine.host_cpuid()
-        for index in range(domain.max_vcpus):
-            backend = machine.create_vcpu(index, HYPERCALL_PORT)
-            domain.tsc_khz = domain.tsc_khz or machine.tsc_khz
-            backend.set_cpuid(guest_cpuid(host_cpuid, domain.domid, index, domain.tsc_khz))
-            domain.add_vcpu(Vcpu(domain, index, backend))
+        create_vcpus(domain)
         _set_pvh_entry_state(domain.vcpus[0], image.entry, start_info_gpa)
     except BaseException:
         domain.close()
         raise
     return domain
+
+
+def new_domain(config: DomainConfig, machine_factory: Callable[[list[int]], MachineBackend],
+               hypercalls: HypercallTable, console: Callable[[bytes], None]) -> Domain:
+    """A domain on a new machine, nothing loaded yet (the machine closed if that fails)."""
+    machine = machine_factory([HYPERCALL_MSR])
+    try:
+        return Domain(config, machine, hypercalls, console)
+    except BaseException:
+        machine.close()
+        raise
+
+
+def create_vcpus(domain: Domain) -> None:
+    """Every vCPU the domain may bring up, each with the domain's CPUID policy (its TSC
+    rate: the machine's, unless the domain has one already, as a restored one does)."""
+    machine = domain.machine
+    host_cpuid = machine.host_cpuid()
+    for index in range(domain.max_vcpus):
+        backend = machine.create_vcpu(index, HYPERCALL_PORT)
+        domain.tsc_khz = domain.tsc_khz or machine.tsc_khz  # KVM knows it once a vCPU exists
+        backend.set_cpuid(guest_cpuid(host_cpuid, domain.domid, index, domain.tsc_khz))
+        domain.add_vcpu(Vcpu(domain, index, backend))
 
 
 def host_memory_mib() -> int:

@@ -148,6 +148,8 @@ class Domain:
         self._state_lock = threading.Lock()  # the first outcome wins (_stop)
         self.domain_lock = threading.RLock()  # Xen's d->domain_lock: vCPU state, watchdogs
         self.pause_count = 0  # Xen's d->pause_count: pause() calls not yet undone
+        self.paused_at = 0  # system time of the outermost pause()
+        self.restored = False  # built from a saved stream, not from an image
         self.quiesce = threading.Condition()  # pause_count and quiet_vcpus change under it
         self.quiet_vcpus: set[int] = set()  # vCPUs at their pause point or parked offline
         # told of each vCPU thread as it starts, on that thread (host mode pins them)
@@ -278,7 +280,8 @@ class Domain:
         self.vcpus.append(vcpu)
 
     def start(self) -> None:
-        self.grant_table.seed_reserved()  # as libxl's xc_dom_gnttab_seed, for dom0's backends
+        if not self.restored:  # a restored table is as the guest left it
+            self.grant_table.seed_reserved()  # as libxl's xc_dom_gnttab_seed, for dom0's backends
         for vcpu in self.vcpus:
             if vcpu.online:
                 self.start_vcpu(vcpu)
@@ -307,6 +310,8 @@ class Domain:
         did not within `timeout` seconds (the domain stays paused: call unpause())."""
         with self.quiesce:
             self.pause_count += 1
+            if self.pause_count == 1:
+                self.paused_at = self.clock.now()  # the guest's time stops here for a save
         self.timers.hold(True)
         for vcpu in self.vcpus:
             vcpu.kick()

@@ -32,14 +32,13 @@ ALIGN = 8
 # Record types. Where libxc has a record with the same meaning, the same number and name.
 END = 0x00
 PAGE_DATA = 0x01
-TSC_INFO = 0x06
-HVM_CONTEXT = 0x07
-HVM_PARAMS = 0x08
+HVM_CONTEXT = 0x09  # one per vCPU here: its registers, APIC and Xen state (JSON)
+HVM_PARAMS = 0x0A  # libxc's layout: a count, then (index, value) pairs
+TOOLSTACK = 0x0B  # the toolstack's part: the domain's XenStore subtree (JSON)
 DOMAIN_CONFIG = 0x100  # pyxen: the domain's settings (libxl keeps these in its own stream)
 XEN_STATE = 0x101  # pyxen: hypervisor state of the domain (events, grants, timers, ...)
 
-RECORD_NAMES = {END: "END", PAGE_DATA: "PAGE_DATA", TSC_INFO: "TSC_INFO",
-                HVM_CONTEXT: "HVM_CONTEXT", HVM_PARAMS: "HVM_PARAMS",
+RECORD_NAMES = {END: "END", PAGE_DATA: "PAGE_DATA", HVM_CONTEXT: "HVM_CONTEXT", HVM_PARAMS: "HVM_PARAMS", TOOLSTACK: "TOOLSTACK",
                 DOMAIN_CONFIG: "DOMAIN_CONFIG", XEN_STATE: "XEN_STATE"}
 
 

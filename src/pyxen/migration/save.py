@@ -1,0 +1,105 @@
+"""Saving a domain: everything a guest can observe, written as a stream (stream.py).
+
+The order follows libxc's save: the domain's description first, then its memory, then the
+state that refers to that memory (vCPUs, then Xen's per-domain state), then END. The domain
+is paused for all of it; the caller decides what happens after (destroy it: `pyxen save`;
+let it run on: a checkpoint, `pyxen save -c`).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
+
+from pyxen import __version__ as PYXEN_VERSION
+
+from . import stream
+from .pages import page_records
+from .stream import StreamWriter
+
+if TYPE_CHECKING:
+    from pyxen.domain.domain import Domain
+
+
+class SaveError(Exception):
+    """The domain cannot be saved (one line: what holds it)."""
+
+
+@dataclass
+class SaveStats:
+    pages: int  # populated frames written
+    bytes: int  # stream bytes
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def domain_description(domain: Domain, toolstack_config: object = None) -> dict[str, object]:
+    """DOMAIN_CONFIG: what a restore builds before it loads anything, the frames that hold
+    Xen's and the toolstack's pages rather than RAM, and the toolstack's own config of the
+    domain (the daemon's: its xl settings, for a restart after the restore)."""
+    c = domain.config
+    if c.privileged:
+        raise SaveError("the hardware domain cannot be saved")
+    return {"pyxen": PYXEN_VERSION, "backend": domain.machine.name, "name": c.name, "domid": domain.domid,
+            "uuid": domain.handle.hex(), "memory_mib": c.memory_mib,
+            "maxmem_mib": c.maxmem_mib, "vcpus": c.vcpus, "max_vcpus": domain.max_vcpus,
+            "cmdline": c.cmdline, "max_grant_frames": c.max_grant_frames,
+            "max_event_channels": c.max_event_channels, "acpi": c.acpi,
+            "tsc_khz": domain.tsc_khz, "max_pages": domain.max_pages,
+            "extra_pages": domain.extra_pages,
+            "special_frames": {str(gfn): kind for gfn, kind in domain.special_frames.items()},
+            "toolstack": toolstack_config}
+
+
+def xen_state(domain: Domain) -> dict[str, object]:
+    """XEN_STATE: the hypervisor's per-domain state outside guest memory."""
+    if domain.grant_maps:
+        raise SaveError("the domain maps pages another domain granted: grant mappings do "
+                        "not travel yet")
+    try:
+        return {"system_time": domain.paused_at,
+                "shutdown_code": domain.shutdown_code,
+                "e820": [list(entry) for entry in domain.e820],
+                "shared_info": domain.shared_info.save_state(),
+                "event_channels": domain.evtchn.save_state(),
+                "grant_table": domain.grant_table.save_state()}
+    except ValueError as e:
+        raise SaveError(str(e)) from None
+
+
+def hvm_params(params: list[int]) -> bytes:
+    """HVM_PARAMS as libxc writes it: the parameters that are set, as (index, value)."""
+    pairs = [(i, v) for i, v in enumerate(params) if v]
+    return struct.pack(f"<II{2 * len(pairs)}Q", len(pairs), 0,
+                       *(x for pair in pairs for x in pair))
+
+
+def save_domain(domain: Domain, out: BinaryIO, toolstack: object = None,
+                toolstack_config: object = None) -> SaveStats:
+    """Write `domain` to `out`; it must be paused (Domain.pause) and stays so. The
+    toolstack's own parts travel with it: its config of the domain, read before a restore
+    builds anything, and `toolstack` (the daemon's: the domain's XenStore subtree), after."""
+    if not domain.pause_count:
+        raise SaveError("the domain must be paused while it is saved")
+    writer = StreamWriter(out)
+    writer.record(stream.DOMAIN_CONFIG, _json(domain_description(domain, toolstack_config)))
+    xen = xen_state(domain)  # what cannot travel is refused before the pages go
+    with domain.memory_lock:
+        pfns = [pfn for first, count in domain.memory.runs()
+                for pfn in range(first, first + count)]
+        for body in page_records(domain.memory, pfns):
+            writer.record(stream.PAGE_DATA, body, compress=True)
+    for vcpu in domain.vcpus:
+        writer.record(stream.HVM_CONTEXT, _json({
+            "vcpu": vcpu.index, "cpu": vcpu.backend.save_cpu().to_dict(),
+            "xen": vcpu.save_xen_state()}))
+    writer.record(stream.HVM_PARAMS, hvm_params(domain.hvm_params))
+    writer.record(stream.XEN_STATE, _json(xen))
+    if toolstack is not None:
+        writer.record(stream.TOOLSTACK, _json(toolstack), compress=True)
+    writer.end()
+    return SaveStats(len(pfns), writer.written)
