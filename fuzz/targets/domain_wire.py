@@ -38,6 +38,7 @@ def _domain() -> HostedDomain:
     dom.find_domain = lambda domid: None
     dom.stopped_as, dom.memory_runs = None, None
     dom._built = LOOP.create_future()
+    dom._saved = LOOP.create_future()  # as save() leaves it waiting for "saved"
     dom._calls_lock = threading.Lock()
     dom._calls = {}
     return dom

@@ -57,6 +57,16 @@ def _object(msg: Message, key: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _absolute_path(msg: Message) -> str:
+    """A request's file: absolute (the daemon's working directory is not the client's)."""
+    from pyxen.host.daemon import HostError
+
+    path = msg.get("path")
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise HostError(f"{msg.get('op')}: the file must be an absolute path")
+    return path
+
+
 class Api:
     """The requests, against one Host."""
 
@@ -70,6 +80,17 @@ class Api:
     async def create(self, msg: Message) -> Message:
         dom = await self.host.create(_object(msg, "spec"), _object(msg, "actions"),
                                      paused=bool(msg.get("paused")))
+        return {"domid": dom.domid, "name": dom.name}
+
+    @handler("save")
+    async def save(self, msg: Message) -> Message:
+        return await self.host.save(self._dom(msg), _absolute_path(msg),
+                                    checkpoint=bool(msg.get("checkpoint")),
+                                    paused=bool(msg.get("paused")))
+
+    @handler("restore")
+    async def restore(self, msg: Message) -> Message:
+        dom = await self.host.restore(_absolute_path(msg), paused=bool(msg.get("paused")))
         return {"domid": dom.domid, "name": dom.name}
 
     @handler("list")

@@ -215,8 +215,47 @@ class Host:
                 return dom
         raise HostError(f"'{text}' is an invalid domain identifier")
 
+    # --- save / restore ----------------------------------------------------------------------
+    async def save(self, dom: HostedDomain, path: str, checkpoint: bool,
+                   paused: bool) -> dict[str, Any]:
+        """xl save: the domain written to `path`, then destroyed; with `checkpoint` it runs
+        on (paused if `paused`). A failed save leaves the domain running and no file."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise HostError(f"cannot write {path}: {e.strerror}") from None
+        try:
+            reply = await dom.save(fd, resume=checkpoint)
+        except RuntimeError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise HostError(str(e)) from None
+        finally:
+            os.close(fd)
+        self._say(f"domain {dom.domid} ({dom.name}) saved to {path}")
+        if not checkpoint:
+            dom.destroy()
+            await dom.gone
+        elif paused:
+            dom.pause()
+        return {"pages": reply.get("pages", 0), "bytes": reply.get("bytes", 0)}
+
+    async def restore(self, path: str, paused: bool) -> HostedDomain:
+        """xl restore: the domain in `path` (written by save), under its saved name and
+        config and a free id; running unless `paused`."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise HostError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            spec, actions = _saved_config(fd, path)
+            return await self.create(spec, actions, paused, restore_fd=fd)
+        finally:
+            os.close(fd)
+
     # --- lifecycle -------------------------------------------------------------------------
-    async def create(self, spec: dict[str, Any], actions: dict[str, str], paused: bool) -> HostedDomain:
+    async def create(self, spec: dict[str, Any], actions: dict[str, str], paused: bool,
+                     restore_fd: int | None = None) -> HostedDomain:
         name = spec.get("name")
         if not isinstance(name, str) or not name:
             raise HostError("the config names no domain (name=)")
@@ -250,7 +289,7 @@ class Host:
         self.changed()
         try:
             sched.prepare(dom)
-            await dom.launch()
+            await dom.launch(restore_fd)
             devices.add_disks(self, dom, disks)
             disks = []
             devices.add_vifs(self, dom, vifs)
@@ -398,6 +437,31 @@ class Host:
 
 
 KILL_WAIT = 30.0  # seconds a SIGKILLed domain process may take to be gone
+
+
+def _saved_config(fd: int, path: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The spec and actions a save file carries (its DOMAIN_CONFIG record), the file left
+    at its start for the domain process. HostError (one line) if it is not such a file."""
+    from pyxen.migration.restore import read_description
+    from pyxen.migration.stream import StreamError
+
+    try:
+        with os.fdopen(os.dup(fd), "rb") as src:
+            description, _ = read_description(src)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except (StreamError, OSError) as e:
+        raise HostError(f"{path}: {e}") from None
+    saved = description.data.get("toolstack")
+    spec = saved.get("spec") if isinstance(saved, dict) else None
+    actions = saved.get("actions") if isinstance(saved, dict) else None
+    if not isinstance(spec, dict) or not isinstance(actions, dict) or \
+            not all(isinstance(v, str) for v in actions.values()):
+        raise HostError(f"{path}: not saved by a pyxen daemon (no domain config in it)")
+    if spec.get("disks") or spec.get("vifs"):
+        raise HostError(f"{path}: the saved domain has PV devices, which do not travel yet")
+    spec = {key: value for key, value in spec.items() if key != "domid"}
+    spec["accel"] = description.data.get("backend")  # the vCPUs' TSC rate must match
+    return spec, actions
 
 
 def _spec_list(spec: dict[str, Any], key: str) -> list[str]:

@@ -6,11 +6,20 @@ other domain. FD is this process's end of a SOCK_SEQPACKET control channel:
 
     daemon → here   {"op": "build", "domain": {...},      what to build (see DomainSpec),
                      "contain": true}                     and whether to contain the process
+                    {"op": "restore", ...} + save file    or: restore the domain in that file
+                                                          (pyxen.migration.restore) under
+                                                          the domain's id and name
     here → daemon   {"op": "built", ...} + fds            memfd and the rings' eventfds, and
-                                                          its containment (containment.py)
+                                                          its containment (containment.py);
+                                                          a restore's toolstack record
                     {"op": "failed", "error": "..."}      the image or config was refused
     daemon → here   {"op": "start"}                       run vCPU 0
                     {"op": "set_max_pages", "pages": N}   XEN_DOMCTL_max_mem (xl mem-max)
+                    {"op": "save", "resume": bool,        pause the domain and write it to
+                     "config": ..., "toolstack": ...}     the file, with the daemon's parts
+                     + the file                           (pyxen.migration.save)
+    here → daemon   {"op": "saved", "pages": N, ...}      done (or "error": one line; the
+                                                          domain then runs on)
     here → daemon   {"op": "vcpu_thread", "vcpu": i, "tid": T}   a vCPU's thread started
     here → daemon   {"op": "console_io", "data": "..."}   the guest's CONSOLEIO_write bytes
                     {"op": "stopped", "outcome": ...}     the guest shut down or crashed
@@ -48,6 +57,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyxen.abi.hvm import (
+    HVM_PARAM_CONSOLE_EVTCHN,
+    HVM_PARAM_CONSOLE_PFN,
+    HVM_PARAM_STORE_EVTCHN,
+    HVM_PARAM_STORE_PFN,
+)
 from pyxen.backends.dataplane import DataPlane
 from pyxen.domain.builder import build_domain, image_limit, load_module
 from pyxen.domain.domain import Domain, DomainConfig
@@ -57,11 +72,14 @@ from pyxen.host import containment
 from pyxen.host.peer_link import PeerLinks
 from pyxen.host.wire import Message, WireError, bytes_to_wire, recv_packet, send_packet
 from pyxen.hv import hypercall_table
+from pyxen.migration.restore import restore_domain
+from pyxen.migration.save import SaveError, save_domain
+from pyxen.migration.stream import StreamError
 from pyxen.threads import start_worker
 from pyxen.toolstack import accel
-from pyxen.toolstack.console_service import place_console_ring
-from pyxen.toolstack.service_ring import ServiceRing
-from pyxen.toolstack.xenstore_service import place_store_ring
+from pyxen.toolstack.console_service import XENCONSOLED_PORT, place_console_ring
+from pyxen.toolstack.service_ring import ServiceRing, restored_service_ring
+from pyxen.toolstack.xenstore_service import XENSTORED_PORT, place_store_ring
 
 
 @dataclass(frozen=True)
@@ -100,12 +118,15 @@ class DomainSpec:
 class RingLink:
     """The guest half of a ring the daemon serves: eventfds in both directions."""
 
-    def __init__(self, domain: Domain,
-                 place: Callable[[Domain, Callable[[], None]], ServiceRing]) -> None:
+    def __init__(self) -> None:
         self.kick_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)  # guest → daemon
         self.notify_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)  # daemon → guest
-        self.domain = domain
-        self.ring = place(domain, lambda: os.eventfd_write(self.kick_fd, 1))
+        self.domain: Domain | None = None
+        self.ring: ServiceRing | None = None
+
+    def kick(self) -> None:
+        """The guest notified the ring's port: tell the daemon."""
+        os.eventfd_write(self.kick_fd, 1)
 
     def notified(self) -> None:
         """The daemon signalled the ring: raise the guest's event."""
@@ -113,9 +134,11 @@ class RingLink:
             os.eventfd_read(self.notify_fd)
         except BlockingIOError:
             return
+        assert self.domain is not None and self.ring is not None
         self.domain.evtchn.notify_from_service(self.ring.port)
 
     def describe(self) -> Message:
+        assert self.ring is not None
         return {"gfn": self.ring.gfn, "port": self.ring.port}
 
 
@@ -210,22 +233,38 @@ def listen(path: str | None) -> socket.socket | None:
 
 
 def serve(control: socket.socket) -> int:
-    msg, _ = recv_packet(control)
+    msg, fds = recv_packet(control)
     if msg is None:
         return 0
-    if msg.get("op") != "build":
-        raise WireError(f"expected build, got {msg.get('op')!r}")
+    if msg.get("op") not in ("build", "restore"):
+        raise WireError(f"expected build or restore, got {msg.get('op')!r}")
     link = DaemonLink(control)
+    store, console = RingLink(), RingLink()
+    toolstack: object = None
     try:
         spec = DomainSpec.from_message(msg["domain"])
-        domain = build(spec, link)
+        if msg["op"] == "build":
+            domain = build(spec, link)
+            store.domain = console.domain = domain
+            store.ring, console.ring = place_store_ring(domain, store.kick), \
+                place_console_ring(domain, console.kick)
+        else:
+            domain, toolstack = restore(spec, link, fds, {XENSTORED_PORT: store.kick,
+                                                          XENCONSOLED_PORT: console.kick})
+            store.domain = console.domain = domain
+            store.ring = restored_service_ring(domain, "xenstore", HVM_PARAM_STORE_PFN,
+                                               HVM_PARAM_STORE_EVTCHN)
+            console.ring = restored_service_ring(domain, "console", HVM_PARAM_CONSOLE_PFN,
+                                                 HVM_PARAM_CONSOLE_EVTCHN)
         listener = listen(spec.adopt_socket)
-    except (ImageError, OSError, RuntimeError, ValueError, TypeError, KeyError) as e:
+    except (ImageError, StreamError, OSError, RuntimeError, ValueError, TypeError,
+            KeyError) as e:
         send_packet(control, {"op": "failed", "error": str(e)})
         return 1
+    finally:
+        for fd in fds:
+            os.close(fd)
     try:
-        store = RingLink(domain, place_store_ring)
-        console = RingLink(domain, place_console_ring)
         # everything the domain needs is open; the guest has not run yet
         contained = containment.contain(msg.get("contain", True) is not False)
         if contained != containment.CONTAINED:
@@ -236,13 +275,27 @@ def serve(control: socket.socket) -> int:
                                   "console_kick", "console_notify"]}
         fds = [domain.memory.fd, store.kick_fd, store.notify_fd,
                console.kick_fd, console.notify_fd]
-        link.send(dict(rings, op="built"), fds)
+        link.send(dict(rings, op="built", toolstack=toolstack), fds)
         return run(domain, link, [store, console], listener, (rings, fds))
     finally:
         if listener is not None and spec.adopt_socket is not None:
             with contextlib.suppress(OSError):
                 os.unlink(spec.adopt_socket)
         domain.close()
+
+
+def restore(spec: DomainSpec, link: DaemonLink, fds: list[int],
+            services: dict[int, Callable[[], None]]) -> tuple[Domain, object]:
+    """The domain in the save file the daemon opened (`fds`: its descriptor), under the
+    id and name the daemon gives it; and the toolstack's record for the daemon."""
+    if len(fds) != 1:
+        raise ValueError("a restore needs the save file's descriptor")
+    factory = accel.machine_factory(spec.accel)[0]
+    with os.fdopen(os.dup(fds[0]), "rb") as src:
+        restored = restore_domain(src, factory, hypercall_table(), link.console_io,
+                                  name=spec.name, domid=spec.domid, services=services)
+    restored.domain.on_vcpu_thread = link.vcpu_thread
+    return restored.domain, None if restored.toolstack is None else restored.toolstack.data
 
 
 def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
@@ -303,11 +356,36 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
                 elif op in ("peer", "peer_link"):
                     peers.from_daemon(msg, fds)
                     fds = []
+                elif op == "save":
+                    link.send(save(domain, msg, fds))
+                    fds = []
                 elif op in ("device_connect", "device_disconnect"):
                     link.send(devices.handle(msg, fds))
                     fds = []
                 for fd in fds:
                     os.close(fd)
+
+
+def save(domain: Domain, msg: Message, fds: list[int]) -> Message:
+    """Pause the domain and write it to the daemon's file (`fds`), with the daemon's own
+    parts (`config`, `toolstack`); then it runs on (`resume`: a checkpoint) or stays paused
+    for the daemon to destroy it."""
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return {"op": "saved", "error": "a save needs the file's descriptor"}
+    stopped = domain.pause()
+    try:
+        with os.fdopen(fds[0], "wb") as out:
+            if not stopped:
+                raise SaveError("the domain's vCPUs did not stop within 30 s")
+            stats = save_domain(domain, out, msg.get("toolstack"), msg.get("config"))
+    except (SaveError, OSError) as e:
+        domain.unpause()  # a failed save leaves the domain running, as xl's does
+        return {"op": "saved", "error": str(e)}
+    if msg.get("resume"):
+        domain.unpause()
+    return {"op": "saved", "pages": stats.pages, "bytes": stats.bytes}
 
 
 ADOPT_TIMEOUT = 10.0  # seconds a connecting daemon has to say what it wants

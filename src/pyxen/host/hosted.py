@@ -38,6 +38,7 @@ from pyxen.host.wire import Message, WireError, recv_packet, send_packet, wire_t
 from pyxen.toolstack.console_service import remove_console_nodes, write_console_nodes
 from pyxen.toolstack.service_ring import ServiceRing
 from pyxen.toolstack.xenstore_service import introduce_domain, release_domain
+from pyxen.xenstore.domain_state import restore_domain_nodes, save_domain_nodes
 from pyxen.xenstore.ring import GuestRing
 from pyxen.xenstore.snapshot import restore_session
 from pyxen.xenstore.unix import check_socket_path
@@ -45,6 +46,7 @@ from pyxen.xenstore.xenstored import XenStored
 
 log = logging.getLogger("pyxen.daemon")
 BUILD_TIMEOUT = 300.0  # seconds a domain process may take to build (a big kernel, a busy host)
+SAVE_TIMEOUT = 600.0  # seconds a domain process may take to write a save (GiBs, a slow disk)
 SHUTDOWN_REASON_LETTERS = "-rscw"  # xl list's letter for SHUTDOWN_poweroff .. _watchdog
 DEVICE_CALL_TIMEOUT = 30.0  # seconds a domain process has to connect or disconnect a device
 CONSOLE_BACKLOG = 64 * 1024  # bytes of recent console output a new `console` client is shown
@@ -133,6 +135,7 @@ class HostedDomain:
         self.gone = asyncio.get_running_loop().create_future()  # set when destroyed
         self.ended = asyncio.get_running_loop().create_future()  # set when shut down or gone
         self._built: asyncio.Future[Message] | None = None
+        self._saved: asyncio.Future[Message] | None = None
         self._missed: Message | None = None  # a "stopped" the domain sent no daemon
         self._loop = asyncio.get_running_loop()
         self.devices: dict[tuple[str, int], XenbusBackend] = {}  # its PV devices
@@ -141,9 +144,11 @@ class HostedDomain:
         self._call_seq = itertools.count(1)
 
     # --- creation ----------------------------------------------------------------------------
-    async def launch(self) -> None:
+    async def launch(self, restore_fd: int | None = None) -> None:
         """Start the domain process and serve its rings; the domain stays paused (vCPU 0 not
-        yet started) until `unpause`. RuntimeError (one line) if the build is refused."""
+        yet started) until `unpause`. With `restore_fd`, the process restores the domain
+        from that save file instead of building it (its store nodes and watches come
+        back too). RuntimeError (one line) if the build is refused."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.control = parent
         logs = self.state_dir / "log"
@@ -156,8 +161,10 @@ class HostedDomain:
         child.close()
         self._watch_process(self.process.pid, parent)
         self._built = self._loop.create_future()
-        send_packet(parent, {"op": "build", "contain": self.contain,
-                             "domain": dict(self.spec, adopt_socket=self._adopt_path())})
+        send_packet(parent, {"op": "build" if restore_fd is None else "restore",
+                             "contain": self.contain,
+                             "domain": dict(self.spec, adopt_socket=self._adopt_path())},
+                    [] if restore_fd is None else [restore_fd])
         try:
             built = await asyncio.wait_for(self._built, BUILD_TIMEOUT)
         except TimeoutError:
@@ -165,6 +172,43 @@ class HostedDomain:
                 from None
         store, console = self._serve_rings(built)
         self._introduce(built["max_pages"], store, console)
+        toolstack = built.get("toolstack")
+        if restore_fd is not None and isinstance(toolstack, dict):
+            try:
+                restore_domain_nodes(self.xenstored, self.domid, toolstack.get("xenstore"),
+                                     self.store.conn)  # type: ignore[union-attr]
+            except ValueError as e:
+                raise RuntimeError(str(e)) from None
+
+    async def save(self, fd: int, resume: bool) -> dict[str, Any]:
+        """Have the domain process write the domain to `fd` (xl save): paused at once, it
+        stays so (for `destroy`) or runs on (`resume`: a checkpoint). The daemon's part is
+        the domain's spec and actions and its store nodes and watches. RuntimeError (one
+        line) if it cannot be saved."""
+        if self.devices:
+            raise RuntimeError(f"domain {self.name} has PV devices: their back ends' state "
+                               "does not travel yet")
+        if self.control is None or self.exited or self.stopped_as is not None:
+            raise RuntimeError(f"domain {self.name} is not running")
+        self._saved = self._loop.create_future()
+        stopped = self.state == DomainState.PAUSED and self.started
+        msg = {"op": "save", "resume": resume,
+               "config": {"spec": self.spec, "actions": self.actions},
+               "toolstack": {"xenstore": save_domain_nodes(self.xenstored, self.domid)}}
+        send_packet(self.control, msg, [fd])
+        if stopped:  # xl-paused (SIGSTOP): the process must run to pause the domain itself
+            self._signal(signal.SIGCONT)
+        try:
+            reply = await asyncio.wait_for(self._saved, SAVE_TIMEOUT)
+        except TimeoutError:
+            raise RuntimeError(f"domain {self.name} took over {SAVE_TIMEOUT:.0f} s to save") \
+                from None
+        finally:
+            if stopped:
+                self._signal(signal.SIGSTOP)
+        if reply.get("error"):
+            raise RuntimeError(f"domain {self.name} cannot be saved: {reply['error']}")
+        return reply
 
     def _adopt_path(self) -> str | None:
         """Where a later daemon finds the domain (None if the state directory's path is too
@@ -290,6 +334,8 @@ class HostedDomain:
         if op == "built" and self._built is not None and not self._built.done():
             self.fds = fds
             self._built.set_result(msg)
+        elif op == "saved" and self._saved is not None and not self._saved.done():
+            self._saved.set_result(msg)
         elif op == "failed" and self._built is not None and not self._built.done():
             self._built.set_exception(RuntimeError(str(msg.get("error", "build failed"))))
         elif op == "vcpu_thread":

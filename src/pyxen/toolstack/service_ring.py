@@ -44,6 +44,16 @@ def place_service_ring(domain: Domain, kind: str, gfn: int, service_port: int,
     return ServiceRing(kind, gfn, port)
 
 
+def restored_service_ring(domain: Domain, kind: str, pfn_param: int,
+                          evtchn_param: int) -> ServiceRing:
+    """The ring a restored domain had, from its HVM params: its frame must be the special
+    page of that kind (the daemon maps it), else ValueError."""
+    gfn, port = domain.hvm_params[pfn_param], domain.hvm_params[evtchn_param]
+    if domain.special_frames.get(gfn) != kind or not domain.memory.is_populated(gfn):
+        raise ValueError(f"the saved domain's {kind} ring is not at its special page")
+    return ServiceRing(kind, gfn, port)
+
+
 def ring_page(domain: Domain, gfn: int) -> memoryview:
     """A writable view of guest frame `gfn` in this process."""
     offset = gfn << PAGE_SHIFT
