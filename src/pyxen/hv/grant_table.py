@@ -240,6 +240,19 @@ class GrantTable:
                     "nr_status": self.nr_status, "gfns": dict(self.gfns),
                     "aside": {key: bytes(page).hex() for key, page in self.aside.items()}}
 
+    def writable_granted_frames(self) -> set[int]:
+        """The frames this domain grants writable access to: another domain may write them
+        (a copy, a mapping) without this domain's dirty log seeing it, so a migration's last
+        round sends them whatever the log says."""
+        frames = set()
+        with self.lock:
+            for ref in range(self.nr_entries()):
+                flags, _ = self.header(ref)
+                if flags & G.GTF_type_mask == G.GTF_permit_access and \
+                        not flags & G.GTF_readonly:
+                    frames.add(self.entry_frame(ref))
+        return {gfn for gfn in frames if self.d.memory.is_populated(gfn)}
+
     def load_state(self, state: object) -> None:
         """The counterpart of save_state, into a fresh table (the frames' guest pages are
         in memory already, and the domain's special frames name them)."""

@@ -78,21 +78,29 @@ def hvm_params(params: list[int]) -> bytes:
                        *(x for pair in pairs for x in pair))
 
 
-def save_domain(domain: Domain, out: BinaryIO, toolstack: object = None,
-                toolstack_config: object = None) -> SaveStats:
-    """Write `domain` to `out`; it must be paused (Domain.pause) and stays so. The
-    toolstack's own parts travel with it: its config of the domain, read before a restore
-    builds anything, and `toolstack` (the daemon's: the domain's XenStore subtree), after."""
-    if not domain.pause_count:
-        raise SaveError("the domain must be paused while it is saved")
-    writer = StreamWriter(out)
-    writer.record(stream.DOMAIN_CONFIG, _json(domain_description(domain, toolstack_config)))
-    xen = xen_state(domain)  # what cannot travel is refused before the pages go
+def populated_frames(domain: Domain) -> list[int]:
     with domain.memory_lock:
-        pfns = [pfn for first, count in domain.memory.runs()
+        return [pfn for first, count in domain.memory.runs()
                 for pfn in range(first, first + count)]
+
+
+def write_description(writer: StreamWriter, domain: Domain, toolstack_config: object) -> None:
+    """DOMAIN_CONFIG, after checking that what cannot travel is not in use (before any page
+    goes)."""
+    xen_state(domain)
+    writer.record(stream.DOMAIN_CONFIG, _json(domain_description(domain, toolstack_config)))
+
+
+def write_pages(writer: StreamWriter, domain: Domain, pfns: list[int]) -> None:
+    with domain.memory_lock:
         for body in page_records(domain.memory, pfns):
             writer.record(stream.PAGE_DATA, body, compress=True)
+
+
+def write_state(writer: StreamWriter, domain: Domain, toolstack: object) -> None:
+    """Everything after the pages, the domain paused: each vCPU, the HVM params, Xen's
+    state, the toolstack's part; then END."""
+    xen = xen_state(domain)
     for vcpu in domain.vcpus:
         writer.record(stream.HVM_CONTEXT, _json({
             "vcpu": vcpu.index, "cpu": vcpu.backend.save_cpu().to_dict(),
@@ -102,4 +110,18 @@ def save_domain(domain: Domain, out: BinaryIO, toolstack: object = None,
     if toolstack is not None:
         writer.record(stream.TOOLSTACK, _json(toolstack), compress=True)
     writer.end()
+
+
+def save_domain(domain: Domain, out: BinaryIO, toolstack: object = None,
+                toolstack_config: object = None) -> SaveStats:
+    """Write `domain` to `out`; it must be paused (Domain.pause) and stays so. The
+    toolstack's own parts travel with it: its config of the domain, read before a restore
+    builds anything, and `toolstack` (the daemon's: the domain's XenStore subtree), after."""
+    if not domain.pause_count:
+        raise SaveError("the domain must be paused while it is saved")
+    writer = StreamWriter(out)
+    write_description(writer, domain, toolstack_config)
+    pfns = populated_frames(domain)
+    write_pages(writer, domain, pfns)
+    write_state(writer, domain, toolstack)
     return SaveStats(len(pfns), writer.written)
