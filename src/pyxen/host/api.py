@@ -93,6 +93,21 @@ class Api:
         dom = await self.host.restore(_absolute_path(msg), paused=bool(msg.get("paused")))
         return {"domid": dom.domid, "name": dom.name}
 
+    @handler("migrate")
+    async def migrate(self, msg: Message) -> Message:
+        from pyxen.host.daemon import HostError
+        from pyxen.host.migrate import parse_target
+
+        target, port, downtime = msg.get("host"), msg.get("port"), msg.get("downtime_ms", 100)
+        if not isinstance(target, str) or not target or \
+                not (port is None or isinstance(port, int) and 0 < port < 65536) or \
+                not isinstance(downtime, (int, float)) or not 0 < downtime < 1e7:
+            raise HostError("migrate: a HOST, a port 1-65535 and a downtime in ms expected")
+        address, port = parse_target(target, port)
+        if not 0 < port < 65536:
+            raise HostError(f"migrate: {port} is not a port (1-65535)")
+        return await self.host.migrate(self._dom(msg), address, port, float(downtime))
+
     @handler("list")
     async def list_(self, msg: Message) -> Message:
         doms = [self.host.domain0_info()]

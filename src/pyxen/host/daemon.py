@@ -38,6 +38,7 @@ from pyxen.host.api import ApiServer
 from pyxen.host.client import HostClient, HostUnavailable
 from pyxen.host.client import HostError as ClientError
 from pyxen.host.hosted import HostedDomain, ask_adopt, peer_pid
+from pyxen.host.migrate import MigrationError, MigrationListener, migrate_out, parse_target
 from pyxen.threads import STOP_SIGNALS
 from pyxen.toolstack.console_service import remove_console_nodes
 from pyxen.toolstack.xenstore_service import release_domain
@@ -144,7 +145,7 @@ class Host:
             dom = await HostedDomain.adopt(entry, self.state_dir, self.xenstored, self._stopped,
                                            self._dmesg, sessions.get(str(domid)))
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
-            self._say(f"domain {domid} ({name}) did not survive its daemon: {e}")
+            self.say(f"domain {domid} ({name}) did not survive its daemon: {e}")
             self._forget(domid, bytes.fromhex(entry["spec"]["uuid"]))
             return
         self.domains[domid] = dom
@@ -152,7 +153,7 @@ class Host:
         self._watch_gone(dom)
         sched.adopt(dom, entry.get("sched") or {})
         devices.adopt_devices(self, dom)
-        self._say(f"domain {domid} ({name}) adopted (process {dom.pid})")
+        self.say(f"domain {domid} ({name}) adopted (process {dom.pid})")
         log.info("dom%d (%s) adopted", domid, name)
         dom.catch_up()
 
@@ -179,7 +180,7 @@ class Host:
             with contextlib.suppress(RuntimeError):
                 pid = await asyncio.get_running_loop().run_in_executor(None, kill_unadopted,
                                                                        str(path))
-                self._say(f"domain {path.stem} was still being created by the daemon that "
+                self.say(f"domain {path.stem} was still being created by the daemon that "
                           f"died: destroyed (process {pid})")
             self._forget(int(path.stem), None)
 
@@ -232,7 +233,7 @@ class Host:
             raise HostError(str(e)) from None
         finally:
             os.close(fd)
-        self._say(f"domain {dom.domid} ({dom.name}) saved to {path}")
+        self.say(f"domain {dom.domid} ({dom.name}) saved to {path}")
         if not checkpoint:
             dom.destroy()
             await dom.gone
@@ -253,14 +254,25 @@ class Host:
         finally:
             os.close(fd)
 
+    async def migrate(self, dom: HostedDomain, target: str, port: int,
+                      downtime_ms: float) -> dict[str, Any]:
+        """pyxen migrate: `dom` moved live to the daemon at target:port (see migrate.py)."""
+        try:
+            return await migrate_out(self, dom, target, port, downtime_ms)
+        except MigrationError as e:
+            raise HostError(str(e)) from None
+
     # --- lifecycle -------------------------------------------------------------------------
-    async def create(self, spec: dict[str, Any], actions: dict[str, str], paused: bool,
-                     restore_fd: int | None = None) -> HostedDomain:
-        name = spec.get("name")
+    def check_new_name(self, name: object) -> None:
+        """A new domain's name: given, and no domain has it (as xl's)."""
         if not isinstance(name, str) or not name:
             raise HostError("the config names no domain (name=)")
         if name == "Domain-0" or any(d.name == name for d in self.domains.values()):
             raise HostError(f"domain with name {name} already exists")
+
+    async def create(self, spec: dict[str, Any], actions: dict[str, str], paused: bool,
+                     restore_fd: int | None = None) -> HostedDomain:
+        self.check_new_name(spec.get("name"))
         for key, action in actions.items():
             if action not in ACTIONS:
                 raise HostError(f"{key}: unknown action {action!r} (one of {', '.join(ACTIONS)})")
@@ -320,7 +332,7 @@ class Host:
         self._said_uncontained = True
         text = f"domain processes run uncontained: {dom.containment}"
         log.warning("%s", text)
-        self._say(text)
+        self.say(text)
 
     def _watch_gone(self, dom: HostedDomain) -> None:
         def forget(_: object) -> None:
@@ -337,7 +349,7 @@ class Host:
         """A guest's CONSOLEIO_write: Xen's console shows it line by line as (dN) ..."""
         self._console_lines(f"(d{domid}) ".encode(), data)
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         """The host's own console line, as Xen prints its own: (XEN) ..."""
         self._console_lines(b"(XEN) ", text.encode() + b"\n")
 
@@ -353,7 +365,7 @@ class Host:
         action = "preserve" if outcome == "suspend" else dom.actions.get(key, "destroy")
         dom.mark_stopped(SHUTDOWN_REASONS.get(outcome, SHUTDOWN_crash))
         self.changed()
-        self._say(f"domain {dom.domid} ({dom.name}) {outcome}"
+        self.say(f"domain {dom.domid} ({dom.name}) {outcome}"
                   f"{': ' + detail if detail else ''}; {key.removeprefix('on_')} action {action}")
         log.info("dom%d (%s) %s%s: %s", dom.domid, dom.name, outcome,
                  f" ({detail})" if detail else "", action)
@@ -387,13 +399,13 @@ class Host:
         excess = len(times) - RESTART_FREE
         if excess > 0:
             delay = min(2.0 ** (excess - 1), RESTART_DELAY_MAX)
-            self._say(f"domain {name} restarting too often: waiting {delay:g} s")
+            self.say(f"domain {name} restarting too often: waiting {delay:g} s")
             await asyncio.sleep(delay)
         spec = {k: v for k, v in old.spec.items() if k != "domid"}
         try:
             await self.create(spec, old.actions, paused=False)
         except HostError as e:
-            self._say(f"domain {name} could not restart: {e}")
+            self.say(f"domain {name} could not restart: {e}")
 
     async def _coredump(self, dom: HostedDomain) -> None:
         """xl's coredump-* actions: the guest's memory written to the dump directory."""
@@ -402,9 +414,9 @@ class Host:
         target = self.state_dir / "dump" / f"{dom.name}-{time.strftime('%Y%m%dT%H%M%S')}.core"
         try:
             await asyncio.get_running_loop().run_in_executor(None, write_core, dom, target)
-            self._say(f"domain {dom.domid} ({dom.name}) core dumped to {target}")
+            self.say(f"domain {dom.domid} ({dom.name}) core dumped to {target}")
         except OSError as e:
-            self._say(f"domain {dom.domid} core dump failed: {e}")
+            self.say(f"domain {dom.domid} core dump failed: {e}")
 
     async def close(self) -> None:
         """The host stops: its domains go with it, and nothing is left to adopt."""
@@ -521,6 +533,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-containment", action="store_true",
                    help="run domain processes without no_new_privs and their seccomp "
                         "filter (for strace or gdb on one; see pyxen.host.containment)")
+    p.add_argument("--migrate-listen", metavar="[ADDR:]PORT", default=None, type=listen_arg,
+                   help="accept live migrations (pyxen migrate) on this TCP port (all "
+                        "addresses unless ADDR; unauthenticated: a trusted network only)")
     p.add_argument("--replace", action="store_true",
                    help="take over from the daemon serving on this socket: it hands its "
                         "domains over and exits, and this one adopts them (an upgrade "
@@ -555,12 +570,21 @@ def run(args: argparse.Namespace) -> int:
         os.setsid()
     try:
         return asyncio.run(serve(socket_path, state_dir, xs_path, args.pid_file, ready_w,
-                                 contain=not args.no_containment))
+                                 contain=not args.no_containment,
+                                 migrate_listen=args.migrate_listen))
     except (OSError, persist.StateError, SnapshotError) as e:
         print(f"pyxen daemon: {e}", file=sys.stderr)
         return 1
     finally:
         remove_empty_dirs(created)
+
+
+def listen_arg(text: str) -> tuple[str, int]:
+    """argparse type for --migrate-listen: [ADDR:]PORT."""
+    address, port = parse_target(text if ":" in text else f"0.0.0.0:{text}", None)
+    if not 0 < port < 65536 or not address:
+        raise argparse.ArgumentTypeError(f"{text!r} is not [ADDR:]PORT (a port 1-65535)")
+    return address, port
 
 
 def directory_arg(text: str) -> str:
@@ -605,7 +629,8 @@ def take_over(socket_path: Path) -> None:
 
 
 async def serve(socket_path: Path, state_dir: Path, xs_path: Path, pid_file: str | None,
-                ready_fd: int, contain: bool = True) -> int:
+                ready_fd: int, contain: bool = True,
+                migrate_listen: tuple[str, int] | None = None) -> int:
     loop = asyncio.get_running_loop()
     host = Host(state_dir, contain)
     if not contain:
@@ -620,9 +645,12 @@ async def serve(socket_path: Path, state_dir: Path, xs_path: Path, pid_file: str
     await host.recover()
     host.persistence.start()
     handed_over = False
+    listener = None if migrate_listen is None else MigrationListener(host, *migrate_listen)
     try:
         await store_server.start()
         await api.start()
+        if listener is not None:
+            listener.start()
         if pid_file:
             Path(pid_file).write_text(f"{os.getpid()}\n")
         print(f"pyxen daemon: serving on {socket_path} (XenStore: {xs_path})", file=sys.stderr)
@@ -642,6 +670,8 @@ async def serve(socket_path: Path, state_dir: Path, xs_path: Path, pid_file: str
         return 128 + signum  # as a shell reports a command stopped by that signal
     finally:
         await api.stop()
+        if listener is not None:
+            await listener.stop()
         if handed_over:
             host.hand_over()
         else:

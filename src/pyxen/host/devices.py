@@ -109,7 +109,7 @@ def adopt_devices(host: Host, dom: HostedDomain) -> None:
             spec = parse_disk_spec(text)
             devid, disk = vdev_number(spec.vdev), open_disk(spec)
         except (XlConfigError, DeviceError) as e:
-            host._say(f"domain {dom.domid}: disk {text!r} not taken back: {e}")
+            host.say(f"domain {dom.domid}: disk {text!r} not taken back: {e}")
             continue
         _install(dom, VbdBackend(spec, disk, host.xenstored, dom.domid, devid, dom.device_call),
                  adopted=True)

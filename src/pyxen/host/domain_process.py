@@ -72,6 +72,7 @@ from pyxen.host import containment
 from pyxen.host.peer_link import PeerLinks
 from pyxen.host.wire import Message, WireError, bytes_to_wire, recv_packet, send_packet
 from pyxen.hv import hypercall_table
+from pyxen.migration.live import Progress, finish, precopy
 from pyxen.migration.restore import restore_domain
 from pyxen.migration.save import SaveError, save_domain
 from pyxen.migration.stream import StreamError
@@ -303,6 +304,7 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
     """Serve the daemon's requests and the rings' notifications until the domain is
     destroyed (SIGKILL) or, without an adopt socket, until the daemon goes."""
     started = False
+    sender: MigrationSender | None = None
 
     def waiter() -> None:
         result = domain.wait()
@@ -359,11 +361,76 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
                 elif op == "save":
                     link.send(save(domain, msg, fds))
                     fds = []
+                elif op == "migrate_send" and sender is None and len(fds) == 1:
+                    sender = MigrationSender(domain, link, msg, fds[0])
+                    fds = []
+                elif op == "migrate_toolstack" and sender is not None:
+                    sender.toolstack(msg.get("toolstack"))
+                elif op == "migrate_resume" and sender is not None:
+                    sender.resume()
+                    sender = None
                 elif op in ("device_connect", "device_disconnect"):
                     link.send(devices.handle(msg, fds))
                     fds = []
                 for fd in fds:
                     os.close(fd)
+
+
+class MigrationSender:
+    """Live migration's sending half, on a thread of its own (the main loop keeps serving
+    the rings meanwhile): pre-copy rounds into the socket the daemon connected, the pause,
+    the daemon's store part of the domain (asked for once paused, so that it is final), the
+    rest. The daemon then does the handshake with the target and either destroys the domain
+    or asks for it to run on (`resume`)."""
+
+    def __init__(self, domain: Domain, link: DaemonLink, msg: Message, fd: int) -> None:
+        self.domain, self.link = domain, link
+        self.out = os.fdopen(fd, "wb")
+        downtime = msg.get("downtime_ms")
+        self.downtime_ms = float(downtime) if isinstance(downtime, (int, float)) else 100.0
+        self.config = msg.get("config")
+        self._toolstack: object = None
+        self._got_toolstack = threading.Event()
+        self.paused = False
+        start_worker(threading.Thread(target=self._send, name="migration", daemon=True))
+
+    def toolstack(self, data: object) -> None:
+        self._toolstack = data
+        self._got_toolstack.set()
+
+    def resume(self) -> None:
+        """The target failed before it took over: the domain runs on here."""
+        if self.paused:
+            self.paused = False
+            self.domain.unpause()
+
+    def _progress(self, progress: Progress) -> None:
+        self.link.send({"op": "migrate_progress", "round": len(progress.rounds),
+                        "pages": progress.rounds[-1].pages, "dirty": len(progress.dirty),
+                        "rate": round(progress.rate), "predicted_ms": progress.predicted_ms})
+
+    def _send(self) -> None:
+        try:
+            with self.out:
+                writer, progress = precopy(self.domain, self.out, self.downtime_ms,
+                                           self.config, self._progress)
+                self.paused = True
+                self.link.send({"op": "migrate_paused"})
+                if not self._got_toolstack.wait(SAVE_TOOLSTACK_TIMEOUT):
+                    raise SaveError("the daemon did not send its part of the domain")
+                finish(writer, self.domain, progress, self._toolstack)
+        except (SaveError, OSError, ValueError) as e:
+            self.resume()
+            why = f"the connection to the target failed: {e.strerror}" \
+                if isinstance(e, OSError) and e.strerror else str(e)
+            self.link.send({"op": "migrate_sent", "error": why})
+            return
+        self.link.send({"op": "migrate_sent", "rounds": [r.pages for r in progress.rounds],
+                        "pages": progress.pages_sent, "bytes": progress.bytes_sent,
+                        "predicted_ms": progress.predicted_ms})
+
+
+SAVE_TOOLSTACK_TIMEOUT = 60.0
 
 
 def save(domain: Domain, msg: Message, fds: list[int]) -> Message:

@@ -136,6 +136,10 @@ class HostedDomain:
         self.ended = asyncio.get_running_loop().create_future()  # set when shut down or gone
         self._built: asyncio.Future[Message] | None = None
         self._saved: asyncio.Future[Message] | None = None
+        self._rings: list[tuple[int, Callable[[], None]]] = []
+        self._migrated: asyncio.Future[Message] | None = None
+        self.migration_paused_at: float | None = None  # monotonic time of the last pause
+        self.on_migration_progress: Callable[[Message], None] = lambda msg: None
         self._missed: Message | None = None  # a "stopped" the domain sent no daemon
         self._loop = asyncio.get_running_loop()
         self.devices: dict[tuple[str, int], XenbusBackend] = {}  # its PV devices
@@ -179,6 +183,9 @@ class HostedDomain:
                                      self.store.conn)  # type: ignore[union-attr]
             except ValueError as e:
                 raise RuntimeError(str(e)) from None
+        if restore_fd is not None:  # what the guest left in its rings is answered now
+            self.store.kick()  # type: ignore[union-attr]
+            self.console.kick()  # type: ignore[union-attr]
 
     async def save(self, fd: int, resume: bool) -> dict[str, Any]:
         """Have the domain process write the domain to `fd` (xl save): paused at once, it
@@ -209,6 +216,44 @@ class HostedDomain:
         if reply.get("error"):
             raise RuntimeError(f"domain {self.name} cannot be saved: {reply['error']}")
         return reply
+
+    async def migrate_send(self, fd: int, downtime_ms: float) -> dict[str, Any]:
+        """The domain process streams the domain into `fd` (a connection to the target),
+        live, until it is paused and all of it is sent. RuntimeError (one line) if that
+        fails: the domain then runs on here. Afterwards the caller either destroys the
+        domain or calls `migrate_resume`."""
+        if self.devices:
+            raise RuntimeError(f"domain {self.name} has PV devices: their back ends' state "
+                               "does not travel yet")
+        if self.control is None or self.exited or self.stopped_as is not None or \
+                self.state == DomainState.PAUSED:
+            raise RuntimeError(f"domain {self.name} is not running")
+        self._migrated = self._loop.create_future()
+        send_packet(self.control, {"op": "migrate_send", "downtime_ms": downtime_ms,
+                                   "config": {"spec": self.spec, "actions": self.actions}},
+                    [fd])
+        reply = await self._migrated
+        if reply.get("error"):
+            self.migrate_resume()
+            raise RuntimeError(f"domain {self.name} cannot be migrated: {reply['error']}")
+        return reply
+
+    def _migration_paused(self) -> None:
+        """The guest has stopped: the rings' last state, and the store's part, are final."""
+        self.migration_paused_at = time.monotonic()
+        self.serve_rings(False)
+        assert self.control is not None
+        send_packet(self.control, {"op": "migrate_toolstack", "toolstack": {
+            "xenstore": save_domain_nodes(self.xenstored, self.domid)}})
+
+    def migrate_resume(self) -> None:
+        """The target did not take the domain over: it runs on here."""
+        if self.migration_paused_at is not None:
+            self.migration_paused_at = None
+            self.serve_rings(True)
+        self._migrated = None
+        if self.control is not None:
+            send_packet(self.control, {"op": "migrate_resume"})
 
     def _adopt_path(self) -> str | None:
         """Where a later daemon finds the domain (None if the state directory's path is too
@@ -285,9 +330,19 @@ class HostedDomain:
         self.console = ConsoleBackend(self._map(console.gfn), self.tap.output,
                                       lambda: os.eventfd_write(console_notify, 1),
                                       name=f"dom{self.domid} ({self.name})")
-        self._on_eventfd(store_kick, self.store.kick)
-        self._on_eventfd(console_kick, self.console.kick)
+        self._rings = [(store_kick, self.store.kick), (console_kick, self.console.kick)]
+        self.serve_rings(True)
         return store, console
+
+    def serve_rings(self, on: bool) -> None:
+        """Hear the guest's ring notifications, or stop (a migration's last copy of the
+        rings must not change under it: their requests stay for the target to answer)."""
+        for fd, kick in self._rings:
+            if on:
+                self._on_eventfd(fd, kick)
+            else:
+                with contextlib.suppress(ValueError, OSError):
+                    self._loop.remove_reader(fd)
 
     def _introduce(self, max_pages: int, store: ServiceRing, console: ServiceRing) -> None:
         """A new domain's store nodes and its introduction to xenstored, as libxl does."""
@@ -336,6 +391,12 @@ class HostedDomain:
             self._built.set_result(msg)
         elif op == "saved" and self._saved is not None and not self._saved.done():
             self._saved.set_result(msg)
+        elif op == "migrate_progress":
+            self.on_migration_progress(msg)
+        elif op == "migrate_paused" and self._migrated is not None:
+            self._migration_paused()
+        elif op == "migrate_sent" and self._migrated is not None and not self._migrated.done():
+            self._migrated.set_result(msg)
         elif op == "failed" and self._built is not None and not self._built.done():
             self._built.set_exception(RuntimeError(str(msg.get("error", "build failed"))))
         elif op == "vcpu_thread":

@@ -1,10 +1,15 @@
-"""xl save and xl restore: a domain written to a file and brought back from it.
+"""xl save, xl restore and xl migrate: a domain written to a file and brought back from it,
+or moved live to another host's daemon.
 
 `pyxen save [-c] [-p] DOMAIN FILE` pauses the domain, writes everything a guest can observe
 (memory, vCPUs, event channels, grants, timers, its store nodes and watches) and destroys
 it; with -c it runs on (a checkpoint), with -c -p it stays paused. `pyxen restore [-p] FILE`
 builds it again, under its name and a free id, and lets it run unless -p. The guest is
 not asked to cooperate (no suspend protocol): it carries on where it was stopped.
+
+`pyxen migrate [--port PORT] [--downtime-ms MS] DOMAIN HOST` moves a running domain to the
+daemon on HOST (started with `--migrate-listen PORT`): memory in rounds while it runs, then
+a stop of about the downtime asked for (pyxen.migration.live, pyxen.host.migrate).
 """
 
 from __future__ import annotations
@@ -55,4 +60,29 @@ def _restore() -> Command:
                    with_host(body))
 
 
-COMMANDS = {"save": _save(), "restore": _restore()}
+def _migrate() -> Command:
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--port", type=int, default=None,
+                       help="the target daemon's --migrate-listen port (default 8002)")
+        p.add_argument("--downtime-ms", type=float, default=100.0,
+                       help="the longest stop to aim for (default 100 ms)")
+        domain_argument(p)
+        p.add_argument("target", metavar="HOST", help="the target: a name or address, "
+                                                      "HOST:PORT or [V6]:PORT")
+        add_host_argument(p)
+
+    def body(host: HostClient, args: argparse.Namespace) -> int:
+        reply = host.request("migrate", dom=args.domain, host=args.target, port=args.port,
+                             downtime_ms=args.downtime_ms)
+        rounds = reply["rounds"]
+        print(f"Migrated domain {args.domain} to {args.target}: {len(rounds)} rounds "
+              f"(pages: {', '.join(map(str, rounds))}), {reply['pages']} pages, "
+              f"{reply['bytes'] / (1 << 20):.1f} MiB sent; downtime {reply['downtime_ms']} ms "
+              f"(predicted {reply['predicted_ms']:.1f} ms), total {reply['total_s']:.2f} s")
+        return 0
+
+    return Command("move a running domain to another host's daemon (xl migrate)", add,
+                   with_host(body))
+
+
+COMMANDS = {"save": _save(), "restore": _restore(), "migrate": _migrate()}

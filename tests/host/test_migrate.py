@@ -1,0 +1,160 @@
+"""`pyxen migrate` between two hosts: two real daemons in two network namespaces joined by a
+veth pair, as two machines on a link.
+
+The counter guest (guests/counter.c) moves from host A to host B while it counts, and back;
+its own checks of time, timer ticks and a 1 MiB pattern must pass across both moves, and
+its count must go on from where it was. When the link goes down in the middle of a
+migration, the domain runs on at the source and nothing is left at the target."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import AVAILABLE
+from guestkit import Report
+from host.hostkit import Daemon, console_log, finished, wait_for
+from host.netns import NetnsUnavailable, can_make_netns, run
+
+PROGRESS = re.compile(rb"counter_progress count=(\d+) ticks=(\d+) now=(\d+)")
+ADDRESSES = {"a": "10.78.0.1", "b": "10.78.0.2"}
+PORT = 8002
+
+
+def progress(daemon: Daemon, name: str) -> list[tuple[int, ...]]:
+    return [tuple(map(int, m)) for m in PROGRESS.findall(console_log(daemon, name))]
+
+
+@contextlib.contextmanager
+def two_hosts() -> Iterator[dict[str, str]]:
+    """Namespaces a and b, linked by veth-a / veth-b with ADDRESSES."""
+    names = {side: f"pyxen-m{side}{time.monotonic_ns() % 10**9}" for side in "ab"}
+    made = []
+    try:
+        for name in names.values():
+            result = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+            if result.returncode:
+                raise NetnsUnavailable(result.stderr.strip())
+            made.append(name)
+        subprocess.run(["ip", "link", "add", "veth-a", "netns", names["a"], "type", "veth",
+                        "peer", "name", "veth-b", "netns", names["b"]], check=True,
+                       capture_output=True)
+        for side, name in names.items():
+            run(name, "ip", "link", "set", "lo", "up")
+            run(name, "ip", "addr", "add", f"{ADDRESSES[side]}/24", "dev", f"veth-{side}")
+            run(name, "ip", "link", "set", f"veth-{side}", "up")
+        yield names
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
+
+@pytest.fixture
+def hosts(guests, tmp_path: Path) -> Iterator[dict[str, Daemon]]:
+    if "soft" not in AVAILABLE:
+        pytest.skip("host-mode tests run their guests on the software CPU")
+    if not can_make_netns():
+        pytest.skip("two hosts need network namespaces and veth (root, iproute2)")
+    with contextlib.ExitStack() as stack:
+        try:
+            names = stack.enter_context(two_hosts())
+        except NetnsUnavailable as e:
+            pytest.skip(f"no network namespace here: {e}")
+        daemons = {}
+        for side, name in names.items():
+            (tmp_path / side).mkdir()
+            daemon = Daemon(tmp_path / side, "--migrate-listen", f"{ADDRESSES[side]}:{PORT}",
+                            netns=name)
+            stack.callback(daemon.stop)
+            daemons[side] = daemon
+        daemons["netns"] = names  # type: ignore[assignment]
+        yield daemons
+
+
+def migrate(source: Daemon, name: str, to: str, **options: str) -> str:
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    return source.pyxen("migrate", *args, name, to, timeout=300).stdout
+
+
+def test_a_counting_guest_moves_there_and_back(hosts: dict[str, Daemon]) -> None:
+    a, b = hosts["a"], hosts["b"]
+    a.create("counter", "counter", "seconds=12 report_ms=300 console=hvc0")
+    wait_for("a few reports", lambda: len(progress(a, "counter")) >= 3)
+    out = migrate(a, "counter", ADDRESSES["b"])
+    assert re.search(r"Migrated domain counter to 10\.78\.0\.2: \d+ rounds", out), out
+    assert "counter" not in a.domains() and "counter" in b.domains()
+    on_a = progress(a, "counter")
+    wait_for("reports on host b", lambda: len(progress(b, "counter")) >= 3)
+    out = migrate(b, "counter", f"{ADDRESSES['a']}:{PORT}")
+    assert "counter" not in b.domains() and "counter" in a.domains()
+    wait_for("the guest to finish on host a", lambda: finished(a, "counter"), 300)
+    on_b = progress(b, "counter")
+    # the guest's whole output: its first part on a, then b, then a again
+    report = Report.parse(console_log(a, "counter") + console_log(b, "counter"))
+    report.assert_all_passed()
+    assert {"counter.time_monotonic", "counter.ticks_continue", "counter.tick_cadence",
+            "counter.memory_intact"} <= set(report.passed)
+    back = progress(a, "counter")[len(on_a):]
+    counts = [p[0] for p in on_a + on_b + back]
+    assert counts == sorted(counts), "the count went back across a migration"
+    assert on_b and back and on_b[0][0] >= on_a[-1][0] and back[0][0] >= on_b[-1][0]
+    times = [p[2] for p in on_a + on_b + back]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert max(gaps) < 2_000_000_000, gaps  # no jump in the guest's time
+
+
+def test_a_link_cut_mid_migration_leaves_the_domain_at_the_source(
+        hosts: dict[str, Daemon]) -> None:
+    a, b = hosts["a"], hosts["b"]
+    names: dict[str, str] = hosts["netns"]  # type: ignore[assignment]
+    a.create("counter", "counter", "report_ms=300 console=hvc0", memory=256)
+    wait_for("a report", lambda: progress(a, "counter"))
+
+    def cut() -> None:  # once host b is receiving the domain (256 MiB: it takes a while)
+        wait_for("host b to receive", lambda: "counter" in b.domains(), 120)
+        run(names["a"], "ip", "link", "set", "veth-a", "down")
+
+    cutter = threading.Thread(target=cut)
+    cutter.start()
+    result = a.pyxen("migrate", "counter", ADDRESSES["b"], check=False, timeout=600)
+    cutter.join()
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "counter" in a.domains()
+    seen = len(progress(a, "counter"))
+    wait_for("the guest to run on at the source", lambda: len(progress(a, "counter")) > seen)
+    run(names["a"], "ip", "link", "set", "veth-a", "up")
+    wait_for("host b to give up the half-received domain", lambda: not b.domains(), 300)
+    for daemon in (a, b):
+        assert "Traceback" not in daemon.errors()
+
+
+def test_a_target_killed_mid_migration_leaves_the_domain_at_the_source(
+        hosts: dict[str, Daemon]) -> None:
+    a, b = hosts["a"], hosts["b"]
+    a.create("counter", "counter", "report_ms=300 console=hvc0", memory=256)
+    wait_for("a report", lambda: progress(a, "counter"))
+
+    def kill() -> None:  # host b dies while it receives: its daemon and the domain's process
+        pid = wait_for("host b to receive", lambda: b.domains().get("counter", {}).get("pid"),
+                       120)
+        os.kill(pid, signal.SIGKILL)
+        b.process.kill()
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    result = a.pyxen("migrate", "counter", ADDRESSES["b"], check=False, timeout=600)
+    killer.join()
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "counter" in a.domains()
+    seen = len(progress(a, "counter"))
+    wait_for("the guest to run on at the source", lambda: len(progress(a, "counter")) > seen)
+    assert "Traceback" not in a.errors()
