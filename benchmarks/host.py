@@ -189,10 +189,10 @@ class Daemon:
     """A `pyxen daemon` of the benchmark's own; stop() ends it and every domain it holds."""
 
     def __init__(self, state: Path, replacing: Daemon | None = None,
-                 netns: str | None = None) -> None:
+                 netns: str | None = None, options: Sequence[str] = ()) -> None:
         """A new daemon; with `replacing`, one started with --replace, which that daemon
         hands its domains over to (it exits first); with `netns`, inside that network
-        namespace (its domains' vifs there)."""
+        namespace (its domains' vifs there); `options`: more of the daemon's options."""
         self.state = state
         self.socket = state / "pyxen.sock"
         self.xenstore = state / "xenstored"
@@ -202,7 +202,7 @@ class Daemon:
         self.process = subprocess.Popen(
             [*(["ip", "netns", "exec", netns] if netns else []), *PYXEN, "daemon",
              "--socket", str(self.socket),
-             *(["--replace"] if replacing else [])],
+             *(["--replace"] if replacing else []), *options],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errors,
             env=self.env)
         if replacing is not None:

@@ -169,6 +169,19 @@ class GuestMemory:
             self.note_write(offset, PAGE_SIZE)
         return True
 
+    def load_frames(self, first: int, count: int, data: bytes | None) -> None:
+        """Frames first..first+count-1 become populated, holding `data` (count pages) or
+        zeroes (their host memory freed): a restore's page records, a run at a time.
+        The caller has checked the frames can hold RAM; call `commit()` after."""
+        offset, length = first << PAGE_SHIFT, count << PAGE_SHIFT
+        if data is None:
+            self.map.madvise(mmap.MADV_REMOVE, offset, length)
+        else:
+            self.map[offset : offset + length] = data
+        self.nr_populated += count - self.populated.count(1, first, first + count)
+        self.populated[first : first + count] = b"\1" * count
+        self.note_write(offset, length)
+
     def release(self, gfn: int) -> bool:
         """Take frame `gfn` from the guest and free its host memory. False if unpopulated."""
         if not self.is_populated(gfn):

@@ -64,35 +64,38 @@ def apply_page_data(memory: GuestMemory, body: bytes, max_frames: int) -> list[i
     if len(body) < head:
         raise StreamError(f"a PAGE_DATA record is too short for its {count} frame numbers")
     words = struct.unpack_from(f"<{count}Q", body, COUNT.size)
-    growth = 0
-    for word in set(words):
-        pfn, kind = word & PFN_MASK, word >> TYPE_SHIFT
-        if kind not in (NOTAB, XALLOC, XTAB):
-            raise StreamError(f"a PAGE_DATA record gives frame {pfn:#x} unknown type {kind:#x}")
-        if not memory.gfn_backed(pfn):
-            raise StreamError(f"a PAGE_DATA record names frame {pfn:#x}, outside the domain's "
-                              "memory")
-        growth += (kind != XTAB) - memory.is_populated(pfn)
-    with_data = sum(word >> TYPE_SHIFT == NOTAB for word in words)
-    if len({word & PFN_MASK for word in words}) != count:
+    pfns = [word & PFN_MASK for word in words]
+    kinds = [word >> TYPE_SHIFT for word in words]
+    unknown = set(kinds) - {NOTAB, XALLOC, XTAB}
+    if unknown:
+        bad = kinds.index(min(unknown))
+        raise StreamError(f"a PAGE_DATA record gives frame {pfns[bad]:#x} unknown type "
+                          f"{kinds[bad]:#x}")
+    if max(pfns) > memory.max_gfn:
+        raise StreamError(f"a PAGE_DATA record names frame {max(pfns):#x}, outside the "
+                          "domain's memory")
+    if len(set(pfns)) != count:
         raise StreamError("a PAGE_DATA record names a frame twice")
+    populated = memory.populated
+    growth = sum((kind != XTAB) - populated[pfn] for pfn, kind in zip(pfns, kinds, strict=True))
+    with_data = kinds.count(NOTAB)
     if memory.nr_populated + growth > max_frames:
         raise StreamError(f"the stream's pages exceed the domain's {max_frames} frames")
     if len(body) != head + with_data * PAGE_SIZE:
         raise StreamError(f"a PAGE_DATA record has {len(body) - head} bytes of data for "
                           f"{with_data} pages")
-    offset = head
-    pfns = []
-    for word in words:
-        pfn, kind = word & PFN_MASK, word >> TYPE_SHIFT
-        pfns.append(pfn)
+    offset, i = head, 0
+    while i < count:  # a run of consecutive frames of one kind at a time
+        kind, j = kinds[i], i + 1
+        while j < count and pfns[j] == pfns[j - 1] + 1 and kinds[j] == kind:
+            j += 1
         if kind == XTAB:
-            memory.release(pfn)
-            continue
-        memory.populate(pfn)  # zeroed if it was not populated
-        if kind == NOTAB:
-            memory.write(pfn << PAGE_SHIFT, body[offset : offset + PAGE_SIZE])
-            offset += PAGE_SIZE
-        elif memory.read(pfn << PAGE_SHIFT, PAGE_SIZE) != ZERO_PAGE:
-            memory.write(pfn << PAGE_SHIFT, ZERO_PAGE)
+            for pfn in pfns[i:j]:
+                memory.release(pfn)
+        elif kind == XALLOC:
+            memory.load_frames(pfns[i], j - i, None)
+        else:
+            memory.load_frames(pfns[i], j - i, body[offset : offset + (j - i) * PAGE_SIZE])
+            offset += (j - i) * PAGE_SIZE
+        i = j
     return pfns
