@@ -28,7 +28,7 @@ def test_a_running_domain_moves_and_carries_on(guests) -> None:
     def receive() -> None:
         with receiving.makefile("rb") as src:
             restored.append(restore_domain(src, machine_factory("soft")[0], hypercall_table(),
-                                           second).domain)
+                                           second, ack=lambda: receiving.send(b"A")).domain)
 
     receiver = threading.Thread(target=receive)
     try:
@@ -37,7 +37,7 @@ def test_a_running_domain_moves_and_carries_on(guests) -> None:
         receiver.start()
         with sending.makefile("wb") as out:
             # a downtime no round can promise: rounds go on until the dirty set stalls
-            writer, done = precopy(source, out, downtime_ms=1e-6)
+            writer, done = precopy(source, out, lambda: sending.recv(1), downtime_ms=1e-6)
             counted = read_u64(source, count_at)  # paused now
             finish(writer, source, done)
         sending.close()

@@ -48,10 +48,12 @@ for the next daemon, which asks to adopt it:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import selectors
 import signal
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -292,9 +294,12 @@ def restore(spec: DomainSpec, link: DaemonLink, fds: list[int],
     if len(fds) != 1:
         raise ValueError("a restore needs the save file's descriptor")
     factory = accel.machine_factory(spec.accel)[0]
-    with os.fdopen(os.dup(fds[0]), "rb") as src:
+    fd = fds[0]
+    migrating = stat.S_ISSOCK(os.fstat(fd).st_mode)  # a live migration answers SYNC records
+    with os.fdopen(os.dup(fd), "rb") as src:
         restored = restore_domain(src, factory, hypercall_table(), link.console_io,
-                                  name=spec.name, domid=spec.domid, services=services)
+                                  name=spec.name, domid=spec.domid, services=services,
+                                  ack=(lambda: os.write(fd, ACK)) if migrating else None)
     restored.domain.on_vcpu_thread = link.vcpu_thread
     return restored.domain, None if restored.toolstack is None else restored.toolstack.data
 
@@ -385,7 +390,8 @@ class MigrationSender:
 
     def __init__(self, domain: Domain, link: DaemonLink, msg: Message, fd: int) -> None:
         self.domain, self.link = domain, link
-        self.out = os.fdopen(fd, "wb")
+        self.fd = fd
+        self.out = os.fdopen(os.dup(fd), "wb")
         downtime = msg.get("downtime_ms")
         self.downtime_ms = float(downtime) if isinstance(downtime, (int, float)) else 100.0
         self.config = msg.get("config")
@@ -404,6 +410,11 @@ class MigrationSender:
             self.paused = False
             self.domain.unpause()
 
+    def _wait_ack(self) -> None:
+        """The target applied the round: its one-byte answer to the SYNC record."""
+        if not os.read(self.fd, 1):
+            raise OSError(errno.ECONNRESET, "the target closed the connection")
+
     def _progress(self, progress: Progress) -> None:
         self.link.send({"op": "migrate_progress", "round": len(progress.rounds),
                         "pages": progress.rounds[-1].pages, "dirty": len(progress.dirty),
@@ -412,25 +423,28 @@ class MigrationSender:
     def _send(self) -> None:
         try:
             with self.out:
-                writer, progress = precopy(self.domain, self.out, self.downtime_ms,
-                                           self.config, self._progress)
+                writer, progress = precopy(self.domain, self.out, self._wait_ack,
+                                           self.downtime_ms, self.config, self._progress)
                 self.paused = True
                 self.link.send({"op": "migrate_paused"})
                 if not self._got_toolstack.wait(SAVE_TOOLSTACK_TIMEOUT):
                     raise SaveError("the daemon did not send its part of the domain")
                 finish(writer, self.domain, progress, self._toolstack)
         except (SaveError, OSError, ValueError) as e:
+            os.close(self.fd)
             self.resume()
             why = f"the connection to the target failed: {e.strerror}" \
                 if isinstance(e, OSError) and e.strerror else str(e)
             self.link.send({"op": "migrate_sent", "error": why})
             return
+        os.close(self.fd)
         self.link.send({"op": "migrate_sent", "rounds": [r.pages for r in progress.rounds],
                         "pages": progress.pages_sent, "bytes": progress.bytes_sent,
                         "predicted_ms": progress.predicted_ms})
 
 
 SAVE_TOOLSTACK_TIMEOUT = 60.0
+ACK = b"\x06"  # a live migration's answer to a SYNC record
 
 
 def save(domain: Domain, msg: Message, fds: list[int]) -> Message:

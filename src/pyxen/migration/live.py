@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
+from . import stream
 from .save import SaveError, populated_frames, write_description, write_pages, write_state
 from .stream import StreamWriter
 
@@ -51,12 +52,16 @@ class Progress:
     total_s: float = 0.0
 
 
-def precopy(domain: Domain, out: BinaryIO, downtime_ms: float = DEFAULT_DOWNTIME_MS,
-            toolstack_config: object = None,
-            on_progress: Callable[[Progress], None] = lambda p: None) -> tuple[StreamWriter, Progress]:
+def precopy(domain: Domain, out: BinaryIO, wait_ack: Callable[[], None],
+            downtime_ms: float = DEFAULT_DOWNTIME_MS, toolstack_config: object = None,
+            on_progress: Callable[[Progress], None] = lambda p: None
+            ) -> tuple[StreamWriter, Progress]:
     """The live rounds, the guest running; returns with the domain paused and everything
     but its state sent (the caller writes it with `finish`, which the toolstack's own
-    part may wait for). The domain is unpaused again if this raises."""
+    part may wait for). Each round ends with a SYNC record and `wait_ack` returns once the
+    receiver has applied it: the rate is measured end to end, and the stop never waits
+    for a receiver still busy with earlier rounds. The domain is unpaused again if this
+    raises."""
     progress = Progress()
     writer = StreamWriter(out)
     write_description(writer, domain, toolstack_config)
@@ -67,6 +72,9 @@ def precopy(domain: Domain, out: BinaryIO, downtime_ms: float = DEFAULT_DOWNTIME
         while True:
             started = time.monotonic()
             write_pages(writer, domain, pending)
+            writer.record(stream.SYNC, b"")
+            out.flush()
+            wait_ack()
             took = max(time.monotonic() - started, 1e-6)
             progress.rounds.append(Round(len(pending), took))
             progress.pages_sent += len(pending)

@@ -84,10 +84,12 @@ def restore_domain(src: BinaryIO, machine_factory: Callable[[list[int]], Machine
                    hypercalls: HypercallTable, console: Callable[[bytes], None], *,
                    name: str | None = None, domid: int | None = None,
                    services: dict[int, Callable[[], None]] | None = None,
-                   description: tuple[Saved, Iterator[Record]] | None = None) -> Restored:
+                   description: tuple[Saved, Iterator[Record]] | None = None,
+                   ack: Callable[[], None] | None = None) -> Restored:
     """A domain as it was saved, not started. `name`/`domid` replace the saved ones;
     `services` gives the consumer of each pyxen service by its port in dom0 (the store's,
-    the console's); `description` is read_description's answer if the caller read it."""
+    the console's); `description` is read_description's answer if the caller read it; `ack`
+    answers a live migration's SYNC records (None: a file, which has none)."""
     try:
         described, rest = description or read_description(src)
         config = domain_config(described, name, domid)
@@ -95,16 +97,16 @@ def restore_domain(src: BinaryIO, machine_factory: Callable[[list[int]], Machine
         raise StreamError(str(e)) from None
     domain = new_domain(config, machine_factory, hypercalls, console)
     try:
-        toolstack = _restore_into(domain, described, rest, services or {})
+        toolstack = _restore_into(domain, described, rest, services or {}, ack)
     except BaseException:
         domain.close()
         raise
     return Restored(domain, toolstack)
 
 
-def _restore_into(domain: Domain, description: Saved,
-                  rest: Iterator[Record],
-                  services: dict[int, Callable[[], None]]) -> Saved | None:
+def _restore_into(domain: Domain, description: Saved, rest: Iterator[Record],
+                  services: dict[int, Callable[[], None]],
+                  ack: Callable[[], None] | None) -> Saved | None:
     try:
         special = {int(gfn): kind for gfn, kind in description.sub("special_frames").data.items()}
         domain.tsc_khz = description.int("tsc_khz", 1, 1 << 32)
@@ -131,7 +133,9 @@ def _restore_into(domain: Domain, description: Saved,
             continue
         if xen is not None:
             raise StreamError(f"a {record.name} record follows XEN_STATE")
-        if record.type == stream.PAGE_DATA:
+        if record.type == stream.SYNC and ack is not None:
+            ack()  # every page before it is in memory: the sender may measure and go on
+        elif record.type == stream.PAGE_DATA:
             with domain.memory_lock:
                 named.update(apply_page_data(domain.memory, record.body, max_frames))
         elif record.type == stream.HVM_CONTEXT:

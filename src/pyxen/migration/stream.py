@@ -37,9 +37,10 @@ HVM_PARAMS = 0x0A  # libxc's layout: a count, then (index, value) pairs
 TOOLSTACK = 0x0B  # the toolstack's part: the domain's XenStore subtree (JSON)
 DOMAIN_CONFIG = 0x100  # pyxen: the domain's settings (libxl keeps these in its own stream)
 XEN_STATE = 0x101  # pyxen: hypervisor state of the domain (events, grants, timers, ...)
+SYNC = 0x102  # pyxen, live migration: the receiver acknowledges once all before it is applied
 
 RECORD_NAMES = {END: "END", PAGE_DATA: "PAGE_DATA", HVM_CONTEXT: "HVM_CONTEXT", HVM_PARAMS: "HVM_PARAMS", TOOLSTACK: "TOOLSTACK",
-                DOMAIN_CONFIG: "DOMAIN_CONFIG", XEN_STATE: "XEN_STATE"}
+                DOMAIN_CONFIG: "DOMAIN_CONFIG", XEN_STATE: "XEN_STATE", SYNC: "SYNC"}
 
 
 class StreamError(Exception):
