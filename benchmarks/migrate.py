@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -122,12 +123,14 @@ def run(memory: int, count: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m benchmarks migrate` runs the full measurement; run this module directly
+    for --quick."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.migrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="128 MiB guests, one move each way")
-    args = p.parse_args(argv)
+    args = p.parse_args(argv or [])
     run(128 if args.quick else 512, 1 if args.quick else 3)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

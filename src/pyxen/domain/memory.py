@@ -169,6 +169,13 @@ class GuestMemory:
             self.note_write(offset, PAGE_SIZE)
         return True
 
+    def release_all(self) -> None:
+        """No frame populated any more, all host memory given back (a restore starts from
+        nothing: the stream populates what the saved domain had)."""
+        self.map.madvise(mmap.MADV_REMOVE, 0, self.limit)
+        self.populated[:] = bytes(len(self.populated))
+        self.nr_populated = 0
+
     def load_frames(self, first: int, count: int, data: bytes | None) -> None:
         """Frames first..first+count-1 become populated, holding `data` (count pages) or
         zeroes (their host memory freed): a restore's page records, a run at a time.

@@ -115,11 +115,12 @@ def _restore_into(domain: Domain, description: Saved, rest: Iterator[Record],
     except ValueError as e:
         raise StreamError(str(e)) from None
     domain.restored = True
+    with domain.memory_lock:  # the stream says which frames the domain has
+        domain.memory.release_all()
     create_vcpus(domain)
     if domain.machine.tsc_khz != domain.tsc_khz:
         raise StreamError(f"the domain's TSC runs at {domain.tsc_khz} kHz, this host's "
                           f"vCPUs at {domain.machine.tsc_khz} kHz (TSC scaling is not supported yet)")
-    named: set[int] = set()
     contexts: dict[int, Saved] = {}
     xen: Saved | None = None
     params: list[int] | None = None
@@ -137,7 +138,7 @@ def _restore_into(domain: Domain, description: Saved, rest: Iterator[Record],
             ack()  # every page before it is in memory: the sender may measure and go on
         elif record.type == stream.PAGE_DATA:
             with domain.memory_lock:
-                named.update(apply_page_data(domain.memory, record.body, max_frames))
+                apply_page_data(domain.memory, record.body, max_frames)
         elif record.type == stream.HVM_CONTEXT:
             context = _json(record)
             index = _field(context.int, "vcpu", hi=len(domain.vcpus) - 1)
@@ -153,10 +154,6 @@ def _restore_into(domain: Domain, description: Saved, rest: Iterator[Record],
     if xen is None or params is None or len(contexts) != len(domain.vcpus):
         raise StreamError("the stream ends before the domain's state is complete")
     with domain.memory_lock:
-        for first, count in domain.memory.runs():  # frames the stream did not name: gone
-            for pfn in range(first, first + count):
-                if pfn not in named:
-                    domain.memory.release(pfn)
         domain.memory.commit()
     if any(not domain.memory.is_populated(gfn) for gfn in special):
         raise StreamError("a special frame of the saved domain is not in its memory")
