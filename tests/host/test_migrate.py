@@ -91,6 +91,8 @@ def test_a_counting_guest_moves_there_and_back(hosts: dict[str, Daemon]) -> None
     wait_for("a few reports", lambda: len(progress(a, "counter")) >= 3)
     out = migrate(a, "counter", ADDRESSES["b"])
     assert re.search(r"Migrated domain counter to 10\.78\.0\.2: \d+ rounds", out), out
+    assert re.search(r"round 1: \d+ pages sent, \d+ dirty since, \d+ pages/s; a stop now "
+                     r"would take ~[\d.]+ ms", out), out  # the progress display
     assert "counter" not in a.domains() and "counter" in b.domains()
     on_a = progress(a, "counter")
     wait_for("reports on host b", lambda: len(progress(b, "counter")) >= 3)

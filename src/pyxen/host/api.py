@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import platform
@@ -34,6 +35,10 @@ MAX_REQUEST = 1 << 20
 XEN_VERSION = (4, 17)  # the interface pyxen implements (XENVER_version)
 Handler = Callable[["Api", Message], Awaitable[Message]]
 HANDLERS: dict[str, Handler] = {}
+# A long request's interim reports ({"progress": {...}} lines before its reply), for a client
+# that asked with "progress": true; None otherwise.
+PROGRESS: contextvars.ContextVar[Callable[[Message], None] | None] = \
+    contextvars.ContextVar("progress", default=None)
 # requests that change nothing a restarted daemon must know (the others make the host save)
 READ_ONLY = frozenset({"list", "wait", "domid", "domname", "dmesg", "info", "vcpu_list",
                        "top", "handover"})
@@ -106,7 +111,8 @@ class Api:
         address, port = parse_target(target, port)
         if not 0 < port < 65536:
             raise HostError(f"migrate: {port} is not a port (1-65535)")
-        return await self.host.migrate(self._dom(msg), address, port, float(downtime))
+        return await self.host.migrate(self._dom(msg), address, port, float(downtime),
+                                       PROGRESS.get())
 
     @handler("list")
     async def list_(self, msg: Message) -> Message:
@@ -289,6 +295,8 @@ class ApiServer:
                 fn = HANDLERS.get(op)
                 if fn is None:
                     raise HostError(f"unknown request {op!r}")
+                PROGRESS.set((lambda update: writer.write(encode({"progress": update}) + b"\n"))
+                             if msg.get("progress") is True else None)
                 reply: Message = {"ok": True, **await fn(self.api, msg)}
                 if op not in READ_ONLY:
                     self.api.host.changed()

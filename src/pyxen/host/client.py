@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,17 @@ class HostClient:
                 f"${paths.HOST_ENV}") from None
         self.rest = b""  # bytes received past the last reply line
 
-    def request(self, op: str, **args: Any) -> Message:
-        """Send one request, return its reply; HostError if the daemon refused it."""
+    def request(self, op: str, on_progress: Callable[[Message], None] | None = None,
+                **args: Any) -> Message:
+        """Send one request, return its reply; HostError if the daemon refused it. With
+        `on_progress`, a long request's interim reports go there first."""
+        if on_progress is not None:
+            args["progress"] = True
         self.sock.sendall(encode({"op": op, **args}) + b"\n")
         reply = self._reply()
+        while on_progress is not None and "progress" in reply and "ok" not in reply:
+            on_progress(reply["progress"])
+            reply = self._reply()
         if not reply.get("ok"):
             raise HostError(str(reply.get("error", "refused")), int(reply.get("status", 1)))
         return reply

@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -254,13 +255,19 @@ class Host:
         finally:
             os.close(fd)
 
-    async def migrate(self, dom: HostedDomain, target: str, port: int,
-                      downtime_ms: float) -> dict[str, Any]:
-        """pyxen migrate: `dom` moved live to the daemon at target:port (see migrate.py)."""
+    async def migrate(self, dom: HostedDomain, target: str, port: int, downtime_ms: float,
+                      progress: Callable[[dict[str, Any]], None] | None = None
+                      ) -> dict[str, Any]:
+        """pyxen migrate: `dom` moved live to the daemon at target:port (see migrate.py);
+        `progress` hears each pre-copy round."""
+        if progress is not None:
+            dom.on_migration_progress = progress
         try:
             return await migrate_out(self, dom, target, port, downtime_ms)
         except MigrationError as e:
             raise HostError(str(e)) from None
+        finally:
+            dom.on_migration_progress = lambda msg: None
 
     # --- lifecycle -------------------------------------------------------------------------
     def check_new_name(self, name: object) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from pyxen.host.client import HostClient
 
@@ -72,8 +73,17 @@ def _migrate() -> Command:
         add_host_argument(p)
 
     def body(host: HostClient, args: argparse.Namespace) -> int:
-        reply = host.request("migrate", dom=args.domain, host=args.target, port=args.port,
-                             downtime_ms=args.downtime_ms)
+        from rich.console import Console
+
+        out = Console(highlight=False, soft_wrap=True)
+
+        def show(update: dict[str, Any]) -> None:
+            out.print(f"round {update.get('round')}: {update.get('pages')} pages sent, "
+                      f"{update.get('dirty')} dirty since, {update.get('rate')} pages/s; "
+                      f"a stop now would take ~{float(update.get('predicted_ms') or 0):.1f} ms")
+
+        reply = host.request("migrate", on_progress=show, dom=args.domain, host=args.target,
+                             port=args.port, downtime_ms=args.downtime_ms)
         rounds = reply["rounds"]
         print(f"Migrated domain {args.domain} to {args.target}: {len(rounds)} rounds "
               f"(pages: {', '.join(map(str, rounds))}), {reply['pages']} pages, "
