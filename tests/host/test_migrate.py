@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -114,49 +114,44 @@ def test_a_counting_guest_moves_there_and_back(hosts: dict[str, Daemon]) -> None
     assert max(gaps) < 2_000_000_000, gaps  # no jump in the guest's time
 
 
-def test_a_link_cut_mid_migration_leaves_the_domain_at_the_source(
-        hosts: dict[str, Daemon]) -> None:
-    a, b = hosts["a"], hosts["b"]
-    names: dict[str, str] = hosts["netns"]  # type: ignore[assignment]
+def fails_midway(a: Daemon, b: Daemon, fault: Callable[[], None]) -> None:
+    """A 256 MiB counter (its first round takes a while) migrating from a to b while
+    `fault` strikes once b is receiving it: one line of error, and it runs on at a."""
     a.create("counter", "counter", "report_ms=300 console=hvc0", memory=256)
     wait_for("a report", lambda: progress(a, "counter"))
 
-    def cut() -> None:  # once host b is receiving the domain (256 MiB: it takes a while)
+    def strike() -> None:
         wait_for("host b to receive", lambda: "counter" in b.domains(), 120)
-        run(names["a"], "ip", "link", "set", "veth-a", "down")
+        fault()
 
-    cutter = threading.Thread(target=cut)
-    cutter.start()
+    striker = threading.Thread(target=strike)
+    striker.start()
     result = a.pyxen("migrate", "counter", ADDRESSES["b"], check=False, timeout=600)
-    cutter.join()
-    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
-    assert "counter" in a.domains()
-    seen = len(progress(a, "counter"))
-    wait_for("the guest to run on at the source", lambda: len(progress(a, "counter")) > seen)
-    run(names["a"], "ip", "link", "set", "veth-a", "up")
-    wait_for("host b to give up the half-received domain", lambda: not b.domains(), 300)
-    for daemon in (a, b):
-        assert "Traceback" not in daemon.errors()
-
-
-def test_a_target_killed_mid_migration_leaves_the_domain_at_the_source(
-        hosts: dict[str, Daemon]) -> None:
-    a, b = hosts["a"], hosts["b"]
-    a.create("counter", "counter", "report_ms=300 console=hvc0", memory=256)
-    wait_for("a report", lambda: progress(a, "counter"))
-
-    def kill() -> None:  # host b dies while it receives: its daemon and the domain's process
-        pid = wait_for("host b to receive", lambda: b.domains().get("counter", {}).get("pid"),
-                       120)
-        os.kill(pid, signal.SIGKILL)
-        b.process.kill()
-
-    killer = threading.Thread(target=kill)
-    killer.start()
-    result = a.pyxen("migrate", "counter", ADDRESSES["b"], check=False, timeout=600)
-    killer.join()
+    striker.join()
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "counter" in a.domains()
     seen = len(progress(a, "counter"))
     wait_for("the guest to run on at the source", lambda: len(progress(a, "counter")) > seen)
     assert "Traceback" not in a.errors()
+
+
+def test_a_link_cut_mid_migration_leaves_the_domain_at_the_source(
+        hosts: dict[str, Daemon]) -> None:
+    a, b = hosts["a"], hosts["b"]
+    names: dict[str, str] = hosts["netns"]  # type: ignore[assignment]
+    fails_midway(a, b, lambda: run(names["a"], "ip", "link", "set", "veth-a", "down"))
+    run(names["a"], "ip", "link", "set", "veth-a", "up")
+    wait_for("host b to give up the half-received domain", lambda: not b.domains(), 300)
+    assert "Traceback" not in b.errors()
+
+
+def test_a_target_killed_mid_migration_leaves_the_domain_at_the_source(
+        hosts: dict[str, Daemon]) -> None:
+    a, b = hosts["a"], hosts["b"]
+
+    def kill() -> None:  # host b dies: its daemon and the domain's process
+        pid = wait_for("its process", lambda: b.domains().get("counter", {}).get("pid"), 120)
+        os.kill(pid, signal.SIGKILL)
+        b.process.kill()
+
+    fails_midway(a, b, kill)
