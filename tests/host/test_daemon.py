@@ -312,3 +312,20 @@ def test_coredump_restart_dumps_then_starts_a_new_domain(daemon: Daemon) -> None
     wait_for("a restarted domain", lambda: daemon.domains().get("again", {}).get("domid", 1) > 1)
     cores = wait_for("the core file", lambda: list((daemon.dir / "dump").glob("again-*.core")))
     assert cores[0].read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_domain_the_host_has_no_memory_for_is_refused(guests, tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path, "--max-memory", "64")
+    try:
+        daemon.create("first", "pvguest", "console=hvc0")  # 32 MiB
+        result = daemon.pyxen("create", "-q", str(daemon.config("second", "pvguest",
+                                                                 memory=48)), check=False)
+        assert result.returncode == 1
+        assert result.stderr == ("pyxen: not enough memory for domain second: it needs 48 MiB, "
+                                 "the host has 32 MiB free\n")
+        info = {key.strip(): value for key, value in
+                (line.split(": ", 1) for line in daemon.pyxen("info").stdout.splitlines())}
+        assert (info["total_memory"], info["free_memory"]) == ("64", "32")
+        assert list(daemon.domains()) == ["first"]
+    finally:
+        daemon.stop()

@@ -155,3 +155,25 @@ def test_a_target_killed_mid_migration_leaves_the_domain_at_the_source(
         b.process.kill()
 
     fails_midway(a, b, kill)
+
+
+def test_a_target_without_room_refuses_and_the_domain_stays(hosts: dict[str, Daemon],
+                                                            tmp_path: Path) -> None:
+    a, b = hosts["a"], hosts["b"]
+    names: dict[str, str] = hosts["netns"]  # type: ignore[assignment]
+    b.stop()  # host b again, with 64 MiB for its domains
+    small = Daemon(tmp_path / "b", "--migrate-listen", f"{ADDRESSES['b']}:{PORT}",
+                   "--max-memory", "64", log_name="daemon-small.err", netns=names["b"])
+    try:
+        a.create("counter", "counter", "report_ms=300 console=hvc0", memory=128)
+        wait_for("a report", lambda: progress(a, "counter"))
+        result = a.pyxen("migrate", "counter", ADDRESSES["b"], check=False)
+        assert result.returncode == 1, result.stdout
+        assert result.stderr == ("pyxen: 10.78.0.2 refused the domain: not enough memory for "
+                                 "domain counter: it needs 128 MiB, the host has 64 MiB "
+                                 "free\n")
+        assert "counter" in a.domains() and small.domains() == {}
+        seen = len(progress(a, "counter"))
+        wait_for("the guest to run on", lambda: len(progress(a, "counter")) > seen)
+    finally:
+        small.stop()

@@ -209,13 +209,10 @@ class Api:
 
     @handler("info")
     async def info(self, msg: Message) -> Message:
-        from pyxen.host.daemon import host_memory_mib
-
-        used = sum(d.spec["memory"] for d in self.host.domains.values())
         return {"host": platform.node(), "release": platform.release(),
                 "machine": platform.machine(), "nr_cpus": os.cpu_count() or 1,
-                "total_memory": host_memory_mib(),
-                "free_memory": max(0, host_memory_mib() - used),
+                "total_memory": self.host.memory_mib,
+                "free_memory": self.host.free_memory_mib(),
                 "xen_major": XEN_VERSION[0], "xen_minor": XEN_VERSION[1],
                 "xen_extra": f"-pyxen{__version__}", "xen_caps": "hvm-3.0-x86_64",
                 "uptime": time.time() - self.host.started, "domains": len(self.host.domains),

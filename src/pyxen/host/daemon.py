@@ -72,8 +72,10 @@ class HostError(Exception):
 class Host:
     """The registry and the lifecycle of the host's domains."""
 
-    def __init__(self, state_dir: Path, contain: bool = True) -> None:
+    def __init__(self, state_dir: Path, contain: bool = True,
+                 memory_mib: int | None = None) -> None:
         self.state_dir = state_dir
+        self.memory_mib = memory_mib or host_memory_mib()  # what the domains get in all
         self.contain = contain  # domain processes contained (containment.py)
         self._said_uncontained = False
         self.xenstored = XenStored()
@@ -270,16 +272,27 @@ class Host:
             dom.on_migration_progress = lambda msg: None
 
     # --- lifecycle -------------------------------------------------------------------------
-    def check_new_name(self, name: object) -> None:
-        """A new domain's name: given, and no domain has it (as xl's)."""
+    def free_memory_mib(self) -> int:
+        """What xl info calls free_memory: the host's memory for domains, less theirs."""
+        return max(0, self.memory_mib - sum(int(d.spec.get("memory") or 0)
+                                            for d in self.domains.values()))
+
+    def check_new_domain(self, spec: dict[str, Any]) -> None:
+        """A new domain's name is given and no domain has it (as xl's), and the host has
+        its memory free (as Xen refuses to build a domain it cannot give its pages)."""
+        name = spec.get("name")
         if not isinstance(name, str) or not name:
             raise HostError("the config names no domain (name=)")
         if name == "Domain-0" or any(d.name == name for d in self.domains.values()):
             raise HostError(f"domain with name {name} already exists")
+        memory, free = spec.get("memory"), self.free_memory_mib()
+        if isinstance(memory, int) and memory > free:
+            raise HostError(f"not enough memory for domain {name}: it needs {memory} MiB, "
+                            f"the host has {free} MiB free")
 
     async def create(self, spec: dict[str, Any], actions: dict[str, str], paused: bool,
                      restore_fd: int | None = None) -> HostedDomain:
-        self.check_new_name(spec.get("name"))
+        self.check_new_domain(spec)
         for key, action in actions.items():
             if action not in ACTIONS:
                 raise HostError(f"{key}: unknown action {action!r} (one of {', '.join(ACTIONS)})")
@@ -543,6 +556,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--migrate-listen", metavar="[ADDR:]PORT", default=None, type=listen_arg,
                    help="accept live migrations (pyxen migrate) on this TCP port (all "
                         "addresses unless ADDR; unauthenticated: a trusted network only)")
+    p.add_argument("--max-memory", metavar="MiB", type=memory_arg, default=None,
+                   help="the memory this host gives its domains in all (default: its RAM); "
+                        "a domain that does not fit is refused, as on Xen")
     p.add_argument("--replace", action="store_true",
                    help="take over from the daemon serving on this socket: it hands its "
                         "domains over and exits, and this one adopts them (an upgrade "
@@ -578,12 +594,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(serve(socket_path, state_dir, xs_path, args.pid_file, ready_w,
                                  contain=not args.no_containment,
-                                 migrate_listen=args.migrate_listen))
+                                 migrate_listen=args.migrate_listen,
+                                 memory_mib=args.max_memory))
     except (OSError, persist.StateError, SnapshotError) as e:
         print(f"pyxen daemon: {e}", file=sys.stderr)
         return 1
     finally:
         remove_empty_dirs(created)
+
+
+def memory_arg(text: str) -> int:
+    """argparse type for --max-memory: MiB, at least 1, at most the host's RAM."""
+    if not text.isdigit() or not 0 < int(text) <= host_memory_mib():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in MiB between 1 and the "
+                                         f"host's {host_memory_mib()}")
+    return int(text)
 
 
 def listen_arg(text: str) -> tuple[str, int]:
@@ -637,9 +662,10 @@ def take_over(socket_path: Path) -> None:
 
 async def serve(socket_path: Path, state_dir: Path, xs_path: Path, pid_file: str | None,
                 ready_fd: int, contain: bool = True,
-                migrate_listen: tuple[str, int] | None = None) -> int:
+                migrate_listen: tuple[str, int] | None = None,
+                memory_mib: int | None = None) -> int:
     loop = asyncio.get_running_loop()
-    host = Host(state_dir, contain)
+    host = Host(state_dir, contain, memory_mib)
     if not contain:
         log.warning("--no-containment: new domain processes run without their seccomp filter")
     stop = host.stopping

@@ -190,7 +190,7 @@ class MigrationListener:
         try:
             offer = await _blocking(recv_line, conn, MAX_LINE)
             spec, actions = _offer(offer)
-            self.host.check_new_name(spec.get("name"))
+            self.host.check_new_domain(spec)
             await _blocking(send_line, conn, "OK")
             conn.settimeout(None)
             dom = await self.host.create(spec, actions, paused=True, restore_fd=conn.fileno())
