@@ -77,6 +77,7 @@ static uint64_t store_pfn, cons_pfn;
 static uint64_t now_ns;                    /* system time, refreshed now and then */
 static bool have_store, have_cons, have_gnt;
 static uint64_t *winb_pt;                  /* window B's page table (in our image) */
+static unsigned cur_slot;                  /* the batch entry being built (0: a lone call) */
 static uint64_t winb_pte[WINB_PAGES];      /* what it should hold */
 
 static bool vital(uint64_t v)
@@ -159,7 +160,13 @@ static uint64_t gen_ptr(uint64_t size)
     case 7: return (have_store && one_in(2) ? STORE_VA : CONS_VA) + below(PAGE_SIZE);
     case 8: return GNT_VA + below(GNT_FRAMES * PAGE_SIZE - size + 1);
     case 9: return PT_ALIAS_VA + 8 * below(PAGE_SIZE / 8);
-    case 10: return WINB_VA + below(WINB_PAGES * PAGE_SIZE - size + 1);
+    case 10: {
+        /* Window B is repaired after each call; in a batch an earlier entry may have
+         * rewritten its page table (a pointer to PT_ALIAS_VA) with a value whose high bits
+         * slip past vital(), so a later entry would write through it into our image. */
+        uint64_t off = below(WINB_PAGES * PAGE_SIZE - size + 1);
+        return cur_slot ? SCRATCH_VA + (off % (SCRATCH_SIZE - size + 1)) : WINB_VA + off;
+    }
     case 11: return HOLE_VA + below(PAGE_SIZE);
     case 12: return below(PAGE_SIZE / 8) * 8 + (below(256) << PAGE_SHIFT); /* the unmapped
                                                                            * first MiB */
@@ -224,7 +231,6 @@ static bool in_scratch(uint64_t ptr, uint64_t size)
  * and followed by a guard page, so a count past the list still reads only safe frames;
  * or they get a pointer that cannot be read at all. */
 static uint8_t private_pages[(PRIV_PAGES + 1) * PAGE_SIZE] ALIGNED(PAGE_SIZE);
-static unsigned cur_slot;                  /* the batch entry being built (0: a lone call) */
 static unsigned list_used;
 
 static uint64_t unreadable_ptr(void)
