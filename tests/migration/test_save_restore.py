@@ -117,3 +117,33 @@ def test_a_truncated_stream_builds_no_domain(guests) -> None:
         with pytest.raises(StreamError, match="ends"):
             restore_domain(io.BytesIO(data[:cut]), machine_factory("soft")[0],
                            hypercall_table(), Console())
+
+
+def test_two_vcpus_in_a_locked_loop_are_saved_and_restored_mid_count(guests) -> None:
+    """smp_atomic: both vCPUs hammer shared words with locked instructions; saved and
+    restored while they do, every update must still be counted exactly once."""
+    first, second = Console(), Console()
+    config = DomainConfig(name="smp", vcpus=2, cmdline="rounds=400000")
+    domain = build_domain(image("smp_atomic"), config, machine_factory("soft")[0],
+                          hypercall_table(), first)
+    counter_at = symbol("smp_atomic", "counter")
+    try:
+        domain.start()
+        moving(domain, counter_at)
+        assert domain.vcpus[1].online, "the second vCPU is not up yet"
+        assert domain.pause()
+        saved = io.BytesIO()
+        save_domain(domain, saved)
+    finally:
+        domain.close()
+    saved.seek(0)
+    restored = restore_domain(saved, machine_factory("soft")[0], hypercall_table(),
+                              second).domain
+    try:
+        restored.start()
+        assert restored.wait(300).outcome is Outcome.POWEROFF
+    finally:
+        restored.close()
+    report = Report.parse(first.data + second.data)
+    report.assert_all_passed()
+    assert len(report.passed) >= 5
