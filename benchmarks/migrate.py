@@ -106,10 +106,14 @@ def run(memory: int, count: int) -> None:
                 downtime = median([r["downtime_ms"] for r in results])
                 total = median([r["total_s"] for r in results])
                 rounds = results[-1]["rounds"]
+                parts = [median([r["stop_ms"][i] for r in results]) for i in range(3)]
                 print(f"{case}: downtime {downtime:.1f} ms (goal {DOWNTIME_GOAL_MS:g}), total "
                       f"{total:.2f} s, {total / reference:.1f} x the reference; last move's "
-                      f"rounds (pages): {rounds}; medians of {len(results)} moves")
+                      f"rounds (pages): {rounds}; the stop: last copy {parts[0]:.1f} + "
+                      f"restore there {parts[1]:.1f} + handover {parts[2]:.1f} ms; medians "
+                      f"of {len(results)} moves")
                 figures.update({f"{case}_downtime_ms": downtime, f"{case}_total_s": total,
+                                f"{case}_stop_ms": ",".join(f"{p:.1f}" for p in parts),
                                 f"{case}_rounds": len(rounds),
                                 f"{case}_pages_per_round": ",".join(map(str, rounds))})
                 if case == "idle":

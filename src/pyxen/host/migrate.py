@@ -110,6 +110,7 @@ async def migrate_out(host: Host, dom: HostedDomain, target: str, port: int,
             sent = await dom.migrate_send(sock.fileno(), downtime_ms)
         except RuntimeError as e:
             raise MigrationError(str(e)) from None
+        sent_at = time.monotonic()
         sock.settimeout(HANDSHAKE_TIMEOUT * 5)  # the target builds the domain meanwhile
         try:
             answer = await _blocking(recv_line, sock)
@@ -120,6 +121,7 @@ async def migrate_out(host: Host, dom: HostedDomain, target: str, port: int,
             dom.migrate_resume()
             raise MigrationError(f"{target} did not restore the domain: "
                                  f"{answer.removeprefix('ERROR ')}")
+        ready_at = time.monotonic()
         sock.settimeout(HANDSHAKE_TIMEOUT)
         try:
             await _blocking(send_line, sock, "GO")
@@ -130,8 +132,9 @@ async def migrate_out(host: Host, dom: HostedDomain, target: str, port: int,
             raise MigrationError(f"{target} was told to run the domain but did not confirm "
                                  f"({answer}); it stays paused here: check {target}, then "
                                  f"destroy one copy")
-        paused_at = dom.migration_paused_at or time.monotonic()
-        downtime = time.monotonic() - paused_at
+        done_at = time.monotonic()
+        paused_at = dom.migration_paused_at or done_at
+        downtime = done_at - paused_at
     except OSError as e:
         if dom.migration_paused_at is not None:
             dom.migrate_resume()
@@ -144,6 +147,9 @@ async def migrate_out(host: Host, dom: HostedDomain, target: str, port: int,
     return {"rounds": sent.get("rounds", []), "pages": sent.get("pages", 0),
             "bytes": sent.get("bytes", 0), "predicted_ms": sent.get("predicted_ms", 0),
             "downtime_ms": round(downtime * 1000, 1),
+            # where the stop went: the last copy, the target's restore, the handover
+            "stop_ms": [round((b - a) * 1000, 1) for a, b in
+                        ((paused_at, sent_at), (sent_at, ready_at), (ready_at, done_at))],
             "total_s": round(time.monotonic() - started, 3)}
 
 

@@ -88,7 +88,9 @@ def _migrate() -> Command:
         print(f"Migrated domain {args.domain} to {args.target}: {len(rounds)} rounds "
               f"(pages: {', '.join(map(str, rounds))}), {reply['pages']} pages, "
               f"{reply['bytes'] / (1 << 20):.1f} MiB sent; downtime {reply['downtime_ms']} ms "
-              f"(predicted {reply['predicted_ms']:.1f} ms), total {reply['total_s']:.2f} s")
+              f"(predicted {reply['predicted_ms']:.1f} ms; last copy, restore there, "
+              f"handover: {' + '.join(map(str, reply['stop_ms']))} ms), "
+              f"total {reply['total_s']:.2f} s")
         return 0
 
     return Command("move a running domain to another host's daemon (xl migrate)", add,
