@@ -57,8 +57,10 @@ class FakeHost:
     """What the API uses of a Host: its lookup rule, one domain, a real XenStore."""
 
     lookup = Host.lookup
+    free_memory_mib = Host.free_memory_mib
 
     def __init__(self) -> None:
+        self.memory_mib = 1024
         self.xenstored = XenStored()
         self.domains = {3: FakeDomain(3, "guest")}
         self.dmesg = bytearray(b"(XEN) booted\n")
@@ -71,6 +73,15 @@ class FakeHost:
     async def create(self, spec: dict[str, Any], actions: dict[str, str],
                      paused: bool) -> FakeDomain:
         raise HostError("creating domains is not fuzzed")
+
+    async def save(self, dom: FakeDomain, path: str, **_: Any) -> dict[str, Any]:
+        raise HostError("saving domains is not fuzzed (fuzz target savestream reads files)")
+
+    async def restore(self, path: str, **_: Any) -> FakeDomain:
+        raise HostError("restoring domains is not fuzzed (fuzz target savestream reads files)")
+
+    async def migrate(self, dom: FakeDomain, *_: Any) -> dict[str, Any]:
+        raise HostError("migrating domains is not fuzzed")
 
     def domain_info(self, dom: FakeDomain) -> dict[str, Any]:
         return {"domid": dom.domid, "name": dom.name}
@@ -138,6 +149,10 @@ def seeds() -> list[bytes]:
         {"op": "rename", "dom": "3", "name": "other"}, {"op": "destroy", "dom": "guest"},
         {"op": "create", "spec": {"name": "x"}, "actions": {}, "paused": True},
         {"op": "nope"}, {"op": "dmesg", "clear": True}, {"op": "handover"},
+        {"op": "save", "dom": "3", "path": "/tmp/x.save", "checkpoint": True},
+        {"op": "restore", "path": "/tmp/x.save", "paused": True},
+        {"op": "migrate", "dom": "guest", "host": "[::1]:8002", "downtime_ms": 20,
+         "progress": True},
     ]
     lines = [json.dumps(r).encode() + b"\n" for r in requests]
     return [*lines, b"".join(lines),
