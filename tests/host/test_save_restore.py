@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from host.hostkit import READY, Daemon, console_log, finished, start, wait_for
+from pyxen.host.containment import CONTAINED
 
 PROGRESS = re.compile(rb"counter_progress count=(\d+) ticks=(\d+) now=(\d+)")
 
@@ -33,6 +34,8 @@ def test_a_saved_domain_is_restored_and_carries_on(daemon: Daemon, tmp_path: Pat
     time.sleep(1)  # nothing runs meanwhile: the next report carries on from the save
     restored = daemon.pyxen("restore", str(image))
     assert re.search(r"Restored domain counter as domain \d+", restored.stdout)
+    # the file was read by a contained process (it is hostile input)
+    assert daemon.domains()["counter"]["containment"] == CONTAINED
     report = wait_for("the restored guest to finish", lambda: finished(daemon, "counter"),
                       timeout=300)
     report.assert_all_passed()

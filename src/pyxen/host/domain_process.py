@@ -244,6 +244,9 @@ def serve(control: socket.socket) -> int:
     link = DaemonLink(control)
     store, console = RingLink(), RingLink()
     toolstack: object = None
+    contained: list[str] = []  # how the process is contained, once it is
+    wanted = msg.get("contain", True) is not False
+    listener = None
     try:
         spec = DomainSpec.from_message(msg["domain"])
         if msg["op"] == "build":
@@ -251,29 +254,37 @@ def serve(control: socket.socket) -> int:
             store.domain = console.domain = domain
             store.ring, console.ring = place_store_ring(domain, store.kick), \
                 place_console_ring(domain, console.kick)
+            listener = listen(spec.adopt_socket)
         else:
+            # A stream is hostile input: it is read contained, as soon as the domain it
+            # fills is built (every descriptor the domain needs is open by then).
+            listener = listen(spec.adopt_socket)
             domain, toolstack = restore(spec, link, fds, {XENSTORED_PORT: store.kick,
-                                                          XENCONSOLED_PORT: console.kick})
+                                                          XENCONSOLED_PORT: console.kick},
+                                        lambda: contained.append(containment.contain(wanted)))
             store.domain = console.domain = domain
             store.ring = restored_service_ring(domain, "xenstore", HVM_PARAM_STORE_PFN,
                                                HVM_PARAM_STORE_EVTCHN)
             console.ring = restored_service_ring(domain, "console", HVM_PARAM_CONSOLE_PFN,
                                                  HVM_PARAM_CONSOLE_EVTCHN)
-        listener = listen(spec.adopt_socket)
     except (ImageError, StreamError, OSError, RuntimeError, ValueError, TypeError,
             KeyError) as e:
         send_packet(control, {"op": "failed", "error": str(e)})
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(spec.adopt_socket)  # type: ignore[arg-type]
         return 1
     finally:
         for fd in fds:
             os.close(fd)
     try:
         # everything the domain needs is open; the guest has not run yet
-        contained = containment.contain(msg.get("contain", True) is not False)
-        if contained != containment.CONTAINED:
-            print(f"pyxen domain process: containment {contained}", file=sys.stderr)
+        if not contained:
+            contained.append(containment.contain(wanted))
+        if contained[0] != containment.CONTAINED:
+            print(f"pyxen domain process: containment {contained[0]}", file=sys.stderr)
         rings: Message = {"store": store.describe(), "console": console.describe(),
-                          "max_pages": domain.max_pages, "containment": contained,
+                          "max_pages": domain.max_pages, "containment": contained[0],
                           "fds": ["memfd", "store_kick", "store_notify",
                                   "console_kick", "console_notify"]}
         fds = [domain.memory.fd, store.kick_fd, store.notify_fd,
@@ -288,9 +299,11 @@ def serve(control: socket.socket) -> int:
 
 
 def restore(spec: DomainSpec, link: DaemonLink, fds: list[int],
-            services: dict[int, Callable[[], None]]) -> tuple[Domain, object]:
+            services: dict[int, Callable[[], None]],
+            built: Callable[[], None]) -> tuple[Domain, object]:
     """The domain in the save file the daemon opened (`fds`: its descriptor), under the
-    id and name the daemon gives it; and the toolstack's record for the daemon."""
+    id and name the daemon gives it; and the toolstack's record for the daemon. `built`
+    runs once the domain exists, before its pages are read."""
     if len(fds) != 1:
         raise ValueError("a restore needs the save file's descriptor")
     factory = accel.machine_factory(spec.accel)[0]
@@ -299,7 +312,8 @@ def restore(spec: DomainSpec, link: DaemonLink, fds: list[int],
     with os.fdopen(os.dup(fd), "rb") as src:
         restored = restore_domain(src, factory, hypercall_table(), link.console_io,
                                   name=spec.name, domid=spec.domid, services=services,
-                                  ack=(lambda: os.write(fd, ACK)) if migrating else None)
+                                  ack=(lambda: os.write(fd, ACK)) if migrating else None,
+                                  built=built)
     restored.domain.on_vcpu_thread = link.vcpu_thread
     return restored.domain, None if restored.toolstack is None else restored.toolstack.data
 

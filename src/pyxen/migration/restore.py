@@ -85,11 +85,14 @@ def restore_domain(src: BinaryIO, machine_factory: Callable[[list[int]], Machine
                    name: str | None = None, domid: int | None = None,
                    services: dict[int, Callable[[], None]] | None = None,
                    description: tuple[Saved, Iterator[Record]] | None = None,
-                   ack: Callable[[], None] | None = None) -> Restored:
+                   ack: Callable[[], None] | None = None,
+                   built: Callable[[], None] = lambda: None) -> Restored:
     """A domain as it was saved, not started. `name`/`domid` replace the saved ones;
     `services` gives the consumer of each pyxen service by its port in dom0 (the store's,
     the console's); `description` is read_description's answer if the caller read it; `ack`
-    answers a live migration's SYNC records (None: a file, which has none)."""
+    answers a live migration's SYNC records (None: a file, which has none); `built` runs
+    once the domain and its vCPUs exist, before any page is read (a domain process
+    contains itself there)."""
     try:
         described, rest = description or read_description(src)
         config = domain_config(described, name, domid)
@@ -97,7 +100,7 @@ def restore_domain(src: BinaryIO, machine_factory: Callable[[list[int]], Machine
         raise StreamError(str(e)) from None
     domain = new_domain(config, machine_factory, hypercalls, console)
     try:
-        toolstack = _restore_into(domain, described, rest, services or {}, ack)
+        toolstack = _restore_into(domain, described, rest, services or {}, ack, built)
     except BaseException:
         domain.close()
         raise
@@ -106,7 +109,7 @@ def restore_domain(src: BinaryIO, machine_factory: Callable[[list[int]], Machine
 
 def _restore_into(domain: Domain, description: Saved, rest: Iterator[Record],
                   services: dict[int, Callable[[], None]],
-                  ack: Callable[[], None] | None) -> Saved | None:
+                  ack: Callable[[], None] | None, built: Callable[[], None]) -> Saved | None:
     try:
         special = {int(gfn): kind for gfn, kind in description.sub("special_frames").data.items()}
         domain.tsc_khz = description.int("tsc_khz", 1, 1 << 32)
@@ -118,6 +121,7 @@ def _restore_into(domain: Domain, description: Saved, rest: Iterator[Record],
     with domain.memory_lock:  # the stream says which frames the domain has
         domain.memory.release_all()
     create_vcpus(domain)
+    built()
     if domain.machine.tsc_khz != domain.tsc_khz:
         raise StreamError(f"the domain's TSC runs at {domain.tsc_khz} kHz, this host's "
                           f"vCPUs at {domain.machine.tsc_khz} kHz (TSC scaling is not supported yet)")
