@@ -24,6 +24,7 @@ from conftest import AVAILABLE
 from guestkit import Report
 from host.hostkit import Daemon, console_log, finished, wait_for
 from host.netns import NetnsUnavailable, can_make_netns, run
+from pyxen.host.limits import remove_abandoned
 
 PROGRESS = re.compile(rb"counter_progress count=(\d+) ticks=(\d+) now=(\d+)")
 ADDRESSES = {"a": "10.78.0.1", "b": "10.78.0.2"}
@@ -154,7 +155,11 @@ def test_a_target_killed_mid_migration_leaves_the_domain_at_the_source(
         os.kill(pid, signal.SIGKILL)
         b.process.kill()
 
-    fails_midway(a, b, kill)
+    try:
+        fails_midway(a, b, kill)
+    finally:  # what a killed daemon cannot take away itself (a successor daemon would)
+        b.process.wait(30)
+        remove_abandoned(f"pyxen/host{b.process.pid}")
 
 
 def test_a_target_without_room_refuses_and_the_domain_stays(hosts: dict[str, Daemon],
