@@ -173,6 +173,16 @@ class Domain:
             self.machine.map_memory(slot, gpa, size, host, readonly=ro)
             self._slots[gpa, size, host, ro] = slot
 
+    def special_frame_leaves(self, gfn: int) -> None:
+        """The Xen page at `gfn` leaves the physmap (removed, given back, or displaced by
+        another Xen page mapped there): shared_info and grant frames keep their contents
+        aside, as Xen's p2m removal leaves them, and no longer claim the frame."""
+        kind = self.special_frames.pop(gfn, None)
+        if kind == "shared_info":
+            self.shared_info.unmap()
+        elif kind is not None and kind.startswith("grant_"):
+            self.grant_table.frame_unmapped(kind)
+
     def _vcpu_info_moved(self) -> None:
         for v in self.vcpus:
             v.vcpu_info_moved()

@@ -193,16 +193,13 @@ class GrantTable:
         if old == gfn:
             return
         contents = self.page_bytes(key)
-        displaced = d.special_frames.get(gfn)
-        if displaced and displaced.startswith("grant_"):
-            self.frame_unmapped(displaced)  # that frame leaves the guest's physmap
-        d.special_frames.pop(gfn, None)
+        d.special_frame_leaves(gfn)  # a Xen page there (another grant frame, shared_info)
         d.memory.populate(gfn)
         d.memory.write(gfn << PAGE_SHIFT, contents)
         d.special_frames[gfn] = key
         self.gfns[key] = gfn
         self.aside.pop(key, None)
-        if old is not None:
+        if old is not None and d.special_frames.get(old) == key:
             del d.special_frames[old]
             d.memory.release(old)  # the old frame is left empty, as in Xen
 

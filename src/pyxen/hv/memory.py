@@ -99,9 +99,7 @@ def reservation_op(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
                        for f in range(gfn, gfn + pages)):
                 break
             for f in range(gfn, gfn + pages):
-                kind = target.special_frames.pop(f, None)
-                if kind and kind.startswith("grant_"):
-                    target.grant_table.frame_unmapped(kind)
+                target.special_frame_leaves(f)
                 mem.release(f)
         done = i + 1
     return done
@@ -140,7 +138,7 @@ def _place_xen_page(d: Domain, kind: str, gfn: int) -> None:
     old = next((f for f, k in d.special_frames.items() if k == kind), None)
     if old == gfn:
         return
-    d.special_frames.pop(gfn, None)
+    d.special_frame_leaves(gfn)  # a grant frame there leaves the physmap, as on Xen
     if kind == "shared_info":
         d.shared_info.map_at(gfn)
     else:
@@ -149,7 +147,7 @@ def _place_xen_page(d: Domain, kind: str, gfn: int) -> None:
         if contents is not None:
             d.memory.write(gfn << PAGE_SHIFT, contents)
     d.special_frames[gfn] = kind
-    if old is not None:
+    if old is not None and d.special_frames.get(old) == kind:
         del d.special_frames[old]
         d.memory.release(old)  # the old frame is left empty, as in Xen
 
@@ -241,11 +239,7 @@ def remove_from_physmap(vcpu: Vcpu, arg: int, start: int) -> int:
         raise XenError(EPERM)
     if not d.memory.is_populated(x.gpfn):
         raise XenError(ENOENT)
-    kind = d.special_frames.pop(x.gpfn, None)
-    if kind == "shared_info":
-        d.shared_info.unmap()
-    elif kind and kind.startswith("grant_"):
-        d.grant_table.frame_unmapped(kind)
+    d.special_frame_leaves(x.gpfn)
     d.memory.release(x.gpfn)
     return 0
 
