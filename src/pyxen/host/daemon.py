@@ -39,7 +39,13 @@ from pyxen.host.api import ApiServer
 from pyxen.host.client import HostClient, HostUnavailable
 from pyxen.host.client import HostError as ClientError
 from pyxen.host.hosted import HostedDomain, ask_adopt, peer_pid
-from pyxen.host.migrate import MigrationError, MigrationListener, migrate_out, parse_target
+from pyxen.host.migrate import (
+    MigrationError,
+    MigrationListener,
+    carried_config,
+    migrate_out,
+    parse_target,
+)
 from pyxen.threads import STOP_SIGNALS
 from pyxen.toolstack.console_service import remove_console_nodes
 from pyxen.toolstack.xenstore_service import release_domain
@@ -483,15 +489,13 @@ def _saved_config(fd: int, path: str) -> tuple[dict[str, Any], dict[str, str]]:
         os.lseek(fd, 0, os.SEEK_SET)
     except (StreamError, OSError) as e:
         raise HostError(f"{path}: {e}") from None
-    saved = description.data.get("toolstack")
-    spec = saved.get("spec") if isinstance(saved, dict) else None
-    actions = saved.get("actions") if isinstance(saved, dict) else None
-    if not isinstance(spec, dict) or not isinstance(actions, dict) or \
-            not all(isinstance(v, str) for v in actions.values()):
+    try:
+        carried = carried_config(description.data.get("toolstack"))
+    except ValueError as e:
+        raise HostError(f"{path}: the saved domain {e}") from None
+    if carried is None:
         raise HostError(f"{path}: not saved by a pyxen daemon (no domain config in it)")
-    if spec.get("disks") or spec.get("vifs"):
-        raise HostError(f"{path}: the saved domain has PV devices, which do not travel yet")
-    spec = {key: value for key, value in spec.items() if key != "domid"}
+    spec, actions = carried
     spec["accel"] = description.data.get("backend")  # the vCPUs' TSC rate must match
     return spec, actions
 

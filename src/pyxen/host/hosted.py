@@ -187,20 +187,29 @@ class HostedDomain:
             self.store.kick()  # type: ignore[union-attr]
             self.console.kick()  # type: ignore[union-attr]
 
+    def carried_config(self) -> dict[str, Any]:
+        """What a save or a migration carries of the domain's config (migrate.carried_config
+        reads it back)."""
+        return {"spec": self.spec, "actions": self.actions}
+
+    def _check_movable(self, paused_ok: bool) -> None:
+        """RuntimeError (one line) unless the domain can be saved or migrated now."""
+        if self.devices:
+            raise RuntimeError(f"domain {self.name} has PV devices: their back ends' state "
+                               "does not travel yet")
+        if self.control is None or self.exited or self.stopped_as is not None or \
+                (not paused_ok and self.state == DomainState.PAUSED):
+            raise RuntimeError(f"domain {self.name} is not running")
+
     async def save(self, fd: int, resume: bool) -> dict[str, Any]:
         """Have the domain process write the domain to `fd` (xl save): paused at once, it
         stays so (for `destroy`) or runs on (`resume`: a checkpoint). The daemon's part is
         the domain's spec and actions and its store nodes and watches. RuntimeError (one
         line) if it cannot be saved."""
-        if self.devices:
-            raise RuntimeError(f"domain {self.name} has PV devices: their back ends' state "
-                               "does not travel yet")
-        if self.control is None or self.exited or self.stopped_as is not None:
-            raise RuntimeError(f"domain {self.name} is not running")
+        self._check_movable(paused_ok=True)
         self._saved = self._loop.create_future()
         stopped = self.state == DomainState.PAUSED and self.started
-        msg = {"op": "save", "resume": resume,
-               "config": {"spec": self.spec, "actions": self.actions},
+        msg = {"op": "save", "resume": resume, "config": self.carried_config(),
                "toolstack": {"xenstore": save_domain_nodes(self.xenstored, self.domid)}}
         send_packet(self.control, msg, [fd])
         if stopped:  # xl-paused (SIGSTOP): the process must run to pause the domain itself
@@ -222,16 +231,11 @@ class HostedDomain:
         live, until it is paused and all of it is sent. RuntimeError (one line) if that
         fails: the domain then runs on here. Afterwards the caller either destroys the
         domain or calls `migrate_resume`."""
-        if self.devices:
-            raise RuntimeError(f"domain {self.name} has PV devices: their back ends' state "
-                               "does not travel yet")
-        if self.control is None or self.exited or self.stopped_as is not None or \
-                self.state == DomainState.PAUSED:
-            raise RuntimeError(f"domain {self.name} is not running")
+        self._check_movable(paused_ok=False)
+        assert self.control is not None
         self._migrated = self._loop.create_future()
         send_packet(self.control, {"op": "migrate_send", "downtime_ms": downtime_ms,
-                                   "config": {"spec": self.spec, "actions": self.actions}},
-                    [fd])
+                                   "config": self.carried_config()}, [fd])
         reply = await self._migrated
         if reply.get("error"):
             self.migrate_resume()

@@ -100,7 +100,7 @@ async def migrate_out(host: Host, dom: HostedDomain, target: str, port: int,
     try:
         configure_link(sock)
         sock.settimeout(HANDSHAKE_TIMEOUT)
-        offer = json.dumps({"spec": dom.spec, "actions": dom.actions})
+        offer = json.dumps(dom.carried_config())
         await _blocking(send_line, sock, BANNER + offer)
         answer = await _blocking(recv_line, sock)
         if answer != "OK":
@@ -220,18 +220,28 @@ class MigrationListener:
             conn.close()
 
 
+def carried_config(data: object) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """The spec (its domid left out) and on_* actions of a domain as a save file or a
+    migration carries them, {"spec": ..., "actions": ...}; None if `data` is not that.
+    ValueError if the domain has PV devices, which do not travel yet."""
+    spec = data.get("spec") if isinstance(data, dict) else None
+    actions = data.get("actions") if isinstance(data, dict) else None
+    if not isinstance(spec, dict) or not isinstance(actions, dict) or \
+            not all(isinstance(v, str) for v in actions.values()):
+        return None
+    if spec.get("disks") or spec.get("vifs"):
+        raise ValueError("has PV devices, which do not travel yet")
+    return {k: v for k, v in spec.items() if k != "domid"}, actions
+
+
 def _offer(line: str) -> tuple[dict[str, Any], dict[str, str]]:
     if not line.startswith(BANNER):
         raise MigrationError("not a pyxen migration (or another version of it)")
     try:
-        offer = json.loads(line[len(BANNER):])
-    except ValueError:
-        raise MigrationError("the offered domain config is not JSON") from None
-    spec = offer.get("spec") if isinstance(offer, dict) else None
-    actions = offer.get("actions") if isinstance(offer, dict) else None
-    if not isinstance(spec, dict) or not isinstance(actions, dict) or \
-            not all(isinstance(v, str) for v in actions.values()):
+        carried = carried_config(json.loads(line[len(BANNER):]))
+    except ValueError as e:  # json's, or the devices'
+        raise MigrationError(f"the domain {e}" if "PV devices" in str(e) else
+                             "the offered domain config is not JSON") from None
+    if carried is None:
         raise MigrationError("the offered domain config is malformed")
-    if spec.get("disks") or spec.get("vifs"):
-        raise MigrationError("the domain has PV devices, which do not travel yet")
-    return {k: v for k, v in spec.items() if k != "domid"}, actions
+    return carried

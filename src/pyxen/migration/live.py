@@ -40,7 +40,7 @@ class Round:
 
 @dataclass
 class Progress:
-    """What a migration has done so far (for a progress display) and, once done, its result."""
+    """What a migration's pre-copy has done so far (for a progress display and the result)."""
 
     rounds: list[Round] = field(default_factory=list)
     pages_sent: int = 0
@@ -48,8 +48,6 @@ class Progress:
     dirty: list[int] = field(default_factory=list)  # dirty after the last round: not yet sent
     rate: float = 0.0  # pages per second, measured
     predicted_ms: float = 0.0  # the stop's predicted duration
-    downtime_ms: float = 0.0  # from the pause to the target's "running" (set by the caller)
-    total_s: float = 0.0
 
 
 def precopy(domain: Domain, out: BinaryIO, wait_ack: Callable[[], None],
