@@ -12,10 +12,11 @@ import pytest
 
 from guestkit import image
 from pyxen.abi import event_channel as E
+from pyxen.abi import grant_table as G
 from pyxen.domain.builder import build_domain
 from pyxen.domain.domain import Domain, DomainConfig
 from pyxen.hv import event_channel as ev
-from pyxen.hv import event_fifo, hypercall_table
+from pyxen.hv import event_fifo, grant_table, hypercall_table
 from pyxen.toolstack.accel import machine_factory
 
 STORE_PORT = 1  # dom0's port a service stands at
@@ -174,3 +175,67 @@ def test_a_bad_vcpu_is_refused(pair: tuple[Domain, Domain], change: dict[str, ob
     state = dict(through_json(a.vcpus[1].save_xen_state()), **change)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
         b.vcpus[1].load_xen_state(state)
+
+
+class FarDomain:
+    """The part of a domain in another process that a save sees: its domid."""
+
+    domid = 7
+
+
+def test_a_port_bound_to_another_process_travels_only_with_links(
+        pair: tuple[Domain, Domain]) -> None:
+    a, b = pair
+    port = bind(a, ev.ECS_INTERDOMAIN, remote_link=FarDomain(), remote_domid=7, remote_port=33)
+    with pytest.raises(ValueError, match=f"port {port} is bound to domain 7, which stays"):
+        a.evtchn.save_state()  # a migration: domain 7 stays behind
+    b.evtchn.load_state(through_json(a.evtchn.save_state(links=True)), {})
+    chn = b.evtchn.ports[port]
+    assert (chn.state, chn.remote_port, b.evtchn.to_relink) == (ev.ECS_RESERVED, 33, [port])
+    # No domain 7 to bind again (no host here): unbound for it, as a surviving end is.
+    assert b.evtchn.relink() == []
+    assert (chn.state, chn.remote_domid, chn.remote_link) == (ev.ECS_UNBOUND, 7, None)
+    assert b.evtchn.to_relink == []
+
+
+def test_grants_shared_with_another_process_travel_only_with_links(
+        pair: tuple[Domain, Domain]) -> None:
+    a, b = pair
+    gt = a.grant_table
+    gt.write_v1(5, G.GTF_permit_access | G.GTF_reading | G.GTF_writing, 7, top(a))
+    gt.active[5] = grant_table.Active(pin=grant_table.PIN_HSTW, domid=7, gfn=top(a))
+    gt.maptrack = [None, grant_table.Mapping(9, G.GNTMAP_host_map, 7, top(a) - 4,
+                                             granter=FarDomain())]  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="grant 5 is in use by domain 7, which stays"):
+        gt.save_state()
+    state = through_json(gt.save_state(links=True))
+    assert state["maps"] == [[1, 9, G.GNTMAP_host_map, 7, top(a) - 4]]  # type: ignore[index]
+    assert state["pinned"] == {"5": 7}  # type: ignore[index]
+    b.grant_table.write_v1(5, G.GTF_permit_access | G.GTF_reading | G.GTF_writing, 7, top(a))
+    b.grant_table.load_state(state)
+    # the pin went with the old process: its holder pins again, which sets the flags again
+    assert b.grant_table.header(5) == (G.GTF_permit_access, 7)
+    assert b.grant_table.mapped_by == {7}
+    assert b.grant_table.to_reattach == [(1, 9, G.GNTMAP_host_map, 7, top(a) - 4)]
+    assert 1 not in b.grant_table.free_handles and 0 in b.grant_table.free_handles
+    # no domain 7 to map from (no host here): the handle is free again, the frame empty
+    assert grant_table.reattach(b) == set()
+    assert b.grant_table.maptrack[1] is None and 1 in b.grant_table.free_handles
+    assert top(a) - 4 not in b.grant_maps
+
+
+@pytest.mark.parametrize(("maps", "message"), [
+    ([[1, 9, 1]], "mapping is malformed"),
+    ([[1, 9, G.GNTMAP_host_map | G.GNTMAP_device_map, 7, 100]], "not one pyxen makes"),
+    ([[1, 9, G.GNTMAP_host_map, 0xFFF0, 100]], "not one pyxen makes"),
+    ([[1 << 30, 9, G.GNTMAP_host_map, 7, 100]], "not one pyxen makes"),
+    ([[1, 9, G.GNTMAP_host_map, 7, 1 << 40]], "not one pyxen makes"),
+    ("x", "not a list"),
+])
+def test_a_bad_saved_grant_mapping_is_refused(pair: tuple[Domain, Domain], maps: object,
+                                              message: str) -> None:
+    a, b = pair
+    state = dict(through_json(a.grant_table.save_state()), maps=maps)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        b.grant_table.load_state(state)
+    assert b.grant_table.to_reattach == []

@@ -203,8 +203,13 @@ class Host:
             dom.let_go()
 
     # --- ids and names ---------------------------------------------------------------------
-    def allocate_domid(self) -> int:
-        """As Xen's domain_create: the next free id after the last one given, wrapping."""
+    def allocate_domid(self, prefer: object = None) -> int:
+        """As Xen's domain_create: the next free id after the last one given, wrapping; or
+        `prefer` if it is free (a restored or migrated domain keeps its id where it can:
+        the domains it shares event channels and grants with know it by that id)."""
+        if isinstance(prefer, int) and not isinstance(prefer, bool) and \
+                0 < prefer < DOMID_FIRST_RESERVED and prefer not in self.domains:
+            return prefer
         for _ in range(DOMID_FIRST_RESERVED):
             self._rover = self._rover + 1 if self._rover + 1 < DOMID_FIRST_RESERVED else 1
             if self._rover not in self.domains:
@@ -302,7 +307,8 @@ class Host:
         for key, action in actions.items():
             if action not in ACTIONS:
                 raise HostError(f"{key}: unknown action {action!r} (one of {', '.join(ACTIONS)})")
-        spec = dict(spec, domid=self.allocate_domid())
+        spec = {k: v for k, v in spec.items() if k != "prefer_domid"} | \
+            {"domid": self.allocate_domid(spec.get("prefer_domid"))}
         disks = devices.open_disks(self, _spec_list(spec, "disks"), spec["domid"])
         vifs: list = []
 

@@ -75,7 +75,7 @@ from pyxen.host.peer_link import PeerLinks
 from pyxen.host.wire import Message, WireError, bytes_to_wire, recv_packet, send_packet
 from pyxen.hv import hypercall_table
 from pyxen.migration.live import Progress, finish, precopy
-from pyxen.migration.restore import restore_domain
+from pyxen.migration.restore import needs_reconnect, reconnect, restore_domain
 from pyxen.migration.save import SaveError, save_domain
 from pyxen.migration.stream import StreamError
 from pyxen.threads import start_worker
@@ -332,6 +332,13 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
         link.stop({"op": "stopped", "outcome": result.outcome.value, "detail": result.detail,
                    "code": result.shutdown_code, "runs": runs})
 
+    def start() -> None:
+        """Off the main loop: joining a restored domain to its peers needs it served."""
+        if needs_reconnect(domain):
+            reconnect(domain)
+        domain.start()
+        waiter()
+
     sel = selectors.DefaultSelector()
     assert link.control is not None
     sel.register(link.control, selectors.EVENT_READ, "control")
@@ -368,8 +375,7 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
                 op = msg.get("op")
                 if op == "start" and not started:
                     started = True
-                    domain.start()
-                    start_worker(threading.Thread(target=waiter, name="domain-waiter",
+                    start_worker(threading.Thread(target=start, name="domain-start",
                                                   daemon=True))
                 elif op == "set_max_pages" and isinstance(msg.get("pages"), int):
                     with domain.memory_lock:
@@ -474,7 +480,8 @@ def save(domain: Domain, msg: Message, fds: list[int]) -> Message:
         with os.fdopen(fds[0], "wb") as out:
             if not stopped:
                 raise SaveError("the domain's vCPUs did not stop within 30 s")
-            stats = save_domain(domain, out, msg.get("toolstack"), msg.get("config"))
+            stats = save_domain(domain, out, msg.get("toolstack"), msg.get("config"),
+                                links=True)
     except (SaveError, OSError) as e:
         domain.unpause()  # a failed save leaves the domain running, as xl's does
         return {"op": "saved", "error": str(e)}

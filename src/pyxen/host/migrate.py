@@ -221,7 +221,7 @@ class MigrationListener:
 
 
 def carried_config(data: object) -> tuple[dict[str, Any], dict[str, str]] | None:
-    """The spec (its domid left out) and on_* actions of a domain as a save file or a
+    """The spec (its domid only as a wish) and on_* actions of a domain as a save file or a
     migration carries them, {"spec": ..., "actions": ...}; None if `data` is not that.
     ValueError if the domain has PV devices, which do not travel yet."""
     spec = data.get("spec") if isinstance(data, dict) else None
@@ -231,7 +231,11 @@ def carried_config(data: object) -> tuple[dict[str, Any], dict[str, str]] | None
         return None
     if spec.get("disks") or spec.get("vifs"):
         raise ValueError("has PV devices, which do not travel yet")
-    return {k: v for k, v in spec.items() if k != "domid"}, actions
+    carried = {k: v for k, v in spec.items() if k not in ("domid", "prefer_domid")}
+    domid = spec.get("domid")
+    if isinstance(domid, int) and not isinstance(domid, bool):
+        carried["prefer_domid"] = domid  # kept where free (create checks it)
+    return carried, actions
 
 
 def _offer(line: str) -> tuple[dict[str, Any], dict[str, str]]:

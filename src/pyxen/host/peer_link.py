@@ -50,6 +50,7 @@ from pyxen.domain.domain import Domain
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
 from pyxen.host.wire import Message, WireError, recv_packet, send_packet
 from pyxen.hv import atomic, grant_table
+from pyxen.threads import start_worker
 
 BITMAP_BYTES = EVTCHN_FIFO_NR_CHANNELS // 8  # a bit for each port either ABI can have
 LINK_TIMEOUT = 30.0  # seconds a vCPU waits for the daemon to connect it to another domain
@@ -237,6 +238,14 @@ class PeerLink:
             self._grant_call({"op": "release", "grants": [
                 [ref, readonly] for ref, readonly in grants[at : at + MAX_COPY_GRANTS]]})
 
+    def remap_grants(self) -> int:
+        try:
+            reply = self._call({"op": "remap"})
+        except PeerGone:
+            return 0
+        moved = reply.get("moved")
+        return moved if isinstance(moved, int) else 0
+
     def page(self, gfn: int) -> ForeignPage:
         return ForeignPage(self.memfd, gfn)
 
@@ -290,6 +299,10 @@ class PeerLink:
             if op == "acquire" and not self._memfd_sent and any(
                     answer[0] == G.GNTST_okay for answer in reply.get("grants", ())):
                 fds, self._memfd_sent = [domain.memory.fd], True
+        elif op == "remap":  # on a thread: it pauses our domain and calls the peer
+            start_worker(threading.Thread(target=self._serve_remap, args=(domain,),
+                                          name=f"remap-dom{self.domid}", daemon=True))
+            return True
         elif op in ("map", "unmap"):
             reply = self._serve_grant(domain, msg)
             if reply.get("status") == G.GNTST_okay and op == "map" and not self._memfd_sent:
@@ -301,6 +314,13 @@ class PeerLink:
         except OSError:
             return False
         return True
+
+    def _serve_remap(self, domain: Domain) -> None:
+        """The peer was restored: our mappings of its grants move to its new process.
+        Answered from this thread; the peer makes no other call meanwhile."""
+        moved = grant_table.remap_for_peer(domain, self)
+        with contextlib.suppress(OSError):
+            send_packet(self.serve_sock, {"moved": moved})
 
     def _serve_event(self, domain: Domain, msg: Message) -> int:
         """A bind or unbind of one of our ports: its errno (0: done)."""

@@ -16,6 +16,7 @@ The peer's process calls back into `bound_by_peer`, `unbound_by_peer`, `rung_by_
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from .event_2l import Evtchn2L, mark_events_pending
 from .event_fifo import EvtchnFifo
 from .hypercall import HypercallTable, subop_describer
 from .remote import RemotePeer
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pyxen.domain.domain import Domain
@@ -109,6 +112,7 @@ class EventChannels:
         # (peer, its port, our port) of remote ends closed under the lock, for
         # `tell_peers` to tell once the lock is released
         self.unbinds: list[tuple[RemotePeer, int, int]] = []
+        self.to_relink: list[int] = []  # restored ports whose other ends `relink` binds
 
     @property
     def max_port(self) -> int:
@@ -285,18 +289,21 @@ class EventChannels:
                     chn.unbind_from(peer)
 
     # --- save / restore ------------------------------------------------------------------------
-    def save_state(self) -> dict[str, object]:
+    def save_state(self, links: bool = False) -> dict[str, object]:
         """Every port's binding, and the ABI's state outside guest memory (the 2-level
-        bitmaps live in shared_info and vcpu_info: they travel as pages). A port bound to
-        another domain cannot travel yet: ValueError names it."""
+        bitmaps live in shared_info and vcpu_info: they travel as pages). A port bound to a
+        domain in another process travels with `links` (a save on this host: `relink`
+        binds it again after the restore); otherwise ValueError names it."""
         ports: list[object] = []
         with self.lock:
             for port, chn in enumerate(self.ports):
-                if chn.state == ECS_INTERDOMAIN and chn.consumer is None and \
-                        chn.remote_dom is not self.domain:
-                    raise ValueError(f"port {port} is bound to domain {chn.remote_domid}: "
-                                     "interdomain channels do not travel yet")
-                ports.append([chn.state, chn.notify_vcpu, chn.remote_domid, chn.remote_port,
+                if chn.state == ECS_INTERDOMAIN and \
+                        (chn.remote_dom is not None and chn.remote_dom is not self.domain
+                         or chn.remote_link is not None and not links):
+                    raise ValueError(f"port {port} is bound to domain {chn.remote_domid}, "
+                                     "which stays on this host")
+                remote_domid = chn.remote_link.domid if chn.remote_link else chn.remote_domid
+                ports.append([chn.state, chn.notify_vcpu, remote_domid, chn.remote_port,
                               chn.virq, chn.pirq, chn.priority, chn.fifo_pending,
                               list(chn.fifo_lastq), _peer_kind(chn)])
             fifo = self.port_ops.save_state() if isinstance(self.port_ops, EvtchnFifo) else None
@@ -341,8 +348,8 @@ class EventChannels:
         if (port == 0) != (chn.state == ECS_RESERVED):
             raise ValueError(f"the saved port {port} has state {chn.state}")
         peer = saved.str("peer")
-        if (chn.state == ECS_INTERDOMAIN) != (peer in ("service", "self")) or \
-                peer not in ("service", "self", ""):
+        if (chn.state == ECS_INTERDOMAIN) != (peer in PEER_KINDS) or \
+                peer not in (*PEER_KINDS, ""):
             raise ValueError(f"the saved port {port} has state {chn.state} and peer {peer!r}")
         if peer == "service":
             if chn.remote_port not in services:
@@ -351,7 +358,40 @@ class EventChannels:
             chn.consumer = services[chn.remote_port]
         elif peer == "self":  # a loopback channel: this domain, whatever its id is now
             chn.remote_dom, chn.remote_domid = self.domain, self.domain.domid
+        elif peer == "domain":  # held until `relink` binds the other end again
+            chn.state = ECS_RESERVED
+            self.to_relink.append(port)
         return chn
+
+    def relink(self) -> list[int]:
+        """After a restore, before the guest runs: bind again each port that was bound to a
+        domain in another process, if that domain still holds its end unbound for ours (as
+        it does once our old process is gone and we kept our domid). A port whose other end
+        is gone or taken is left unbound for that domain, as Xen leaves a surviving end.
+        Both ends are raised: events sent while we were away were dropped. The domids
+        relinked."""
+        linked = []
+        for port in self.to_relink:
+            chn = self.ports[port]
+            peer = self.domain.remote_peer(chn.remote_domid)
+            try:
+                if peer is None:
+                    raise XenError(ESRCH)
+                peer.bind(chn.remote_port, port)
+            except XenError as e:
+                log.warning("dom%d port %d: domain %d's port %d is not there to bind "
+                            "again (%s)", self.domain.domid, port, chn.remote_domid,
+                            chn.remote_port, e)
+                with self.lock:
+                    chn.state, chn.remote_link = ECS_UNBOUND, None
+                continue
+            with self.lock:
+                chn.state, chn.remote_link = ECS_INTERDOMAIN, peer
+                self.set_pending(chn.notify_vcpu, port)
+            peer.ring(chn.remote_port)
+            linked.append(peer.domid)
+        self.to_relink = []
+        return linked
 
     def reset(self) -> None:
         """evtchn_reset: close every port, and go back to the 2-level ABI."""
@@ -362,11 +402,17 @@ class EventChannels:
             self.port_ops = Evtchn2L(self)
 
 
+PEER_KINDS = ("service", "self", "domain")
+
+
 def _peer_kind(chn: Channel) -> str:
-    """How a saved interdomain port's other end is found again ("" for other states)."""
+    """How a saved interdomain port's other end is found again ("" for other states): a
+    pyxen service, this domain, or a domain in another process."""
     if chn.state != ECS_INTERDOMAIN:
         return ""
-    return "service" if chn.consumer is not None else "self"
+    if chn.consumer is not None:
+        return "service"
+    return "domain" if chn.remote_link is not None else "self"
 
 
 def _lock_pair(a: Domain, b: Domain):  # type: ignore[no-untyped-def]

@@ -27,6 +27,7 @@ remote grants it names in one call per granting process and releases them in one
 from __future__ import annotations
 
 import ctypes as C
+import logging
 import struct
 import threading
 from collections import deque
@@ -37,13 +38,15 @@ from pyxen.abi import grant_table as G
 from pyxen.abi.errno import EBUSY, EINVAL, ENOSYS, EPERM, ERANGE, ESRCH, XenError
 from pyxen.abi.hvm import HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_PFN
 from pyxen.abi.memory import XENMAPIDX_grant_table_status
-from pyxen.abi.xen import DOMID_SELF, HYPERVISOR_grant_table_op
+from pyxen.abi.xen import DOMID_FIRST_RESERVED, DOMID_SELF, HYPERVISOR_grant_table_op
 from pyxen.domain.memory import PAGE_SHIFT, PAGE_SIZE
 from pyxen.domain.saved import Saved
 
 from . import atomic
 from .hypercall import HypercallTable, subop_describer
 from .remote import ForeignPage, RemotePeer
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pyxen.domain.domain import Domain
@@ -125,6 +128,10 @@ class GrantTable:
         self.active: dict[int, Active] = {}
         self.maptrack: list[Mapping | None] = []
         self.free_handles: deque[int] = deque()
+        # after a restore: mappings of other domains' grants to make again, and the domains
+        # that pinned this domain's grants (see save_state)
+        self.to_reattach: list[tuple[int, int, int, int, int]] = []
+        self.mapped_by: set[int] = set()
         self.lock = threading.RLock()
         self.grow(INITIAL_NR_GRANT_FRAMES)
 
@@ -145,7 +152,11 @@ class GrantTable:
         self.nr_status = max(self.nr_status, want)
 
     def nr_entries(self) -> int:
-        return self.nr_frames * (V1_PER_PAGE if self.version == 1 else V2_PER_PAGE)
+        return self._entries(self.version, self.nr_frames)
+
+    @staticmethod
+    def _entries(version: int, frames: int) -> int:
+        return frames * (V1_PER_PAGE if version == 1 else V2_PER_PAGE)
 
     def frame_gfn(self, key: str) -> int:
         """The guest frame a grant (or status) frame is mapped at, INVALID_GFN if none."""
@@ -226,16 +237,32 @@ class GrantTable:
             self.d.memory.commit()
 
     # --- save / restore ------------------------------------------------------------------------
-    def save_state(self) -> dict[str, object]:
+    def save_state(self, links: bool = False) -> dict[str, object]:
         """Version, frames and where they are mapped; a frame not in the physmap travels
-        here, a mapped one as a page. Grants in use by a mapping or a copy cannot travel
-        yet: ValueError says so."""
+        here, a mapped one as a page. With `links` (a save on this host), grants in use
+        between this domain and domains in other processes travel too: its mappings of
+        their grants ("maps", mapped again by `reattach`), and which of its grants they pin
+        ("pinned": their processes map them again when asked, `remap_for_peer`). Other
+        grants in use: ValueError says so."""
         with self.lock:
-            if any(a.pin for a in self.active.values()) or any(self.maptrack):
-                raise ValueError("grants are mapped: grant mappings do not travel yet")
+            pinned = {}
+            for ref, act in self.active.items():
+                if act.pin and (not links or act.domid in self.d.peers):
+                    raise ValueError(f"grant {ref} is in use by domain {act.domid}, "
+                                     "which stays on this host")
+                if act.pin:
+                    pinned[str(ref)] = act.domid
+            maps = []
+            for handle, m in enumerate(self.maptrack):
+                if m is not None and (not links or m.granter is None):
+                    raise ValueError(f"the domain maps a grant of domain {m.domid}, which "
+                                     "stays on this host")
+                if m is not None:
+                    maps.append([handle, m.ref, m.flags, m.domid, m.host_gfn])
             return {"version": self.version, "nr_frames": self.nr_frames,
                     "nr_status": self.nr_status, "gfns": dict(self.gfns),
-                    "aside": {key: bytes(page).hex() for key, page in self.aside.items()}}
+                    "aside": {key: bytes(page).hex() for key, page in self.aside.items()},
+                    "maps": maps, "pinned": pinned}
 
     def writable_granted_frames(self) -> set[int]:
         """The frames this domain grants writable access to: another domain may write them
@@ -268,9 +295,45 @@ class GrantTable:
         for key, gfn in placed.items():
             if not self.d.memory.is_populated(gfn):
                 raise ValueError(f"the saved grant table's {key} is at {gfn:#x}, not in RAM")
+        rows = saved.data.get("maps", [])  # older saves had none
+        if not isinstance(rows, list) or len(rows) > MAX_MAPTRACK_FRAMES * MAPTRACK_PER_PAGE:
+            raise ValueError("the saved grant table's mappings are not a list of them")
+        maps = [self._saved_mapping(row) for row in rows]
+        pinned = Saved(saved.data.get("pinned", {}), "grant table pinned")
+        refs = {int(key) for key in pinned.data if key.isdigit()}
+        if len(refs) != len(pinned.data) or any(ref >= self._entries(version, nr_frames)
+                                                for ref in refs):
+            raise ValueError("the saved grant table's pinned grants are not its entries")
         with self.lock:
             self.version, self.nr_frames, self.nr_status = version, nr_frames, nr_status
             self.gfns, self.aside = placed, kept
+            # Their pins went with the old process: the domains that hold them pin again
+            # (remap_for_peer), which sets the flags again.
+            for ref in refs:
+                self.clear_status_bits(ref, G.GTF_reading | G.GTF_writing)
+            self.mapped_by = {pinned.int(str(ref), hi=DOMID_FIRST_RESERVED - 1)
+                              for ref in refs}
+            self.to_reattach = maps
+            if maps:
+                top = max(row[0] for row in maps)
+                pages = top // MAPTRACK_PER_PAGE + 1
+                self.maptrack = [None] * (pages * MAPTRACK_PER_PAGE)
+                held = {row[0] for row in maps}
+                self.free_handles = deque(h for h in range(len(self.maptrack))
+                                          if h not in held)
+
+    def _saved_mapping(self, row: object) -> tuple[int, int, int, int, int]:
+        """One saved mapping of another domain's grant: (handle, ref, flags, domid, gfn)."""
+        if not isinstance(row, list) or len(row) != 5 or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in row):
+            raise ValueError("a saved grant mapping is malformed")
+        handle, ref, flags, domid, gfn = row
+        if not (0 <= handle < MAX_MAPTRACK_FRAMES * MAPTRACK_PER_PAGE and 0 <= ref < 1 << 32
+                and flags & ~(G.GNTMAP_host_map | G.GNTMAP_readonly) == 0
+                and flags & G.GNTMAP_host_map and 0 < domid < DOMID_FIRST_RESERVED
+                and domid != self.d.domid and self.d.memory.gfn_backed(gfn)):
+            raise ValueError(f"the saved grant mapping {row} is not one pyxen makes")
+        return handle, ref, flags, domid, gfn
 
     # --- entries ------------------------------------------------------------------------------
     def _entry(self, ref: int) -> tuple[bytearray | C.Array, int, int | None]:
@@ -855,6 +918,78 @@ def map_grant_ref(ld: Domain, op: C.Structure) -> None:
     with lgt.lock:
         lgt.put_handle(handle)
     op.status = rc
+
+
+def reattach(ld: Domain) -> set[int]:
+    """After a restore, before the guest runs: map again the grants of domains in other
+    processes that the domain had mapped (GrantTable.save_state's "maps"), at the same
+    frames under the same handles. A grant that is no longer there (revoked, or its domain
+    gone) leaves its frame empty and its handle free, so an unmap of it answers
+    GNTST_bad_handle. The domids mapped from."""
+    lgt = gnttab(ld)
+    mapped = set()
+    for handle, ref, flags, domid, gfn in lgt.to_reattach:
+        granter = ld.remote_peer(domid)
+        rc, page = G.GNTST_bad_domain, None
+        if granter is not None:
+            rc, granted = granter.map_grant(ref, flags)
+            if rc == G.GNTST_okay:
+                page = granter.page(granted)
+                rc = create_grant_p2m_mapping(ld, page.address, gfn << PAGE_SHIFT, flags)
+                if rc != G.GNTST_okay:
+                    granter.unmap_grant(ref, flags, 0)
+                    page.close()
+                    page = None
+        with lgt.lock:
+            if page is None:
+                lgt.put_handle(handle)
+                log.warning("dom%d: domain %d's grant %d cannot be mapped again at frame "
+                            "%#x (GNTST %d)", ld.domid, domid, ref, gfn, rc)
+                continue
+            lgt.maptrack[handle] = Mapping(ref, flags, domid, gfn, page.address, granter, page)
+        mapped.add(domid)
+    lgt.to_reattach = []
+    return mapped
+
+
+def remap_for_peer(ld: Domain, granter: RemotePeer) -> int:
+    """The domain `granter` stands for was restored into a new process: move our mappings
+    of its grants from its old process's pages to the new one's. Each page's latest
+    contents are what we see in the old page (both sides wrote there; the granter saved
+    it earlier), so they are copied into the new page first, with our domain paused so
+    that no write of ours falls in between. A grant the new process refuses stays mapped
+    to the old page, as Xen keeps a dead domain's granted page. The mappings moved."""
+    lgt = gnttab(ld)
+    with lgt.lock:
+        stale = [m for m in lgt.maptrack if m is not None and m.domid == granter.domid
+                 and m.granter is not None and m.granter is not granter
+                 and m.flags & G.GNTMAP_host_map and m.page is not None]
+    moved = 0
+    if not stale:
+        return moved
+    ld.pause()
+    try:
+        for m in stale:
+            flags = m.flags & (G.GNTMAP_host_map | G.GNTMAP_readonly)
+            rc, granted = granter.map_grant(m.ref, flags)
+            if rc != G.GNTST_okay:
+                log.warning("dom%d: domain %d's grant %d stays on its old page (GNTST %d)",
+                            ld.domid, granter.domid, m.ref, rc)
+                continue
+            page = granter.page(granted)
+            C.memmove(page.address, m.host, PAGE_SIZE)
+            with ld.memory_lock:
+                if ld.grant_maps.get(m.host_gfn, (None, False))[0] == m.host:
+                    ld.grant_maps[m.host_gfn] = (page.address, bool(flags & G.GNTMAP_readonly))
+                    ld.memory.commit()
+            old = m.page
+            assert old is not None
+            m.granter, m.page, m.host = granter, page, page.address
+            old.close()
+            moved += 1
+    finally:
+        ld.unpause()
+    return moved
 
 
 def unmap_grant_ref(ld: Domain, op: C.Structure, new_addr: int = 0) -> None:

@@ -52,6 +52,10 @@ class RemotePeer(Protocol):
     def release_for_copy(self, grants: Sequence[tuple[int, bool]]) -> None:
         """Release, in one call, grants acquire_for_copy acquired (status okay)."""
 
+    def remap_grants(self) -> int:
+        """We were restored into a new process: the peer moves its mappings of our grants
+        from our old process's pages to ours (grant_table.remap_for_peer); how many."""
+
     def page(self, gfn: int) -> ForeignPage:
         """The peer's frame `gfn` (one it granted us) mapped here."""
 

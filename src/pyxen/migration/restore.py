@@ -22,6 +22,7 @@ from pyxen.domain.domain import Domain, DomainConfig
 from pyxen.domain.loader import ImageError
 from pyxen.domain.memory import PAGE_SHIFT
 from pyxen.domain.saved import Saved
+from pyxen.hv import grant_table
 
 from . import stream
 from .pages import apply_page_data
@@ -218,3 +219,24 @@ def _load_xen_state(domain: Domain, xen: Saved, services: dict[int, Callable[[],
             domain.special_frames.get(domain.shared_info.gfn) is None:
         raise ValueError("the saved shared_info frame is not one of the domain's special "
                          f"frames ({domain.shared_info.gfn << PAGE_SHIFT:#x})")
+
+
+def reconnect(domain: Domain) -> None:
+    """After a restore on the host the domain was saved on, before it runs: join it again
+    to the domains in other processes it shared event channels and grants with (see
+    save.xen_state's `links`). Its ports bind their old other ends again (if those are
+    still unbound for its domid, as they are when it kept its domid), it maps their grants
+    again, and the domains that mapped its grants move those mappings to its new pages.
+    Whatever cannot be joined is left as Xen leaves a link whose other end went."""
+    grant_table.reattach(domain)
+    for domid in sorted(domain.grant_table.mapped_by):
+        peer = domain.remote_peer(domid)
+        if peer is not None:
+            peer.remap_grants()
+    domain.grant_table.mapped_by = set()
+    domain.evtchn.relink()
+
+
+def needs_reconnect(domain: Domain) -> bool:
+    return bool(domain.evtchn.to_relink or domain.grant_table.to_reattach or
+                domain.grant_table.mapped_by)

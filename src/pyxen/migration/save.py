@@ -55,18 +55,18 @@ def domain_description(domain: Domain, toolstack_config: object = None) -> dict[
             "toolstack": toolstack_config}
 
 
-def xen_state(domain: Domain) -> dict[str, object]:
-    """XEN_STATE: the hypervisor's per-domain state outside guest memory."""
-    if domain.grant_maps:
-        raise SaveError("the domain maps pages another domain granted: grant mappings do "
-                        "not travel yet")
+def xen_state(domain: Domain, links: bool = False) -> dict[str, object]:
+    """XEN_STATE: the hypervisor's per-domain state outside guest memory. With `links` (a
+    save restored on this host) the domain's event channels and grants shared with domains
+    in other processes travel, to be joined again (restore.reconnect); without (a
+    migration: the other domains stay here), they make the domain unmovable."""
     try:
         return {"system_time": domain.paused_at,
                 "shutdown_code": domain.shutdown_code,
                 "e820": [list(entry) for entry in domain.e820],
                 "shared_info": domain.shared_info.save_state(),
-                "event_channels": domain.evtchn.save_state(),
-                "grant_table": domain.grant_table.save_state()}
+                "event_channels": domain.evtchn.save_state(links),
+                "grant_table": domain.grant_table.save_state(links)}
     except ValueError as e:
         raise SaveError(str(e)) from None
 
@@ -84,10 +84,11 @@ def populated_frames(domain: Domain) -> list[int]:
                 for pfn in range(first, first + count)]
 
 
-def write_description(writer: StreamWriter, domain: Domain, toolstack_config: object) -> None:
+def write_description(writer: StreamWriter, domain: Domain, toolstack_config: object,
+                      links: bool = False) -> None:
     """DOMAIN_CONFIG, after checking that what cannot travel is not in use (before any page
     goes)."""
-    xen_state(domain)
+    xen_state(domain, links)
     writer.record(stream.DOMAIN_CONFIG, _json(domain_description(domain, toolstack_config)))
 
 
@@ -97,10 +98,11 @@ def write_pages(writer: StreamWriter, domain: Domain, pfns: list[int]) -> None:
             writer.record(stream.PAGE_DATA, body, compress=True)
 
 
-def write_state(writer: StreamWriter, domain: Domain, toolstack: object) -> None:
+def write_state(writer: StreamWriter, domain: Domain, toolstack: object,
+                links: bool = False) -> None:
     """Everything after the pages, the domain paused: each vCPU, the HVM params, Xen's
     state, the toolstack's part; then END."""
-    xen = xen_state(domain)
+    xen = xen_state(domain, links)
     for vcpu in domain.vcpus:
         writer.record(stream.HVM_CONTEXT, _json({
             "vcpu": vcpu.index, "cpu": vcpu.backend.save_cpu().to_dict(),
@@ -113,15 +115,16 @@ def write_state(writer: StreamWriter, domain: Domain, toolstack: object) -> None
 
 
 def save_domain(domain: Domain, out: BinaryIO, toolstack: object = None,
-                toolstack_config: object = None) -> SaveStats:
+                toolstack_config: object = None, links: bool = False) -> SaveStats:
     """Write `domain` to `out`; it must be paused (Domain.pause) and stays so. The
     toolstack's own parts travel with it: its config of the domain, read before a restore
-    builds anything, and `toolstack` (the daemon's: the domain's XenStore subtree), after."""
+    builds anything, and `toolstack` (the daemon's: the domain's XenStore subtree), after.
+    `links`: see xen_state."""
     if not domain.pause_count:
         raise SaveError("the domain must be paused while it is saved")
     writer = StreamWriter(out)
-    write_description(writer, domain, toolstack_config)
+    write_description(writer, domain, toolstack_config, links)
     pfns = populated_frames(domain)
     write_pages(writer, domain, pfns)
-    write_state(writer, domain, toolstack)
+    write_state(writer, domain, toolstack, links)
     return SaveStats(len(pfns), writer.written)
