@@ -39,6 +39,11 @@ ENV_OLD_EXCEPTION = ENV_DR + 96
 # only way to see a CR4 write, which QEMU 5 accepts whatever CPUID offers.
 ENV_INTERCEPT_CR_WRITE = ENV_DR + 130
 EXCP_VMEXIT_WRITE_CR4 = 0x100 + 0x14
+# With HF_GUEST set, QEMU's triple-fault check (an exception raised while it records a #DF in
+# flight) becomes EXCP_VMEXIT + SVM_EXIT_SHUTDOWN at the instruction, the record cleared.
+# pyxen delivers every exception itself (a fault within a fault included), so that record
+# can only be a stale one: the vCPU runs the instruction again.
+EXCP_VMEXIT_SHUTDOWN = 0x100 + 0x7F
 SEG_ES, SEG_CS, SEG_SS, SEG_DS, SEG_FS, SEG_GS, SEG_LDT, SEG_TR, SEG_GDT, SEG_IDT = range(10)
 
 # QEMU's hflags bits.

@@ -86,6 +86,7 @@ from pyxen.x86 import cr4
 from . import fastcall, savestate
 from .cpustate import (
     EFER_LMA,
+    EXCP_VMEXIT_SHUTDOWN,
     EXCP_VMEXIT_WRITE_CR4,
     HF_CPL,
     HF_CS32,
@@ -195,6 +196,8 @@ class SoftVcpu:
         self._io: tuple[int, int, int, int] | None = None  # OUT: (port, size, value, rip)
         self._fast_call: str | None = None  # "syscall" / "sysenter" skipped by the engine
         self._cr4_at: int | None = None  # stopped before a mov to CR4 here
+        self._shutdown_at: int | None = None  # the engine's stale triple fault, here
+        self._last_shutdown = (-1, -1)  # (rip, guest_epoch) of the last one
         self._cr4_valid = cr4.ALWAYS
         # Set by the domain's vCPU: runs a hypercall from inside the OUT hook where the
         # hypercall's family allows it (see Vcpu.hypercall_inline); None: always exit.
@@ -391,6 +394,10 @@ class SoftVcpu:
     def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
         if intno == EXCP_VMEXIT_WRITE_CR4:  # at the instruction, before it changed CR4
             self._cr4_at = self._rip_now()
+            uc.emu_stop()
+            return
+        if intno == EXCP_VMEXIT_SHUTDOWN:
+            self._shutdown_at = self._rip_now()
             uc.emu_stop()
             return
         self.ctx.save()
@@ -592,7 +599,7 @@ class SoftVcpu:
         self._write_regs()
         self._fresh = False
         self._stop = self._exception = self._rewind = self._unmapped = self._ro_write = None
-        self._io = self._msr_at = self._fast_call = self._cr4_at = None
+        self._io = self._msr_at = self._fast_call = self._cr4_at = self._shutdown_at = None
         baton = self.machine.baton
         baton.acquire(self)  # one engine at a time, and none while pyxen writes: baton.py
         self._enter_guest()
@@ -661,6 +668,8 @@ class SoftVcpu:
             return self._deliver_engine_event(event)
         if self._cr4_at is not None:
             return self._cr4_write(self._cr4_at)
+        if self._shutdown_at is not None:
+            return self._stale_shutdown(self._shutdown_at)
         if self._msr_at is not None:
             return self._msr_site_exit(self._msr_at)
         if self._fast_call is not None:
@@ -675,6 +684,19 @@ class SoftVcpu:
         if self._read_linear(self.regs.rip - 1, 1) == b"\xf4":
             return Exit.HLT
         return self._idle_stop()
+
+    def _stale_shutdown(self, rip: int) -> Exit | None:
+        """The engine's triple-fault check fired on a stale record of an exception in
+        flight (see EXCP_VMEXIT_SHUTDOWN): run the instruction again, with nothing
+        recorded. The same at the same place on the very next entry is no stale record:
+        the domain ends as after a triple fault."""
+        if self._last_shutdown == (rip, self.guest_epoch - 1):
+            return Exit.SHUTDOWN
+        self._last_shutdown = (rip, self.guest_epoch)
+        self._nothing_in_flight()
+        self.regs.rip = rip
+        self._dirty = True
+        return None
 
     def _idle_stop(self) -> Exit | None:
         """A stop with no reason: a late kick (go on) -- unless it repeats at one address,
