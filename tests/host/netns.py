@@ -16,13 +16,15 @@ PREFIX = 24
 _names = itertools.count()
 # `ping` as a script (a fresh machine may have no ping binary): ICMP echo requests on a raw
 # socket, each reply checked (id, sequence, payload); prints "N of N" and exits 0 if all came.
-PING = """
+ICMP = """
 import os, socket, struct, sys, time
 def csum(b):
     b += bytes(len(b) % 2)
     s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
     s = (s >> 16) + (s & 0xFFFF)
     return ~(s + (s >> 16)) & 0xFFFF
+"""
+PING = ICMP + """
 dest, count = sys.argv[1], int(sys.argv[2])
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 ident, got = os.getpid() & 0xFFFF, 0
@@ -44,6 +46,29 @@ for seq in range(count):
             break
 print("%d of %d" % (got, count))
 sys.exit(0 if got == count else 1)
+"""
+# Pings every 0.1 s until the file argv[2] exists (or 10 minutes), then prints how many went
+# and which were answered, as JSON.
+PINGER = ICMP + """
+import json
+dest, stop = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+ident, seq, answered, start = os.getpid() & 0xFFFF, 0, set(), time.monotonic()
+while not os.path.exists(stop) and time.monotonic() - start < 600:
+    head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    s.sendto(struct.pack("!BBHHH", 8, 0, csum(head), ident, seq), (dest, 0))
+    seq += 1
+    deadline = time.monotonic() + 0.1
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            data, addr = s.recvfrom(4096)
+        except TimeoutError:
+            break
+        icmp = data[(data[0] & 15) * 4:]
+        if addr[0] == dest and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
+            answered.add(struct.unpack("!H", icmp[6:8])[0])
+print(json.dumps({"sent": seq, "answered": sorted(answered)}))
 """
 
 

@@ -142,6 +142,7 @@ class BlkBack:
             self.dom0.unpin_all(self.ring_pins)
             self.ring_pins.clear()
             raise
+        self.wake.set()  # requests the front end posted while no back end served the ring
         self.thread = threading.Thread(target=self._serve, daemon=True,
                                        name=f"blkback-{self.conn.devid}")
         self.thread.start()

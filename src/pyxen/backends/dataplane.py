@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,6 +31,11 @@ class DataPlane:
     def __init__(self, domain: Domain) -> None:
         self.dom0 = Dom0(domain)
         self.served: dict[tuple[str, int], Served] = {}
+        # each connected device's request and a descriptor of its own for a reconnection
+        self.connected: dict[tuple[str, int], tuple[Message, int]] = {}
+        self.suspended: list[tuple[str, int]] = []
+        # the daemon's requests come on the main loop, a migration's suspend on its thread
+        self.lock = threading.RLock()
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -42,11 +48,12 @@ class DataPlane:
         """One request of the daemon's; the reply to send."""
         reply: Message = {"op": "device_reply", "seq": msg.get("seq")}
         try:
-            if msg.get("op") == "device_connect":
-                self._connect(msg, fds)
-                fds = []
-            else:
-                self._disconnect(msg)
+            with self.lock:
+                if msg.get("op") == "device_connect":
+                    self._connect(msg, fds)
+                    fds = []
+                else:
+                    self._disconnect(msg)
         except (ValueError, TypeError, KeyError, OSError) as e:
             reply["error"] = str(e) or type(e).__name__
         finally:
@@ -74,14 +81,46 @@ class DataPlane:
                 back = BlkBack(self.dom0, conn, fds[0], self.pool)
             else:
                 queues = [QueueRings(*(int(x) for x in q)) for q in msg["queues"]]
-                back = NetBack(self.dom0, VifConnection(devid, queues), fds[0])
+                announce = str(msg["mac"]) if msg.get("announce") else None
+                back = NetBack(self.dom0, VifConnection(devid, queues), fds[0], announce)
             back.connect()
         except BaseException:
             os.close(fds[0])
             raise
         self.served[kind, devid] = back
+        self.connected[kind, devid] = (dict(msg, announce=False), os.dup(fds[0]))
 
     def _disconnect(self, msg: Message) -> None:
-        back = self.served.pop((str(msg.get("kind")), int(msg["devid"])), None)
+        key = (str(msg.get("kind")), int(msg["devid"]))
+        back = self.served.pop(key, None)
         if back is not None:
             back.disconnect()
+        _, fd = self.connected.pop(key, (None, -1))
+        if fd >= 0:
+            os.close(fd)
+
+    # --- a save or a migration ------------------------------------------------------------------
+    def suspend(self) -> None:
+        """The domain is paused for a save: every back end finishes the requests it took
+        and lets go of the guest (its grants, its ports, unbound for domain 0 again), so
+        the rings' pages hold everything and the guest's state refers to nothing of this
+        process. The rings stay as they are; `resume` (or a restored domain's back ends)
+        carries on from them."""
+        with self.lock:
+            for key, back in list(self.served.items()):
+                back.disconnect()
+                del self.served[key]
+                self.suspended.append(key)
+
+    def resume(self) -> None:
+        """The save is done and the domain runs on: connect each back end again."""
+        with self.lock:
+            suspended, self.suspended = self.suspended, []
+            for key in suspended:
+                msg, fd = self.connected.pop(key)
+                try:
+                    self._connect(msg, [os.dup(fd)])
+                except (ValueError, TypeError, KeyError, OSError) as e:
+                    log.warning("%s %d does not connect again after the save: %s", *key, e)
+                finally:
+                    os.close(fd)

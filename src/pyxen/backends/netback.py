@@ -47,6 +47,8 @@ RX_REQUEST = struct.Struct("<HxxI")  # id, gref
 RX_RESPONSE = struct.Struct("<HHHh")  # id, offset, flags, status
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
+ETH_P_RARP = 0x8035
+RARP_REQUEST_REVERSE = 3
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 RX_STALL = 0.1  # seconds a frame waits for the front end to post a page
 MAX_QUEUES = 4  # what the back end offers (multi-queue-max-queues)
@@ -96,7 +98,10 @@ class Queue:
 class NetBack:
     """Serves one vif's queues until `disconnect`."""
 
-    def __init__(self, dom0: Dom0, conn: VifConnection, tap_fd: int) -> None:
+    def __init__(self, dom0: Dom0, conn: VifConnection, tap_fd: int,
+                 announce: str | None = None) -> None:
+        """`announce`: the guest's MAC, to announce on the TAP once connected (the domain
+        was just restored or migrated here)."""
         if not 0 < len(conn.queues) <= MAX_QUEUES:
             raise ValueError(f"{len(conn.queues)} queues (1 to {MAX_QUEUES} allowed)")
         self.dom0, self.conn, self.tap = dom0, conn, tap_fd
@@ -106,6 +111,7 @@ class NetBack:
         self.stopping = False
         self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
         self.counters = Counters()
+        self.announce = announce
 
     # --- connect / disconnect -----------------------------------------------------------------
     def connect(self) -> None:
@@ -121,9 +127,27 @@ class NetBack:
             self._release()
             raise
         os.set_blocking(self.tap, False)
+        if self.announce is not None:
+            self._announce(self.announce)
         for q in self.queues:
+            q.tx_wake.set()  # frames the front end posted while no back end served the ring
             self._start(self._serve_tx, q, f"netback-tx-{self.conn.devid}.{q.index}")
         self._start(self._serve_rx, None, f"netback-rx-{self.conn.devid}")
+
+    def _announce(self, mac: str) -> None:
+        """The guest's MAC is here now: a RARP broadcast from it (what QEMU sends after a
+        migration, and Xen's toolstack has the guest's netfront send as a gratuitous ARP),
+        so that the bridge and the switches beyond it learn the new port at once."""
+        try:
+            hw = bytes.fromhex(mac.replace(":", ""))
+            if len(hw) != 6:
+                raise ValueError(mac)
+            frame = b"\xff" * 6 + hw + struct.pack(">H", ETH_P_RARP) + struct.pack(
+                ">HHBBH", 1, ETH_P_IP, 6, 4, RARP_REQUEST_REVERSE) + hw + bytes(4) + hw + bytes(4)
+            os.write(self.tap, VNET_HDR.pack(0, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0) +
+                     frame.ljust(60, b"\0"))
+        except (ValueError, OSError) as e:
+            log.warning("vif %d: no announcement of %s: %s", self.conn.devid, mac, e)
 
     def _start(self, target, arg, name: str) -> None:  # type: ignore[no-untyped-def]
         t = threading.Thread(target=target, args=(arg,) if arg is not None else (),

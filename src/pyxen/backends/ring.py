@@ -46,8 +46,10 @@ class BackRing:
         self.header = header
         self.slot_size = slot_size
         self.size = RING_SIZE(len(pages) * PAGE, slot_size)
-        self.req_cons = 0
-        self.rsp_prod_pvt = 0
+        # Where the responses stand: 0 on a ring the front end just set up; on a ring it
+        # kept while the back end went and came back (a save or a migration, which drain
+        # every request taken first), every request up to there was answered.
+        self.req_cons = self.rsp_prod_pvt = self._index(SRING_RSP_PROD)
 
     # --- bytes of the ring, across page boundaries --------------------------------------------
     def _read(self, offset: int, length: int) -> bytes:

@@ -118,7 +118,9 @@ class VifBackend(XenbusBackend):
         if self.vif.fd < 0:
             raise DeviceError(f"{self.vif.name} was made by the daemon before this one: its "
                               "front end cannot reconnect until the domain restarts")
-        self.data_path({"op": "device_connect", "queues": queues}, self.vif.fd)
+        self.data_path({"op": "device_connect", "queues": queues, "mac": self.vif.mac,
+                        "announce": self.restored}, self.vif.fd)
+        self.restored = False
         return []
 
     def _front_nodes(self) -> dict[str, str]:

@@ -79,6 +79,7 @@ class XenbusBackend:
         self.removing = False
         self.closed_event = threading.Event()
         self.watcher: Watcher | None = None
+        self.restored = False  # added for a restored domain, not connected since
 
     # --- what a device says about itself (subclasses) -----------------------------------------
     def backend_entries(self) -> list[tuple[str, str]]:
@@ -128,8 +129,11 @@ class XenbusBackend:
                                   if r is not None), None)}
 
     # --- adding -------------------------------------------------------------------------------
-    def add(self) -> None:
-        """libxl__device_add's nodes, then the driver's probe, then watch the front end."""
+    def add(self, restored: bool = False) -> None:
+        """libxl__device_add's nodes, then the driver's probe, then watch the front end.
+        For a `restored` domain the front end's nodes came with it (its ring, its port,
+        its Connected state): they stay, but for where its back end is, and the back end
+        connects to that ring as soon as it has probed, as to a front end that is ready."""
         ro = [f"n{BACKEND_DOMID}", f"r{self.domid}"]  # libxl's backend_perms
         rw = [f"n{self.domid}", f"r{BACKEND_DOMID}"]  # its frontend_perms
         lib = libxl_path(self.kind, self.domid, self.devid)
@@ -137,9 +141,15 @@ class XenbusBackend:
                 ("state", str(XenbusStateInitialising)), *self.backend_entries()]
         front = [("backend", self.back), ("backend-id", str(BACKEND_DOMID)),
                  ("state", str(XenbusStateInitialising)), *self.frontend_entries()]
+        self.restored = restored
         for tx in self.xs.transactions():
             with tx:
+                if restored and self.xs.exists(self.front, tx.id):
+                    for key, value in front[:2]:
+                        self.xs.write(f"{self.front}/{key}", value, tx.id)
                 for path, perms, entries in ((self.back, ro, back), (self.front, rw, front)):
+                    if restored and path == self.front and self.xs.exists(path, tx.id):
+                        continue
                     if self.xs.exists(path, tx.id):
                         self.xs.rm(path, tx.id)
                     self.xs.mkdir(path, tx.id)

@@ -334,9 +334,9 @@ class Host:
         try:
             sched.prepare(dom)
             await dom.launch(restore_fd)
-            devices.add_disks(self, dom, disks)
+            devices.add_disks(self, dom, disks, restored=restore_fd is not None)
             disks = []
-            devices.add_vifs(self, dom, vifs)
+            devices.add_vifs(self, dom, vifs, restored=restore_fd is not None)
             vifs = []
             sched.started(dom, self.xenstored)
         except BaseException as e:
@@ -495,10 +495,7 @@ def _saved_config(fd: int, path: str) -> tuple[dict[str, Any], dict[str, str]]:
         os.lseek(fd, 0, os.SEEK_SET)
     except (StreamError, OSError) as e:
         raise HostError(f"{path}: {e}") from None
-    try:
-        carried = carried_config(description.data.get("toolstack"))
-    except ValueError as e:
-        raise HostError(f"{path}: the saved domain {e}") from None
+    carried = carried_config(description.data.get("toolstack"))
     if carried is None:
         raise HostError(f"{path}: not saved by a pyxen daemon (no domain config in it)")
     spec, actions = carried

@@ -88,10 +88,13 @@ def _writer_of(host: Host, disk: Disk, domid: int,
     return None
 
 
-def add_disks(host: Host, dom: HostedDomain, disks: list[tuple[DiskSpec, int, Disk]]) -> None:
-    """libxl__device_disk_add for each: nodes, probe, watch (the domain built, not started)."""
+def add_disks(host: Host, dom: HostedDomain, disks: list[tuple[DiskSpec, int, Disk]],
+              restored: bool = False) -> None:
+    """libxl__device_disk_add for each: nodes, probe, watch (the domain built, not started;
+    `restored`: its front ends came with it, see XenbusBackend.add)."""
     for spec, devid, disk in disks:
-        _install(dom, VbdBackend(spec, disk, host.xenstored, dom.domid, devid, dom.device_call))
+        _install(dom, VbdBackend(spec, disk, host.xenstored, dom.domid, devid, dom.device_call),
+                 restored=restored)
 
 
 def adopt_devices(host: Host, dom: HostedDomain) -> None:
@@ -115,14 +118,15 @@ def adopt_devices(host: Host, dom: HostedDomain) -> None:
                  adopted=True)
 
 
-def _install(dom: HostedDomain, device: XenbusBackend, adopted: bool = False) -> None:
+def _install(dom: HostedDomain, device: XenbusBackend, adopted: bool = False,
+             restored: bool = False) -> None:
     """The device becomes one of the domain's: added (nodes, probe, watch), or taken over
     as a previous daemon left it."""
     dom.devices[device.kind, device.devid] = device
     if adopted:
         device.adopt()
     else:
-        device.add()
+        device.add(restored)
 
 
 def open_vifs(specs: list[str], domid: int) -> list[Vif]:
@@ -150,10 +154,11 @@ def open_vifs(specs: list[str], domid: int) -> list[Vif]:
     return opened
 
 
-def add_vifs(host: Host, dom: HostedDomain, vifs: list[Vif]) -> None:
+def add_vifs(host: Host, dom: HostedDomain, vifs: list[Vif], restored: bool = False) -> None:
     """libxl__device_nic_add for each; the config keeps the MAC chosen (a reboot keeps it)."""
     for vif in vifs:
-        _install(dom, VifBackend(vif, host.xenstored, dom.domid, vif.devid, dom.device_call))
+        _install(dom, VifBackend(vif, host.xenstored, dom.domid, vif.devid, dom.device_call),
+                 restored=restored)
     recorded = {parse_vif_spec(text).devid: text for text in dom.spec.get("vifs") or []}
     for vif in vifs:
         recorded[vif.devid] = replace(vif.spec, devid=vif.devid, mac=vif.mac).to_spec()

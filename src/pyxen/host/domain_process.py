@@ -384,10 +384,10 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
                     peers.from_daemon(msg, fds)
                     fds = []
                 elif op == "save":
-                    link.send(save(domain, msg, fds))
+                    link.send(save(domain, devices, msg, fds))
                     fds = []
                 elif op == "migrate_send" and sender is None and len(fds) == 1:
-                    sender = MigrationSender(domain, link, msg, fds[0])
+                    sender = MigrationSender(domain, devices, link, msg, fds[0])
                     fds = []
                 elif op == "migrate_toolstack" and sender is not None:
                     sender.toolstack(msg.get("toolstack"))
@@ -408,8 +408,9 @@ class MigrationSender:
     rest. The daemon then does the handshake with the target and either destroys the domain
     or asks for it to run on (`resume`)."""
 
-    def __init__(self, domain: Domain, link: DaemonLink, msg: Message, fd: int) -> None:
-        self.domain, self.link = domain, link
+    def __init__(self, domain: Domain, devices: DataPlane, link: DaemonLink, msg: Message,
+                 fd: int) -> None:
+        self.domain, self.devices, self.link = domain, devices, link
         self.fd = fd
         self.out = os.fdopen(os.dup(fd), "wb")
         downtime = msg.get("downtime_ms")
@@ -428,6 +429,7 @@ class MigrationSender:
         """The target failed before it took over: the domain runs on here."""
         if self.paused:
             self.paused = False
+            self.devices.resume()
             self.domain.unpause()
 
     def _wait_ack(self) -> None:
@@ -446,6 +448,7 @@ class MigrationSender:
                 writer, progress = precopy(self.domain, self.out, self._wait_ack,
                                            self.downtime_ms, self.config, self._progress)
                 self.paused = True
+                self.devices.suspend()  # see save(): the back ends' last writes go too
                 self.link.send({"op": "migrate_paused"})
                 if not self._got_toolstack.wait(SAVE_TOOLSTACK_TIMEOUT):
                     raise SaveError("the daemon did not send its part of the domain")
@@ -467,15 +470,17 @@ SAVE_TOOLSTACK_TIMEOUT = 60.0
 ACK = b"\x06"  # a live migration's answer to a SYNC record
 
 
-def save(domain: Domain, msg: Message, fds: list[int]) -> Message:
+def save(domain: Domain, devices: DataPlane, msg: Message, fds: list[int]) -> Message:
     """Pause the domain and write it to the daemon's file (`fds`), with the daemon's own
     parts (`config`, `toolstack`); then it runs on (`resume`: a checkpoint) or stays paused
-    for the daemon to destroy it."""
+    for the daemon to destroy it. Its back ends let go of it meanwhile (DataPlane.suspend):
+    what they took is answered, and the rings in its memory hold the rest."""
     if len(fds) != 1:
         for fd in fds:
             os.close(fd)
         return {"op": "saved", "error": "a save needs the file's descriptor"}
     stopped = domain.pause()
+    devices.suspend()
     try:
         with os.fdopen(fds[0], "wb") as out:
             if not stopped:
@@ -483,9 +488,11 @@ def save(domain: Domain, msg: Message, fds: list[int]) -> Message:
             stats = save_domain(domain, out, msg.get("toolstack"), msg.get("config"),
                                 links=True)
     except (SaveError, OSError) as e:
+        devices.resume()
         domain.unpause()  # a failed save leaves the domain running, as xl's does
         return {"op": "saved", "error": str(e)}
     if msg.get("resume"):
+        devices.resume()
         domain.unpause()
     return {"op": "saved", "pages": stats.pages, "bytes": stats.bytes}
 

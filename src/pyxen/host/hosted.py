@@ -194,9 +194,6 @@ class HostedDomain:
 
     def _check_movable(self, paused_ok: bool) -> None:
         """RuntimeError (one line) unless the domain can be saved or migrated now."""
-        if self.devices:
-            raise RuntimeError(f"domain {self.name} has PV devices: their back ends' state "
-                               "does not travel yet")
         if self.control is None or self.exited or self.stopped_as is not None or \
                 (not paused_ok and self.state == DomainState.PAUSED):
             raise RuntimeError(f"domain {self.name} is not running")

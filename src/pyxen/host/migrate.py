@@ -222,15 +222,12 @@ class MigrationListener:
 
 def carried_config(data: object) -> tuple[dict[str, Any], dict[str, str]] | None:
     """The spec (its domid only as a wish) and on_* actions of a domain as a save file or a
-    migration carries them, {"spec": ..., "actions": ...}; None if `data` is not that.
-    ValueError if the domain has PV devices, which do not travel yet."""
+    migration carries them, {"spec": ..., "actions": ...}; None if `data` is not that."""
     spec = data.get("spec") if isinstance(data, dict) else None
     actions = data.get("actions") if isinstance(data, dict) else None
     if not isinstance(spec, dict) or not isinstance(actions, dict) or \
             not all(isinstance(v, str) for v in actions.values()):
         return None
-    if spec.get("disks") or spec.get("vifs"):
-        raise ValueError("has PV devices, which do not travel yet")
     carried = {k: v for k, v in spec.items() if k not in ("domid", "prefer_domid")}
     domid = spec.get("domid")
     if isinstance(domid, int) and not isinstance(domid, bool):
@@ -243,9 +240,8 @@ def _offer(line: str) -> tuple[dict[str, Any], dict[str, str]]:
         raise MigrationError("not a pyxen migration (or another version of it)")
     try:
         carried = carried_config(json.loads(line[len(BANNER):]))
-    except ValueError as e:  # json's, or the devices'
-        raise MigrationError(f"the domain {e}" if "PV devices" in str(e) else
-                             "the offered domain config is not JSON") from None
+    except ValueError:
+        raise MigrationError("the offered domain config is not JSON") from None
     if carried is None:
         raise MigrationError("the offered domain config is malformed")
     return carried

@@ -47,6 +47,7 @@ from .hypercall import HypercallTable, subop_describer
 from .remote import RemotePeer
 
 log = logging.getLogger(__name__)
+BACKEND_DOMID = 0  # the PV back ends, which travel with the domain (backends/dataplane.py)
 
 if TYPE_CHECKING:
     from pyxen.domain.domain import Domain
@@ -293,13 +294,16 @@ class EventChannels:
         """Every port's binding, and the ABI's state outside guest memory (the 2-level
         bitmaps live in shared_info and vcpu_info: they travel as pages). A port bound to a
         domain in another process travels with `links` (a save on this host: `relink`
-        binds it again after the restore); otherwise ValueError names it."""
+        binds it again after the restore); otherwise ValueError names it. Ports bound to
+        the PV back ends (domain 0) always may: the back ends let go of them at the pause
+        and bind them again wherever the domain goes."""
         ports: list[object] = []
         with self.lock:
             for port, chn in enumerate(self.ports):
                 if chn.state == ECS_INTERDOMAIN and \
                         (chn.remote_dom is not None and chn.remote_dom is not self.domain
-                         or chn.remote_link is not None and not links):
+                         or chn.remote_link is not None and not links
+                         and chn.remote_link.domid != BACKEND_DOMID):
                     raise ValueError(f"port {port} is bound to domain {chn.remote_domid}, "
                                      "which stays on this host")
                 remote_domid = chn.remote_link.domid if chn.remote_link else chn.remote_domid
