@@ -172,6 +172,7 @@ class PeerLink:
         self.memfd = -1  # the peer's RAM, once it granted us something
         self._memfd_sent = False  # ours, likewise
         self.held: Counter[tuple[str, int, int]] = Counter()  # the peer's pins on our grants
+        self._remapping = False  # a "remap" of the peer's is being served
 
     # --- this side's requests (RemotePeer) -------------------------------------------------------
     def _call(self, msg: Message) -> Message:
@@ -299,10 +300,13 @@ class PeerLink:
             if op == "acquire" and not self._memfd_sent and any(
                     answer[0] == G.GNTST_okay for answer in reply.get("grants", ())):
                 fds, self._memfd_sent = [domain.memory.fd], True
-        elif op == "remap":  # on a thread: it pauses our domain and calls the peer
+        elif op == "remap" and not self._remapping:  # on a thread: it pauses our domain
+            self._remapping = True                     # and calls the peer
             start_worker(threading.Thread(target=self._serve_remap, args=(domain,),
                                           name=f"remap-dom{self.domid}", daemon=True))
             return True
+        elif op == "remap":  # one at a time: a peer that does not wait gets nothing more
+            reply = {"moved": 0}
         elif op in ("map", "unmap"):
             reply = self._serve_grant(domain, msg)
             if reply.get("status") == G.GNTST_okay and op == "map" and not self._memfd_sent:
@@ -318,7 +322,10 @@ class PeerLink:
     def _serve_remap(self, domain: Domain) -> None:
         """The peer was restored: our mappings of its grants move to its new process.
         Answered from this thread; the peer makes no other call meanwhile."""
-        moved = grant_table.remap_for_peer(domain, self)
+        try:
+            moved = grant_table.remap_for_peer(domain, self)
+        finally:
+            self._remapping = False
         with contextlib.suppress(OSError):
             send_packet(self.serve_sock, {"moved": moved})
 
