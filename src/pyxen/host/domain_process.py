@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import selectors
 import signal
@@ -83,6 +84,8 @@ from pyxen.toolstack import accel
 from pyxen.toolstack.console_service import XENCONSOLED_PORT, place_console_ring
 from pyxen.toolstack.service_ring import ServiceRing, restored_service_ring
 from pyxen.toolstack.xenstore_service import XENSTORED_PORT, place_store_ring
+
+log = logging.getLogger("pyxen.domain_process")
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,10 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
     def start() -> None:
         """Off the main loop: joining a restored domain to its peers needs it served."""
         if needs_reconnect(domain):
-            reconnect(domain)
+            try:
+                reconnect(domain)
+            except Exception:  # a bug: the domain runs with whatever links were joined
+                log.exception("dom%d: joining its links again failed", domain.domid)
         domain.start()
         waiter()
 
