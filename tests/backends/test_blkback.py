@@ -210,3 +210,24 @@ def test_impossible_ring_indices_stop_the_ring_only(disk, pool) -> None:
     assert broken and "1000 requests" in broken[0]
     assert front.u32(SRING_RSP_PROD) == 0
     back.disconnect()
+
+
+def test_a_back_end_connected_again_carries_on_from_the_ring(disk, pool) -> None:
+    """What a save or a migration does (DataPlane.suspend, then a new back end): the ring
+    stays in the guest's memory, a request posted while no back end served it is taken
+    when the next one connects, and its answer follows the earlier ones."""
+    d, front, back = connect(disk, pool)
+    d.memory.write(DATA_GFN << 12, pattern(PAGE))
+    assert front.one(rw(B.BLKIF_OP_WRITE, 0x21, 8, [(DATA_REF, 0, 7)])) == (0x21, 1, 0)
+    back.disconnect()  # the domain's back ends let go at the pause
+    front.push(rw(B.BLKIF_OP_READ, 0x22, 8, [(DATA_REF + 1, 0, 7)]))  # the port is unbound
+    dom0 = Dom0(d)  # the back end of the restored domain's process
+    again = BlkBack(dom0, back.conn, os.open(disk, os.O_RDWR), pool)
+    again.connect()
+    front.back, front.dom0 = again, dom0
+    try:
+        assert struct.unpack_from("<QBxh", front.responses(1, 16)[0]) == (0x22, 0, 0)
+        assert d.memory.read((DATA_GFN + 1) << 12, PAGE) == pattern(PAGE)
+        assert front.u32(SRING_RSP_PROD) == 2  # after the first answer, not over it
+    finally:
+        again.disconnect()
