@@ -175,6 +175,29 @@ def test_a_cap_of_50_holds_a_spinning_guest_under_three_quarters_of_a_core(
 
 
 @needs_cgroups
+def test_a_restored_domain_is_in_its_own_cgroup_capped_or_not(
+        daemon: Daemon, guests_of: Guests, tmp_path: Path) -> None:
+    """A restoring process joins its cgroup as soon as it exists (out of a migration's
+    stop), unless the domain is capped: a cap must not slow the restore (it joins once
+    built). Either way the restored domain runs in its own group, with its cap."""
+    for name, settings in (("free", {}), ("capped", {"cap": 50})):
+        dom = guests_of.create(name, SPIN, **settings)
+        image = tmp_path / f"{name}.save"
+        daemon.pyxen("save", dom["name"], str(image))
+        daemon.pyxen("restore", str(image))
+        again = daemon.domains()[dom["name"]]
+        group = cpu_cgroup(again["pid"])
+        assert group.name == f"dom{again['domid']}-{dom['name']}"
+        if settings:  # the cap holds after the restore: CFS quota 50 % of the period
+            if (group / "cpu.max").exists():  # cgroup v2: "quota period"
+                quota, period = map(int, (group / "cpu.max").read_text().split())
+            else:
+                quota, period = (int((group / f"cpu.cfs_{key}_us").read_text())
+                                 for key in ("quota", "period"))
+            assert quota * 2 == period
+
+
+@needs_cgroups
 @needs_two_cpus
 def test_weights_256_and_1024_on_one_core_share_it_unevenly(daemon: Daemon,
                                                            guests_of: Guests) -> None:

@@ -333,7 +333,8 @@ class Host:
         self.changed()
         try:
             sched.prepare(dom)
-            await dom.launch(restore_fd)
+            await dom.launch(restore_fd, (lambda: sched.spawned(dom)) if restore_fd is not None
+                             else lambda: None)
             devices.add_disks(self, dom, disks, restored=restore_fd is not None)
             disks = []
             devices.add_vifs(self, dom, vifs, restored=restore_fd is not None)

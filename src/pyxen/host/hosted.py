@@ -148,11 +148,13 @@ class HostedDomain:
         self._call_seq = itertools.count(1)
 
     # --- creation ----------------------------------------------------------------------------
-    async def launch(self, restore_fd: int | None = None) -> None:
+    async def launch(self, restore_fd: int | None = None,
+                     spawned: Callable[[], None] = lambda: None) -> None:
         """Start the domain process and serve its rings; the domain stays paused (vCPU 0 not
         yet started) until `unpause`. With `restore_fd`, the process restores the domain
         from that save file instead of building it (its store nodes and watches come
-        back too). RuntimeError (one line) if the build is refused."""
+        back too). `spawned` runs once the process exists, before it builds anything.
+        RuntimeError (one line) if the build is refused."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.control = parent
         logs = self.state_dir / "log"
@@ -164,6 +166,7 @@ class HostedDomain:
                 stderr=errors, start_new_session=True)
         child.close()
         self._watch_process(self.process.pid, parent)
+        spawned()
         self._built = self._loop.create_future()
         send_packet(parent, {"op": "build" if restore_fd is None else "restore",
                              "contain": self.contain,
