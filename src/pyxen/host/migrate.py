@@ -28,6 +28,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+from pyxen.host.gc_hold import gc_held
+
 if TYPE_CHECKING:
     from pyxen.host.daemon import Host
     from pyxen.host.hosted import HostedDomain
@@ -92,6 +94,12 @@ async def migrate_out(host: Host, dom: HostedDomain, target: str, port: int,
                       downtime_ms: float) -> dict[str, Any]:
     """Move `dom` to the daemon at target:port; its figures. MigrationError (one line) if
     it did not move: it then runs on here (or, after GO without DONE, stays paused)."""
+    with gc_held():
+        return await _migrate_out(host, dom, target, port, downtime_ms)
+
+
+async def _migrate_out(host: Host, dom: HostedDomain, target: str, port: int,
+                       downtime_ms: float) -> dict[str, Any]:
     started = time.monotonic()
     try:
         sock = await _blocking(socket.create_connection, (target, port), CONNECT_TIMEOUT)
@@ -187,6 +195,10 @@ class MigrationListener:
             task.add_done_callback(self._connections.discard)
 
     async def _receive(self, conn: socket.socket, peer: object) -> None:
+        with gc_held():
+            await self._receive_held(conn, peer)
+
+    async def _receive_held(self, conn: socket.socket, peer: object) -> None:
         from pyxen.host.daemon import HostError
 
         dom = None
