@@ -127,6 +127,8 @@ def test_replace_hands_the_domains_over_without_stopping_them(
         wait_for("the new daemon to serve", second.answers)  # (the old one answered before)
         assert alive(pid)
         assert second.domains()["steady"]["domid"] == domid
+        # the old daemon's groups go, though it may still be a zombie when adopted from
+        wait_for("the old daemon's cgroups to go", lambda: groups_of(daemon) == [])
         type_into_console(second, "steady", b"hello\r")
         wait_for("the answer", lambda: b"pvguest: you said hello" in console_log(second, "steady"))
         second.pyxen("shutdown", "-w", "steady")

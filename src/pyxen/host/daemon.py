@@ -33,6 +33,7 @@ from pyxen.host import (  # noqa: F401 - api_sched and devices register their re
     devices,
     paths,
     persist,
+    procstat,
     sched,
 )
 from pyxen.host.api import ApiServer
@@ -142,9 +143,10 @@ class Host:
         await asyncio.gather(*(self._adopt(entry, sessions) for entry in saved["domains"]))
         await self._destroy_unfinished({entry["spec"]["domid"] for entry in saved["domains"]})
         old = saved.get("daemon_pid")
-        if isinstance(old, int) and old > 0 and not os.path.exists(f"/proc/{old}"):
+        if isinstance(old, int) and old > 0 and procstat.stat_fields(old) is None:
             # the adopted processes have moved to this daemon's groups: the dead daemon's
-            # groups (theirs, lost domains', unfinished ones') are empty now
+            # groups (theirs, lost domains', unfinished ones') are empty now. (A daemon that
+            # handed over may still be a zombie its parent has not reaped: gone all the same.)
             sched.forget_group(f"pyxen/host{old}")
         self.changed()  # the record now names this daemon's processes and groups
 
