@@ -144,11 +144,10 @@ class XenbusBackend:
         self.restored = restored
         for tx in self.xs.transactions():
             with tx:
-                if restored and self.xs.exists(self.front, tx.id):
-                    for key, value in front[:2]:
-                        self.xs.write(f"{self.front}/{key}", value, tx.id)
                 for path, perms, entries in ((self.back, ro, back), (self.front, rw, front)):
                     if restored and path == self.front and self.xs.exists(path, tx.id):
+                        for key, value in front[:2]:  # only where its back end is now
+                            self.xs.write(f"{path}/{key}", value, tx.id)
                         continue
                     if self.xs.exists(path, tx.id):
                         self.xs.rm(path, tx.id)

@@ -302,19 +302,19 @@ class GrantTable:
             raise ValueError("the saved grant table's mappings are not a list of them")
         maps = [self._saved_mapping(row) for row in rows]
         pinned = Saved(saved.data.get("pinned", {}), "grant table pinned")
-        refs = {int(key) for key in pinned.data if key.isdigit()}
-        if len(refs) != len(pinned.data) or any(ref >= self._entries(version, nr_frames)
-                                                for ref in refs):
-            raise ValueError("the saved grant table's pinned grants are not its entries")
+        pins = {}  # ref -> the domain that pinned it
+        for key in pinned.data:
+            if not key.isdigit() or int(key) >= self._entries(version, nr_frames):
+                raise ValueError("the saved grant table's pinned grants are not its entries")
+            pins[int(key)] = pinned.int(key, hi=DOMID_FIRST_RESERVED - 1)
         with self.lock:
             self.version, self.nr_frames, self.nr_status = version, nr_frames, nr_status
             self.gfns, self.aside = placed, kept
             # Their pins went with the old process: the domains that hold them pin again
             # (remap_for_peer), which sets the flags again.
-            for ref in refs:
+            for ref in pins:
                 self.clear_status_bits(ref, G.GTF_reading | G.GTF_writing)
-            self.mapped_by = {pinned.int(str(ref), hi=DOMID_FIRST_RESERVED - 1)
-                              for ref in refs}
+            self.mapped_by = set(pins.values())
             self.to_reattach = maps
             if maps:
                 top = max(row[0] for row in maps)
