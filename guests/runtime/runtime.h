@@ -302,6 +302,9 @@ struct trap_frame {
     uint64_t rip, cs, rflags, rsp, ss;
 };
 void traps_init(void);
+/* Called first for an exception taken in ring 0 (any vCPU): true means handled, return
+ * through the frame (which the hook may change). NULL: none. */
+extern bool (*kernel_trap_hook)(struct trap_frame *f);
 /* A present, DPL-0, 64-bit interrupt gate for `vector` in the IDT loaded now. */
 void install_interrupt_gate(unsigned vector, const void *entry);
 /* Ring 3 (runtime/entry.S + traps.c). run_user enters fn at CPL3 on

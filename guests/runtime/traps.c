@@ -33,6 +33,7 @@ NORETURN void resume_kernel_from_user(long value);
 struct user_fault_info user_fault;
 bool user_int80_was_ud;
 static void *kernel_fault_resume;
+bool (*kernel_trap_hook)(struct trap_frame *f);
 static bool in_user;
 
 static const char *const names[32] = {
@@ -124,6 +125,8 @@ void trap_handler(struct trap_frame *f)
         user_fault.cr2 = cr2;
         resume_kernel_from_user(USER_FAULTED);
     }
+    if ((f->cs & 3) == 0 && kernel_trap_hook && kernel_trap_hook(f))
+        return;
     if (kernel_fault_resume && (f->cs & 3) == 0 && f->vector < 32) {
         user_fault.faulted = true;
         user_fault.vector = f->vector;

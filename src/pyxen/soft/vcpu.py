@@ -119,9 +119,11 @@ from .insn import (
     straight_line_end,
 )
 from .interrupts import (
+    BP,
     ERROR_CODE_VECTORS,
     GP,
     NM,
+    OF,
     UD,
     Event,
     TripleFault,
@@ -740,6 +742,8 @@ class SoftVcpu:
         the CPU's (faults.refine), given its instruction length if it is an `int`."""
         if event.software:
             last = self._read_linear(self.regs.rip - 1, 1)
+            if self._ran_stale_int(event.vector, last):
+                return None
             length = software_length(event.vector, last[0] if last else 0)
             event = Event(event.vector, software=True, length=length)
         elif event.vector in REFINED_VECTORS:
@@ -748,6 +752,26 @@ class SoftVcpu:
                                           bool(ctx.efer & EFER_LMA), bool(ctx.hflags & HF_CS64),
                                           ctx.cr(0), ctx.cr(4), self.regs)
         return self._deliver(event)
+
+    def _ran_stale_int(self, vector: int, last: bytes) -> bool:
+        """True when the `int3`/`int n` that trapped is no longer in memory: another vCPU
+        rewrote it after this engine translated it (each engine keeps its own translated
+        code, and another engine's stores do not invalidate it). Linux finishes a
+        text_poke_bp by putting the new first byte over its int3, and a CPU that meets the
+        old int3 backs up to run what is there now (kprobe_int3_handler): the engine ran its
+        stale int3 again, forever. So drop that translation and run from memory, as a CPU
+        that fetched the new bytes would (guests/cpu_cross_code)."""
+        rip = self.regs.rip
+        if not last or (vector, last[0]) in ((BP, 0xCC), (OF, 0xCE)):
+            return False  # the one-byte form is there (or the bytes cannot be read)
+        if self._read_linear(rip - 2, 2) == bytes([0xCD, vector]):
+            return False  # `int n`
+        start = rip - (1 if vector in (BP, OF) else 2)
+        self._invalidating(self.uc.ctl_remove_cache, start, start + 16)
+        self._nothing_in_flight()
+        self.regs.rip = start
+        self._dirty = True
+        return True
 
     def _error(self, why: str) -> Exit:
         self.exit_error = f"{why} (guest rip={self.regs.rip:#x})"
