@@ -34,7 +34,8 @@ XL_COMMANDS: dict[str, str] = {
                      "domname", "uptime", "dmesg", "info"), "pyxen.toolstack.xl_ops"),
     **dict.fromkeys(("sched-credit", "vcpu-list", "vcpu-pin", "vcpu-set", "mem-set",
                      "mem-max", "top"), "pyxen.toolstack.xl_sched"),
-    **dict.fromkeys(("save", "restore", "migrate"), "pyxen.toolstack.xl_save"),
+    **dict.fromkeys(("save", "restore", "migrate", "migrate-receive"),
+                    "pyxen.toolstack.xl_save"),
     **dict.fromkeys(("block-attach", "block-detach", "block-list", "network-attach",
                      "network-detach", "network-list"), "pyxen.toolstack.xl_devices"),
 }

@@ -3,7 +3,8 @@ veth pair, as two machines on a link.
 
 The counter guest (guests/counter.c) moves from host A to host B while it counts, and back;
 its own checks of time, timer ticks and a 1 MiB pattern must pass across both moves, and
-its count must go on from where it was. When the link goes down in the middle of a
+its count must go on from where it was. A vchan pair streaming through grants moves
+together (`--with`) and streams on. When the link goes down in the middle of a
 migration, the domain runs on at the source and nothing is left at the target. Linux with a
 PV disk and NIC is saved, restored and migrated while it is pinged."""
 
@@ -36,12 +37,14 @@ from host.linux_guest import (
     typed,
 )
 from host.netns import BRIDGE, HOST_IP, PINGER, NetnsUnavailable, can_make_netns, run
+from host.test_save_linked import streaming_pair
 from pyxen.host.limits import remove_abandoned
 
 PROGRESS = re.compile(rb"counter_progress count=(\d+) ticks=(\d+) now=(\d+)")
 ADDRESSES = {"a": "10.78.0.1", "b": "10.78.0.2"}
 GUEST_NET = {"a": HOST_IP, "b": "10.77.0.3"}  # each host's address on the guests' subnet
 PORT = 8002
+VCHAN_MIB = 256  # each way: mid-stream at both moves (64 MiB took ~10 s here)
 
 
 def progress(daemon: Daemon, name: str) -> list[tuple[int, ...]]:
@@ -132,6 +135,85 @@ def test_a_counting_guest_moves_there_and_back(hosts: dict[str, Daemon]) -> None
     times = [p[2] for p in on_a + on_b + back]
     gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
     assert max(gaps) < 2_000_000_000, gaps  # no jump in the guest's time
+
+
+def test_a_vchan_pair_migrates_together_and_streams_on(hosts: dict[str, Daemon]) -> None:
+    """Two guests streaming to each other through granted rings and an event channel
+    (test_save_linked's vchan pair) go to host b together (--with) mid-stream, and back to
+    a, joined again each time; each receiver's checks find every byte once, in order. One
+    alone cannot leave its peer behind: one line says why, and both stream on."""
+    a, b = hosts["a"], hosts["b"]
+    domids = streaming_pair(a, VCHAN_MIB)
+    out = migrate(a, "server", ADDRESSES["b"], **{"with": "client"})
+    for name in ("server", "client"):
+        assert re.search(rf"Migrated domain {name} to 10\.78\.0\.2: \d+ rounds", out), out
+    assert not a.domains()
+    assert {name: d["domid"] for name, d in b.domains().items()} == domids  # ids kept
+    on_a = {name: console_log(a, name) for name in domids}
+    alone = b.pyxen("migrate", "server", ADDRESSES["a"], check=False, timeout=300)
+    assert alone.returncode == 1 and alone.stderr.count("\n") == 1, alone.stderr
+    assert f"bound to domain {domids['client']}, which stays on this host" in alone.stderr
+    assert set(b.domains()) == {"server", "client"}
+    wait_for("host a to let go of what it began to receive", lambda: not a.domains())
+    migrate(b, "client", f"{ADDRESSES['a']}:{PORT}", **{"with": "server"})
+    assert set(a.domains()) == {"server", "client"} and not b.domains()
+    on_b = {name: console_log(b, name) for name in domids}
+    for name in domids:
+        wait_for(f"the {name} to finish", lambda n=name: b"RESULT" in console_log(a, n),
+                 timeout=600)
+    logs = {name: console_log(a, name) for name in domids}  # host a's log has both visits
+    for name in domids:  # each move came mid-stream: a receiver prints its result at once
+        assert b"vchan.stream_" not in on_a[name] + on_b[name], name
+    reports = {name: Report.parse(on_b[name] + logs[name]) for name in domids}
+    for report in reports.values():
+        report.assert_all_passed()
+        assert int(report.value("stream_bytes")) == VCHAN_MIB << 20
+    assert "vchan.stream_c2s" in reports["server"].passed
+    assert "vchan.stream_s2c" in reports["client"].passed
+    for host in (a, b):
+        text = "".join((host.dir / "log" / f"domain-{n}.log").read_text() for n in domids)
+        for left_behind in ("not there to bind", "cannot be mapped again",
+                            "stays on its old page", "Traceback"):
+            assert left_behind not in text
+
+
+def test_a_migration_through_an_ssh_like_command(hosts: dict[str, Daemon],
+                                                 tmp_path: Path) -> None:
+    """`pyxen migrate -s SSHCOMMAND`, as xl's: the stream goes through the stdin and stdout
+    of a command at whose far end `pyxen migrate-receive` hands it to that host's daemon
+    (through its API socket: no TCP port involved). `ip netns exec` into host b stands in
+    for ssh (the same pipes); with -s "" the HOST argument is the whole command. A far end
+    without a daemon fails in one line that says so, and the guest runs on."""
+    a, b = hosts["a"], hosts["b"]
+    netns: dict[str, str] = hosts["netns"]  # type: ignore[assignment]
+    a.create("counter", "counter", "seconds=10 report_ms=300 console=hvc0")
+    wait_for("a few reports", lambda: len(progress(a, "counter")) >= 3)
+    receive = f"{sys.executable} -m pyxen.cli migrate-receive --host"
+    nowhere = a.pyxen("migrate", "-s", "", "counter", f"{receive} {b.dir}/none.sock",
+                      check=False, timeout=120)
+    assert nowhere.returncode == 1 and nowhere.stderr.count("\n") == 1, nowhere.stderr
+    assert "no pyxen daemon at" in nowhere.stderr, nowhere.stderr
+    assert "counter" in a.domains()
+    far_end = f"ip netns exec {netns['b']} {receive} {b.socket}"
+    out = a.pyxen("migrate", "-s", "", "counter", far_end, timeout=300).stdout
+    assert f"Migrated domain counter to {far_end}: " in out, out
+    assert "counter" not in a.domains() and "counter" in b.domains()
+    on_a = console_log(a, "counter")
+    # back, through `SSHCOMMAND HOST pyxen migrate-receive` with a stand-in for ssh
+    ssh = tmp_path / "fake-ssh"
+    ssh.write_text(f"""#!/bin/sh
+[ "$1" = host-a ] && [ "$2" = pyxen ] || {{ echo "fake-ssh: unexpected $*" >&2; exit 255; }}
+shift 2
+exec ip netns exec {netns['a']} {sys.executable} -m pyxen.cli "$@" --host {a.socket}
+""")
+    ssh.chmod(0o755)
+    b.pyxen("migrate", "-s", str(ssh), "counter", "host-a", timeout=300)
+    assert "counter" in a.domains() and "counter" not in b.domains()
+    wait_for("the guest to finish on host a", lambda: finished(a, "counter"), 300)
+    report = Report.parse(on_a + console_log(b, "counter") + console_log(a, "counter")[len(on_a):])
+    report.assert_all_passed()
+    assert "counter.memory_intact" in report.passed
+    assert "Traceback" not in a.errors() + b.errors()
 
 
 def fails_midway(a: Daemon, b: Daemon, fault: Callable[[], None]) -> None:

@@ -21,7 +21,7 @@ from pyxen.domain.domain import Domain
 from pyxen.host.peer_link import MAX_COPY_GRANTS, PeerLink, PeerLinks, link_ends
 from pyxen.host.wire import WireError
 from pyxen.hv import grant_table
-from pyxen.hv.event_channel import ECS_INTERDOMAIN, ECS_UNBOUND
+from pyxen.hv.event_channel import ECS_INTERDOMAIN, ECS_RESERVED, ECS_UNBOUND
 
 
 @pytest.fixture
@@ -323,3 +323,70 @@ def test_a_dead_mappers_pins_are_released(pair) -> None:
     finally:
         sel.close()
         dom2.memory.close()
+
+
+# --- two domains restored together, and two links between the same two processes ---------------
+def test_ports_waiting_at_both_ends_are_joined_by_whichever_side_relinks_first(pair) -> None:
+    """Migrated together, both ends of a channel come back held for each other (reserved,
+    to be joined again). dom2's relink binds dom1's end through the link: dom1 takes it,
+    raised (events may have been dropped), and its own relink then skips that port; a bind
+    of a port already joined to that very end answers as done; any other end is EINVAL."""
+    a, _ = pair
+    dom1 = make_domain(1)
+    raised: list[int] = []
+    dom1.evtchn.set_pending = lambda vcpu, port: raised.append(port)  # no vCPU to raise it on
+    try:
+        with dom1.evtchn.lock:
+            port = dom1.evtchn.get_free_port()
+            chn = dom1.evtchn.bind(port)
+            chn.state, chn.remote_domid, chn.remote_port = ECS_RESERVED, 2, 9
+            dom1.evtchn.to_relink.append(port)
+        with pytest.raises(XenError) as e:
+            dom1.evtchn.bound_by_peer(a, port, 8)  # not the end it waits for
+        assert e.value.errno == EINVAL and chn.state == ECS_RESERVED
+        dom1.evtchn.bound_by_peer(a, port, 9)
+        assert (chn.state, chn.remote_link, chn.remote_port) == (ECS_INTERDOMAIN, a, 9)
+        assert raised == [port]
+        dom1.evtchn.bound_by_peer(a, port, 9)  # the other side's relink, racing: done
+        dom1.remote_peers = lambda domid: pytest.fail("relink asked for a link")
+        assert dom1.evtchn.relink() == []  # joined already: nothing to do
+        assert chn.state == ECS_INTERDOMAIN
+    finally:
+        dom1.memory.close()
+
+
+def test_two_links_to_one_process_stand_for_one_peer() -> None:
+    """dom1 and dom2 asked for a link to each other at once: the daemon made two. Both are
+    served, but the first stands for dom2 (`get`, and in every check): a port bound through
+    one is raised by the other's doorbell. A link to a new process of dom2 replaces it."""
+    dom1 = make_domain(1)
+    raised: list[int] = []
+    dom1.evtchn.rung_by_peer = lambda peer, ports: raised.extend(  # type: ignore[method-assign]
+        p for p in ports if dom1.evtchn.ports[p].remote_link is peer)
+    sel = selectors.DefaultSelector()
+    links = PeerLinks(dom1, lambda msg: False, sel)
+    ends = []
+    try:
+        first_fds, second_fds, new_fds = (link_ends() for _ in range(3))
+        ends = [first_fds[1], second_fds[1], new_fds[1]]
+        first = links._add(2, first_fds[0], 4242)
+        second_link = links._add(2, second_fds[0], 4242)
+        assert second_link is first and links.get(2) is first
+        port = unbound_port(dom1, 2)
+        dom1.evtchn.bound_by_peer(first, port, 5)
+        second = next(key.data[1] for key in sel.get_map().values()
+                      if key.data[1] is not first and key.data[2] == "bell")
+        assert second.identity is first
+        peer_side = PeerLink(1, second_fds[1])  # dom2's end of the second link rings port
+        ends[1] = []
+        peer_side.ring(port)
+        links.readable(second, "bell")
+        assert raised == [port]
+        peer_side.close()
+        assert links._add(2, new_fds[0], 4343) is not first and links.get(2) is not first
+    finally:
+        for fds in ends:
+            for fd in fds:
+                os.close(fd)
+        sel.close()
+        dom1.memory.close()

@@ -21,10 +21,10 @@ from pyxen.xenstore.client import Client
 MIB = 64  # each way: long enough to be mid-stream when the save comes
 
 
-def streaming_pair(daemon: Daemon) -> dict[str, int]:
-    """A vchan server and client, told of each other, once they are connected (streaming
-    starts then); their domids."""
-    domids = {name: daemon.create(name, "vchan", f"role={name} mib={MIB} console=hvc0")
+def streaming_pair(daemon: Daemon, mib: int = MIB) -> dict[str, int]:
+    """A vchan server and client streaming `mib` MiB each way, told of each other, once they
+    are connected (streaming starts then); their domids."""
+    domids = {name: daemon.create(name, "vchan", f"role={name} mib={mib} console=hvc0")
               for name in ("server", "client")}
     with Client(str(daemon.xenstore), timeout=60) as xs:
         xs.write(f"/local/domain/{domids['server']}/data/peer", str(domids["client"]))

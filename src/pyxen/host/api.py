@@ -16,6 +16,7 @@ import contextvars
 import logging
 import os
 import platform
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -101,18 +102,25 @@ class Api:
     @handler("migrate")
     async def migrate(self, msg: Message) -> Message:
         from pyxen.host.daemon import HostError
-        from pyxen.host.migrate import parse_target
+        from pyxen.host.migrate import Target
 
         target, port, downtime = msg.get("host"), msg.get("port"), msg.get("downtime_ms", 100)
+        along, ssh = msg.get("with", []), msg.get("ssh")
         if not isinstance(target, str) or not target or \
                 not (port is None or isinstance(port, int) and 0 < port < 65536) or \
-                not isinstance(downtime, (int, float)) or not 0 < downtime < 1e7:
-            raise HostError("migrate: a HOST, a port 1-65535 and a downtime in ms expected")
-        address, port = parse_target(target, port)
-        if not 0 < port < 65536:
-            raise HostError(f"migrate: {port} is not a port (1-65535)")
-        return await self.host.migrate(self._dom(msg), address, port, float(downtime),
-                                       PROGRESS.get())
+                not isinstance(downtime, (int, float)) or not 0 < downtime < 1e7 or \
+                not isinstance(along, list) or \
+                not all(isinstance(d, (str, int)) for d in along) or \
+                not (ssh is None or isinstance(ssh, str)):
+            raise HostError("migrate: a HOST, a port 1-65535, a downtime in ms, a list of "
+                            "domains to go with it and an ssh command expected")
+        if ssh is not None and port is not None:
+            raise HostError("migrate: --port is for TCP; through ssh there is none")
+        where = Target(target, port, ssh)
+        if not 0 < where.port < 65536 and ssh is None:
+            raise HostError(f"migrate: {where.port} is not a port (1-65535)")
+        doms = [self._dom(msg), *(self.host.lookup(d) for d in along)]
+        return await self.host.migrate(doms, where, float(downtime), PROGRESS.get())
 
     @handler("list")
     async def list_(self, msg: Message) -> Message:
@@ -286,8 +294,11 @@ class ApiServer:
             try:
                 msg = decode(line)
                 op = str(msg.get("op"))
-                if op == "console":  # the one request that turns the stream into bytes
+                if op == "console":  # the requests that turn the stream into bytes
                     await self._console(msg, reader, writer)
+                    return
+                if op == "migrate_receive":
+                    await self._migrate_receive(writer)
                     return
                 fn = HANDLERS.get(op)
                 if fn is None:
@@ -307,6 +318,20 @@ class ApiServer:
                          f"its log has the details", "status": 1}
             writer.write(encode(reply) + b"\n")
             await writer.drain()
+
+    async def _migrate_receive(self, writer: asyncio.StreamWriter) -> None:
+        """`pyxen migrate-receive` (at the end of a migration's ssh): from the reply on, the
+        connection carries an incoming domain, as a TCP connection to --migrate-listen
+        does. The client sends nothing before the reply, so nothing is read ahead."""
+        from pyxen.host.migrate import receive
+
+        writer.transport.pause_reading()
+        writer.write(encode({"ok": True}) + b"\n")
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        conn = socket.socket(fileno=os.dup(sock.fileno()))
+        writer.close()
+        await receive(self.api.host, conn, "migrate-receive")
 
     async def _console(self, msg: Message, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:

@@ -43,6 +43,7 @@ from pyxen.host.hosted import HostedDomain, ask_adopt, peer_pid
 from pyxen.host.migrate import (
     MigrationError,
     MigrationListener,
+    Target,
     carried_config,
     migrate_out,
     parse_target,
@@ -270,19 +271,24 @@ class Host:
         finally:
             os.close(fd)
 
-    async def migrate(self, dom: HostedDomain, target: str, port: int, downtime_ms: float,
+    async def migrate(self, doms: list[HostedDomain], target: Target, downtime_ms: float,
                       progress: Callable[[dict[str, Any]], None] | None = None
                       ) -> dict[str, Any]:
-        """pyxen migrate: `dom` moved live to the daemon at target:port (see migrate.py);
-        `progress` hears each pre-copy round."""
-        if progress is not None:
-            dom.on_migration_progress = progress
+        """pyxen migrate: `doms` (a domain, and those that go with it) moved live to the
+        daemon at `target` (see migrate.py); `progress` hears each pre-copy round."""
+        if len({dom.domid for dom in doms}) != len(doms):
+            raise HostError("migrate: a domain is named twice")
+        for dom in doms:
+            if progress is not None:
+                dom.on_migration_progress = lambda msg, name=dom.name: progress(
+                    dict(msg, name=name))
         try:
-            return await migrate_out(self, dom, target, port, downtime_ms)
+            return await migrate_out(self, doms, target, downtime_ms)
         except MigrationError as e:
             raise HostError(str(e)) from None
         finally:
-            dom.on_migration_progress = lambda msg: None
+            for dom in doms:
+                dom.on_migration_progress = lambda msg: None
 
     # --- lifecycle -------------------------------------------------------------------------
     def free_memory_mib(self) -> int:

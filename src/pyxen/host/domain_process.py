@@ -75,7 +75,7 @@ from pyxen.host import containment
 from pyxen.host.peer_link import PeerLinks
 from pyxen.host.wire import Message, WireError, bytes_to_wire, recv_packet, send_packet
 from pyxen.hv import hypercall_table
-from pyxen.migration.live import Progress, finish, precopy
+from pyxen.migration.live import Progress, Together, finish, precopy
 from pyxen.migration.restore import needs_reconnect, reconnect, restore_domain
 from pyxen.migration.save import SaveError, save_domain
 from pyxen.migration.stream import StreamError
@@ -395,6 +395,8 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
                 elif op == "migrate_send" and sender is None and len(fds) == 1:
                     sender = MigrationSender(domain, devices, link, msg, fds[0])
                     fds = []
+                elif op == "migrate_stop" and sender is not None:
+                    sender.stop()
                 elif op == "migrate_toolstack" and sender is not None:
                     sender.toolstack(msg.get("toolstack"))
                 elif op == "migrate_resume" and sender is not None:
@@ -422,8 +424,15 @@ class MigrationSender:
         downtime = msg.get("downtime_ms")
         self.downtime_ms = float(downtime) if isinstance(downtime, (int, float)) else 100.0
         self.config = msg.get("config")
+        group = msg.get("group")  # the domids migrating with this domain
+        self.links = frozenset(d for d in group if isinstance(d, int)) \
+            if isinstance(group, list) else False
+        self.together = Together(lambda: link.send({"op": "migrate_ready"})) \
+            if self.links else None
         self._toolstack: object = None
         self._got_toolstack = threading.Event()
+        self._called_off = False
+        self._lock = threading.Lock()
         self.paused = False
         start_worker(threading.Thread(target=self._send, name="migration", daemon=True))
 
@@ -431,12 +440,22 @@ class MigrationSender:
         self._toolstack = data
         self._got_toolstack.set()
 
+    def stop(self) -> None:
+        """Every member of the group is ready (or the migration is called off): stop."""
+        if self.together is not None:
+            self.together.stop.set()
+
     def resume(self) -> None:
-        """The target failed before it took over: the domain runs on here."""
-        if self.paused:
-            self.paused = False
-            self.devices.resume()
-            self.domain.unpause()
+        """The target failed before it took over, or a domain of the group did: the
+        domain runs on here (a sender still waiting for the daemon's part gives up)."""
+        with self._lock:
+            self._called_off = True
+            self._got_toolstack.set()
+            self.stop()
+            if self.paused:
+                self.paused = False
+                self.devices.resume()
+                self.domain.unpause()
 
     def _wait_ack(self) -> None:
         """The target applied the round: its one-byte answer to the SYNC record."""
@@ -452,13 +471,23 @@ class MigrationSender:
         try:
             with self.out:
                 writer, progress = precopy(self.domain, self.out, self._wait_ack,
-                                           self.downtime_ms, self.config, self._progress)
-                self.paused = True
-                self.devices.suspend()  # see save(): the back ends' last writes go too
+                                           self.downtime_ms, self.config, self._progress,
+                                           self.links, self.together)
+                with self._lock:
+                    if self._called_off:  # while the rounds ran: precopy paused it since
+                        self.domain.set_dirty_logging(False)
+                        self.domain.unpause()
+                        raise SaveError("the migration was called off")
+                    self.paused = True
+                    self.devices.suspend()  # see save(): the back ends' last writes go too
                 self.link.send({"op": "migrate_paused"})
-                if not self._got_toolstack.wait(SAVE_TOOLSTACK_TIMEOUT):
-                    raise SaveError("the daemon did not send its part of the domain")
-                finish(writer, self.domain, progress, self._toolstack)
+                # a group's members wait here until all of them are paused
+                wait = GROUP_PAUSE_TIMEOUT if self.links else SAVE_TOOLSTACK_TIMEOUT
+                if not self._got_toolstack.wait(wait) or self._called_off:
+                    self.domain.set_dirty_logging(False)
+                    raise SaveError("the migration was called off" if self._called_off
+                                    else "the daemon did not send its part of the domain")
+                finish(writer, self.domain, progress, self._toolstack, self.links)
         except (SaveError, OSError, ValueError) as e:
             os.close(self.fd)
             self.resume()
@@ -473,6 +502,7 @@ class MigrationSender:
 
 
 SAVE_TOOLSTACK_TIMEOUT = 60.0
+GROUP_PAUSE_TIMEOUT = 900.0  # ... and for the rest of a group, whose rounds may go on long
 ACK = b"\x06"  # a live migration's answer to a SYNC record
 
 

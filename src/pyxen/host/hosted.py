@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyxen.abi.sched import SHUTDOWN_crash
 from pyxen.backends.console import ConsoleBackend
@@ -43,6 +43,9 @@ from pyxen.xenstore.ring import GuestRing
 from pyxen.xenstore.snapshot import restore_session
 from pyxen.xenstore.unix import check_socket_path
 from pyxen.xenstore.xenstored import XenStored
+
+if TYPE_CHECKING:
+    from pyxen.host.migrate import MigrationGroup
 
 log = logging.getLogger("pyxen.daemon")
 BUILD_TIMEOUT = 300.0  # seconds a domain process may take to build (a big kernel, a busy host)
@@ -139,6 +142,7 @@ class HostedDomain:
         self._rings: list[tuple[int, Callable[[], None]]] = []
         self._migrated: asyncio.Future[Message] | None = None
         self.migration_paused_at: float | None = None  # monotonic time of the last pause
+        self._together: MigrationGroup | None = None  # the group it migrates with
         self.on_migration_progress: Callable[[Message], None] = lambda msg: None
         self._missed: Message | None = None  # a "stopped" the domain sent no daemon
         self._loop = asyncio.get_running_loop()
@@ -226,36 +230,58 @@ class HostedDomain:
             raise RuntimeError(f"domain {self.name} cannot be saved: {reply['error']}")
         return reply
 
-    async def migrate_send(self, fd: int, downtime_ms: float) -> dict[str, Any]:
+    async def migrate_send(self, fd: int, downtime_ms: float, group: list[int] | None = None,
+                           together: MigrationGroup | None = None) -> dict[str, Any]:
         """The domain process streams the domain into `fd` (a connection to the target),
         live, until it is paused and all of it is sent. RuntimeError (one line) if that
         fails: the domain then runs on here. Afterwards the caller either destroys the
-        domain or calls `migrate_resume`."""
+        domain or calls `migrate_resume`. In a group (`group`: every member's domid, its
+        links to them travel) `together` hears when the domain is ready to stop and when
+        it has stopped, and says when to stop (`stop_migration`) and when to send the
+        rest (`send_final_part`)."""
         self._check_movable(paused_ok=False)
         assert self.control is not None
-        self._migrated = self._loop.create_future()
-        send_packet(self.control, {"op": "migrate_send", "downtime_ms": downtime_ms,
-                                   "config": self.carried_config()}, [fd])
-        reply = await self._migrated
+        self._migrated = pending = self._loop.create_future()
+        self._together = together
+        msg = {"op": "migrate_send", "downtime_ms": downtime_ms,
+               "config": self.carried_config()}
+        send_packet(self.control, msg if group is None else dict(msg, group=group), [fd])
+        reply = await pending
         if reply.get("error"):
             self.migrate_resume()
             raise RuntimeError(f"domain {self.name} cannot be migrated: {reply['error']}")
         return reply
 
     def _migration_paused(self) -> None:
-        """The guest has stopped: the rings' last state, and the store's part, are final."""
+        """The guest has stopped: the rings' last state is final (and, once its group is
+        all paused, the store's part)."""
         self.migration_paused_at = time.monotonic()
         self.serve_rings(False)
-        assert self.control is not None
-        send_packet(self.control, {"op": "migrate_toolstack", "toolstack": {
-            "xenstore": save_domain_nodes(self.xenstored, self.domid)}})
+        if self._together is not None:
+            self._together.paused(self)
+        else:
+            self.send_final_part()
+
+    def stop_migration(self) -> None:
+        """Every domain of the group is ready: pause now."""
+        if self.control is not None and self._migrated is not None:
+            send_packet(self.control, {"op": "migrate_stop"})
+
+    def send_final_part(self) -> None:
+        """The daemon's part of a paused migrating domain: its store nodes and watches."""
+        if self.control is not None and self._migrated is not None:
+            send_packet(self.control, {"op": "migrate_toolstack", "toolstack": {
+                "xenstore": save_domain_nodes(self.xenstored, self.domid)}})
 
     def migrate_resume(self) -> None:
-        """The target did not take the domain over: it runs on here."""
+        """The target did not take the domain over, or a domain of its group cannot go:
+        it runs on here (a send still under way is called off)."""
         if self.migration_paused_at is not None:
             self.migration_paused_at = None
             self.serve_rings(True)
-        self._migrated = None
+        pending, self._migrated, self._together = self._migrated, None, None
+        if pending is not None and not pending.done():
+            pending.set_result({"error": "the migration was called off"})
         if self.control is not None:
             send_packet(self.control, {"op": "migrate_resume"})
 
@@ -399,6 +425,8 @@ class HostedDomain:
             self.on_migration_progress(msg)
         elif op == "migrate_paused" and self._migrated is not None:
             self._migration_paused()
+        elif op == "migrate_ready" and self._together is not None:
+            self._together.ready(self)
         elif op == "migrate_sent" and self._migrated is not None and not self._migrated.done():
             self._migrated.set_result(msg)
         elif op == "failed" and self._built is not None and not self._built.done():
@@ -440,15 +468,16 @@ class HostedDomain:
         inter-domain event channel with it): both get their ends of a new link, each told
         who is at the other end. The daemon vouches for that; the rest is between them."""
         assert self.control is not None
-        reply: Message = {"op": "peer_link", "domid": domid, "seq": seq}
+        reply: Message = {"op": "peer_link", "domid": domid, "seq": seq}  # + the peer's pid
         peer = self.find_domain(domid) if isinstance(domid, int) else None
         if peer is None or peer is self or not peer.linkable():
             send_packet(self.control, dict(reply, error="ESRCH"))
             return
         mine, theirs = link_ends()
         try:
-            send_packet(peer.control, {"op": "peer", "domid": self.domid}, theirs)  # type: ignore[arg-type]
-            send_packet(self.control, reply, mine)
+            send_packet(peer.control, {"op": "peer", "domid": self.domid, "pid": self.pid},  # type: ignore[arg-type]
+                        theirs)
+            send_packet(self.control, dict(reply, pid=peer.pid), mine)
         except OSError as e:
             log.warning("dom%d: linking to dom%s: %s", self.domid, domid, e)
             with contextlib.suppress(OSError):

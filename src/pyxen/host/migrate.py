@@ -24,8 +24,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pyxen.host.gc_hold import gc_held
@@ -39,7 +44,9 @@ BANNER = "PYXEN-MIGRATE 1 "
 MAX_LINE = 1 << 20  # the offer: a domain's spec and actions
 HANDSHAKE_TIMEOUT = 60.0  # seconds to wait for the other side's next line
 CONNECT_TIMEOUT = 20.0
+COMMAND_EXIT_TIMEOUT = 10.0  # an ssh command's time to end once its connection closes
 LINK_TIMEOUT_MS = 15_000  # data unacknowledged this long: the link is dead
+MAX_GROUP = 64  # domains migrating together
 DEFAULT_PORT = 8002  # xl's migration over ssh has none; QEMU's examples use 4444
 
 
@@ -67,7 +74,9 @@ def send_line(sock: socket.socket, text: str) -> None:
 def configure_link(sock: socket.socket) -> None:
     """A dead link must end the migration within seconds, not TCP's minutes: unacknowledged
     data times out (TCP_USER_TIMEOUT), and an idle connection is probed (keepalive), so a
-    side waiting to read learns of it too."""
+    side waiting to read learns of it too. (Through ssh, the link is ssh's business.)"""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
     for level, option, value in ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
                                  (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
                                  (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5),
@@ -81,6 +90,72 @@ async def _blocking(fn: Any, *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
+class Target:
+    """Where a migration goes: the daemon at HOST:PORT over TCP (its --migrate-listen), or,
+    as xl does it, the stdin and stdout of `SSH_COMMAND HOST pyxen migrate-receive` (run
+    by sh; with an empty SSH_COMMAND, HOST is the whole command). Each domain gets a
+    connection of its own."""
+
+    def __init__(self, host: str, port: int | None = None,
+                 ssh_command: str | None = None) -> None:
+        self.ssh_command = ssh_command
+        self.host, self.port = (host, 0) if ssh_command is not None else \
+            parse_target(host, port)
+        self._commands: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def __str__(self) -> str:
+        return self.host if self.ssh_command is not None else f"{self.host}:{self.port}"
+
+    def connect(self) -> socket.socket:
+        if self.ssh_command is None:
+            try:
+                sock = socket.create_connection((self.host, self.port), CONNECT_TIMEOUT)
+            except OSError as e:
+                raise MigrationError(f"cannot reach {self}: {e.strerror or e}") from None
+            configure_link(sock)
+            return sock
+        command = f"{self.ssh_command} {self.host} pyxen migrate-receive" \
+            if self.ssh_command else self.host
+        mine, theirs = socket.socketpair()
+        stderr = tempfile.TemporaryFile()  # noqa: SIM115 - read and closed by explain/close
+        try:
+            proc = subprocess.Popen(["sh", "-c", command], stdin=theirs, stdout=theirs,
+                                    stderr=stderr, start_new_session=True)
+        except OSError as e:
+            mine.close()
+            stderr.close()
+            raise MigrationError(f"cannot run sh: {e.strerror or e}") from None
+        finally:
+            theirs.close()
+        self._commands.append((proc, stderr))
+        return mine
+
+    def explain(self, why: str) -> str:
+        """`why`, with what the last command said on its way out (through ssh: why the
+        other side went, such as no daemon there)."""
+        if not self._commands:
+            return why
+        proc, stderr = self._commands[-1]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(COMMAND_EXIT_TIMEOUT)
+        stderr.seek(0)
+        said = [line.strip() for line in stderr.read().decode(errors="replace").splitlines()
+                if line.strip()]
+        return f"{why} ({said[-1]})" if said else why
+
+    def close(self) -> None:
+        """The commands end with their connections (ssh sees end of file): reaped here."""
+        for proc, stderr in self._commands:
+            try:
+                proc.wait(COMMAND_EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            stderr.close()
+        self._commands = []
+
+
 def parse_target(text: str, port: int | None) -> tuple[str, int]:
     """HOST, HOST:PORT or [V6]:PORT; `port` (--port) wins over none given."""
     host, sep, tail = text.rpartition(":")
@@ -90,75 +165,198 @@ def parse_target(text: str, port: int | None) -> tuple[str, int]:
 
 
 # --- the source --------------------------------------------------------------------------
-async def migrate_out(host: Host, dom: HostedDomain, target: str, port: int,
+@dataclass
+class _Move:
+    """One domain of a migration, on its own connection."""
+
+    dom: HostedDomain
+    sock: socket.socket | None = None
+    streaming: bool = False  # its process was asked to send it (and not called off since)
+    sent: dict[str, Any] = field(default_factory=dict)
+    sent_at: float = 0.0
+    ready_at: float = 0.0
+    done_at: float = 0.0
+    paused_at: float = 0.0
+
+
+class MigrationGroup:
+    """Domains that migrate together stop at one moment, and send their last state only
+    once all of them are stopped: a member still running could write into another's pages
+    (through a grant) after those were sent. Each says when its own policy would stop
+    (`ready`), doing more rounds until all are ready; then all stop, and once all are
+    `paused` each sends the rest."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ready: list[HostedDomain] = []
+        self._paused: list[HostedDomain] = []
+
+    def ready(self, dom: HostedDomain) -> None:
+        self._ready.append(dom)
+        if len(self._ready) == self.size:
+            for member in self._ready:
+                member.stop_migration()
+
+    def paused(self, dom: HostedDomain) -> None:
+        self._paused.append(dom)
+        if len(self._paused) == self.size:
+            for member in self._paused:
+                member.send_final_part()
+
+
+async def migrate_out(host: Host, doms: list[HostedDomain], target: Target,
                       downtime_ms: float) -> dict[str, Any]:
-    """Move `dom` to the daemon at target:port; its figures. MigrationError (one line) if
-    it did not move: it then runs on here (or, after GO without DONE, stays paused)."""
+    """Move `doms` (one domain, or a group that shares event channels and grants, which
+    moves together) to the daemon at `target`; the figures, per domain. MigrationError
+    (one line) if they did not move: they then run on here (or, after GO without DONE,
+    stay paused)."""
     with gc_held():
-        return await _migrate_out(host, dom, target, port, downtime_ms)
+        try:
+            return await _migrate_out(host, doms, target, downtime_ms)
+        finally:
+            await _blocking(target.close)
 
 
-async def _migrate_out(host: Host, dom: HostedDomain, target: str, port: int,
+async def _migrate_out(host: Host, doms: list[HostedDomain], target: Target,
                        downtime_ms: float) -> dict[str, Any]:
     started = time.monotonic()
+    moves = [_Move(dom) for dom in doms]
+    group = [dom.domid for dom in doms] if len(doms) > 1 else None
     try:
-        sock = await _blocking(socket.create_connection, (target, port), CONNECT_TIMEOUT)
+        for move in moves:
+            move.sock = await _offer_domain(move.dom, target, group)
+        await _stream_all(moves, downtime_ms, group)
+        await _each(moves, lambda m: _ready(m, target))
+        handed = await asyncio.gather(*(_hand_over(m, target) for m in moves),
+                                      return_exceptions=True)
     except OSError as e:
-        raise MigrationError(f"cannot reach {target}:{port}: {e.strerror or e}") from None
-    try:
-        configure_link(sock)
-        sock.settimeout(HANDSHAKE_TIMEOUT)
-        offer = json.dumps(dom.carried_config())
-        await _blocking(send_line, sock, BANNER + offer)
-        answer = await _blocking(recv_line, sock)
-        if answer != "OK":
-            raise MigrationError(f"{target} refused the domain: {answer.removeprefix('ERROR ')}")
-        sock.settimeout(None)  # the stream takes as long as it takes
-        try:
-            sent = await dom.migrate_send(sock.fileno(), downtime_ms)
-        except RuntimeError as e:
-            raise MigrationError(str(e)) from None
-        sent_at = time.monotonic()
-        sock.settimeout(HANDSHAKE_TIMEOUT * 5)  # the target builds the domain meanwhile
-        try:
-            answer = await _blocking(recv_line, sock)
-        except (OSError, MigrationError) as e:
-            dom.migrate_resume()
-            raise MigrationError(f"{target} did not restore the domain: {e}") from None
-        if answer != "READY":
-            dom.migrate_resume()
-            raise MigrationError(f"{target} did not restore the domain: "
-                                 f"{answer.removeprefix('ERROR ')}")
-        ready_at = time.monotonic()
-        sock.settimeout(HANDSHAKE_TIMEOUT)
-        try:
-            await _blocking(send_line, sock, "GO")
-            answer = await _blocking(recv_line, sock)
-        except (OSError, MigrationError) as e:
-            answer = f"no answer ({e})"
-        if answer != "DONE":
-            raise MigrationError(f"{target} was told to run the domain but did not confirm "
-                                 f"({answer}); it stays paused here: check {target}, then "
-                                 f"destroy one copy")
-        done_at = time.monotonic()
-        paused_at = dom.migration_paused_at or done_at
-        downtime = done_at - paused_at
-    except OSError as e:
-        if dom.migration_paused_at is not None:
-            dom.migrate_resume()
+        _resume_all(moves)
         raise MigrationError(f"the connection to {target} failed: {e.strerror or e}") from None
     finally:
-        sock.close()
-    host.say(f"domain {dom.domid} ({dom.name}) migrated to {target}:{port}")
-    dom.destroy()
-    await dom.gone
-    return {"rounds": sent.get("rounds", []), "pages": sent.get("pages", 0),
+        for move in moves:
+            if move.sock is not None:
+                move.sock.close()
+    for move in moves:
+        if move.done_at:  # it runs there
+            host.say(f"domain {move.dom.domid} ({move.dom.name}) migrated to {target}")
+            move.dom.destroy()
+            await move.dom.gone
+    for failure in handed:
+        if isinstance(failure, BaseException):
+            raise failure
+    figures = []
+    for move in moves:
+        dom = move.dom
+        sent, paused_at = move.sent, move.paused_at
+        figures.append({
+            "name": dom.name, "rounds": sent.get("rounds", []), "pages": sent.get("pages", 0),
             "bytes": sent.get("bytes", 0), "predicted_ms": sent.get("predicted_ms", 0),
-            "downtime_ms": round(downtime * 1000, 1),
+            "downtime_ms": round((move.done_at - paused_at) * 1000, 1),
             # where the stop went: the last copy, the target's restore, the handover
             "stop_ms": [round((b - a) * 1000, 1) for a, b in
-                        ((paused_at, sent_at), (sent_at, ready_at), (ready_at, done_at))],
-            "total_s": round(time.monotonic() - started, 3)}
+                        ((paused_at, move.sent_at), (move.sent_at, move.ready_at),
+                         (move.ready_at, move.done_at))]})
+    return dict(figures[0], domains=figures, total_s=round(time.monotonic() - started, 3))
+
+
+async def _offer_domain(dom: HostedDomain, target: Target,
+                        group: list[int] | None) -> socket.socket:
+    """A connection to the target that has accepted to take `dom`."""
+    sock = await _blocking(target.connect)
+    try:
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        offer = dom.carried_config() if group is None else dict(dom.carried_config(),
+                                                                group=group)
+        await _blocking(send_line, sock, BANNER + json.dumps(offer))
+        answer = await _blocking(recv_line, sock)
+    except (MigrationError, OSError) as e:
+        sock.close()
+        why = f"the connection to {target} failed: {e.strerror or e}" \
+            if isinstance(e, OSError) else str(e)
+        raise MigrationError(await _blocking(target.explain, why)) from None
+    except BaseException:
+        sock.close()
+        raise
+    if answer != "OK":
+        sock.close()
+        who = "the domain" if group is None else f"domain {dom.name}"
+        raise MigrationError(f"{target} refused {who}: {answer.removeprefix('ERROR ')}")
+    sock.settimeout(None)  # the stream takes as long as it takes
+    return sock
+
+
+async def _stream_all(moves: list[_Move], downtime_ms: float,
+                      group: list[int] | None) -> None:
+    """Each domain's pre-copy and stop, side by side; when one fails, the others are called
+    off at once (a paused member would wait for it) and every one runs on."""
+    together = MigrationGroup(len(moves)) if group is not None else None
+
+    async def stream(move: _Move) -> None:
+        assert move.sock is not None
+        move.streaming = True
+        try:
+            move.sent = await move.dom.migrate_send(move.sock.fileno(), downtime_ms, group,
+                                                    together)
+        except RuntimeError as e:
+            raise MigrationError(str(e)) from None
+        move.sent_at = time.monotonic()
+        move.paused_at = move.dom.migration_paused_at or move.sent_at
+
+    tasks = [asyncio.ensure_future(stream(move)) for move in moves]
+    done, running = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    failed = [task.exception() for task in done if task.exception() is not None]
+    if failed:
+        _resume_all(moves)
+        await asyncio.gather(*running, return_exceptions=True)
+        raise failed[0]  # type: ignore[misc]
+
+
+async def _ready(move: _Move, target: str) -> None:
+    """The target's READY: the domain is restored there, paused."""
+    assert move.sock is not None
+    move.sock.settimeout(HANDSHAKE_TIMEOUT * 5)  # the target builds the domain meanwhile
+    try:
+        answer = await _blocking(recv_line, move.sock)
+    except (OSError, MigrationError) as e:
+        raise MigrationError(f"{target} did not restore domain {move.dom.name}: {e}") from None
+    if answer != "READY":
+        raise MigrationError(f"{target} did not restore domain {move.dom.name}: "
+                             f"{answer.removeprefix('ERROR ')}")
+    move.ready_at = time.monotonic()
+
+
+async def _hand_over(move: _Move, target: str) -> None:
+    """GO, and the target's DONE: it runs there. Without DONE nobody can tell whether it
+    does, so the copy here stays paused."""
+    assert move.sock is not None
+    move.sock.settimeout(HANDSHAKE_TIMEOUT)
+    try:
+        await _blocking(send_line, move.sock, "GO")
+        answer = await _blocking(recv_line, move.sock)
+    except (OSError, MigrationError) as e:
+        answer = f"no answer ({e})"
+    if answer != "DONE":
+        raise MigrationError(f"{target} was told to run domain {move.dom.name} but did not "
+                             f"confirm ({answer}); it stays paused here: check {target}, "
+                             f"then destroy one copy")
+    move.done_at = time.monotonic()
+
+
+async def _each(moves: list[_Move], step: Any) -> None:
+    """`step` for every domain at once; if any fails, every domain runs on here and the
+    first failure is raised."""
+    results = await asyncio.gather(*(step(m) for m in moves), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        _resume_all(moves)
+        raise failures[0]
+
+
+def _resume_all(moves: list[_Move]) -> None:
+    for move in moves:
+        if move.streaming:
+            move.streaming = False
+            move.dom.migrate_resume()
 
 
 # --- the target --------------------------------------------------------------------------
@@ -190,46 +388,56 @@ class MigrationListener:
         loop = asyncio.get_running_loop()
         while True:
             conn, peer = await loop.sock_accept(self.sock)
-            task = loop.create_task(self._receive(conn, peer))
+            task = loop.create_task(receive(self.host, conn, peer))
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
 
-    async def _receive(self, conn: socket.socket, peer: object) -> None:
-        with gc_held():
-            await self._receive_held(conn, peer)
 
-    async def _receive_held(self, conn: socket.socket, peer: object) -> None:
-        from pyxen.host.daemon import HostError
+async def receive(host: Host, conn: socket.socket, peer: object) -> None:
+    """One incoming domain on `conn` (a TCP connection to the listener, or `pyxen
+    migrate-receive`'s connection to the API, at the end of an ssh); closes it."""
+    with gc_held():
+        await _receive(host, conn, peer)
 
-        dom = None
-        configure_link(conn)
-        conn.setblocking(True)
+
+async def _receive(host: Host, conn: socket.socket, peer: object) -> None:
+    from pyxen.host.daemon import HostError
+
+    dom = None
+    configure_link(conn)
+    conn.setblocking(True)
+    conn.settimeout(HANDSHAKE_TIMEOUT)
+    try:
+        offer = await _blocking(recv_line, conn, MAX_LINE)
+        spec, actions, group = _offer(offer)
+        host.check_new_domain(spec)
+        wanted = spec.get("prefer_domid")
+        if group is not None and (wanted not in group or wanted in host.domains):
+            raise MigrationError(f"domain id {wanted} is taken here, and domains that "
+                                 "migrate together keep their ids")
+        await _blocking(send_line, conn, "OK")
+        conn.settimeout(None)
+        dom = await host.create(spec, actions, paused=True, restore_fd=conn.fileno())
+        if group is not None and dom.domid != wanted:
+            raise MigrationError(f"domain id {wanted} was taken here meanwhile")
         conn.settimeout(HANDSHAKE_TIMEOUT)
-        try:
-            offer = await _blocking(recv_line, conn, MAX_LINE)
-            spec, actions = _offer(offer)
-            self.host.check_new_domain(spec)
-            await _blocking(send_line, conn, "OK")
-            conn.settimeout(None)
-            dom = await self.host.create(spec, actions, paused=True, restore_fd=conn.fileno())
-            conn.settimeout(HANDSHAKE_TIMEOUT)
-            await _blocking(send_line, conn, "READY")
-            if await _blocking(recv_line, conn) != "GO":
-                raise MigrationError("the source did not hand the domain over")
-            dom.unpause()
-            with contextlib.suppress(OSError):
-                await _blocking(send_line, conn, "DONE")
-            self.host.say(f"domain {dom.domid} ({dom.name}) migrated in from {peer}")
-        except (MigrationError, HostError, OSError) as e:
-            why = str(e) if not isinstance(e, OSError) else (e.strerror or str(e))
-            log.warning("incoming migration from %s: %s", peer, why)
-            with contextlib.suppress(OSError):
-                await _blocking(send_line, conn, f"ERROR {why}")
-            if dom is not None:
-                dom.destroy()
-                await dom.gone
-        finally:
-            conn.close()
+        await _blocking(send_line, conn, "READY")
+        if await _blocking(recv_line, conn) != "GO":
+            raise MigrationError("the source did not hand the domain over")
+        dom.unpause()
+        with contextlib.suppress(OSError):
+            await _blocking(send_line, conn, "DONE")
+        host.say(f"domain {dom.domid} ({dom.name}) migrated in from {peer}")
+    except (MigrationError, HostError, OSError) as e:
+        why = str(e) if not isinstance(e, OSError) else (e.strerror or str(e))
+        log.warning("incoming migration from %s: %s", peer, why)
+        with contextlib.suppress(OSError):
+            await _blocking(send_line, conn, f"ERROR {why}")
+        if dom is not None:
+            dom.destroy()
+            await dom.gone
+    finally:
+        conn.close()
 
 
 def carried_config(data: object) -> tuple[dict[str, Any], dict[str, str]] | None:
@@ -247,13 +455,18 @@ def carried_config(data: object) -> tuple[dict[str, Any], dict[str, str]] | None
     return carried, actions
 
 
-def _offer(line: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _offer(line: str) -> tuple[dict[str, Any], dict[str, str], list[int] | None]:
+    """The offered domain's spec and actions, and the domids of its group (None: alone)."""
     if not line.startswith(BANNER):
         raise MigrationError("not a pyxen migration (or another version of it)")
     try:
-        carried = carried_config(json.loads(line[len(BANNER):]))
+        data = json.loads(line[len(BANNER):])
     except ValueError:
         raise MigrationError("the offered domain config is not JSON") from None
-    if carried is None:
+    carried = carried_config(data)
+    group = data.get("group") if isinstance(data, dict) else None
+    if carried is None or group is not None and not (
+            isinstance(group, list) and 1 < len(group) <= MAX_GROUP and
+            all(isinstance(d, int) and not isinstance(d, bool) for d in group)):
         raise MigrationError("the offered domain config is malformed")
-    return carried
+    return (*carried, group)

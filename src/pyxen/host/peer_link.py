@@ -136,13 +136,18 @@ class ForeignPage:
 class PeerLink:
     """This domain's link to one domain in another process (a `RemotePeer`)."""
 
-    def __init__(self, domid: int, fds: list[int]) -> None:
+    def __init__(self, domid: int, fds: list[int], process: int | None = None) -> None:
         """The link over `fds` (LINK_FDS order), which it takes: they are the link's, or
-        closed (each once) if the link cannot be made of them."""
+        closed (each once) if the link cannot be made of them. `process`: the peer's
+        process, as the daemon names it."""
         if len(fds) != len(LINK_FDS):
             _close_fds(fds)
             raise WireError(f"a peer link needs {len(LINK_FDS)} fds, got {len(fds)}")
         self.domid = domid
+        self.process = process
+        # Who the hypervisor side sees at the other end: this link, or the first link to
+        # the same process when both asked for one at once (PeerLinks._add).
+        self.identity: PeerLink = self
         call, serve, self.bell_in, self.bell_out, bits_in, bits_out = fds
         socks: list[socket.socket] = []
         self._maps: list[mmap.mmap] = []
@@ -323,7 +328,7 @@ class PeerLink:
         """The peer was restored: our mappings of its grants move to its new process.
         Answered from this thread; the peer makes no other call meanwhile."""
         try:
-            moved = grant_table.remap_for_peer(domain, self)
+            moved = grant_table.remap_for_peer(domain, self.identity)
         finally:
             self._remapping = False
         with contextlib.suppress(OSError):
@@ -336,12 +341,12 @@ class PeerLink:
             return 22  # EINVAL
         if msg.get("op") == "bind":
             try:
-                domain.evtchn.bound_by_peer(self, port, peer_port)
+                domain.evtchn.bound_by_peer(self.identity, port, peer_port)
             except XenError as e:
                 return e.errno
             return 0
         if msg.get("op") == "unbind":
-            domain.evtchn.unbound_by_peer(self, port, peer_port)
+            domain.evtchn.unbound_by_peer(self.identity, port, peer_port)
             return 0
         return 38  # ENOSYS
 
@@ -465,9 +470,10 @@ class PeerLinks:
     def from_daemon(self, msg: Message, fds: list[int]) -> None:
         """"peer" (another domain linked to this one) or "peer_link" (the answer to `get`)."""
         domid, link = msg.get("domid"), None
+        process = msg.get("pid")
         if isinstance(domid, int) and fds and not msg.get("error"):
-            with contextlib.suppress(WireError, OSError):
-                link = self._add(domid, fds)  # the fds are the link's, or closed
+            with contextlib.suppress(WireError, OSError):  # the fds are the link's, or closed
+                link = self._add(domid, fds, process if isinstance(process, int) else None)
         else:
             _close_fds(fds)
         if msg.get("op") == "peer_link":
@@ -478,8 +484,12 @@ class PeerLinks:
                     waiter[1].append(link)
                 waiter[0].set()
 
-    def _add(self, domid: int, fds: list[int]) -> PeerLink:
-        link = PeerLink(domid, fds)
+    def _add(self, domid: int, fds: list[int], process: int | None) -> PeerLink:
+        """A new link, served from now on; the link the hypervisor side is to use. Two
+        domains that asked for a link to each other at once get two: both are served,
+        but the first stands for the peer in both (one identity per peer process, as the
+        event-channel and grant checks compare them), whichever the peer calls through."""
+        link = PeerLink(domid, fds, process)
         try:
             self.sel.register(link.serve_sock, selectors.EVENT_READ, (self, link, "serve"))
             self.sel.register(link.bell_in, selectors.EVENT_READ, (self, link, "bell"))
@@ -492,13 +502,17 @@ class PeerLinks:
         # a blocked vCPU takes the peer's events itself (Wake), one thread hop fewer
         self.domain.wake_sources[link.bell_in] = lambda: self.readable(link, "bell")
         with self.lock:
-            self.links[domid] = link
-        return link
+            first = self.links.get(domid)
+            if first is not None and process is not None and first.process == process:
+                link.identity = first
+            else:
+                self.links[domid] = link
+        return link.identity
 
     def readable(self, link: PeerLink, what: str) -> None:
         evtchn = self.domain.evtchn
         if what == "bell":
-            evtchn.rung_by_peer(link, link.rung(evtchn.max_port))
+            evtchn.rung_by_peer(link.identity, link.rung(evtchn.max_port))
         elif not link.serve(self.domain):
             self._drop(link)
 
@@ -510,7 +524,7 @@ class PeerLinks:
         with self.lock:
             if self.links.get(link.domid) is link:
                 del self.links[link.domid]
-        self.domain.evtchn.peer_gone(link)
+        self.domain.evtchn.peer_gone(link.identity)
         link.release_all(self.domain)
         link.close()
 

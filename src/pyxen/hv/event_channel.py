@@ -44,7 +44,7 @@ from . import event_fifo
 from .event_2l import Evtchn2L, mark_events_pending
 from .event_fifo import EvtchnFifo
 from .hypercall import HypercallTable, subop_describer
-from .remote import RemotePeer
+from .remote import Links, RemotePeer, travels_with
 
 log = logging.getLogger(__name__)
 BACKEND_DOMID = 0  # the PV back ends, which travel with the domain (backends/dataplane.py)
@@ -255,11 +255,22 @@ class EventChannels:
     # --- the other ends of ports bound to domains in other processes --------------------------
     def bound_by_peer(self, peer: RemotePeer, port: int, peer_port: int) -> None:
         """`peer` binds our `port` (its EVTCHNOP_bind_interdomain): -EINVAL unless the port
-        is unbound for that domain."""
+        is unbound for that domain. Restored together (a group migration), both ends wait
+        to be joined again: whichever side relinks first joins both, so a port still held
+        for exactly this other end is bound too (and raised: events may have been
+        dropped), and one it has joined already answers as bound."""
         with self.lock:
             if not self.valid(port) or port == 0:
                 raise XenError(EINVAL)
             chn = self.ports[port]
+            if chn.state == ECS_RESERVED and port in self.to_relink and \
+                    (chn.remote_domid, chn.remote_port) == (peer.domid, peer_port):
+                chn.state, chn.remote_link = ECS_INTERDOMAIN, peer
+                self.set_pending(chn.notify_vcpu, port)
+                return
+            if chn.state == ECS_INTERDOMAIN and chn.remote_link is peer and \
+                    chn.remote_port == peer_port:
+                return
             if chn.state != ECS_UNBOUND or chn.remote_domid != peer.domid:
                 raise XenError(EINVAL, "port is not unbound for that domain")
             chn.state, chn.remote_link, chn.remote_port = ECS_INTERDOMAIN, peer, peer_port
@@ -290,20 +301,21 @@ class EventChannels:
                     chn.unbind_from(peer)
 
     # --- save / restore ------------------------------------------------------------------------
-    def save_state(self, links: bool = False) -> dict[str, object]:
+    def save_state(self, links: Links = False) -> dict[str, object]:
         """Every port's binding, and the ABI's state outside guest memory (the 2-level
         bitmaps live in shared_info and vcpu_info: they travel as pages). A port bound to a
-        domain in another process travels with `links` (a save on this host: `relink`
-        binds it again after the restore); otherwise ValueError names it. Ports bound to
-        the PV back ends (domain 0) always may: the back ends let go of them at the pause
-        and bind them again wherever the domain goes."""
+        domain in another process travels if `links` covers that domain (`relink` binds it
+        again after the restore); otherwise ValueError names it. Ports bound to the PV back
+        ends (domain 0) always may: the back ends let go of them at the pause and bind
+        them again wherever the domain goes."""
         ports: list[object] = []
         with self.lock:
             for port, chn in enumerate(self.ports):
                 if chn.state == ECS_INTERDOMAIN and \
                         (chn.remote_dom is not None and chn.remote_dom is not self.domain
-                         or chn.remote_link is not None and not links
-                         and chn.remote_link.domid != BACKEND_DOMID):
+                         or chn.remote_link is not None
+                         and chn.remote_link.domid != BACKEND_DOMID
+                         and not travels_with(links, chn.remote_link.domid)):
                     raise ValueError(f"port {port} is bound to domain {chn.remote_domid}, "
                                      "which stays on this host")
                 remote_domid = chn.remote_link.domid if chn.remote_link else chn.remote_domid
@@ -377,6 +389,9 @@ class EventChannels:
         linked = []
         for port in self.to_relink:
             chn = self.ports[port]
+            with self.lock:
+                if chn.state != ECS_RESERVED:
+                    continue  # its other end, restored too, joined it first
             peer = self.domain.remote_peer(chn.remote_domid)
             try:
                 if peer is None:

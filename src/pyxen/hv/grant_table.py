@@ -45,7 +45,7 @@ from pyxen.domain.saved import Saved
 from . import atomic
 from .event_channel import BACKEND_DOMID
 from .hypercall import HypercallTable, subop_describer
-from .remote import ForeignPage, RemotePeer
+from .remote import ForeignPage, Links, RemotePeer, travels_with
 
 log = logging.getLogger(__name__)
 
@@ -238,25 +238,25 @@ class GrantTable:
             self.d.memory.commit()
 
     # --- save / restore ------------------------------------------------------------------------
-    def save_state(self, links: bool = False) -> dict[str, object]:
+    def save_state(self, links: Links = False) -> dict[str, object]:
         """Version, frames and where they are mapped; a frame not in the physmap travels
-        here, a mapped one as a page. With `links` (a save on this host), grants in use
-        between this domain and domains in other processes travel too: its mappings of
-        their grants ("maps", mapped again by `reattach`), and which of its grants they pin
-        ("pinned": their processes map them again when asked, `remap_for_peer`). Other
-        grants in use: ValueError says so."""
+        here, a mapped one as a page. Grants in use between this domain and domains in
+        other processes that `links` covers travel too: its mappings of their grants
+        ("maps", mapped again by `reattach`), and which of its grants they pin ("pinned":
+        their processes map them again when asked, `remap_for_peer`). Other grants in
+        use: ValueError says so."""
         with self.lock:
             pinned = {}
             for ref, act in self.active.items():  # domain 0's back ends: see EventChannels
                 if act.pin and act.domid != BACKEND_DOMID and \
-                        (not links or act.domid in self.d.peers):
+                        (act.domid in self.d.peers or not travels_with(links, act.domid)):
                     raise ValueError(f"grant {ref} is in use by domain {act.domid}, "
                                      "which stays on this host")
                 if act.pin:
                     pinned[str(ref)] = act.domid
             maps = []
             for handle, m in enumerate(self.maptrack):
-                if m is not None and (not links or m.granter is None):
+                if m is not None and (m.granter is None or not travels_with(links, m.domid)):
                     raise ValueError(f"the domain maps a grant of domain {m.domid}, which "
                                      "stays on this host")
                 if m is not None:

@@ -13,6 +13,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+# Which domains in other processes a saved domain's shared ports and grants may stay bound
+# to: any (True: the save is restored on this host, next to them), the members of a group
+# that migrates together (their domids), or none (False).
+Links = bool | frozenset[int]
+
+
+def travels_with(links: Links, domid: int) -> bool:
+    """Whether a link to domain `domid` may be saved under `links` (see Links)."""
+    return links is True or (not isinstance(links, bool) and domid in links)
+
 
 class ForeignPage(Protocol):
     """One page of another domain's RAM mapped into this process (a granted page)."""

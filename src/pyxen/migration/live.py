@@ -15,6 +15,7 @@ wins, so the receiver is `restore_domain` unchanged.
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,10 +27,23 @@ from .stream import StreamWriter
 
 if TYPE_CHECKING:
     from pyxen.domain.domain import Domain
+    from pyxen.hv.remote import Links
 
 MAX_ROUNDS = 30
+GROUP_ROUND_GAP_S = 0.02  # between rounds while a group member waits for the others
 STALL_ROUNDS = 3  # rounds without the dirty set shrinking before the stop
 DEFAULT_DOWNTIME_MS = 100.0
+
+
+@dataclass
+class Together:
+    """A group migration's members stop at one moment: each says `ready` when its own
+    policy would stop, and goes on with rounds until `stop` is set (every member ready,
+    or the migration called off)."""
+
+    ready: Callable[[], None]
+    stop: threading.Event = field(default_factory=threading.Event)
+    ready_sent: bool = False
 
 
 @dataclass
@@ -52,17 +66,18 @@ class Progress:
 
 def precopy(domain: Domain, out: BinaryIO, wait_ack: Callable[[], None],
             downtime_ms: float = DEFAULT_DOWNTIME_MS, toolstack_config: object = None,
-            on_progress: Callable[[Progress], None] = lambda p: None
-            ) -> tuple[StreamWriter, Progress]:
+            on_progress: Callable[[Progress], None] = lambda p: None, links: Links = False,
+            together: Together | None = None) -> tuple[StreamWriter, Progress]:
     """The live rounds, the guest running; returns with the domain paused and everything
     but its state sent (the caller writes it with `finish`, which the toolstack's own
     part may wait for). Each round ends with a SYNC record and `wait_ack` returns once the
     receiver has applied it: the rate is measured end to end, and the stop never waits
     for a receiver still busy with earlier rounds. The domain is unpaused again if this
-    raises."""
+    raises. `links`: the domains migrating with this one (save.xen_state); `together`:
+    how they stop at the same moment."""
     progress = Progress()
     writer = StreamWriter(out)
-    write_description(writer, domain, toolstack_config)
+    write_description(writer, domain, toolstack_config, links)
     domain.set_dirty_logging(True)
     try:
         pending = populated_frames(domain)
@@ -85,9 +100,16 @@ def precopy(domain: Domain, out: BinaryIO, wait_ack: Callable[[], None],
             on_progress(progress)
             stalled = 0 if len(pending) < best else stalled + 1
             best = min(best, len(pending))
+            if together is not None and together.ready_sent:
+                if together.stop.wait(GROUP_ROUND_GAP_S):
+                    break  # every member of the group is ready: stop now
+                continue  # meanwhile, rounds keep what is left small
             if progress.predicted_ms <= downtime_ms or stalled >= STALL_ROUNDS or \
                     len(progress.rounds) >= MAX_ROUNDS:
-                break
+                if together is None:
+                    break
+                together.ready_sent = True
+                together.ready()
         if not domain.pause():
             domain.unpause()
             raise SaveError("the domain's vCPUs did not stop within 30 s")
@@ -98,7 +120,7 @@ def precopy(domain: Domain, out: BinaryIO, wait_ack: Callable[[], None],
 
 
 def finish(writer: StreamWriter, domain: Domain, progress: Progress,
-           toolstack: object = None) -> None:
+           toolstack: object = None, links: Links = False) -> None:
     """With the domain paused: the frames dirtied since the last round (and every frame
     another domain may write through a grant), then its state and END."""
     try:
@@ -106,7 +128,7 @@ def finish(writer: StreamWriter, domain: Domain, progress: Progress,
             domain.grant_table.writable_granted_frames()
         write_pages(writer, domain, sorted(final))
         progress.pages_sent += len(final)
-        write_state(writer, domain, toolstack)
+        write_state(writer, domain, toolstack, links)
         progress.bytes_sent = writer.written
     finally:
         domain.set_dirty_logging(False)

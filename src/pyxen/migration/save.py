@@ -21,6 +21,7 @@ from .stream import StreamWriter
 
 if TYPE_CHECKING:
     from pyxen.domain.domain import Domain
+    from pyxen.hv.remote import Links
 
 
 class SaveError(Exception):
@@ -55,11 +56,12 @@ def domain_description(domain: Domain, toolstack_config: object = None) -> dict[
             "toolstack": toolstack_config}
 
 
-def xen_state(domain: Domain, links: bool = False) -> dict[str, object]:
-    """XEN_STATE: the hypervisor's per-domain state outside guest memory. With `links` (a
-    save restored on this host) the domain's event channels and grants shared with domains
-    in other processes travel, to be joined again (restore.reconnect); without (a
-    migration: the other domains stay here), they make the domain unmovable."""
+def xen_state(domain: Domain, links: Links = False) -> dict[str, object]:
+    """XEN_STATE: the hypervisor's per-domain state outside guest memory. The domain's
+    event channels and grants shared with domains in other processes travel where `links`
+    covers those domains (a save restored on this host: all of them; a group migration:
+    the group), to be joined again (restore.reconnect); a link to any other domain (one
+    that stays here while this one leaves) makes the domain unmovable."""
     try:
         return {"system_time": domain.paused_at,
                 "shutdown_code": domain.shutdown_code,
@@ -85,7 +87,7 @@ def populated_frames(domain: Domain) -> list[int]:
 
 
 def write_description(writer: StreamWriter, domain: Domain, toolstack_config: object,
-                      links: bool = False) -> None:
+                      links: Links = False) -> None:
     """DOMAIN_CONFIG, after checking that what cannot travel is not in use (before any page
     goes)."""
     xen_state(domain, links)
@@ -99,7 +101,7 @@ def write_pages(writer: StreamWriter, domain: Domain, pfns: list[int]) -> None:
 
 
 def write_state(writer: StreamWriter, domain: Domain, toolstack: object,
-                links: bool = False) -> None:
+                links: Links = False) -> None:
     """Everything after the pages, the domain paused: each vCPU, the HVM params, Xen's
     state, the toolstack's part; then END."""
     xen = xen_state(domain, links)
@@ -115,7 +117,7 @@ def write_state(writer: StreamWriter, domain: Domain, toolstack: object,
 
 
 def save_domain(domain: Domain, out: BinaryIO, toolstack: object = None,
-                toolstack_config: object = None, links: bool = False) -> SaveStats:
+                toolstack_config: object = None, links: Links = False) -> SaveStats:
     """Write `domain` to `out`; it must be paused (Domain.pause) and stays so. The
     toolstack's own parts travel with it: its config of the domain, read before a restore
     builds anything, and `toolstack` (the daemon's: the domain's XenStore subtree), after.
