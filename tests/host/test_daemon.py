@@ -10,11 +10,12 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from host.hostkit import WAIT_S, Daemon, wait_for
+from host.hostkit import WAIT_S, Daemon, console_log, wait_for
 
 LONG_IDLE = "idle=3600 idle_how=block"  # a guest that stays up, asleep, until destroyed
 
@@ -84,13 +85,21 @@ def test_destroy_removes_the_domain_and_its_store_nodes(daemon: Daemon) -> None:
 
 
 def test_pause_stops_the_domain_and_unpause_resumes_it(daemon: Daemon) -> None:
-    daemon.create("sleeper", "block", LONG_IDLE)
+    """Xen's domain_pause: the guest (a counter reporting every 100 ms) stops, while its
+    process runs on to answer for it (not SIGSTOP); after unpause it counts on."""
+    daemon.create("sleeper", "counter", "report_ms=100 console=hvc0")
     pid = daemon.domains()["sleeper"]["pid"]
+    reports = lambda: console_log(daemon, "sleeper").count(b"counter_progress")  # noqa: E731
+    wait_for("a report", reports)
     daemon.pyxen("pause", "sleeper")
     assert daemon.domains()["sleeper"]["state"] == "--p---"
-    wait_for("the process to stop", lambda: process_state(pid) == "T")
+    time.sleep(0.5)  # a report already on its way may still land
+    seen = reports()
+    time.sleep(1.0)
+    assert reports() == seen, "the guest ran on while paused"
+    assert process_state(pid) != "T"
     daemon.pyxen("unpause", "sleeper")
-    wait_for("the process to run again", lambda: process_state(pid) != "T")
+    wait_for("the guest to report again", lambda: reports() > seen)
     assert "p" not in daemon.domains()["sleeper"]["state"]
 
 

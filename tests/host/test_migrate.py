@@ -216,6 +216,28 @@ exec ip netns exec {netns['a']} {sys.executable} -m pyxen.cli "$@" --host {a.soc
     assert "Traceback" not in a.errors() + b.errors()
 
 
+def test_a_paused_domain_migrates_and_runs_there_unless_p(hosts: dict[str, Daemon]) -> None:
+    """`pyxen pause`d, a domain still migrates (its rounds are quick: it writes nothing) and
+    runs on the target, as xl's migrate resumes it; with -p it arrives paused and does
+    not count until `pyxen unpause`."""
+    a, b = hosts["a"], hosts["b"]
+    a.create("counter", "counter", "seconds=6 report_ms=200 console=hvc0")
+    wait_for("a few reports", lambda: len(progress(a, "counter")) >= 3)
+    a.pyxen("pause", "counter")
+    migrate(a, "counter", ADDRESSES["b"])
+    assert b.domains()["counter"]["state"][2] == "-"
+    wait_for("reports on host b", lambda: len(progress(b, "counter")) >= 2)
+    out = b.pyxen("migrate", "-p", "counter", f"{ADDRESSES['a']}:{PORT}", timeout=300).stdout
+    assert "Migrated domain counter" in out
+    assert a.domains()["counter"]["state"] == "--p---"
+    seen = len(progress(a, "counter"))
+    time.sleep(1.0)
+    assert len(progress(a, "counter")) == seen, "it ran while paused"
+    a.pyxen("unpause", "counter")
+    wait_for("the guest to finish on host a", lambda: finished(a, "counter"), 300)
+    Report.parse(console_log(a, "counter") + console_log(b, "counter")).assert_all_passed()
+
+
 def fails_midway(a: Daemon, b: Daemon, fault: Callable[[], None]) -> None:
     """A 256 MiB counter (its first round takes a while) migrating from a to b while
     `fault` strikes once b is receiving it: one line of error, and it runs on at a."""

@@ -76,3 +76,25 @@ def test_a_restore_whose_peer_is_gone_leaves_its_links_as_xen_leaves_them(
     assert f"domain {domids['server']}'s port" in text and "not there to bind" in text
     assert "cannot be mapped again" in text
     assert "Traceback" not in text
+
+
+def test_a_restore_beside_a_paused_peer_joins_it(daemon: Daemon, tmp_path: Path) -> None:
+    """The server is paused (`pyxen pause`) while the client is saved and restored: a
+    paused domain still answers for its ports and grants, as on Xen, so the restore joins
+    the client to it at once (it used to wait for the server's stopped process); unpaused,
+    the server streams on and every byte arrives once."""
+    domids = streaming_pair(daemon)
+    daemon.pyxen("pause", "server")
+    image = tmp_path / "client.save"
+    daemon.pyxen("save", "client", str(image))
+    restored = daemon.pyxen("restore", str(image), timeout=60)
+    assert f"as domain {domids['client']}" in restored.stdout
+    assert daemon.domains()["server"]["state"][2] == "p"
+    daemon.pyxen("unpause", "server")
+    reports = {name: wait_for(f"the {name} to finish", lambda n=name: finished(daemon, n),
+                              timeout=600) for name in ("server", "client")}
+    for report in reports.values():
+        report.assert_all_passed()
+        assert int(report.value("stream_bytes")) == MIB << 20
+    log = (daemon.dir / "log" / "domain-client.log").read_text()
+    assert "not there to bind" not in log and "cannot be mapped again" not in log

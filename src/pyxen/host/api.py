@@ -105,22 +105,23 @@ class Api:
         from pyxen.host.migrate import Target
 
         target, port, downtime = msg.get("host"), msg.get("port"), msg.get("downtime_ms", 100)
-        along, ssh = msg.get("with", []), msg.get("ssh")
+        along, ssh, paused = msg.get("with", []), msg.get("ssh"), msg.get("paused", False)
         if not isinstance(target, str) or not target or \
                 not (port is None or isinstance(port, int) and 0 < port < 65536) or \
                 not isinstance(downtime, (int, float)) or not 0 < downtime < 1e7 or \
                 not isinstance(along, list) or \
                 not all(isinstance(d, (str, int)) for d in along) or \
-                not (ssh is None or isinstance(ssh, str)):
+                not (ssh is None or isinstance(ssh, str)) or not isinstance(paused, bool):
             raise HostError("migrate: a HOST, a port 1-65535, a downtime in ms, a list of "
-                            "domains to go with it and an ssh command expected")
+                            "domains to go with it, an ssh command and whether to leave it "
+                            "paused expected")
         if ssh is not None and port is not None:
             raise HostError("migrate: --port is for TCP; through ssh there is none")
         where = Target(target, port, ssh)
         if not 0 < where.port < 65536 and ssh is None:
             raise HostError(f"migrate: {where.port} is not a port (1-65535)")
         doms = [self._dom(msg), *(self.host.lookup(d) for d in along)]
-        return await self.host.migrate(doms, where, float(downtime), PROGRESS.get())
+        return await self.host.migrate(doms, where, float(downtime), PROGRESS.get(), paused)
 
     @handler("list")
     async def list_(self, msg: Message) -> Message:

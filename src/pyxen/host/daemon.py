@@ -272,8 +272,8 @@ class Host:
             os.close(fd)
 
     async def migrate(self, doms: list[HostedDomain], target: Target, downtime_ms: float,
-                      progress: Callable[[dict[str, Any]], None] | None = None
-                      ) -> dict[str, Any]:
+                      progress: Callable[[dict[str, Any]], None] | None = None,
+                      paused: bool = False) -> dict[str, Any]:
         """pyxen migrate: `doms` (a domain, and those that go with it) moved live to the
         daemon at `target` (see migrate.py); `progress` hears each pre-copy round."""
         if len({dom.domid for dom in doms}) != len(doms):
@@ -283,7 +283,7 @@ class Host:
                 dom.on_migration_progress = lambda msg, name=dom.name: progress(
                     dict(msg, name=name))
         try:
-            return await migrate_out(self, doms, target, downtime_ms)
+            return await migrate_out(self, doms, target, downtime_ms, paused)
         except MigrationError as e:
             raise HostError(str(e)) from None
         finally:

@@ -31,8 +31,10 @@ other domain. FD is this process's end of a SOCK_SEQPACKET control channel:
 
 The store and console rings are served by the daemon from the memfd; the guest's
 notifications reach it through one eventfd per ring ("kick") and its replies come back
-through another ("notify"). Pause is SIGSTOP, destroy SIGKILL: the daemon needs no
-cooperation from this process for either.
+through another ("notify"). `pyxen pause` is Xen's domain_pause ({"op": "pause"}, then
+"unpause"): the vCPUs stop, but this process goes on serving its rings and its peers'
+calls, as Xen answers for a paused domain (a domain mapping its grants or binding its
+ports is not held up). Destroy is SIGKILL: the daemon needs no cooperation for it.
 
 The domain outlives its daemon, as a Xen domain outlives its toolstack: at end of file on
 the control channel it runs on, and listens on `adopt_socket` (STATE_DIR/domains/ID.sock)
@@ -326,6 +328,7 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
     """Serve the daemon's requests and the rings' notifications until the domain is
     destroyed (SIGKILL) or, without an adopt socket, until the daemon goes."""
     started = False
+    xl_paused = False  # `pyxen pause`: a Xen domain_pause of its own, until `unpause`
     sender: MigrationSender | None = None
 
     def waiter() -> None:
@@ -364,7 +367,8 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
                 peers.readable(peer, what)
             elif key.data == "listener":
                 assert listener is not None
-                control = adopt(listener, link, dict(built[0], started=started), built[1])
+                control = adopt(listener, link, dict(built[0], started=started,
+                                                     paused=xl_paused), built[1])
                 if control is not None:
                     sel.register(control, selectors.EVENT_READ, "control")
             else:
@@ -383,6 +387,12 @@ def run(domain: Domain, link: DaemonLink, rings: list[RingLink],
                     started = True
                     start_worker(threading.Thread(target=start, name="domain-start",
                                                   daemon=True))
+                elif op == "pause" and started and not xl_paused:
+                    xl_paused = True  # the vCPUs stop at their next exit; this loop serves on
+                    domain.pause(timeout=0)
+                elif op == "unpause" and xl_paused:
+                    xl_paused = False
+                    domain.unpause()
                 elif op == "set_max_pages" and isinstance(msg.get("pages"), int):
                     with domain.memory_lock:
                         domain.max_pages = msg["pages"]

@@ -212,20 +212,14 @@ class HostedDomain:
         line) if it cannot be saved."""
         self._check_movable(paused_ok=True)
         self._saved = self._loop.create_future()
-        stopped = self.state == DomainState.PAUSED and self.started
         msg = {"op": "save", "resume": resume, "config": self.carried_config(),
                "toolstack": {"xenstore": save_domain_nodes(self.xenstored, self.domid)}}
         send_packet(self.control, msg, [fd])
-        if stopped:  # xl-paused (SIGSTOP): the process must run to pause the domain itself
-            self._signal(signal.SIGCONT)
         try:
             reply = await asyncio.wait_for(self._saved, SAVE_TIMEOUT)
         except TimeoutError:
             raise RuntimeError(f"domain {self.name} took over {SAVE_TIMEOUT:.0f} s to save") \
                 from None
-        finally:
-            if stopped:
-                self._signal(signal.SIGSTOP)
         if reply.get("error"):
             raise RuntimeError(f"domain {self.name} cannot be saved: {reply['error']}")
         return reply
@@ -239,7 +233,7 @@ class HostedDomain:
         links to them travel) `together` hears when the domain is ready to stop and when
         it has stopped, and says when to stop (`stop_migration`) and when to send the
         rest (`send_final_part`)."""
-        self._check_movable(paused_ok=False)
+        self._check_movable(paused_ok=True)  # paused (xl pause), its rounds are quick
         assert self.control is not None
         self._migrated = pending = self._loop.create_future()
         self._together = together
@@ -329,6 +323,8 @@ class HostedDomain:
         reply, fds, control = await asyncio.get_running_loop().run_in_executor(
             None, ask_adopt, str(dom.adopt_socket), pid if dom.state == DomainState.PAUSED else None)
         dom.fds = fds
+        if dom.state == DomainState.PAUSED and dom.started and reply.get("paused") is not True:
+            send_packet(control, {"op": "pause"})  # an older daemon paused it with SIGSTOP
         dom._watch_process(peer_pid(control), control)
         dom._serve_rings(reply)
         dom.introduced = True
@@ -544,18 +540,18 @@ class HostedDomain:
     def unpause(self) -> None:
         if self.state != DomainState.PAUSED:
             return
-        if not self.started:
-            self.started = True
-            assert self.control is not None
-            send_packet(self.control, {"op": "start"})
-        else:
-            self._signal(signal.SIGCONT)
+        if self.control is not None:
+            send_packet(self.control, {"op": "unpause" if self.started else "start"})
+        self.started = True
         self.state = DomainState.RUNNING
 
     def pause(self) -> None:
+        """Xen's domain_pause, in the domain's process: its vCPUs stop; the process goes on
+        serving its rings and the other domains' calls (a paused Xen domain's ports and
+        grants still answer)."""
         if self.state in (DomainState.RUNNING, DomainState.BLOCKED):
-            if self.started:
-                self._signal(signal.SIGSTOP)
+            if self.started and self.control is not None:
+                send_packet(self.control, {"op": "pause"})
             self.state = DomainState.PAUSED
 
     def set_max_pages(self, pages: int) -> None:
@@ -691,7 +687,8 @@ def _runs(value: object) -> list[tuple[int, int]] | None:
 
 def ask_adopt(path: str, paused_pid: int | None) -> tuple[Message, list[int], socket.socket]:
     """Connect to a domain's adopt socket and take it over (blocking; in an executor). A
-    paused domain's process is stopped: it runs for the moment it needs to answer."""
+    paused domain's process may have been stopped by an older daemon (SIGSTOP): it runs on
+    (the new daemon pauses the domain itself, inside)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(ADOPT_TIMEOUT)
@@ -700,12 +697,7 @@ def ask_adopt(path: str, paused_pid: int | None) -> tuple[Message, list[int], so
         if paused_pid is not None:
             with contextlib.suppress(OSError):
                 os.kill(paused_pid, signal.SIGCONT)
-        try:
-            reply, fds = recv_packet(sock)
-        finally:
-            if paused_pid is not None:
-                with contextlib.suppress(OSError):
-                    os.kill(paused_pid, signal.SIGSTOP)
+        reply, fds = recv_packet(sock)
     except (OSError, WireError) as e:
         sock.close()
         raise RuntimeError(f"its process does not answer at {path}: "

@@ -104,6 +104,10 @@ class Target:
         self._commands: list[tuple[subprocess.Popen[bytes], Any]] = []
 
     def __str__(self) -> str:
+        return self.host
+
+    @property
+    def address(self) -> str:
         return self.host if self.ssh_command is not None else f"{self.host}:{self.port}"
 
     def connect(self) -> socket.socket:
@@ -111,7 +115,8 @@ class Target:
             try:
                 sock = socket.create_connection((self.host, self.port), CONNECT_TIMEOUT)
             except OSError as e:
-                raise MigrationError(f"cannot reach {self}: {e.strerror or e}") from None
+                raise MigrationError(f"cannot reach {self.address}: {e.strerror or e}") \
+                    from None
             configure_link(sock)
             return sock
         command = f"{self.ssh_command} {self.host} pyxen migrate-receive" \
@@ -205,26 +210,26 @@ class MigrationGroup:
 
 
 async def migrate_out(host: Host, doms: list[HostedDomain], target: Target,
-                      downtime_ms: float) -> dict[str, Any]:
+                      downtime_ms: float, paused: bool = False) -> dict[str, Any]:
     """Move `doms` (one domain, or a group that shares event channels and grants, which
     moves together) to the daemon at `target`; the figures, per domain. MigrationError
     (one line) if they did not move: they then run on here (or, after GO without DONE,
-    stay paused)."""
+    stay paused). With `paused` they stay paused there (xl migrate -p)."""
     with gc_held():
         try:
-            return await _migrate_out(host, doms, target, downtime_ms)
+            return await _migrate_out(host, doms, target, downtime_ms, paused)
         finally:
             await _blocking(target.close)
 
 
 async def _migrate_out(host: Host, doms: list[HostedDomain], target: Target,
-                       downtime_ms: float) -> dict[str, Any]:
+                       downtime_ms: float, paused: bool) -> dict[str, Any]:
     started = time.monotonic()
     moves = [_Move(dom) for dom in doms]
     group = [dom.domid for dom in doms] if len(doms) > 1 else None
     try:
         for move in moves:
-            move.sock = await _offer_domain(move.dom, target, group)
+            move.sock = await _offer_domain(move.dom, target, group, paused)
         await _stream_all(moves, downtime_ms, group)
         await _each(moves, lambda m: _ready(m, target))
         handed = await asyncio.gather(*(_hand_over(m, target) for m in moves),
@@ -238,7 +243,7 @@ async def _migrate_out(host: Host, doms: list[HostedDomain], target: Target,
                 move.sock.close()
     for move in moves:
         if move.done_at:  # it runs there
-            host.say(f"domain {move.dom.domid} ({move.dom.name}) migrated to {target}")
+            host.say(f"domain {move.dom.domid} ({move.dom.name}) migrated to {target.address}")
             move.dom.destroy()
             await move.dom.gone
     for failure in handed:
@@ -259,14 +264,17 @@ async def _migrate_out(host: Host, doms: list[HostedDomain], target: Target,
     return dict(figures[0], domains=figures, total_s=round(time.monotonic() - started, 3))
 
 
-async def _offer_domain(dom: HostedDomain, target: Target,
-                        group: list[int] | None) -> socket.socket:
+async def _offer_domain(dom: HostedDomain, target: Target, group: list[int] | None,
+                        paused: bool) -> socket.socket:
     """A connection to the target that has accepted to take `dom`."""
     sock = await _blocking(target.connect)
     try:
         sock.settimeout(HANDSHAKE_TIMEOUT)
-        offer = dom.carried_config() if group is None else dict(dom.carried_config(),
-                                                                group=group)
+        offer = dom.carried_config()
+        if group is not None:
+            offer["group"] = group
+        if paused:
+            offer["paused"] = True
         await _blocking(send_line, sock, BANNER + json.dumps(offer))
         answer = await _blocking(recv_line, sock)
     except (MigrationError, OSError) as e:
@@ -409,7 +417,7 @@ async def _receive(host: Host, conn: socket.socket, peer: object) -> None:
     conn.settimeout(HANDSHAKE_TIMEOUT)
     try:
         offer = await _blocking(recv_line, conn, MAX_LINE)
-        spec, actions, group = _offer(offer)
+        spec, actions, group, paused = _offer(offer)
         host.check_new_domain(spec)
         wanted = spec.get("prefer_domid")
         if group is not None and (wanted not in group or wanted in host.domains):
@@ -424,7 +432,8 @@ async def _receive(host: Host, conn: socket.socket, peer: object) -> None:
         await _blocking(send_line, conn, "READY")
         if await _blocking(recv_line, conn) != "GO":
             raise MigrationError("the source did not hand the domain over")
-        dom.unpause()
+        if not paused:  # else it runs on `pyxen unpause` (xl migrate -p)
+            dom.unpause()
         with contextlib.suppress(OSError):
             await _blocking(send_line, conn, "DONE")
         host.say(f"domain {dom.domid} ({dom.name}) migrated in from {peer}")
@@ -455,8 +464,9 @@ def carried_config(data: object) -> tuple[dict[str, Any], dict[str, str]] | None
     return carried, actions
 
 
-def _offer(line: str) -> tuple[dict[str, Any], dict[str, str], list[int] | None]:
-    """The offered domain's spec and actions, and the domids of its group (None: alone)."""
+def _offer(line: str) -> tuple[dict[str, Any], dict[str, str], list[int] | None, bool]:
+    """The offered domain's spec and actions, the domids of its group (None: alone), and
+    whether it is to stay paused here."""
     if not line.startswith(BANNER):
         raise MigrationError("not a pyxen migration (or another version of it)")
     try:
@@ -465,8 +475,9 @@ def _offer(line: str) -> tuple[dict[str, Any], dict[str, str], list[int] | None]
         raise MigrationError("the offered domain config is not JSON") from None
     carried = carried_config(data)
     group = data.get("group") if isinstance(data, dict) else None
-    if carried is None or group is not None and not (
+    paused = data.get("paused", False) if isinstance(data, dict) else False
+    if carried is None or not isinstance(paused, bool) or group is not None and not (
             isinstance(group, list) and 1 < len(group) <= MAX_GROUP and
             all(isinstance(d, int) and not isinstance(d, bool) for d in group)):
         raise MigrationError("the offered domain config is malformed")
-    return (*carried, group)
+    return (*carried, group, paused)

@@ -7,8 +7,8 @@ it; with -c it runs on (a checkpoint), with -c -p it stays paused. `pyxen restor
 builds it again, under its name and a free id, and lets it run unless -p. The guest is
 not asked to cooperate (no suspend protocol): it carries on where it was stopped.
 
-`pyxen migrate [--port PORT] [--downtime-ms MS] [--with DOMAIN]... DOMAIN HOST` moves a
-running domain to the daemon on HOST (started with `--migrate-listen PORT`): memory in
+`pyxen migrate [-p] [--port PORT] [--downtime-ms MS] [--with DOMAIN]... DOMAIN HOST` moves a
+domain to the daemon on HOST (started with `--migrate-listen PORT`): memory in
 rounds while it runs, then a stop of about the downtime asked for (pyxen.migration.live,
 pyxen.host.migrate). Domains that share event channels or grants move together (`--with`):
 all of them stop before any sends its last state, and they are joined again there. With
@@ -78,6 +78,8 @@ def _migrate() -> Command:
         p.add_argument("--with", dest="along", metavar="DOMAIN", action="append", default=[],
                        help="another domain to move at the same time, which keeps its event "
                             "channels and grants with DOMAIN (repeatable)")
+        p.add_argument("-p", dest="paused", action="store_true",
+                       help="leave the domain paused on the target (run it with unpause)")
         p.add_argument("-s", "--ssh-command", metavar="SSHCOMMAND", default=None,
                        help="go through `SSHCOMMAND HOST pyxen migrate-receive` (run by sh) "
                             "instead of TCP, as xl does; e.g. -s ssh. Empty: HOST is the "
@@ -102,7 +104,7 @@ def _migrate() -> Command:
 
         reply = host.request("migrate", on_progress=show, dom=args.domain, host=args.target,
                              port=args.port, downtime_ms=args.downtime_ms, ssh=args.ssh_command,
-                             **{"with": args.along})
+                             paused=args.paused, **{"with": args.along})
         for moved in reply.get("domains", [reply]):
             rounds = moved["rounds"]
             name = moved.get("name", args.domain)
