@@ -4,7 +4,11 @@
  * ticks through VIRQ_TIMER; every count also rewrites one word of a 1 MiB pattern, whole
  * generations at a time, so that any page lost, stale or moved shows.
  *
+ * With ring=3 the counting and the pattern's writes run in ring 3 (interrupts on), in
+ * runs of TIME_EVERY counts, ring 0 checking between runs.
+ *
  * cmdline: seconds=N   guest system time to run (default 0: until destroyed)
+ *          ring=3      count in ring 3 (default: ring 0)
  *          period_ms=N the periodic timer (default 10)
  *          report_ms=N a progress line every N ms of system time (default 500)
  * Lines:   INFO counter_progress count=C ticks=T now=NS   (count is also the symbol `count`)
@@ -13,6 +17,7 @@
  *   counter.ticks_continue  a tick within WAIT_BOUND_NS of the last (of the arming)
  *   counter.tick_cadence    never more ticks than whole periods since arming, plus one
  *   counter.memory_intact   the pattern is exactly what the counting wrote
+ *   counter.user_runs       (ring=3) every run in ring 3 returned, with no fault
  */
 #include "guest.h"
 #include "evtchn.h"
@@ -24,7 +29,9 @@
 volatile uint64_t count;                /* read by the host while paused */
 static uint64_t pattern[PATTERN_WORDS];
 static volatile uint64_t ticks, last_tick_ns;
-static bool failed_time, failed_ticks, failed_cadence, failed_memory;
+static bool failed_time, failed_ticks, failed_cadence, failed_memory, failed_user;
+static uint8_t user_stack[16384] ALIGNED(16);
+static volatile uint64_t user_pos, user_generation;   /* handed to and from ring 3 */
 
 static uint64_t mix(uint64_t i, uint64_t generation)
 {
@@ -37,6 +44,22 @@ static void tick_handler(evtchn_port_t port, void *arg)
     (void)port, (void)arg;
     last_tick_ns = now_ns();
     ticks = ticks + 1;
+}
+
+/* Ring 3: the next TIME_EVERY words of the pattern, then back to ring 0. */
+static void user_fill(void)
+{
+    uint64_t pos = user_pos, generation = user_generation;
+    for (unsigned i = 0; i < TIME_EVERY; i++) {
+        pattern[pos] = mix(pos, generation);
+        if (++pos == PATTERN_WORDS) {
+            pos = 0;
+            generation++;
+        }
+    }
+    user_pos = pos;
+    user_generation = generation;
+    user_return(0);
 }
 
 /* Once: a failed check is one line, not one per report. */
@@ -73,6 +96,7 @@ int guest_main(void)
         period = strtoul(s, NULL, 0) * MS;
     if ((s = cmdline_get("report_ms")))
         report = strtoul(s, NULL, 0) * MS;
+    bool ring3 = (s = cmdline_get("ring")) && strtoul(s, NULL, 0) == 3;
     long rc = evtchn_init(UPCALL_CALLBACK_VECTOR);
     if (!check_eq("counter.evtchn_init", rc, 0))
         return 0;
@@ -85,13 +109,25 @@ int guest_main(void)
     uint64_t next_report = armed + report, last_now = armed;
     uint64_t generation = 0, pos = 0;
     for (;;) {
-        pattern[pos] = mix(pos, generation);
-        if (++pos == PATTERN_WORDS) {
-            pos = 0;
-            generation++;
+        if (ring3) {
+            user_pos = pos;
+            user_generation = generation;
+            long r = run_user(user_fill, user_stack + sizeof(user_stack), USER_IRQS);
+            fail_once(&failed_user, "counter.user_runs", r == 0,
+                      "a run in ring 3 ended with (rc, vector)", (unsigned long)r,
+                      (unsigned long)user_fault.vector);
+            pos = user_pos;
+            generation = user_generation;
+            count += TIME_EVERY;
+        } else {
+            pattern[pos] = mix(pos, generation);
+            if (++pos == PATTERN_WORDS) {
+                pos = 0;
+                generation++;
+            }
+            if (++count % TIME_EVERY)
+                continue;
         }
-        if (++count % TIME_EVERY)
-            continue;
         uint64_t now = now_ns();
         fail_once(&failed_time, "counter.time_monotonic", now >= last_now,
                   "system time went back", (unsigned long)last_now, (unsigned long)now);
@@ -121,6 +157,8 @@ int guest_main(void)
     check("counter.ticks_continue", !failed_ticks, "see above");
     check("counter.tick_cadence", !failed_cadence, "see above");
     check("counter.memory_intact", !failed_memory, "see above");
+    if (ring3)
+        check("counter.user_runs", !failed_user, "see above");
     irq_disable();
     return 0;
 }

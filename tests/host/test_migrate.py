@@ -1,7 +1,8 @@
 """`pyxen migrate` between two hosts: two real daemons in two network namespaces joined by a
 veth pair, as two machines on a link.
 
-The counter guest (guests/counter.c) moves from host A to host B while it counts, and back;
+The counter guest (guests/counter.c) moves from host A to host B while it counts and
+rewrites its pattern in ring 3, and back;
 its own checks of time, timer ticks and a 1 MiB pattern must pass across both moves, and
 its count must go on from where it was. A vchan pair streaming through grants moves
 together (`--with`) and streams on. When the link goes down in the middle of a
@@ -110,7 +111,7 @@ def migrate(source: Daemon, name: str, to: str, **options: str) -> str:
 
 def test_a_counting_guest_moves_there_and_back(hosts: dict[str, Daemon]) -> None:
     a, b = hosts["a"], hosts["b"]
-    a.create("counter", "counter", "seconds=12 report_ms=300 console=hvc0")
+    a.create("counter", "counter", "seconds=12 report_ms=300 ring=3 console=hvc0")
     wait_for("a few reports", lambda: len(progress(a, "counter")) >= 3)
     out = migrate(a, "counter", ADDRESSES["b"])
     assert re.search(r"Migrated domain counter to 10\.78\.0\.2: \d+ rounds", out), out
@@ -127,7 +128,7 @@ def test_a_counting_guest_moves_there_and_back(hosts: dict[str, Daemon]) -> None
     report = Report.parse(console_log(a, "counter") + console_log(b, "counter"))
     report.assert_all_passed()
     assert {"counter.time_monotonic", "counter.ticks_continue", "counter.tick_cadence",
-            "counter.memory_intact"} <= set(report.passed)
+            "counter.memory_intact", "counter.user_runs"} <= set(report.passed)
     back = progress(a, "counter")[len(on_a):]
     counts = [p[0] for p in on_a + on_b + back]
     assert counts == sorted(counts), "the count went back across a migration"
