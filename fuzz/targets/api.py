@@ -100,6 +100,9 @@ class Writer:
     async def drain(self) -> None:
         pass
 
+    def get_extra_info(self, name: str) -> None:
+        return None  # no socket: migrate_receive is refused
+
 
 def _no_live(xenstored: XenStored, dom: FakeDomain) -> dict[str, Any]:
     return {}
@@ -149,6 +152,7 @@ def seeds() -> list[bytes]:
         {"op": "rename", "dom": "3", "name": "other"}, {"op": "destroy", "dom": "guest"},
         {"op": "create", "spec": {"name": "x"}, "actions": {}, "paused": True},
         {"op": "nope"}, {"op": "dmesg", "clear": True}, {"op": "handover"},
+        {"op": "migrate_receive"},
         {"op": "save", "dom": "3", "path": "/tmp/x.save", "checkpoint": True},
         {"op": "restore", "path": "/tmp/x.save", "paused": True},
         {"op": "migrate", "dom": "guest", "host": "[::1]:8002", "downtime_ms": 20,

@@ -324,12 +324,15 @@ class ApiServer:
         """`pyxen migrate-receive` (at the end of a migration's ssh): from the reply on, the
         connection carries an incoming domain, as a TCP connection to --migrate-listen
         does. The client sends nothing before the reply, so nothing is read ahead."""
+        from pyxen.host.daemon import HostError
         from pyxen.host.migrate import receive
 
+        sock = writer.get_extra_info("socket")
+        if sock is None:
+            raise HostError("migrate_receive needs the API socket itself")
         writer.transport.pause_reading()
         writer.write(encode({"ok": True}) + b"\n")
         await writer.drain()
-        sock = writer.get_extra_info("socket")
         conn = socket.socket(fileno=os.dup(sock.fileno()))
         writer.close()
         await receive(self.api.host, conn, "migrate-receive")

@@ -227,6 +227,7 @@ class SoftVcpu:
         self._ro_write: tuple[int, int, int] | None = None  # (gpa, size, value) refused
         self._pending_event: Event | None = None
         self._pending_interrupt: int | None = None  # accepted elsewhere (load_cpu): deliver
+        self._urgent = False  # an interrupt was just delivered: take the baton at once
         self._msr_pending: bool | None = None  # True: write, False: read
         self._mmio_replay: tuple[int, int, bool, int] | None = None
         self._scratch = C.create_string_buffer(SCRATCH)
@@ -603,7 +604,11 @@ class SoftVcpu:
         self._stop = self._exception = self._rewind = self._unmapped = self._ro_write = None
         self._io = self._msr_at = self._fast_call = self._cr4_at = self._shutdown_at = None
         baton = self.machine.baton
-        baton.acquire(self)  # one engine at a time, and none while pyxen writes: baton.py
+        # One engine at a time, and none while pyxen writes (baton.py). A vCPU with an
+        # interrupt to handle (an event, an IPI, its timer) stops the running engine at
+        # once instead of waiting out its slice: the interrupt's latency was the slice.
+        baton.acquire(self, urgent=self._urgent)
+        self._urgent = False
         self._enter_guest()
         try:
             if not self._kick:
@@ -1090,7 +1095,8 @@ class SoftVcpu:
             self._replay_mmio()
         if not self.regs.rflags & RFLAGS_IF or self._state().hflags & HF_INHIBIT_IRQ:
             return False
-        return self._deliver(Event(vector, external=True)) is None
+        self._urgent = self._deliver(Event(vector, external=True)) is None
+        return self._urgent
 
     def request_interrupt_window(self, wanted: bool) -> None:
         self._window = wanted
