@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyxen.domain.builder import Module
-from pyxen.domain.domain import DomainConfig
+from pyxen.domain.domain import DomainConfig, Outcome
 from pyxen.toolstack.accel import machine_factory
 from pyxen.toolstack.embedded import RunResult, run_image
 
@@ -61,6 +61,13 @@ class Report:
     def value(self, key: str) -> str:
         assert key in self.info, f"guest printed no INFO {key}"
         return self.info[key][0]
+
+    def assert_check_passed(self, full: str, outcome: object) -> None:
+        """Check `full` passed, and the domain (which ended as `outcome`) powered off."""
+        assert full not in self.failed, f"{full}: {self.failed[full]}"
+        assert full in self.passed, f"the guest did not report {full}; it ended {outcome}:\n" \
+            f"{self.console[-1500:]}"
+        assert outcome is Outcome.POWEROFF, f"{full} passed, but the domain ended {outcome}"
 
     def assert_all_passed(self) -> None:
         assert not self.failed, "guest tests failed:\n" + "\n".join(
