@@ -31,6 +31,20 @@ def wait_for(what: str, condition: Callable[[], Any], timeout: float = WAIT_S) -
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def assert_stays_still(read: Callable[[], Any], what: str, quiet_s: float = 1.0) -> None:
+    """`read()` stops changing (within a while: output already on its way may still land),
+    and then stays the same for `quiet_s` more: e.g. a paused guest's console."""
+    def quiet() -> bool:
+        before = read()
+        time.sleep(quiet_s)
+        return read() == before
+
+    wait_for(f"{what} to stop changing", quiet)
+    seen = read()
+    time.sleep(quiet_s)
+    assert read() == seen, f"{what} changed again"
+
+
 class Daemon:
     """`pyxen daemon` in its own state directory, stopped (SIGTERM) at the end."""
 
