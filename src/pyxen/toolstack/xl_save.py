@@ -116,7 +116,7 @@ def _migrate() -> Command:
                   f"ms), total {reply['total_s']:.2f} s")
         return 0
 
-    return Command("move a running domain to another host's daemon (xl migrate)", add,
+    return Command("move a domain, live, to another host's daemon (xl migrate)", add,
                    with_host(body))
 
 
