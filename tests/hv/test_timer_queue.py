@@ -23,3 +23,29 @@ def test_a_deadline_centuries_away_does_not_stop_the_other_timers() -> None:
         assert queue._thread.is_alive()
     finally:
         queue.close()
+
+
+def test_holding_waits_for_a_callback_already_firing() -> None:
+    """A domain's pause holds its timers; a callback the timer thread had already started
+    must have finished when hold(True) returns, or it sets an event in a paused domain
+    whose state is being saved (seen as a paused counter's shared_info changing)."""
+    queue = TimerQueue(DomainClock(), "test")
+    try:
+        started, done = threading.Event(), threading.Event()
+
+        def slow() -> None:
+            started.set()
+            threading.Event().wait(0.3)
+            done.set()
+
+        queue.set(Timer(slow), 0)  # due now
+        assert started.wait(10)
+        queue.hold(True)
+        assert done.is_set(), "hold(True) returned while a callback was still firing"
+        fired = threading.Event()
+        queue.set(Timer(fired.set), 0)
+        assert not fired.wait(0.2), "a timer fired while held"
+        queue.hold(False)
+        assert fired.wait(10)
+    finally:
+        queue.close()

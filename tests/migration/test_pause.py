@@ -80,3 +80,21 @@ def test_a_paused_domain_can_be_destroyed(guests) -> None:
         assert time.monotonic() - started < 30
     finally:
         domain.close()
+
+
+def test_a_pause_that_lands_just_before_a_block_is_not_slept_through(guests) -> None:
+    """pause() raises the pause count, then kicks each vCPU awake. A vCPU on its way into a
+    blocking hypercall (SCHEDOP_poll, SCHEDOP_block, hlt) clears its wake-up first, which
+    can swallow that kick: it must not sleep then. (A member of a group migration slept
+    through its pause in SCHEDOP_poll: "the domain's vCPUs did not stop within 30 s".)"""
+    domain = counter("soft")
+    try:
+        vcpu = domain.vcpus[0]
+        with domain.quiesce:
+            domain.pause_count += 1  # what pause() does before its kicks
+        vcpu.wake.clear()  # what do_poll does first, after the kick
+        started = time.monotonic()
+        vcpu.sleep(domain.clock.now() + 20 * 10**9)
+        assert time.monotonic() - started < 5, "the vCPU slept through a pause"
+    finally:
+        domain.close()

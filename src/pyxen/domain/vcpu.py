@@ -269,6 +269,8 @@ class Vcpu:
         """Block this vCPU (no CPU used) until kicked or until system time `deadline`.
         Callers clear `wake` before testing their wake-up condition, so no kick is lost."""
         self.backend.settle()  # now, not on the way back from the wake-up
+        if self.domain.pause_count or self.domain.stopping:
+            return  # a pause's (or destroy's) kick came before our caller cleared `wake`
         self.set_runstate(RUNSTATE_blocked)
         try:
             timeout = None

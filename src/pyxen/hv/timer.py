@@ -46,6 +46,7 @@ class TimerQueue:
         self._cond = threading.Condition()
         self._stopped = False
         self._held = False  # the domain is paused: deadlines that pass wait for unpause
+        self._firing = False  # a callback runs now (outside the lock)
         self._thread = threading.Thread(target=self._run, name=f"{name}-timers", daemon=True)
         start_worker(self._thread)
 
@@ -56,7 +57,7 @@ class TimerQueue:
             timer.deadline = deadline
             self._seq += 1
             heapq.heappush(self._heap, (deadline, self._seq, timer.generation, timer))
-            self._cond.notify()
+            self._cond.notify_all()
 
     def stop(self, timer: Timer) -> None:
         with self._cond:
@@ -64,15 +65,19 @@ class TimerQueue:
             timer.deadline = None
 
     def hold(self, held: bool) -> None:
-        """Fire nothing while held (the domain is paused); what came due fires on release."""
+        """Fire nothing while held (the domain is paused); what came due fires on release.
+        Holding waits for a callback already firing on the timer thread, so that none
+        runs once this returns (a pause's save would miss what it sets)."""
         with self._cond:
             self._held = held
-            self._cond.notify()
+            self._cond.notify_all()
+            if held and threading.current_thread() is not self._thread:
+                self._cond.wait_for(lambda: not self._firing or self._stopped)
 
     def close(self) -> None:
         with self._cond:
             self._stopped = True
-            self._cond.notify()
+            self._cond.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
 
@@ -83,7 +88,13 @@ class TimerQueue:
                 due = self._next_due()
                 if due is None:
                     return
-            due.callback()
+                self._firing = True
+            try:
+                due.callback()
+            finally:
+                with self._cond:
+                    self._firing = False
+                    self._cond.notify_all()
 
     def _next_due(self) -> Timer | None:
         """Under the lock: wait for and pop the next live timer (None once stopped)."""
