@@ -485,20 +485,19 @@ class MigrationSender:
                                            self.links, self.together)
                 with self._lock:
                     if self._called_off:  # while the rounds ran: precopy paused it since
-                        self.domain.set_dirty_logging(False)
                         self.domain.unpause()
-                        raise SaveError("the migration was called off")
+                        raise SaveError(CALLED_OFF)
                     self.paused = True
                     self.devices.suspend()  # see save(): the back ends' last writes go too
                 self.link.send({"op": "migrate_paused"})
                 # a group's members wait here until all of them are paused
                 wait = GROUP_PAUSE_TIMEOUT if self.links else SAVE_TOOLSTACK_TIMEOUT
                 if not self._got_toolstack.wait(wait) or self._called_off:
-                    self.domain.set_dirty_logging(False)
-                    raise SaveError("the migration was called off" if self._called_off
+                    raise SaveError(CALLED_OFF if self._called_off
                                     else "the daemon did not send its part of the domain")
                 finish(writer, self.domain, progress, self._toolstack, self.links)
         except (SaveError, OSError, ValueError) as e:
+            self.domain.set_dirty_logging(False)  # precopy left it on (finish turns it off)
             os.close(self.fd)
             self.resume()
             why = f"the connection to the target failed: {e.strerror}" \
@@ -512,6 +511,7 @@ class MigrationSender:
 
 
 SAVE_TOOLSTACK_TIMEOUT = 60.0
+CALLED_OFF = "the migration was called off"
 GROUP_PAUSE_TIMEOUT = 900.0  # ... and for the rest of a group, whose rounds may go on long
 ACK = b"\x06"  # a live migration's answer to a SYNC record
 

@@ -224,22 +224,23 @@ class HostedDomain:
             raise RuntimeError(f"domain {self.name} cannot be saved: {reply['error']}")
         return reply
 
-    async def migrate_send(self, fd: int, downtime_ms: float, group: list[int] | None = None,
+    async def migrate_send(self, fd: int, downtime_ms: float,
                            together: MigrationGroup | None = None) -> dict[str, Any]:
         """The domain process streams the domain into `fd` (a connection to the target),
         live, until it is paused and all of it is sent. RuntimeError (one line) if that
         fails: the domain then runs on here. Afterwards the caller either destroys the
-        domain or calls `migrate_resume`. In a group (`group`: every member's domid, its
-        links to them travel) `together` hears when the domain is ready to stop and when
-        it has stopped, and says when to stop (`stop_migration`) and when to send the
-        rest (`send_final_part`)."""
+        domain or calls `migrate_resume`. In a group (`together`: its links to the other
+        members travel) the group hears when the domain is ready to stop and when it has
+        stopped, and says when to stop (`stop_migration`) and when to send the rest
+        (`send_final_part`)."""
         self._check_movable(paused_ok=True)  # paused (xl pause), its rounds are quick
         assert self.control is not None
         self._migrated = pending = self._loop.create_future()
         self._together = together
         msg = {"op": "migrate_send", "downtime_ms": downtime_ms,
                "config": self.carried_config()}
-        send_packet(self.control, msg if group is None else dict(msg, group=group), [fd])
+        send_packet(self.control, msg if together is None else dict(msg, group=together.domids),
+                    [fd])
         reply = await pending
         if reply.get("error"):
             self.migrate_resume()

@@ -191,8 +191,9 @@ class MigrationGroup:
     (`ready`), doing more rounds until all are ready; then all stop, and once all are
     `paused` each sends the rest."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, doms: list[HostedDomain]) -> None:
+        self.domids = [dom.domid for dom in doms]  # its links to them travel (save.xen_state)
+        self.size = len(doms)
         self._ready: list[HostedDomain] = []
         self._paused: list[HostedDomain] = []
 
@@ -226,11 +227,11 @@ async def _migrate_out(host: Host, doms: list[HostedDomain], target: Target,
                        downtime_ms: float, paused: bool) -> dict[str, Any]:
     started = time.monotonic()
     moves = [_Move(dom) for dom in doms]
-    group = [dom.domid for dom in doms] if len(doms) > 1 else None
+    together = MigrationGroup(doms) if len(doms) > 1 else None
     try:
         for move in moves:
-            move.sock = await _offer_domain(move.dom, target, group, paused)
-        await _stream_all(moves, downtime_ms, group)
+            move.sock = await _offer_domain(move.dom, target, together, paused)
+        await _stream_all(moves, downtime_ms, together)
         await _each(moves, lambda m: _ready(m, target))
         handed = await asyncio.gather(*(_hand_over(m, target) for m in moves),
                                       return_exceptions=True)
@@ -264,15 +265,15 @@ async def _migrate_out(host: Host, doms: list[HostedDomain], target: Target,
     return dict(figures[0], domains=figures, total_s=round(time.monotonic() - started, 3))
 
 
-async def _offer_domain(dom: HostedDomain, target: Target, group: list[int] | None,
+async def _offer_domain(dom: HostedDomain, target: Target, together: MigrationGroup | None,
                         paused: bool) -> socket.socket:
     """A connection to the target that has accepted to take `dom`."""
     sock = await _blocking(target.connect)
     try:
         sock.settimeout(HANDSHAKE_TIMEOUT)
         offer = dom.carried_config()
-        if group is not None:
-            offer["group"] = group
+        if together is not None:
+            offer["group"] = together.domids
         if paused:
             offer["paused"] = True
         await _blocking(send_line, sock, BANNER + json.dumps(offer))
@@ -287,39 +288,29 @@ async def _offer_domain(dom: HostedDomain, target: Target, group: list[int] | No
         raise
     if answer != "OK":
         sock.close()
-        who = "the domain" if group is None else f"domain {dom.name}"
+        who = "the domain" if together is None else f"domain {dom.name}"
         raise MigrationError(f"{target} refused {who}: {answer.removeprefix('ERROR ')}")
     sock.settimeout(None)  # the stream takes as long as it takes
     return sock
 
 
 async def _stream_all(moves: list[_Move], downtime_ms: float,
-                      group: list[int] | None) -> None:
-    """Each domain's pre-copy and stop, side by side; when one fails, the others are called
-    off at once (a paused member would wait for it) and every one runs on."""
-    together = MigrationGroup(len(moves)) if group is not None else None
-
+                      together: MigrationGroup | None) -> None:
+    """Each domain's pre-copy and stop, side by side."""
     async def stream(move: _Move) -> None:
         assert move.sock is not None
         move.streaming = True
         try:
-            move.sent = await move.dom.migrate_send(move.sock.fileno(), downtime_ms, group,
-                                                    together)
+            move.sent = await move.dom.migrate_send(move.sock.fileno(), downtime_ms, together)
         except RuntimeError as e:
             raise MigrationError(str(e)) from None
         move.sent_at = time.monotonic()
         move.paused_at = move.dom.migration_paused_at or move.sent_at
 
-    tasks = [asyncio.ensure_future(stream(move)) for move in moves]
-    done, running = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    failed = [task.exception() for task in done if task.exception() is not None]
-    if failed:
-        _resume_all(moves)
-        await asyncio.gather(*running, return_exceptions=True)
-        raise failed[0]  # type: ignore[misc]
+    await _each(moves, stream)
 
 
-async def _ready(move: _Move, target: str) -> None:
+async def _ready(move: _Move, target: Target) -> None:
     """The target's READY: the domain is restored there, paused."""
     assert move.sock is not None
     move.sock.settimeout(HANDSHAKE_TIMEOUT * 5)  # the target builds the domain meanwhile
@@ -333,7 +324,7 @@ async def _ready(move: _Move, target: str) -> None:
     move.ready_at = time.monotonic()
 
 
-async def _hand_over(move: _Move, target: str) -> None:
+async def _hand_over(move: _Move, target: Target) -> None:
     """GO, and the target's DONE: it runs there. Without DONE nobody can tell whether it
     does, so the copy here stays paused."""
     assert move.sock is not None
@@ -351,13 +342,16 @@ async def _hand_over(move: _Move, target: str) -> None:
 
 
 async def _each(moves: list[_Move], step: Any) -> None:
-    """`step` for every domain at once; if any fails, every domain runs on here and the
-    first failure is raised."""
-    results = await asyncio.gather(*(step(m) for m in moves), return_exceptions=True)
-    failures = [r for r in results if isinstance(r, BaseException)]
-    if failures:
+    """`step` for every domain at once. When one fails, every domain runs on here at once
+    (a group member waiting for the failed one is called off), the others' steps end, and
+    the first failure is raised."""
+    tasks = [asyncio.ensure_future(step(move)) for move in moves]
+    done, running = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    failed = [task.exception() for task in done if task.exception() is not None]
+    if failed:
         _resume_all(moves)
-        raise failures[0]
+        await asyncio.gather(*running, return_exceptions=True)
+        raise failed[0]  # type: ignore[misc]
 
 
 def _resume_all(moves: list[_Move]) -> None:

@@ -766,12 +766,9 @@ class SoftVcpu:
         old int3 backs up to run what is there now (kprobe_int3_handler): the engine ran its
         stale int3 again, forever. So drop that translation and run from memory, as a CPU
         that fetched the new bytes would (guests/cpu_cross_code)."""
-        rip = self.regs.rip
-        if not last or (vector, last[0]) in ((BP, 0xCC), (OF, 0xCE)):
-            return False  # the one-byte form is there (or the bytes cannot be read)
-        if self._read_linear(rip - 2, 2) == bytes([0xCD, vector]):
-            return False  # `int n`
-        start = rip - (1 if vector in (BP, OF) else 2)
+        if not last or last[0] == vector or (vector, last[0]) in ((BP, 0xCC), (OF, 0xCE)):
+            return False  # int3/into there, `int n` ends with n (or nothing to read)
+        start = self.regs.rip - (1 if vector in (BP, OF) else 2)
         self._invalidating(self.uc.ctl_remove_cache, start, start + 16)
         self._nothing_in_flight()
         self.regs.rip = start

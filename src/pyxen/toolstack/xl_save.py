@@ -143,12 +143,12 @@ def relay(sock: socket.socket, early: bytes) -> None:
             sock.shutdown(socket.SHUT_WR)
 
     threading.Thread(target=inbound, daemon=True).start()
-    out = early
-    while out:
-        out = out[os.write(1, out):]
-    while data := sock.recv(RELAY_CHUNK):
+    data = early
+    while True:
         while data:
             data = data[os.write(1, data):]
+        if not (data := sock.recv(RELAY_CHUNK)):
+            return
 
 
 RELAY_CHUNK = 1 << 16
