@@ -39,6 +39,8 @@ def _domain() -> HostedDomain:
     dom.stopped_as, dom.memory_runs = None, None
     dom._built = LOOP.create_future()
     dom._saved = LOOP.create_future()  # as save() leaves it waiting for "saved"
+    dom._migrated, dom._together, dom.migration_paused_at = None, None, None  # not migrating
+    dom.on_migration_progress = lambda msg: None
     dom._calls_lock = threading.Lock()
     dom._calls = {}
     return dom
