@@ -3,8 +3,10 @@ handled by C on the same engine.
 
 Every VMM boots the same guest (guests/bench/bench_hypercall.S) with the same hypercall page,
 so they execute identical guest instructions; only the exit handling differs: pyxen decodes
-Xen's calling convention and dispatches xen_version(XENVER_version) in Python, the C
-references set rax = 0 and go on. pyxen on KVM is measured against hypercall_ref.c (a C KVM
+Xen's calling convention and dispatches xen_version(XENVER_version) in Python on KVM, and
+answers it in its native OUT hook on the software CPU (pyxen.soft.native; also shown: the
+Python path there, with PYXEN_SOFT_NATIVE=0); the C references set rax = 0 and go on. pyxen
+on KVM is measured against hypercall_ref.c (a C KVM
 loop re-entering KVM_RUN; the headline ratio); pyxen on the software CPU against
 unicorn_ref.c (the same guest on libunicorn, the engine pyxen drives, answered in a C OUT
 hook without leaving the engine; also shown: the same with the engine stopped and re-entered
@@ -14,10 +16,13 @@ teardown cancel out); medians over interleaved rounds.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
@@ -33,6 +38,10 @@ from pyxen.toolstack.embedded import run_image
 HERE = Path(__file__).parent
 BUILD = HERE / "build"
 SHORT, LONG = 2_000, 40_000
+# The software CPU answers the null hypercall in its native hook (pyxen.soft.native), as the
+# libunicorn reference does: ~0.1 us a call, so the slope needs millions of calls to stand
+# out of the noise of starting a domain.
+SOFT_SHORT, SOFT_LONG = 100_000, 4_000_000
 ROUNDS = 7
 
 
@@ -122,6 +131,20 @@ def time_pyxen(image: Path, where: int, n: int, factory: MachineFactory) -> floa
     return elapsed
 
 
+@contextlib.contextmanager
+def python_hypercalls() -> Iterator[None]:
+    """The software CPU without its native hook: every hypercall through Python."""
+    before = os.environ.get("PYXEN_SOFT_NATIVE")
+    os.environ["PYXEN_SOFT_NATIVE"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYXEN_SOFT_NATIVE"]
+        else:
+            os.environ["PYXEN_SOFT_NATIVE"] = before
+
+
 def slope_us(times: list[float], short: int, long: int) -> float:
     """Microseconds per iteration: the slope between a short and a long run."""
     return (times[1] - times[0]) / (long - short) * 1e6
@@ -138,6 +161,7 @@ def main() -> None:
     ref_us: list[float] = []
     uc_us: dict[str, list[float]] = {m: [] for m in UNICORN_MODES}
     ours: dict[str, list[float]] = {a: [] for a in accels}
+    soft_python: list[float] = []
     for _ in range(ROUNDS):
         if binary and page:
             ref = [time_reference(binary, image, entry, where, n, page) for n in (SHORT, LONG)]
@@ -145,28 +169,40 @@ def main() -> None:
         if uc_binary and uc_page:
             for mode in UNICORN_MODES:
                 runs = [time_unicorn_reference(uc_binary, image, n, uc_page, mode)
-                        for n in (SHORT, LONG)]
-                uc_us[mode].append(slope_us(runs, SHORT, LONG))
+                        for n in (SOFT_SHORT, SOFT_LONG)]
+                uc_us[mode].append(slope_us(runs, SOFT_SHORT, SOFT_LONG))
         for accel in accels:
             factory = machine_factory(accel)[0]
-            runs = [time_pyxen(image, where, n, factory) for n in (SHORT, LONG)]
-            ours[accel].append(slope_us(runs, SHORT, LONG))
+            short, long = (SOFT_SHORT, SOFT_LONG) if accel == "soft" else (SHORT, LONG)
+            runs = [time_pyxen(image, where, n, factory) for n in (short, long)]
+            ours[accel].append(slope_us(runs, short, long))
+        if "soft" in accels:
+            with python_hypercalls():
+                runs = [time_pyxen(image, where, n, machine_factory("soft")[0])
+                        for n in (SHORT, LONG)]
+            soft_python.append(slope_us(runs, SHORT, LONG))
     medians = {a: median(v) for a, v in ours.items()}
     nan = float("nan")
     ref_m = median(ref_us) if ref_us else nan
     uc_m = {m: median(v) if v else nan for m, v in uc_us.items()}
     refs = {"kvm": ref_m, "soft": uc_m["hook"]}
-    print(f"null hypercall (xen_version) round trip, {ROUNDS} rounds, slope {SHORT}..{LONG} calls")
+    print(f"null hypercall (xen_version) round trip, {ROUNDS} rounds, slope {SHORT}..{LONG} "
+          f"calls ({SOFT_SHORT}..{SOFT_LONG} on libunicorn and the software CPU)")
     print(f"  C reference, bare port-I/O exit on KVM:             median {ref_m:8.3f} us")
     print(f"  C reference, libunicorn, answered in its OUT hook:  median {uc_m['hook']:8.3f} us")
     print(f"  C reference, libunicorn, engine stopped/re-entered: median {uc_m['stop']:8.3f} us")
     for accel, m in medians.items():
         print(f"  pyxen on {accel + ',':5} xen_version:                   median {m:8.3f} us"
               f"  (ratio to its reference {m / refs[accel]:.3f})")
+    if soft_python:
+        print(f"  pyxen on soft, Python path (PYXEN_SOFT_NATIVE=0):   median "
+              f"{median(soft_python):8.3f} us")
     ratio = medians.get("kvm", nan) / ref_m
     figures = {f"pyxen_{a}_us" if a != "kvm" else "pyxen_us": m for a, m in medians.items()}
     figures["unicorn_reference_us"] = uc_m["hook"]
     figures["unicorn_stop_reference_us"] = uc_m["stop"]
+    if soft_python:
+        figures["pyxen_soft_python_us"] = median(soft_python)
     if "soft" in medians:
         figures["soft_ratio"] = medians["soft"] / ref_m
         figures["soft_unicorn_ratio"] = medians["soft"] / uc_m["hook"]

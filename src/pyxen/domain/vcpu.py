@@ -50,6 +50,8 @@ class Vcpu:
         self.backend = backend
         if hasattr(backend, "inline_hypercall"):  # an optional backend capability
             backend.inline_hypercall = self.hypercall_inline
+        if hasattr(backend, "answer_natively") and not domain.trace:  # --trace sees every call
+            backend.answer_natively(domain.hypercalls.always)
         self.online = index == 0
         # VCPUOP_initialise's (special registers, registers), until this vCPU's thread loads them
         self.initial_state: tuple[SpecialRegs, Regs] | None = None

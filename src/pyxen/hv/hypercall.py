@@ -68,6 +68,8 @@ class HypercallTable:
         self.handlers: list[Handler | None] = [None] * NR_HYPERCALL_SLOTS
         self.describers: dict[int, Callable[[tuple[int, ...]], str]] = {}
         self.inline: dict[int, frozenset[int] | None] = {}
+        # (nr, first argument) -> result, for calls whose result never changes
+        self.always: dict[tuple[int, int], int] = {}
 
     def register(self, nr: int, handler: Handler,
                  describe: Callable[[tuple[int, ...]], str] | None = None,
@@ -83,6 +85,16 @@ class HypercallTable:
             self.describers[nr] = describe
         if inline:
             self.inline[nr] = None if inline is True else frozenset(inline)
+
+    def answer_always(self, nr: int, subop: int, result: int) -> None:
+        """Declare that `nr` with first argument `subop` returns `result` for every domain
+        and vCPU, whatever its other arguments and the domain's state: a vCPU backend may
+        then answer it natively, without dispatching (the software CPU's C hook, see
+        pyxen.soft.native). The handler must return the same; `result` >= 0, since the
+        caller's width does not change it then."""
+        if not 0 <= result < 1 << 31:
+            raise ValueError(f"an answer_always result must be a non-negative int32: {result}")
+        self.always[(nr, subop)] = result
 
     def may_run_inline(self, nr: int, args: tuple[int, ...]) -> bool:
         if nr not in self.inline:

@@ -125,4 +125,5 @@ def do_xen_version(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
 def register(table: HypercallTable) -> None:
     table.register(HYPERVISOR_xen_version, do_xen_version, subop_describer(SUBOPS, 2),
                    inline=True)
+    table.answer_always(HYPERVISOR_xen_version, V.XENVER_version, XEN_VERSION)
 

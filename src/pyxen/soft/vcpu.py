@@ -83,7 +83,7 @@ from pyxen.hv.guest_access import GuestAccess
 from pyxen.hv.pagewalk import PageFault, PagingState, translate
 from pyxen.x86 import cr4
 
-from . import fastcall, savestate
+from . import fastcall, native, savestate
 from .cpustate import (
     EFER_LMA,
     EXCP_VMEXIT_SHUTDOWN,
@@ -266,7 +266,7 @@ class SoftVcpu:
             if err:
                 raise UcError(err)
         # IN and OUT are safe anywhere in the list (their walk has no such exit).
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        self._native_out = self._install_out_hook()
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
@@ -290,6 +290,38 @@ class SoftVcpu:
                                 self._cfuncs[-1], None, C.c_uint64(1), C.c_uint64(0))
         if err:
             raise UcError(err)
+
+    def _install_out_hook(self) -> native.OutHook | None:
+        """The OUT hook: native_hooks.c where it can be used (it answers the calls whose
+        result never changes, see answer_natively, and hands the rest to _on_out), else
+        _on_out alone."""
+        uc = self.uc
+        if (why := native.available()) is not None:
+            native.unavailable_once(why)
+            uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+            return None
+
+        def add_hook(function: C.c_void_p, state: native.OutHook) -> None:
+            handle = C.c_size_t()
+            err = uclib.uc_hook_add(uc._uch, C.byref(handle), UC_HOOK_INSN, function,
+                                    C.byref(state), C.c_uint64(1), C.c_uint64(0),
+                                    C.c_int(X.UC_X86_INS_OUT))
+            if err:
+                raise UcError(err)
+
+        return native.install_out_hook(uc, self.hypercall_port, self._on_out, add_hook)
+
+    def answer_natively(self, answers: dict[tuple[int, int], int]) -> None:
+        """Hypercalls (nr, first argument) -> result that the native hook answers in the
+        engine (HypercallTable.always); an empty dict: none."""
+        if self._native_out is not None:
+            self._native_out.set_answers((nr, subop, result)
+                                         for (nr, subop), result in answers.items())
+
+    @property
+    def natively_answered(self) -> int:
+        """How many hypercalls the native hook has answered (0 without it)."""
+        return self._native_out.answered if self._native_out is not None else 0
 
     def _rewind_here(self, why: str, rip: int | None = None) -> None:
         """Stop and come back to the current instruction: the rest of its translation block

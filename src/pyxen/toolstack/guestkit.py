@@ -20,6 +20,8 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from pyxen.cache import user_cache
+
 # The top of the source tree this module sits in, if it sits in one (src/pyxen/toolstack/).
 CHECKOUT = Path(__file__).resolve().parents[3]
 
@@ -42,10 +44,8 @@ def shipped_kit() -> Traversable:
 
 
 def cache_kit() -> Path:
-    """Where an installed pyxen builds the kit: the XDG cache (relative values are ignored)."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
-    return root / "pyxen" / "guests"
+    """Where an installed pyxen builds the kit: the user's cache."""
+    return user_cache() / "guests"
 
 
 def _files(node: Traversable, rel: Path = Path()) -> Iterator[tuple[Path, Traversable]]:

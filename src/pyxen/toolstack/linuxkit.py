@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from pyxen.cache import user_cache
+
 KIT_PY = Path(__file__).resolve().parents[1] / "guests" / "linux" / "kit.py"
 MODULE = "pyxen_linux_kit"
 
@@ -31,5 +33,4 @@ def load_kit() -> ModuleType:
 def kit_dir() -> Path:
     """Where the tests and benchmarks build the kit: PYXEN_LINUX_DIR, else the user's cache
     (not guests/build/linux, whose root.img the examples write to)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pyxen"
-    return Path(os.environ.get("PYXEN_LINUX_DIR", cache / "linux-kit"))
+    return Path(os.environ.get("PYXEN_LINUX_DIR", user_cache() / "linux-kit"))

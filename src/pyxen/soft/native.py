@@ -1,0 +1,260 @@
+"""The software CPU's native OUT hook (native_hooks.c): hypercalls answered in C, in the engine.
+
+A hypercall through pyxen's Python hook costs tens of microseconds (the callback into
+Python, the register reads, the dispatch); the engine executes the guest's own instructions
+around it in nanoseconds. Calls whose result never changes (HypercallTable.answer_always:
+xen_version(XENVER_version), the null hypercall) are therefore answered by a hook in C that
+reads the guest's registers where QEMU keeps them, in CPUX86State. Every other OUT goes on
+to the Python hook.
+
+The C file is compiled on first use with the host's C compiler (as the guest kit is) into
+the user's cache, named by a hash of its source, so an upgrade rebuilds it. Where that is
+not possible (no compiler), or where the loaded Unicorn does not keep its CPU state where
+`find_env` expects it, the Python hook answers everything, as before, and one line says why.
+
+Finding CPUX86State: Unicorn's handle points to its `uc_struct`, which points to the CPU
+object, which points to its `env` (QEMU's CPUState.env_ptr). Their offsets are not part of
+Unicorn's API, so `find_env` looks for them once per process, in a scratch engine whose
+registers hold known values, reading memory with process_vm_readv (an address that is not
+mapped is an error there, not a crash), and checks the result on a second engine.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import functools
+import hashlib
+import logging
+import os
+import shlex
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uccallback
+
+from pyxen.cache import user_cache
+
+from .cpustate import ENV_HFLAGS, HF_CS64, HF_LMA
+
+log = logging.getLogger("pyxen.soft")
+
+SOURCE = Path(__file__).with_name("native_hooks.c")
+CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall", "-Werror")
+MAX_ANSWERS = 16  # as native_hooks.c
+SCAN_UC = 16 << 10  # bytes of uc_struct searched for the CPU pointer
+SCAN_CPU = 4 << 10  # bytes of the CPU object searched for env_ptr
+ENV_WITHIN = 1 << 20  # env lies inside the CPU object, this near its start
+
+# void hook(uc_engine *uc, uint32_t port, int size, uint32_t value, void *user_data)
+OUT_HOOK = C.CFUNCTYPE(None, C.c_void_p, C.c_uint32, C.c_int, C.c_uint32, C.c_void_p)
+
+
+class Answer(C.Structure):
+    _fields_ = [("nr", C.c_uint32), ("reserved", C.c_uint32), ("subop", C.c_uint64),
+                ("result", C.c_uint64)]
+
+
+class OutHook(C.Structure):
+    """native_hooks.c's struct out_hook: one per vCPU engine."""
+
+    _fields_ = [("regs", C.c_void_p), ("hflags", C.c_void_p), ("slow", OUT_HOOK),
+                ("port", C.c_uint32), ("count", C.c_uint32), ("answered", C.c_uint64),
+                ("answers", Answer * MAX_ANSWERS)]
+
+    def set_answers(self, answers: Iterable[tuple[int, int, int]]) -> None:
+        """(nr, first argument, result) triples; none: every OUT goes to Python."""
+        chosen = list(answers)
+        if len(chosen) > MAX_ANSWERS:
+            raise ValueError(f"at most {MAX_ANSWERS} native answers")
+        self.count = 0  # the hook never sees a half-written table
+        for slot, (nr, subop, result) in zip(self.answers, chosen, strict=False):
+            slot.nr, slot.subop, slot.result = nr, subop, result & (2**64 - 1)
+        self.count = len(chosen)
+
+
+class NativeUnavailable(RuntimeError):
+    """The native hook cannot be used here; the message says why, in one line."""
+
+
+def _compiler() -> str:
+    cc = shlex.split(os.environ.get("CC", "gcc"))[:1] or ["gcc"]
+    path = shutil.which(cc[0])
+    if path is None:
+        raise NativeUnavailable(f"no C compiler (`{cc[0]}`) to build {SOURCE.name}")
+    return path
+
+
+def build(dest_dir: Path | None = None) -> Path:
+    """The compiled hook library, built if its source changed since the last build."""
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    out_dir = dest_dir or user_cache() / "native"
+    library = out_dir / f"native_hooks-{digest}.so"
+    if library.is_file():
+        return library
+    compiler = _compiler()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Concurrent builds each write their own file and rename it into place.
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(SOURCE)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            first = (done.stderr.strip().splitlines() or ["(no output)"])[0]
+            raise NativeUnavailable(f"building {SOURCE.name} failed: {first}")
+        os.replace(tmp, library)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return library
+
+
+# --- finding CPUX86State -------------------------------------------------------------------
+class _IoVec(C.Structure):
+    _fields_ = [("base", C.c_void_p), ("len", C.c_size_t)]
+
+
+_libc = C.CDLL(None, use_errno=True)
+_libc.process_vm_readv.argtypes = [C.c_int, C.POINTER(_IoVec), C.c_ulong, C.POINTER(_IoVec),
+                                   C.c_ulong, C.c_ulong]
+_libc.process_vm_readv.restype = C.c_ssize_t
+
+
+def _peek(address: int, size: int) -> bytes:
+    """Up to `size` bytes of this process's memory at `address`; fewer (or none) where the
+    range is not mapped."""
+    buf = C.create_string_buffer(size)
+    local, remote = _IoVec(C.addressof(buf), size), _IoVec(address, size)
+    got = _libc.process_vm_readv(os.getpid(), C.byref(local), 1, C.byref(remote), 1, 0)
+    return buf.raw[:got] if got > 0 else b""
+
+
+def _words(data: bytes) -> Iterable[tuple[int, int]]:
+    """(offset, value) of each aligned 64-bit word."""
+    for offset in range(0, len(data) - 7, 8):
+        yield offset, struct.unpack_from("<Q", data, offset)[0]
+
+
+_MARK_REGS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX)
+
+
+def _marked_engine(seed: int) -> tuple[Uc, bytes]:
+    """A scratch engine whose rax, rcx, rdx, rbx (CPUX86State.regs[0..3]) hold known values."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    marks = [(0x5A5A_0000_0000_0000 | seed << 32 | i * 0x0101_0101) for i in range(4)]
+    for reg, value in zip(_MARK_REGS, marks, strict=True):
+        uc.reg_write(reg, value)
+    return uc, struct.pack("<4Q", *marks)
+
+
+def _handle(uc: Uc) -> int:
+    handle = uc._uch  # noqa: SLF001 - the engine's uc_struct *, as the binding holds it
+    return int(getattr(handle, "value", handle))
+
+
+def env_address(uc: Uc, offsets: tuple[int, int]) -> int:
+    """CPUX86State's address in `uc`, through the two pointers `find_env` located."""
+    cpu_at, env_at = offsets
+    cpu = C.c_uint64.from_address(_handle(uc) + cpu_at).value
+    return C.c_uint64.from_address(cpu + env_at).value
+
+
+def _pointer_at(address: int) -> int:
+    raw = _peek(address, 8)
+    return struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+
+
+def _holds_marks(uc: Uc, marks: bytes, offsets: tuple[int, int]) -> bool:
+    """Whether the two pointers at `offsets` lead to `marks` in `uc` (safe to ask of any
+    offsets: memory is only read through _peek)."""
+    cpu = _pointer_at(_handle(uc) + offsets[0])
+    return cpu != 0 and _peek(_pointer_at(cpu + offsets[1]), len(marks)) == marks
+
+
+CHECK_ENGINES = 4
+
+
+@functools.cache
+def find_env() -> tuple[int, int]:
+    """(offset of the CPU pointer in uc_struct, offset of env_ptr in the CPU object)."""
+    uc, marks = _marked_engine(1)
+    found = set()
+    for cpu_at, cpu in _words(_peek(_handle(uc), SCAN_UC)):
+        if cpu < 1 << 16:
+            continue
+        for env_at, env in _words(_peek(cpu, SCAN_CPU)):
+            if 0 < env - cpu < ENV_WITHIN and _peek(env, len(marks)) == marks:
+                found.add((cpu_at, env_at))
+    # The search window may reach past uc_struct into other objects that point into the
+    # CPU too: keep the pair that leads to the CPU state of other engines as well.
+    for seed in range(2, 2 + CHECK_ENGINES):
+        if len(found) <= 1:
+            break
+        other, other_marks = _marked_engine(seed)
+        found = {pair for pair in found if _holds_marks(other, other_marks, pair)}
+    if len(found) != 1:
+        raise NativeUnavailable(f"the engine's CPU state was found {len(found)} times, not once")
+    offsets = found.pop()
+    # Check on a fresh engine, through the pointers alone, and that a register write moves
+    # what is there.
+    other, marks = _marked_engine(2 + CHECK_ENGINES)
+    if not _holds_marks(other, marks, offsets):
+        raise NativeUnavailable("the engine's CPU state is not where a second engine has it")
+    other.reg_write(X.UC_X86_REG_RAX, 0x1234_5678_9ABC_DEF0)
+    if C.c_uint64.from_address(env_address(other, offsets)).value != 0x1234_5678_9ABC_DEF0:
+        raise NativeUnavailable("the engine's CPU state does not follow its registers")
+    long_mode = HF_LMA | HF_CS64  # a UC_MODE_64 engine starts in 64-bit code
+    if C.c_uint32.from_address(env_address(other, offsets) + ENV_HFLAGS).value & long_mode \
+            != long_mode:
+        raise NativeUnavailable("the engine's mode flags are not where pyxen expects them")
+    return offsets
+
+
+@functools.cache
+def library() -> C.CDLL:
+    return C.CDLL(str(build()))
+
+
+def available() -> str | None:
+    """None when the native hook can be used in this process; else why not, in one line.
+    PYXEN_SOFT_NATIVE=0 turns it off (to compare, or to rule it out)."""
+    if os.environ.get("PYXEN_SOFT_NATIVE", "1") == "0":
+        return "PYXEN_SOFT_NATIVE=0"
+    try:
+        find_env()
+        library()
+    except (NativeUnavailable, OSError) as e:
+        return str(e)
+    return None
+
+
+def install_out_hook(uc: Uc, port: int, slow: Callable[[Uc, int, int, int, object], None],
+                     add_hook: Callable[[C.c_void_p, OutHook], None]) -> OutHook:
+    """Give `uc` the native OUT hook for hypercall `port`, handing other OUTs to `slow`
+    (called as a hook the binding added would be: an exception it raises stops the engine
+    and comes out of emu_start). `add_hook(function, state)` registers the C function with
+    the engine (uc_hook_add); the returned state must live as long as the engine does."""
+    hook = OutHook()
+    env = env_address(uc, find_env())
+    hook.regs, hook.hflags = env, env + ENV_HFLAGS
+    hook.slow = hook.slow_ref = uccallback(uc, OUT_HOOK)(slow)  # kept alive with the state
+    hook.port = port
+    add_hook(C.cast(library().pyxen_out_hook, C.c_void_p), hook)
+    return hook
+
+
+def unavailable_once(reason: str) -> None:
+    """Say once per process that hypercalls are all answered in Python, and why."""
+    _say(reason)
+
+
+@functools.cache
+def _say(reason: str) -> None:
+    log.info("software CPU: every hypercall is answered in Python (%s)", reason)

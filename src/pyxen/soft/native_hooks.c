@@ -1,0 +1,62 @@
+/*
+ * The software CPU's OUT hook, in C: answers the hypercalls whose result never changes
+ * without leaving the engine or entering Python, and hands every other OUT to pyxen's
+ * Python hook (SoftVcpu._on_out), unchanged.
+ *
+ * Built by pyxen.soft.native with the host's C compiler on first use. It calls nothing in
+ * libunicorn: it reads and writes the guest's registers in QEMU's CPUX86State, whose
+ * address and layout pyxen.soft.native checks against the loaded engine before it installs
+ * this hook (the engine has synced the registers there for the hook, and reloads them
+ * after it, as for uc_reg_read/uc_reg_write from a hook).
+ *
+ * The rule is Vcpu.hypercall_inline's, for the calls HypercallTable.answer_always lists:
+ * a call from CPL 0 (any other CPL goes to Python, which refuses it); Xen's calling
+ * convention by CS.L (64-bit: number in rax, first argument in rdi; otherwise eax and
+ * ebx); the result written to rax in the caller's width.
+ */
+#include <stdint.h>
+
+#define MAX_ANSWERS 16
+#define HF_CPL_MASK 3u
+#define HF_CS64_MASK (1u << 15)
+#define R_EAX 0
+#define R_EBX 3
+#define R_EDI 7
+
+typedef void (*out_hook_fn)(void *uc, uint32_t port, int size, uint32_t value, void *data);
+
+struct answer {
+    uint32_t nr;        /* hypercall number */
+    uint32_t reserved;
+    uint64_t subop;     /* its first argument */
+    uint64_t result;
+};
+
+struct out_hook {
+    uint64_t *regs;             /* CPUX86State.regs: rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, ... */
+    const uint32_t *hflags;     /* CPUX86State.hflags */
+    out_hook_fn slow;           /* pyxen's hook for everything else */
+    uint32_t port;              /* the hypercall page's port */
+    uint32_t count;             /* answers in use; 0: every OUT goes to `slow` */
+    uint64_t answered;          /* hypercalls answered here */
+    struct answer answers[MAX_ANSWERS];
+};
+
+void pyxen_out_hook(void *uc, uint32_t port, int size, uint32_t value, void *data)
+{
+    struct out_hook *h = data;
+    if (port == h->port && h->count && !(*h->hflags & HF_CPL_MASK)) {
+        int wide = (*h->hflags & HF_CS64_MASK) != 0;
+        uint32_t nr = (uint32_t)h->regs[R_EAX];
+        uint64_t arg = wide ? h->regs[R_EDI] : (uint32_t)h->regs[R_EBX];
+        for (uint32_t i = 0; i < h->count && i < MAX_ANSWERS; i++) {
+            const struct answer *a = &h->answers[i];
+            if (a->nr == nr && a->subop == arg) {
+                h->regs[R_EAX] = wide ? a->result : (uint32_t)a->result;
+                h->answered++;
+                return;
+            }
+        }
+    }
+    h->slow(uc, port, size, value, 0);
+}
