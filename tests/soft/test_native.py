@@ -1,10 +1,12 @@
-"""The software CPU's native OUT hook (pyxen.soft.native, native_hooks.c) on real engines.
+"""The software CPU's native hooks (pyxen.soft.native, native_hooks.c) on real engines.
 
-Each test runs `out %eax,$port` in a bare Unicorn engine with the hook installed and a
+The OUT tests run `out %eax,$port` in a bare Unicorn engine with the hook installed and a
 Python hook standing for SoftVcpu._on_out behind it: the native hook must answer exactly
 the listed calls, by Xen's calling convention for the code's width and from CPL 0 only,
 and hand everything else on untouched. Then a real domain: the null hypercall never
-reaches Python, and --trace still sees every call.
+reaches Python, and --trace still sees every call. The TSC tests run RDTSC/RDTSCP against
+the formula SoftVcpu.read_tsc uses, including a clock moved while the engine exists (a
+restore's set_tsc) and a counter that wraps.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ctypes as C
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +142,56 @@ def test_an_exception_in_the_python_hook_comes_out_of_emu_start() -> None:
     engine.raise_in_slow = RuntimeError("from the slow hook")
     with pytest.raises(RuntimeError, match="from the slow hook"):
         engine.run(rax=29)
+
+
+def _tsc_engine(clock: native.TscClock, code: bytes) -> Uc:
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(CODE, code)
+
+    def add(function: C.c_void_p, state: native.TscHook, insn: int) -> None:
+        handle = C.c_size_t()
+        assert not uclib.uc_hook_add(uc._uch, C.byref(handle), UC_HOOK_INSN, function,
+                                     C.byref(state), C.c_uint64(1), C.c_uint64(0),
+                                     C.c_int(insn))
+
+    uc.tsc_hook = native.install_tsc_hooks(uc, clock, add)  # type: ignore[attr-defined]
+    return uc
+
+
+def _expected_tsc(clock: native.TscClock, at_ns: int) -> int:
+    return (at_ns - clock.epoch_ns) * clock.khz // 1_000_000 & (2**64 - 1)
+
+
+@needs_native
+@pytest.mark.parametrize("code, with_aux", [(b"\x0f\x31", False), (b"\x0f\x01\xf9", True)])
+def test_tsc_read_in_the_engine_follows_the_machines_clock(code: bytes, with_aux: bool) -> None:
+    clock = native.TscClock(time.monotonic_ns() - 10**15, 2_500_000)  # 2.5 GHz, 11.6 days up
+    uc = _tsc_engine(clock, code)
+    uc.msr_write(native.MSR_TSC_AUX, 0x1_0000_0007)  # RDTSCP: ECX = its low 32 bits
+    for _ in range(3):
+        uc.reg_write(X.UC_X86_REG_RCX, 0xDEAD)
+        uc.reg_write(X.UC_X86_REG_RAX, -1)
+        before = _expected_tsc(clock, time.monotonic_ns())
+        uc.emu_start(CODE, CODE + len(code))
+        after = _expected_tsc(clock, time.monotonic_ns())
+        rax, rdx = uc.reg_read(X.UC_X86_REG_RAX), uc.reg_read(X.UC_X86_REG_RDX)
+        assert rax < 2**32 and rdx < 2**32  # zero-extended halves
+        assert before <= rdx << 32 | rax <= after
+        assert uc.reg_read(X.UC_X86_REG_RCX) == (7 if with_aux else 0xDEAD)
+        clock.epoch_ns += 10**12  # set_tsc: the same engine reads the new epoch at once
+
+
+@needs_native
+def test_tsc_wraps_as_a_64bit_counter() -> None:
+    khz = 1 << 40  # so that a wrap needs hours of uptime, not centuries
+    clock = native.TscClock(time.monotonic_ns() - (2**64 * 1_000_000 // khz + 10**9), khz)
+    uc = _tsc_engine(clock, b"\x0f\x31")
+    before = _expected_tsc(clock, time.monotonic_ns())
+    uc.emu_start(CODE, CODE + 2)
+    after = _expected_tsc(clock, time.monotonic_ns())
+    tsc = uc.reg_read(X.UC_X86_REG_RDX) << 32 | uc.reg_read(X.UC_X86_REG_RAX)
+    assert before <= tsc <= after < 2**62  # wrapped: small again
 
 
 def test_too_many_answers_refused() -> None:

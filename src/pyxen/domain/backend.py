@@ -21,6 +21,8 @@ import enum
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from pyxen.hv.pagewalk import PagingState
+
     from .cpu_state import CpuState
 
 
@@ -151,6 +153,10 @@ class VcpuBackend(Protocol):
         ...
 
     def sregs(self) -> SpecialRegs: ...
+
+    def paging(self) -> PagingState:
+        """CR0, CR3, CR4 and EFER: all a guest-virtual access needs (cheaper than sregs)."""
+        ...
 
     def is_64bit(self) -> bool:
         """Whether the CPU is executing 64-bit code (CS.L): Xen's hypercall ABI choice."""

@@ -16,7 +16,6 @@ from pyxen.abi.vcpu import RUNSTATE_blocked, RUNSTATE_offline, RUNSTATE_running
 from pyxen.abi.xen import vcpu_info, vcpu_time_info
 from pyxen.hv.guest_access import GuestAccess
 from pyxen.hv.hypercall import format_result, hypercall_page
-from pyxen.hv.pagewalk import PagingState
 from pyxen.hv.time import TscCalibration, write_time_info
 from pyxen.hv.timer import Timer
 from pyxen.hv.vcpu import publish_runstate
@@ -148,8 +147,7 @@ class Vcpu:
 
     # --- guest access --------------------------------------------------------------------------
     def guest(self) -> GuestAccess:
-        s = self.backend.sregs()
-        return GuestAccess(self.domain.memory, PagingState(s.cr0, s.cr3, s.cr4, s.efer))
+        return GuestAccess(self.domain.memory, self.backend.paging())
 
     # --- the exit loop -------------------------------------------------------------------------
     def run_loop(self) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from pyxen.domain.backend import Cpuid, Exit, Regs, Segment, SpecialRegs
 from pyxen.domain.cpu_state import CpuState
+from pyxen.hv.pagewalk import PagingState
 
 from . import cpustate
 from . import uapi as K
@@ -295,6 +296,10 @@ class KvmVcpu:
         return Exit.ERROR
 
     # --- the hypercall path's questions, answered without building structs ----------------
+    def paging(self) -> PagingState:
+        s = self.sregs()
+        return PagingState(s.cr0, s.cr3, s.cr4, s.efer)
+
     def is_64bit(self) -> bool:
         """Whether the CPU is executing 64-bit code (CS.L)."""
         return bool(self._cs_l.value) if self._fresh else bool(self.sregs().cs.l)

@@ -23,6 +23,7 @@ from .baton import Baton
 from .cpustate import LayoutError, probe_layout
 from .dirty import QUIESCE_RETRY_S, DirtyLog
 from .memory import PhysicalRam
+from .native import TscClock
 from .vcpu import INDEXED_LEAVES, SoftVcpu
 
 SOFT_TSC_KHZ = 1_000_000  # 1 GHz: the guest's TSC counts nanoseconds of host monotonic time
@@ -63,10 +64,22 @@ class SoftMachine(MachineBackend):
         self.ram = PhysicalRam()
         self.vcpus: list[SoftVcpu] = []
         self.baton = Baton()  # engines take turns (locked instructions): see baton.py
-        self.tsc_khz = SOFT_TSC_KHZ
-        self.tsc_epoch_ns = time.monotonic_ns()
+        # Read by the vCPUs' native RDTSC hooks too (native.py).
+        self.tsc_clock = TscClock(time.monotonic_ns(), SOFT_TSC_KHZ)
         self.log = DirtyLog()
         self.ram.on_write = self.log.note_write  # guest writes pyxen makes for the CPU
+
+    @property
+    def tsc_khz(self) -> int:
+        return self.tsc_clock.khz
+
+    @property
+    def tsc_epoch_ns(self) -> int:
+        return self.tsc_clock.epoch_ns
+
+    @tsc_epoch_ns.setter
+    def tsc_epoch_ns(self, value: int) -> None:
+        self.tsc_clock.epoch_ns = value
 
     def set_tsc(self, tsc: int) -> None:
         """Every vCPU's TSC reads `tsc` now and counts on from there: one counter per

@@ -33,7 +33,13 @@ class Layout:
     readonly_frames: frozenset[int]
     map: C.Array[C.c_char] | None  # guest-physical bytes, for pyxen's own page walks
 
+    # The largest view (the domain's RAM), which nearly every access hits: tried first.
+    ram: tuple[int, int] = (0, 0)
+
     def check_populated(self, gpa: int, length: int) -> int:
+        start, end = self.ram
+        if start <= gpa and gpa + max(length, 1) <= end:
+            return gpa
         for start, size, _, _ in self.views:
             if start <= gpa and gpa + max(length, 1) <= start + size:
                 return gpa
@@ -74,7 +80,8 @@ class PhysicalRam:
         ro = frozenset(f for gpa, size, _, readonly in views if readonly
                        for f in range(gpa >> 12, gpa + size >> 12))
         self.readonly_frames |= ro  # added before the stale ones go: no gap
-        self.layout = Layout(self.layout.generation + 1, views, ro, _guest_bytes(views))
+        self.layout = Layout(self.layout.generation + 1, views, ro, _guest_bytes(views),
+                             _largest(views))
         return self.layout
 
     def settle(self) -> None:
@@ -102,6 +109,14 @@ class PhysicalRam:
     def check_populated(self, gpa: int, length: int) -> int:
         """`gpa` if [gpa, gpa+length) lies in one slot (GuestMemory's contract)."""
         return self.layout.check_populated(gpa, length)
+
+
+def _largest(views: frozenset[View]) -> tuple[int, int]:
+    """[start, end) of the largest view, (0, 0) for none."""
+    if not views:
+        return (0, 0)
+    gpa, size, _, _ = max(views, key=lambda v: v[1])
+    return (gpa, gpa + size)
 
 
 def _guest_bytes(views: frozenset[View]) -> C.Array[C.c_char] | None:

@@ -1,11 +1,12 @@
-"""The software CPU's native OUT hook (native_hooks.c): hypercalls answered in C, in the engine.
+"""The software CPU's native hooks (native_hooks.c): the null hypercall and the TSC in C.
 
 A hypercall through pyxen's Python hook costs tens of microseconds (the callback into
 Python, the register reads, the dispatch); the engine executes the guest's own instructions
 around it in nanoseconds. Calls whose result never changes (HypercallTable.answer_always:
 xen_version(XENVER_version), the null hypercall) are therefore answered by a hook in C that
 reads the guest's registers where QEMU keeps them, in CPUX86State. Every other OUT goes on
-to the Python hook.
+to the Python hook. RDTSC and RDTSCP, which a Linux guest executes at every clock read, are
+answered there too (the machine's TscClock holds the epoch and rate they count from).
 
 The C file is compiled on first use with the host's C compiler (as the guest kit is) into
 the user's cache, named by a hash of its source, so an upgrade rebuilds it. Where that is
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uccallback
+from unicorn.unicorn_py3.unicorn import uccallback, uclib
 
 from pyxen.cache import user_cache
 
@@ -76,6 +77,20 @@ class OutHook(C.Structure):
         for slot, (nr, subop, result) in zip(self.answers, chosen, strict=False):
             slot.nr, slot.subop, slot.result = nr, subop, result & (2**64 - 1)
         self.count = len(chosen)
+
+
+class TscClock(C.Structure):
+    """native_hooks.c's struct tsc_clock: the soft machine's TSC, read by every vCPU's hook
+    (and by SoftVcpu.read_tsc): (time.monotonic_ns() - epoch_ns) * khz // 10**6."""
+
+    _fields_ = [("epoch_ns", C.c_int64), ("khz", C.c_int64)]
+
+
+class TscHook(C.Structure):
+    _fields_ = [("regs", C.c_void_p), ("tsc_aux", C.c_void_p), ("clock", C.POINTER(TscClock))]
+
+
+MSR_TSC_AUX = 0xC000_0103
 
 
 class NativeUnavailable(RuntimeError):
@@ -218,6 +233,24 @@ def find_env() -> tuple[int, int]:
 
 
 @functools.cache
+def tsc_aux_offset() -> int:
+    """Where CPUX86State keeps the TSC_AUX MSR (RDTSCP's ECX), found by writing it."""
+    offsets = find_env()
+    spots = None
+    for value in (0x5A5A_A5A5_0123_4567, 0x0FED_CBA9_5A5A_A5A5):
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.msr_write(MSR_TSC_AUX, value)
+        # Within the state uc_context_save copies (the memory past it may hold other
+        # copies of the value).
+        env = _peek(env_address(uc, offsets), uclib.uc_context_size(uc._uch))
+        here = {o for o, word in _words(env) if word == value}
+        spots = here if spots is None else spots & here
+    if spots is None or len(spots) != 1:
+        raise NativeUnavailable("the engine's TSC_AUX MSR was not found once in its CPU state")
+    return spots.pop()
+
+
+@functools.cache
 def library() -> C.CDLL:
     return C.CDLL(str(build()))
 
@@ -229,6 +262,7 @@ def available() -> str | None:
         return "PYXEN_SOFT_NATIVE=0"
     try:
         find_env()
+        tsc_aux_offset()
         library()
     except (NativeUnavailable, OSError) as e:
         return str(e)
@@ -247,6 +281,20 @@ def install_out_hook(uc: Uc, port: int, slow: Callable[[Uc, int, int, int, objec
     hook.slow = hook.slow_ref = uccallback(uc, OUT_HOOK)(slow)  # kept alive with the state
     hook.port = port
     add_hook(C.cast(library().pyxen_out_hook, C.c_void_p), hook)
+    return hook
+
+
+def install_tsc_hooks(uc: Uc, clock: TscClock,
+                      add_hook: Callable[[C.c_void_p, TscHook, int], None]) -> TscHook:
+    """Give `uc` native RDTSC and RDTSCP hooks reading `clock`. `add_hook(function, state,
+    instruction)` registers each with the engine; the state must live as long as it does."""
+    hook = TscHook()
+    env = env_address(uc, find_env())
+    hook.regs, hook.tsc_aux = env, env + tsc_aux_offset()
+    hook.clock = C.pointer(clock)
+    lib = library()
+    add_hook(C.cast(lib.pyxen_rdtsc_hook, C.c_void_p), hook, X.UC_X86_INS_RDTSC)
+    add_hook(C.cast(lib.pyxen_rdtscp_hook, C.c_void_p), hook, X.UC_X86_INS_RDTSCP)
     return hook
 
 

@@ -1,7 +1,10 @@
 /*
- * The software CPU's OUT hook, in C: answers the hypercalls whose result never changes
- * without leaving the engine or entering Python, and hands every other OUT to pyxen's
- * Python hook (SoftVcpu._on_out), unchanged.
+ * The software CPU's hottest hooks, in C, so that they neither leave the engine nor enter
+ * Python:
+ * - OUT: answers the hypercalls whose result never changes and hands every other OUT to
+ *   pyxen's Python hook (SoftVcpu._on_out), unchanged;
+ * - RDTSC and RDTSCP: the guest's TSC, host monotonic time at the machine's rate from the
+ *   machine's epoch (SoftVcpu.read_tsc's formula), and TSC_AUX for RDTSCP.
  *
  * Built by pyxen.soft.native with the host's C compiler on first use. It calls nothing in
  * libunicorn: it reads and writes the guest's registers in QEMU's CPUX86State, whose
@@ -15,11 +18,14 @@
  * ebx); the result written to rax in the caller's width.
  */
 #include <stdint.h>
+#include <time.h>
 
 #define MAX_ANSWERS 16
 #define HF_CPL_MASK 3u
 #define HF_CS64_MASK (1u << 15)
 #define R_EAX 0
+#define R_ECX 1
+#define R_EDX 2
 #define R_EBX 3
 #define R_EDI 7
 
@@ -59,4 +65,46 @@ void pyxen_out_hook(void *uc, uint32_t port, int size, uint32_t value, void *dat
         }
     }
     h->slow(uc, port, size, value, 0);
+}
+
+/* One per machine: every vCPU's TSC reads (now - epoch_ns) * khz / 10^6 (SoftMachine). */
+struct tsc_clock {
+    int64_t epoch_ns;   /* CLOCK_MONOTONIC (Python's time.monotonic_ns) at TSC 0 */
+    int64_t khz;
+};
+
+struct tsc_hook {
+    uint64_t *regs;                 /* CPUX86State.regs */
+    const uint64_t *tsc_aux;        /* CPUX86State's TSC_AUX MSR */
+    const struct tsc_clock *clock;
+};
+
+static uint64_t guest_tsc(const struct tsc_clock *clock)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    __int128 now = (__int128)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    __int128 ticks = (now - clock->epoch_ns) * clock->khz;
+    __int128 q = ticks / 1000000;
+    if (ticks % 1000000 && ticks < 0)  /* floor, as Python's // */
+        q -= 1;
+    return (uint64_t)q;  /* a 64-bit counter: it wraps */
+}
+
+/* UC_HOOK_INSN for RDTSC / RDTSCP: 1 = the instruction is done (the engine skips it). */
+int pyxen_rdtsc_hook(void *uc, void *data)
+{
+    struct tsc_hook *h = data;
+    uint64_t tsc = guest_tsc(h->clock);
+    h->regs[R_EAX] = (uint32_t)tsc;
+    h->regs[R_EDX] = tsc >> 32;
+    return 1;
+}
+
+int pyxen_rdtscp_hook(void *uc, void *data)
+{
+    struct tsc_hook *h = data;
+    pyxen_rdtsc_hook(uc, data);
+    h->regs[R_ECX] = (uint32_t)*h->tsc_aux;
+    return 1;
 }

@@ -256,17 +256,28 @@ class SoftVcpu:
         # there; the others keep that exposure (RDTSCP: the host's TSC; CPUID: QEMU's model;
         # SYSCALL/SYSENTER: skipped). The Python binding does not know RDTSC hooks; the
         # engine does.
-        self._cfuncs = [HOOK_INSN_CPUID_CFUNC(lambda _uc, _ud: self._on_rdtsc(False)),
-                        HOOK_INSN_CPUID_CFUNC(lambda _uc, _ud: self._on_rdtsc(True))]
-        for insn, cfunc in zip((X.UC_X86_INS_RDTSC, X.UC_X86_INS_RDTSCP), self._cfuncs,
-                               strict=True):
-            handle = C.c_size_t()
-            err = uclib.uc_hook_add(uc._uch, C.byref(handle), UC_HOOK_INSN, cfunc, None,
-                                    C.c_uint64(1), C.c_uint64(0), C.c_int(insn))
-            if err:
-                raise UcError(err)
+        # The clock and the null hypercall are answered in C where that is possible
+        # (native.py); otherwise by these Python hooks.
+        why_not = native.available()
+        if why_not is not None:
+            native.unavailable_once(why_not)
+        self._cfuncs: list[object] = []
+        self._native_tsc = None if why_not is not None else native.install_tsc_hooks(
+            uc, self.machine.tsc_clock, self._add_insn_hook)
+        if self._native_tsc is None:
+            for insn, with_aux in ((X.UC_X86_INS_RDTSC, False), (X.UC_X86_INS_RDTSCP, True)):
+                self._cfuncs.append(HOOK_INSN_CPUID_CFUNC(
+                    lambda _uc, _ud, aux=with_aux: self._on_rdtsc(aux)))
+                self._add_insn_hook(self._cfuncs[-1], None, insn)
         # IN and OUT are safe anywhere in the list (their walk has no such exit).
-        self._native_out = self._install_out_hook()
+        if why_not is None:
+            self._native_out: native.OutHook | None = native.install_out_hook(
+                uc, self.hypercall_port, self._on_out,
+                lambda function, state: self._add_insn_hook(function, state,
+                                                             X.UC_X86_INS_OUT))
+        else:
+            self._native_out = None
+            uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
@@ -291,25 +302,15 @@ class SoftVcpu:
         if err:
             raise UcError(err)
 
-    def _install_out_hook(self) -> native.OutHook | None:
-        """The OUT hook: native_hooks.c where it can be used (it answers the calls whose
-        result never changes, see answer_natively, and hands the rest to _on_out), else
-        _on_out alone."""
-        uc = self.uc
-        if (why := native.available()) is not None:
-            native.unavailable_once(why)
-            uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
-            return None
-
-        def add_hook(function: C.c_void_p, state: native.OutHook) -> None:
-            handle = C.c_size_t()
-            err = uclib.uc_hook_add(uc._uch, C.byref(handle), UC_HOOK_INSN, function,
-                                    C.byref(state), C.c_uint64(1), C.c_uint64(0),
-                                    C.c_int(X.UC_X86_INS_OUT))
-            if err:
-                raise UcError(err)
-
-        return native.install_out_hook(uc, self.hypercall_port, self._on_out, add_hook)
+    def _add_insn_hook(self, function: object, state: C.Structure | None, insn: int) -> None:
+        """An instruction hook the binding does not wrap: a C function (with its state) or a
+        ctypes callback of the engine's type (the binding knows no RDTSC hooks)."""
+        handle = C.c_size_t()
+        err = uclib.uc_hook_add(self.uc._uch, C.byref(handle), UC_HOOK_INSN, function,
+                                None if state is None else C.byref(state),
+                                C.c_uint64(1), C.c_uint64(0), C.c_int(insn))
+        if err:
+            raise UcError(err)
 
     def answer_natively(self, answers: dict[tuple[int, int], int]) -> None:
         """Hypercalls (nr, first argument) -> result that the native hook answers in the
@@ -588,12 +589,12 @@ class SoftVcpu:
     def cpl(self) -> int:
         return self._state().hflags & HF_CPL
 
-    def _paging(self) -> PagingState:
+    def paging(self) -> PagingState:
         ctx = self._state()
         return PagingState(ctx.cr(0), ctx.cr(3), ctx.cr(4), ctx.efer)
 
     def _access(self) -> GuestAccess:
-        return GuestAccess(self.machine.ram, self._paging())  # type: ignore[arg-type]
+        return GuestAccess(self.machine.ram, self.paging())  # type: ignore[arg-type]
 
     def _read_linear(self, va: int, size: int) -> bytes:
         """Guest-virtual bytes, read as the CPU would fetch them (b"" if unmapped)."""
@@ -837,7 +838,7 @@ class SoftVcpu:
                 return code
         code = self._read_linear(rip, 16) or self._read_linear(rip, min(16, 4096 - (rip & 0xFFF)))
         try:
-            gpa = translate(self.machine.ram, self._paging(), rip, False)  # type: ignore[arg-type]
+            gpa = translate(self.machine.ram, self.paging(), rip, False)  # type: ignore[arg-type]
         except (PageFault, GuestMemoryError):
             return code
         if code and len(code) == 16:
@@ -953,7 +954,7 @@ class SoftVcpu:
     def _mmio_exit(self, access: int, address: int, size: int, value: int) -> Exit:
         write = access == UC_MEM_WRITE_UNMAPPED
         try:
-            gpa = translate(self.machine.ram, self._paging(), address, write)  # type: ignore[arg-type]
+            gpa = translate(self.machine.ram, self.paging(), address, write)  # type: ignore[arg-type]
         except (PageFault, GuestMemoryError):
             gpa = address
         self.exit_value, self.exit_size, self.exit_is_write = gpa, size, write
