@@ -178,6 +178,10 @@ class Context:
     def restore(self) -> None:
         uclib.uc_context_restore(self.uc._uch, self._ptr)
 
+    def env_address(self) -> int:
+        """Where the saved CPUX86State starts (the offsets above are relative to it)."""
+        return self._ptr.value + self.header  # type: ignore[operator]
+
     def _at(self, offset: int) -> int:
         return self._ptr.value + self.header + offset  # type: ignore[operator]
 

@@ -26,6 +26,7 @@ from pyxen.domain.memory import GuestMemoryError
 from pyxen.hv.guest_access import GuestAccess
 from pyxen.hv.pagewalk import CR4_LA57, PageFault, translate
 
+from . import native
 from .cpustate import (
     CR0_PE,
     DESC_B,
@@ -93,6 +94,8 @@ class Unsupported(Exception):
 
 def deliver(regs: Regs, ctx: Context, acc: GuestAccess, event: Event) -> None:
     """Deliver `event`; regs and ctx (saved) are updated, the caller restores ctx."""
+    if event.external and _delivered_natively(regs, ctx, acc, event.vector):
+        return
     try:
         _deliver_once(regs, ctx, acc, event)
     except Fault as f:
@@ -103,6 +106,21 @@ def deliver(regs: Regs, ctx: Context, acc: GuestAccess, event: Event) -> None:
         if f.vector == PF and f.address is not None:
             ctx.set_cr(2, f.address)  # CR2 is loaded even when the #PF becomes a #DF
         deliver(regs, ctx, acc, _nested(event, f))
+
+
+def _delivered_natively(regs: Regs, ctx: Context, acc: GuestAccess, vector: int) -> bool:
+    """The common case of an external interrupt, in C (native_deliver.c computes what
+    _deliver_protected does for it, or declines having changed nothing)."""
+    window = getattr(acc.mem, "native_window", None)
+    if window is None or native.available() is not None or (where := window()) is None:
+        return False
+    written = native.deliver_external(regs, ctx.env_address(), where, vector)
+    if written is None:
+        return False
+    for gpa, length in written:
+        acc.mem.note_write(gpa, length)  # the frame is dirty memory for live migration
+    ctx.recompute_hflags(regs.rflags)
+    return True
 
 
 def _nested(first: Event, second: Fault) -> Event:

@@ -106,6 +106,14 @@ class PhysicalRam:
         if self.on_write is not None:
             self.on_write(gpa, length)
 
+    def native_window(self) -> tuple[int, int, int] | None:
+        """(host address of guest-physical 0, start, end) of the domain's RAM view, every
+        byte of which is RAM: what native code (native_deliver.c) may touch directly."""
+        layout = self.layout
+        if layout.map is None:
+            return None
+        return (C.addressof(layout.map), *layout.ram)
+
     def check_populated(self, gpa: int, length: int) -> int:
         """`gpa` if [gpa, gpa+length) lies in one slot (GuestMemory's contract)."""
         return self.layout.check_populated(gpa, length)

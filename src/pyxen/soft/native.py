@@ -1,4 +1,5 @@
-"""The software CPU's native hooks (native_hooks.c): the null hypercall and the TSC in C.
+"""The software CPU's native code (native_hooks.c, native_deliver.c): the null hypercall,
+the TSC and interrupt delivery in C.
 
 A hypercall through pyxen's Python hook costs tens of microseconds (the callback into
 Python, the register reads, the dispatch); the engine executes the guest's own instructions
@@ -6,9 +7,11 @@ around it in nanoseconds. Calls whose result never changes (HypercallTable.answe
 xen_version(XENVER_version), the null hypercall) are therefore answered by a hook in C that
 reads the guest's registers where QEMU keeps them, in CPUX86State. Every other OUT goes on
 to the Python hook. RDTSC and RDTSCP, which a Linux guest executes at every clock read, are
-answered there too (the machine's TscClock holds the epoch and rate they count from).
+answered there too (the machine's TscClock holds the epoch and rate they count from). And
+`deliver_external` delivers an external interrupt in long mode, the common case of
+pyxen.soft.interrupts.deliver, or declines and leaves it to Python.
 
-The C file is compiled on first use with the host's C compiler (as the guest kit is) into
+The C files are compiled on first use with the host's C compiler (as the guest kit is) into
 the user's cache, named by a hash of its source, so an upgrade rebuilds it. Where that is
 not possible (no compiler), or where the loaded Unicorn does not keep its CPU state where
 `find_env` expects it, the Python hook answers everything, as before, and one line says why.
@@ -41,11 +44,12 @@ from unicorn.unicorn_py3.unicorn import uccallback, uclib
 
 from pyxen.cache import user_cache
 
-from .cpustate import ENV_HFLAGS, HF_CS64, HF_LMA
+from .cpustate import ENV_CR, ENV_EFER, ENV_HFLAGS, ENV_SEGS, HF_CS64, HF_LMA
 
 log = logging.getLogger("pyxen.soft")
 
-SOURCE = Path(__file__).with_name("native_hooks.c")
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("native_hooks.c", "native_deliver.c"))
 CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall", "-Werror")
 MAX_ANSWERS = 16  # as native_hooks.c
 SCAN_UC = 16 << 10  # bytes of uc_struct searched for the CPU pointer
@@ -90,6 +94,16 @@ class TscHook(C.Structure):
     _fields_ = [("regs", C.c_void_p), ("tsc_aux", C.c_void_p), ("clock", C.POINTER(TscClock))]
 
 
+class DeliverArgs(C.Structure):
+    """native_deliver.c's struct deliver_args."""
+
+    _fields_ = [("ram", C.c_void_p), ("ram_start", C.c_uint64), ("ram_end", C.c_uint64),
+                ("env", C.c_void_p), ("regs", C.c_void_p), ("env_segs", C.c_uint32),
+                ("env_cr", C.c_uint32), ("env_efer", C.c_uint32), ("env_hflags", C.c_uint32),
+                ("vector", C.c_uint32), ("pieces", C.c_uint32), ("reserved", C.c_uint32),
+                ("written_gpa", C.c_uint64 * 2), ("written_len", C.c_uint64 * 2)]
+
+
 MSR_TSC_AUX = 0xC000_0103
 
 
@@ -101,16 +115,17 @@ def _compiler() -> str:
     cc = shlex.split(os.environ.get("CC", "gcc"))[:1] or ["gcc"]
     path = shutil.which(cc[0])
     if path is None:
-        raise NativeUnavailable(f"no C compiler (`{cc[0]}`) to build {SOURCE.name}")
+        raise NativeUnavailable(f"no C compiler (`{cc[0]}`) to build the software CPU's "
+                                "native code")
     return path
 
 
 def build(dest_dir: Path | None = None) -> Path:
-    """The compiled hook library, built if its source changed since the last build."""
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    """The compiled library, built if its sources changed since the last build."""
+    digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES)
+                            + " ".join(CFLAGS).encode()).hexdigest()[:16]
     out_dir = dest_dir or user_cache() / "native"
-    library = out_dir / f"native_hooks-{digest}.so"
+    library = out_dir / f"pyxen-soft-{digest}.so"
     if library.is_file():
         return library
     compiler = _compiler()
@@ -119,11 +134,11 @@ def build(dest_dir: Path | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(SOURCE)],
+        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, *map(str, SOURCES)],
                               capture_output=True, text=True)
         if done.returncode:
             first = (done.stderr.strip().splitlines() or ["(no output)"])[0]
-            raise NativeUnavailable(f"building {SOURCE.name} failed: {first}")
+            raise NativeUnavailable(f"building the software CPU's native code failed: {first}")
         os.replace(tmp, library)
     finally:
         if os.path.exists(tmp):
@@ -296,6 +311,29 @@ def install_tsc_hooks(uc: Uc, clock: TscClock,
     add_hook(C.cast(lib.pyxen_rdtsc_hook, C.c_void_p), hook, X.UC_X86_INS_RDTSC)
     add_hook(C.cast(lib.pyxen_rdtscp_hook, C.c_void_p), hook, X.UC_X86_INS_RDTSCP)
     return hook
+
+
+def deliver_external(regs: C.Structure, env: int, window: tuple[int, int, int],
+                     vector: int) -> list[tuple[int, int]] | None:
+    """Deliver external interrupt `vector` in C (native_deliver.c) to the CPU whose
+    registers are `regs` and whose saved CPUX86State is at `env`, touching only guest RAM
+    `window` = (host address of guest-physical 0, first gpa, end gpa): the (gpa, length)
+    pieces of the frame written, or None where the C path declines and nothing changed.
+    QEMU's mode flags are the caller's to recompute."""
+    host, start, end = window
+    args = DeliverArgs(host, start, end, env, C.addressof(regs), ENV_SEGS, ENV_CR, ENV_EFER,
+                       ENV_HFLAGS, vector)
+    if not _deliver_fn()(C.byref(args)):
+        return None
+    return [(args.written_gpa[i], args.written_len[i]) for i in range(args.pieces)]
+
+
+@functools.cache
+def _deliver_fn() -> Callable[..., int]:
+    """The C function, called without releasing the GIL (it runs for a microsecond)."""
+    fn = C.PyDLL(str(build())).pyxen_deliver_external
+    fn.argtypes, fn.restype = [C.POINTER(DeliverArgs)], C.c_int
+    return fn  # type: ignore[no-any-return]
 
 
 def unavailable_once(reason: str) -> None:
