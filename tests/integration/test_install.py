@@ -83,6 +83,8 @@ def test_pyxen_demo_builds_the_kit_in_the_cache(venv: Path, tmp_path: Path) -> N
     assert "Goodbye from the demo guest." in demo.stdout
     image = tmp_path / "cache" / "pyxen" / "guests" / "build" / "demo.elf"
     assert image.is_file()
+    # The software CPU's native code, compiled from the installed package's sources.
+    assert len(list((tmp_path / "cache" / "pyxen" / "native").glob("pyxen-soft-*.so"))) == 1
 
     # A second run copies nothing and rebuilds nothing.
     built = image.stat().st_mtime_ns
