@@ -275,10 +275,11 @@ def available() -> str | None:
     PYXEN_SOFT_NATIVE=0 turns it off (to compare, or to rule it out)."""
     if os.environ.get("PYXEN_SOFT_NATIVE", "1") == "0":
         return "PYXEN_SOFT_NATIVE=0"
-    try:
+    try:  # all of it now: a domain process is contained (seccomp) before its guest runs
         find_env()
         tsc_aux_offset()
         library()
+        _deliver_fn()
     except (NativeUnavailable, OSError) as e:
         return str(e)
     return None
@@ -331,9 +332,8 @@ def deliver_external(regs: C.Structure, env: int, window: tuple[int, int, int],
 @functools.cache
 def _deliver_fn() -> Callable[..., int]:
     """The C function, called without releasing the GIL (it runs for a microsecond)."""
-    fn = C.PyDLL(str(build())).pyxen_deliver_external
-    fn.argtypes, fn.restype = [C.POINTER(DeliverArgs)], C.c_int
-    return fn  # type: ignore[no-any-return]
+    address = C.cast(library().pyxen_deliver_external, C.c_void_p).value
+    return C.PYFUNCTYPE(C.c_int, C.POINTER(DeliverArgs))(address)  # type: ignore[no-any-return]
 
 
 def unavailable_once(reason: str) -> None:

@@ -35,7 +35,8 @@ How the VM-exit model of `pyxen.domain.backend` maps onto an emulator:
 - **Read-only slots** are mapped read + execute; the write-protection hook refuses a store
   to one (the engine stops at the instruction), which is reported as an MMIO write at its
   guest-physical address; the instruction is then replayed once against a copy of the slot.
-- **TSC**: RDTSC/RDTSCP are hooked and return host monotonic time at `tsc_khz`. RDTSC's
+- **TSC**: RDTSC/RDTSCP are hooked and return host monotonic time at `tsc_khz` (in C
+  where native code is available, native.py, else in Python). RDTSC's
   hook is the first instruction hook: with a stop pending (a kick) the engine calls only
   the first one, and runs its own RDTSC (the host's TSC) if that is not RDTSC's.
 - **Save/restore** (`save_cpu`/`load_cpu`, savestate.py): from any thread while run() is
