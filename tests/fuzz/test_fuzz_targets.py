@@ -20,7 +20,8 @@ from fuzz.targets import names  # noqa: E402
 
 # Runs per target: a second or two each (the XenStore target builds a store per input).
 RUNS = {"xlcfg": 1500, "disk": 3000, "vif": 3000, "image_elf": 800, "image_bzimage": 1000,
-        "xenstore_wire": 300, "api": 800, "domain_wire": 3000, "savestream": 3000}
+        "xenstore_wire": 300, "api": 800, "domain_wire": 3000, "savestream": 3000,
+        "peer_link": 3000}
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
                                 reason="atheris is not installed (pip install atheris)")
