@@ -16,14 +16,13 @@ teardown cancel out); medians over interleaved rounds.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 from elftools.elf.elffile import ELFFile
 
@@ -42,6 +41,7 @@ SHORT, LONG = 2_000, 40_000
 # libunicorn reference does: ~0.1 us a call, so the slope needs millions of calls to stand
 # out of the noise of starting a domain.
 SOFT_SHORT, SOFT_LONG = 100_000, 4_000_000
+PYTHON_HYPERCALLS = {"PYXEN_SOFT_NATIVE": "0"}  # the software CPU without its native hook
 ROUNDS = 7
 
 
@@ -131,20 +131,6 @@ def time_pyxen(image: Path, where: int, n: int, factory: MachineFactory) -> floa
     return elapsed
 
 
-@contextlib.contextmanager
-def python_hypercalls() -> Iterator[None]:
-    """The software CPU without its native hook: every hypercall through Python."""
-    before = os.environ.get("PYXEN_SOFT_NATIVE")
-    os.environ["PYXEN_SOFT_NATIVE"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["PYXEN_SOFT_NATIVE"]
-        else:
-            os.environ["PYXEN_SOFT_NATIVE"] = before
-
-
 def slope_us(times: list[float], short: int, long: int) -> float:
     """Microseconds per iteration: the slope between a short and a long run."""
     return (times[1] - times[0]) / (long - short) * 1e6
@@ -177,7 +163,7 @@ def main() -> None:
             runs = [time_pyxen(image, where, n, factory) for n in (short, long)]
             ours[accel].append(slope_us(runs, short, long))
         if "soft" in accels:
-            with python_hypercalls():
+            with mock.patch.dict(os.environ, PYTHON_HYPERCALLS):
                 runs = [time_pyxen(image, where, n, machine_factory("soft")[0])
                         for n in (SHORT, LONG)]
             soft_python.append(slope_us(runs, SHORT, LONG))

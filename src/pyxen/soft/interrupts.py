@@ -112,7 +112,7 @@ def _delivered_natively(regs: Regs, ctx: Context, acc: GuestAccess, vector: int)
     """The common case of an external interrupt, in C (native_deliver.c computes what
     _deliver_protected does for it, or declines having changed nothing)."""
     window = getattr(acc.mem, "native_window", None)
-    if window is None or native.available() is not None or (where := window()) is None:
+    if window is None or (where := window()) is None:
         return False
     written = native.deliver_external(regs, ctx.env_address(), where, vector)
     if written is None:

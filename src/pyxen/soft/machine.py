@@ -19,6 +19,7 @@ from unicorn import x86_const as X
 from pyxen.domain.backend import Cpuid, MachineBackend
 from pyxen.domain.memory import current_layout_change
 
+from . import native
 from .baton import Baton
 from .cpustate import LayoutError, probe_layout
 from .dirty import QUIESCE_RETRY_S, DirtyLog
@@ -68,6 +69,7 @@ class SoftMachine(MachineBackend):
         self.tsc_clock = TscClock(time.monotonic_ns(), SOFT_TSC_KHZ)
         self.log = DirtyLog()
         self.ram.on_write = self.log.note_write  # guest writes pyxen makes for the CPU
+        self.ram.native = native.available() is None  # interrupt delivery in C (native.py)
 
     @property
     def tsc_khz(self) -> int:

@@ -64,6 +64,9 @@ class PhysicalRam:
         # Writes through GuestAccess here are the emulated CPU's own (interrupt frames on the
         # guest stack): guest writes, which dirty logging must see.
         self.on_write: Callable[[int, int], None] | None = None
+        # Whether native code may touch this RAM directly (native_window): the machine
+        # decides once, when it knows the native code can be used.
+        self.native = False
 
     # --- pending changes (the thread making a layout change) -----------------------------------
     def add(self, slot: int, gpa: int, size: int, host_address: int,
@@ -80,8 +83,9 @@ class PhysicalRam:
         ro = frozenset(f for gpa, size, _, readonly in views if readonly
                        for f in range(gpa >> 12, gpa + size >> 12))
         self.readonly_frames |= ro  # added before the stale ones go: no gap
-        self.layout = Layout(self.layout.generation + 1, views, ro, _guest_bytes(views),
-                             _largest(views))
+        ram = max(views, key=lambda v: v[1], default=None)  # the domain's RAM
+        self.layout = Layout(self.layout.generation + 1, views, ro, _guest_bytes(views, ram),
+                             (0, 0) if ram is None else (ram[0], ram[0] + ram[1]))
         return self.layout
 
     def settle(self) -> None:
@@ -110,7 +114,7 @@ class PhysicalRam:
         """(host address of guest-physical 0, start, end) of the domain's RAM view, every
         byte of which is RAM: what native code (native_deliver.c) may touch directly."""
         layout = self.layout
-        if layout.map is None:
+        if not self.native or layout.map is None:
             return None
         return (C.addressof(layout.map), *layout.ram)
 
@@ -119,19 +123,11 @@ class PhysicalRam:
         return self.layout.check_populated(gpa, length)
 
 
-def _largest(views: frozenset[View]) -> tuple[int, int]:
-    """[start, end) of the largest view, (0, 0) for none."""
-    if not views:
-        return (0, 0)
-    gpa, size, _, _ = max(views, key=lambda v: v[1])
-    return (gpa, gpa + size)
-
-
-def _guest_bytes(views: frozenset[View]) -> C.Array[C.c_char] | None:
-    """The domain's memfd mapping seen from guest-physical 0: the largest slot is domain RAM
-    (granted pages are single-page slots elsewhere)."""
-    if not views:
+def _guest_bytes(views: frozenset[View], ram: View | None) -> C.Array[C.c_char] | None:
+    """The domain's memfd mapping seen from guest-physical 0: `ram`, the largest slot, is
+    domain RAM (granted pages are single-page slots elsewhere)."""
+    if ram is None:
         return None
-    gpa, _, host, _ = max(views, key=lambda v: v[1])
+    gpa, _, host, _ = ram
     end = max(g + s for g, s, _, _ in views)
     return (C.c_char * end).from_address(host - gpa)

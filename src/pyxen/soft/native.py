@@ -336,11 +336,7 @@ def _deliver_fn() -> Callable[..., int]:
     return C.PYFUNCTYPE(C.c_int, C.POINTER(DeliverArgs))(address)  # type: ignore[no-any-return]
 
 
+@functools.cache
 def unavailable_once(reason: str) -> None:
     """Say once per process that hypercalls are all answered in Python, and why."""
-    _say(reason)
-
-
-@functools.cache
-def _say(reason: str) -> None:
     log.info("software CPU: every hypercall is answered in Python (%s)", reason)

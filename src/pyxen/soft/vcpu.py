@@ -256,28 +256,26 @@ class SoftVcpu:
         # ahead. Only the first hook is always called, so the clock, read most often, goes
         # there; the others keep that exposure (RDTSCP: the host's TSC; CPUID: QEMU's model;
         # SYSCALL/SYSENTER: skipped). The Python binding does not know RDTSC hooks; the
-        # engine does.
-        # The clock and the null hypercall are answered in C where that is possible
-        # (native.py); otherwise by these Python hooks.
-        why_not = native.available()
-        if why_not is not None:
-            native.unavailable_once(why_not)
+        # engine does. The clock and the null hypercall are answered in C where that is
+        # possible (native.py), otherwise by Python hooks; each backend's RDTSC hook is the
+        # first it adds. IN and OUT are safe anywhere in the list (their walk has no such
+        # exit).
         self._cfuncs: list[object] = []
-        self._native_tsc = None if why_not is not None else native.install_tsc_hooks(
-            uc, self.machine.tsc_clock, self._add_insn_hook)
-        if self._native_tsc is None:
-            for insn, with_aux in ((X.UC_X86_INS_RDTSC, False), (X.UC_X86_INS_RDTSCP, True)):
-                self._cfuncs.append(HOOK_INSN_CPUID_CFUNC(
-                    lambda _uc, _ud, aux=with_aux: self._on_rdtsc(aux)))
-                self._add_insn_hook(self._cfuncs[-1], None, insn)
-        # IN and OUT are safe anywhere in the list (their walk has no such exit).
-        if why_not is None:
-            self._native_out: native.OutHook | None = native.install_out_hook(
+        self._native_out: native.OutHook | None = None
+        self._native_tsc: native.TscHook | None = None  # kept: the engine points at it
+        if (why_not := native.available()) is None:
+            self._native_tsc = native.install_tsc_hooks(uc, self.machine.tsc_clock,
+                                                        self._add_insn_hook)
+            self._native_out = native.install_out_hook(
                 uc, self.hypercall_port, self._on_out,
                 lambda function, state: self._add_insn_hook(function, state,
                                                              X.UC_X86_INS_OUT))
         else:
-            self._native_out = None
+            native.unavailable_once(why_not)
+            for insn, with_aux in ((X.UC_X86_INS_RDTSC, False), (X.UC_X86_INS_RDTSCP, True)):
+                self._cfuncs.append(HOOK_INSN_CPUID_CFUNC(
+                    lambda _uc, _ud, aux=with_aux: self._on_rdtsc(aux)))
+                self._add_insn_hook(self._cfuncs[-1], None, insn)
             uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
