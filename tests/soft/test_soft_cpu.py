@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -248,3 +249,70 @@ def test_an_inline_hypercall_with_work_left_stops_the_engine_after_it(cpu) -> No
     assert c.run() is Exit.KICKED
     assert (c.vcpu.regs.rax, c.vcpu.regs.rip) == (0x43, CODE + 7)
     expect_out(c, 0x43)
+
+
+def test_a_kick_seen_after_a_halt_does_not_stop_the_next_run(cpu) -> None:
+    """The kick that woke a halted vCPU is spent once its loop has looked at everything
+    (kicks_seen): the next run enters the engine and delivers, instead of reporting KICKED
+    first."""
+    c = cpu(bytes.fromhex("fb" "f4" "f4"))  # sti; hlt
+    assert c.run() is Exit.HLT
+    c.vcpu.kick()
+    assert c.run() is Exit.KICKED  # a kick not declared seen stops the next run
+    c.vcpu.kick()
+    c.vcpu.kicks_seen()
+    assert c.vcpu.inject_interrupt(0x22)
+    expect_out(c, 0x22)
+
+
+def _second_vcpu(c: Cpu) -> object:
+    """Another vCPU of c's machine, halting at once (code at CODE + 0x800: hlt)."""
+    c.mem.write(CODE + 0x800, b"\xf4")
+    other = c.machine.create_vcpu(1, PORT)
+    other.set_cpuid([])
+    s = _flat_segments(SpecialRegs())
+    s.gdt.base, s.gdt.limit = GDT, 0x17
+    s.idt.base, s.idt.limit = IDT, 256 * 8 - 1
+    other.set_sregs(s)
+    other.set_initial_regs(Regs(rip=CODE + 0x800, rsp=STACK - 0x400, rflags=0x2))
+    return other
+
+
+def test_a_vcpu_that_woke_another_lets_it_enter_its_engine_first(cpu, monkeypatch) -> None:
+    """woke(): once the waker's engine stops, it waits for the woken vCPU to be in its own
+    before its thread does anything else (here without a time limit that matters)."""
+    from pyxen.soft import vcpu as soft_vcpu
+
+    monkeypatch.setattr(soft_vcpu, "YIELD_S", 30.0)
+    c = cpu(bytes.fromhex("f4"))  # hlt
+    woken = _second_vcpu(c)
+    entered: list[float] = []
+    real_enter = woken._enter_guest
+
+    def enter() -> None:
+        entered.append(time.monotonic())
+        real_enter()
+
+    woken._enter_guest = enter  # type: ignore[method-assign]
+    c.vcpu.woke(woken)
+    thread = threading.Thread(target=lambda: (time.sleep(0.2), woken.run()))
+    thread.start()
+    assert c.run() is Exit.HLT
+    returned = time.monotonic()
+    thread.join()
+    assert entered and entered[0] <= returned
+
+
+def test_a_yield_to_a_vcpu_that_never_runs_is_bounded(cpu, monkeypatch) -> None:
+    from pyxen.soft import vcpu as soft_vcpu
+
+    monkeypatch.setattr(soft_vcpu, "YIELD_S", 0.2)
+    c = cpu(bytes.fromhex("fb" "f4" "f4"))  # sti; hlt
+    c.vcpu.woke(_second_vcpu(c))
+    start = time.monotonic()
+    assert c.run() is Exit.HLT
+    assert 0.2 <= time.monotonic() - start < 20  # waited for it, then gave up
+    start = time.monotonic()
+    assert c.vcpu.inject_interrupt(0x23)
+    expect_out(c, 0x23)  # a yield is once per wake-up: no wait this time
+    assert time.monotonic() - start < 0.2

@@ -7,6 +7,7 @@ stop every few microseconds and each run restarts at the RIP the engine reports.
 
 from __future__ import annotations
 
+import ctypes as C
 import struct
 import threading
 import time
@@ -88,4 +89,60 @@ def test_no_window_no_stop() -> None:
     flag = install_stop_hook(uc)
     uc.emu_start(CODE, 0, timeout=200_000)  # 0.2 s: it is in the endless loop by then
     assert uc.reg_read(X.UC_X86_REG_RIP) == CODE + len(WINDOW) - 2
+    assert flag.requested == 0
+
+
+#   cli ; mov ecx, 1000 ; l1: dec ecx ; jnz l1 ; mov byte [rdi], 0 ; sti ; nop ;
+#   mov eax, 1 ; l2: jmp l2
+WITHDRAW = bytes.fromhex("fab9e8030000ffc975fcc60700fb90b801000000ebfe")
+
+
+def _run_window(code: bytes, level: C.c_uint8 | None, timeout_us: int) -> tuple[Uc, object]:
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(CODE, 0x1000)
+    uc.mem_map(DATA, 0x1000)
+    uc.mem_write(CODE, code)
+    uc.reg_write(X.UC_X86_REG_RDI, DATA)
+    flag = install_stop_hook(uc)
+    flag.window = 1
+    flag.level = None if level is None else C.addressof(level)
+    uc.emu_start(CODE, 0, timeout=timeout_us)
+    return uc, flag
+
+
+def test_a_window_on_a_level_still_set_stops_once_if_is_set() -> None:
+    """A level that stays set (evtchn_upcall_pending not yet cleared) stops as before."""
+    level = C.c_uint8(1)
+    uc, flag = _run_window(WINDOW, level, 5_000_000)
+    sti = CODE + WINDOW.index(b"\xfb")
+    assert sti < uc.reg_read(X.UC_X86_REG_RIP) <= CODE + len(WINDOW) - 2
+    assert flag.requested == 1
+
+
+def test_a_window_on_a_withdrawn_level_does_not_stop() -> None:
+    """The guest cleared the level before setting IF (its handler consumed the upcall
+    another way): no stop, the engine runs on into the endless loop."""
+    level = C.c_uint8(0)
+    uc, flag = _run_window(WINDOW, level, 200_000)
+    assert uc.reg_read(X.UC_X86_REG_RIP) == CODE + len(WINDOW) - 2
+    assert flag.requested == 0
+
+
+def test_the_level_is_read_when_if_is_set_not_when_the_window_was_asked() -> None:
+    """Set when the window was requested, cleared by the guest's own store (here a byte
+    the stub reads through its host address, as it reads evtchn_upcall_pending in the
+    guest's RAM) with IF still 0: no stop."""
+    ram = (C.c_uint8 * 0x1000)()
+    ram[0] = 1
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(CODE, 0x1000)
+    uc.mem_write(CODE, WITHDRAW)
+    uc.mem_map_ptr(DATA, 0x1000, 3, C.addressof(ram))
+    uc.reg_write(X.UC_X86_REG_RDI, DATA)
+    flag = install_stop_hook(uc)
+    flag.window = 1
+    flag.level = C.addressof(ram)
+    uc.emu_start(CODE, 0, timeout=200_000)
+    assert ram[0] == 0
+    assert uc.reg_read(X.UC_X86_REG_RIP) == CODE + len(WITHDRAW) - 2
     assert flag.requested == 0

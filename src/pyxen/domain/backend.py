@@ -186,10 +186,20 @@ class VcpuBackend(Protocol):
         """Deliver `vector` now if the CPU can take it; False if it must wait."""
         ...
 
-    def request_interrupt_window(self, wanted: bool) -> None: ...
+    def request_interrupt_window(self, wanted: bool, level: int | None = None) -> None:
+        """Exit (KICKED) as soon as the guest can take an interrupt; `level`, if given, is
+        the host address of a byte the interrupt follows (evtchn_upcall_pending for the
+        callback vector): a backend may skip the exit if the byte reads 0 by then."""
+        ...
 
     def kick(self) -> None:
         """From any thread: make `run()` return KICKED soon (or not enter at all)."""
+        ...
+
+    def kicks_seen(self) -> None:
+        """The vCPU loop is about to look at everything a kick can ask for (it has just
+        woken from a halt): kicks made until now need not stop the next `run()`. A backend
+        may keep them (an extra KICKED costs a loop iteration, nothing else)."""
         ...
 
     def read_tsc(self) -> int:

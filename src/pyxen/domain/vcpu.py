@@ -37,6 +37,7 @@ M64 = 0xFFFF_FFFF_FFFF_FFFF
 RFLAGS_IF = 1 << 9
 DEBUGCON_PORT = 0xE9  # Xen prints HVM guests' writes to port 0xE9 on its console
 HYPERCALL_PAGE = hypercall_page()
+_THIS_THREAD = threading.local()  # .vcpu: the vCPU whose exit loop runs on this thread
 
 
 class Vcpu:
@@ -80,6 +81,7 @@ class Vcpu:
         self.wake = Wake()
         self.in_multicall = False  # a multicall may not nest
         self.time_area: int | None = None  # VCPUOP_register_vcpu_time_memory_area (va)
+        self.sleeping = False  # blocked in sleep(): a kick wakes it
 
     # --- time and shared state ---------------------------------------------------------------
     @property
@@ -91,8 +93,11 @@ class Vcpu:
         return self._vcpu_info
 
     def vcpu_info_moved(self) -> None:
-        """shared_info was remapped: forget the cached view of our vcpu_info in it."""
+        """shared_info was remapped, or the guest placed our vcpu_info elsewhere: forget the
+        cached view, and stop a running engine that may watch the old evtchn_upcall_pending
+        for an interrupt window (deliver_interrupts asks again with the new one)."""
         self._vcpu_info = None
+        self.backend.kick()
 
     def _periodic_tick(self) -> None:
         """The periodic timer: send VIRQ_TIMER and re-arm on the ideal schedule (no drift);
@@ -156,6 +161,7 @@ class Vcpu:
         self.calibrate()
         self.update_time()
         self._load_initial_state()
+        _THIS_THREAD.vcpu = self
         try:
             while not domain.stopping:
                 if domain.pause_count:
@@ -215,8 +221,18 @@ class Vcpu:
         else:  # interrupts off: come back as soon as the guest can take it
             wanted = True
         if wanted or self._window_requested:
-            self.backend.request_interrupt_window(wanted)
+            self.backend.request_interrupt_window(wanted, self._window_level(from_lapic))
         self._window_requested = wanted
+
+    def _window_level(self, from_lapic: bool) -> int | None:
+        """The callback vector is level-triggered on evtchn_upcall_pending, which the
+        guest usually clears itself (its handler, entered some other way, or polling)
+        before it sets IF again: then the window is no longer wanted. Its host address,
+        unless the LAPIC has an interrupt waiting too."""
+        info = self.vcpu_info
+        if from_lapic or self.lapic.irr or info is None:
+            return None
+        return C.addressof(info) + vcpu_info.evtchn_upcall_pending.offset
 
     def events_need_delivery(self) -> bool:
         """Xen's local_events_need_delivery for HVM: an interrupt that would be taken now."""
@@ -276,8 +292,10 @@ class Vcpu:
             timeout = None
             if deadline is not None:
                 timeout = max(0, deadline - self.domain.clock.now()) / 1e9
+            self.sleeping = True
             self.wake.wait(timeout, self.domain.wake_sources)
         finally:
+            self.sleeping = False
             self.wake.clear()
             # Woken while taken down (VCPUOP_down): offline, not running.
             self.set_runstate(RUNSTATE_running if self.online else RUNSTATE_offline)
@@ -435,6 +453,9 @@ class Vcpu:
         self.wake.clear()
         if not self.events_need_delivery():
             self.sleep()
+            # The loop looks at pauses, stops, vCPU state and interrupts next: the kick
+            # that woke us (an event, an IPI, a timer) has nothing left to stop.
+            self.backend.kicks_seen()
 
     # --- save / restore ------------------------------------------------------------------------
     def save_xen_state(self) -> dict[str, object]:
@@ -511,5 +532,10 @@ class Vcpu:
             self.domain.shutdown(SHUTDOWN_poweroff, "all vCPUs offline")
 
     def kick(self) -> None:
+        if self.sleeping:
+            waker = getattr(_THIS_THREAD, "vcpu", None)
+            if waker is not None and waker is not self and waker.domain is self.domain \
+                    and hasattr(waker.backend, "woke"):  # an optional backend capability
+                waker.backend.woke(self.backend)
         self.wake.set()
         self.backend.kick()

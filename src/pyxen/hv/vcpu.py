@@ -75,6 +75,7 @@ def map_vcpu_info(caller: Vcpu, v: Vcpu, gfn: int, offset: int) -> None:
     else:
         C.memmove(C.addressof(new), C.addressof(old), size)
     v.vcpu_info_override = new
+    v.vcpu_info_moved()
     # Everything is marked pending so that no event is lost in the move (a spurious upcall
     # is harmless, a lost one is not).
     new.evtchn_pending_sel = (1 << 64) - 1

@@ -346,7 +346,8 @@ class KvmVcpu:
         ioctl(self.fd, K.KVM_INTERRUPT, K.kvm_interrupt(irq=vector))
         return True
 
-    def request_interrupt_window(self, wanted: bool) -> None:
+    def request_interrupt_window(self, wanted: bool, level: int | None = None) -> None:
+        """KVM exits at every window it was asked for (`level` is not looked at)."""
         self.run_page.request_interrupt_window = 1 if wanted else 0
 
     def kick(self) -> None:
@@ -358,6 +359,9 @@ class KvmVcpu:
         if tid is not None and _kick_handler_installed:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pthread_kill(tid, KICK_SIGNAL)
+
+    def kicks_seen(self) -> None:
+        """Kept: immediate_exit also pairs with _kicks (see _finish_port_write)."""
 
     def close(self) -> None:
         fd, self.fd, self.thread_id = self.fd, -1, None  # closed first: kick() sees it

@@ -49,6 +49,7 @@ from .cpustate import (
     Descriptor,
     SegmentCache,
 )
+from .memory import PhysicalRam
 
 DE, DB, NMI, BP, OF, UD, NM, DF, TS, NP, SS, GP, PF = 0, 1, 2, 3, 4, 6, 7, 8, 10, 11, 12, 13, 14
 ERROR_CODE_VECTORS = frozenset([8, 10, 11, 12, 13, 14, 17, 21, 29, 30])
@@ -93,9 +94,8 @@ class Unsupported(Exception):
 
 
 def deliver(regs: Regs, ctx: Context, acc: GuestAccess, event: Event) -> None:
-    """Deliver `event`; regs and ctx (saved) are updated, the caller restores ctx."""
-    if event.external and _delivered_natively(regs, ctx, acc, event.vector):
-        return
+    """Deliver `event`; regs and ctx (saved) are updated, the caller restores ctx. (An
+    external interrupt may take delivered_natively first.)"""
     try:
         _deliver_once(regs, ctx, acc, event)
     except Fault as f:
@@ -108,17 +108,17 @@ def deliver(regs: Regs, ctx: Context, acc: GuestAccess, event: Event) -> None:
         deliver(regs, ctx, acc, _nested(event, f))
 
 
-def _delivered_natively(regs: Regs, ctx: Context, acc: GuestAccess, vector: int) -> bool:
+def delivered_natively(regs: Regs, ctx: Context, ram: PhysicalRam, vector: int) -> bool:
     """The common case of an external interrupt, in C (native_deliver.c computes what
-    _deliver_protected does for it, or declines having changed nothing)."""
-    window = getattr(acc.mem, "native_window", None)
-    if window is None or (where := window()) is None:
+    _deliver_protected does for it, or declines having changed nothing). Tried before a
+    GuestAccess is made: the C walks the page tables itself."""
+    if (where := ram.native_window()) is None:
         return False
     written = native.deliver_external(regs, ctx.env_address(), where, vector)
     if written is None:
         return False
     for gpa, length in written:
-        acc.mem.note_write(gpa, length)  # the frame is dirty memory for live migration
+        ram.note_write(gpa, length)  # the frame is dirty memory for live migration
     ctx.recompute_hflags(regs.rflags)
     return True
 

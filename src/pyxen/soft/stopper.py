@@ -33,7 +33,9 @@ from unicorn.x86_const import UC_X86_REG_EFLAGS
 # user_data -> StopFlag (Intel syntax; assembled with GNU as, then checked byte for byte):
 #       mov eax, [rcx]; test eax, eax; jnz stop          requested: stop at once
 #       mov eax, [rcx+4]; test eax, eax; jnz check; ret  window: look at IF
-# check: push rbx; push rdi; mov rbx, rcx; sub rsp, 24   (the call needs rsp 16-aligned)
+# check: mov rax, [rcx+32]; test rax, rax; jz flags      a level to watch too?
+#       cmp byte [rax], 0; jnz flags; ret                withdrawn: no stop for IF
+# flags: push rbx; push rdi; mov rbx, rcx; sub rsp, 24   (the call needs rsp 16-aligned)
 #       mov esi, [rbx+24]; mov rdx, rsp; mov qword [rdx], 0
 #       call [rbx+16]                                    uc_reg_read(uc, EFLAGS, &value)
 #       mov rax, [rsp]; add rsp, 24; pop rdi; mov rcx, rbx; pop rbx
@@ -41,17 +43,22 @@ from unicorn.x86_const import UC_X86_REG_EFLAGS
 # hit:  mov dword [rcx], 1                               reported as a kick
 # stop: jmp [rcx+8]                                      uc_emu_stop(uc)
 _STUB = bytes.fromhex(
-    "8b0185c0753c8b410485c07501c353574889cb4883ec188b73184889e248c70200000000ff5310"
-    "488b04244883c4185f4889d95ba9000200007501c3c70101000000ff6108")
+    "8b0185c0754b8b410485c07501c3488b41204885c074068038007501c353574889cb4883ec188b"
+    "73184889e248c70200000000ff5310488b04244883c4185f4889d95ba9000200007501c3c701"
+    "01000000ff6108")
 _page: mmap.mmap | None = None
 
 
 class StopFlag(C.Structure):
     """What the stub reads: the flag another thread sets, whether to stop once IF is set,
-    and the two Unicorn entry points it calls."""
+    the two Unicorn entry points it calls, and `level`: the host address of a byte that
+    must also be non-zero for the window to stop (0: none). A level-triggered interrupt
+    the guest can withdraw with IF clear (Xen's callback vector follows
+    evtchn_upcall_pending, which the guest's handler clears) then costs no stop once it
+    is gone."""
 
     _fields_ = [("requested", C.c_int32), ("window", C.c_int32), ("emu_stop", C.c_void_p),
-                ("reg_read", C.c_void_p), ("regid", C.c_int32)]
+                ("reg_read", C.c_void_p), ("regid", C.c_int32), ("level", C.c_void_p)]
 
 
 def _stub_address() -> int:
@@ -66,9 +73,10 @@ def _stub_address() -> int:
 
 def install_stop_hook(uc: Uc) -> StopFlag:
     """Give `uc` the block hook; setting the returned flag's `requested` stops it, setting
-    its `window` stops it at the first block that starts with IF set."""
+    its `window` stops it at the first block that starts with IF set (while the byte at
+    `level`, if any, is non-zero)."""
     flag = StopFlag(0, 0, C.cast(uclib.uc_emu_stop, C.c_void_p).value,
-                    C.cast(uclib.uc_reg_read, C.c_void_p).value, UC_X86_REG_EFLAGS)
+                    C.cast(uclib.uc_reg_read, C.c_void_p).value, UC_X86_REG_EFLAGS, None)
     handle = C.c_size_t()
     err = uclib.uc_hook_add(uc._uch, C.byref(handle), UC_HOOK_BLOCK, C.c_void_p(_stub_address()),
                             C.byref(flag), C.c_uint64(1), C.c_uint64(0))

@@ -130,6 +130,7 @@ from .interrupts import (
     TripleFault,
     Unsupported,
     deliver,
+    delivered_natively,
 )
 from .stopper import install_stop_hook
 
@@ -153,6 +154,7 @@ SEGMENTS = {"es": SEG_ES, "cs": SEG_CS, "ss": SEG_SS, "ds": SEG_DS, "fs": SEG_FS
 INDEXED_LEAVES = frozenset([0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1D,
                             0x1E, 0x1F, 0x20, 0x23, 0x24, 0x8000001D, 0x80000020, 0x80000026])
 HYPERVISOR_LEAVES = range(0x4000_0000, 0x5000_0000)
+YIELD_S = 0.0005  # how long a vCPU waits for one it woke to enter its engine (woke)
 MSR_SCAN_BLOCKS = 20_000  # translation blocks scanned for RDMSR/WRMSR after a Xen CPUID
 BOOT_SCAN_BLOCKS = 2_000  # ... and from the vCPU's first instruction (direct MSR writes)
 MSR_TSC_AUX = 0xC000_0103
@@ -229,6 +231,8 @@ class SoftVcpu:
         self._pending_event: Event | None = None
         self._pending_interrupt: int | None = None  # accepted elsewhere (load_cpu): deliver
         self._urgent = False  # an interrupt was just delivered: take the baton at once
+        self._entered = threading.Event()  # set each time this vCPU enters its engine
+        self._yielding: SoftVcpu | None = None  # woken by this vCPU: let it go first (woke)
         self._msr_pending: bool | None = None  # True: write, False: read
         self._mmio_replay: tuple[int, int, bool, int] | None = None
         self._scratch = C.create_string_buffer(SCRATCH)
@@ -456,7 +460,7 @@ class SoftVcpu:
         if not self._scan_blocks:
             self._stop = "scan"  # remove this hook
             uc.emu_stop()
-        code = self._read_linear(address, size)
+        code = self._read_linear(address, size, in_hook=True)
         found = {address + i for pattern in (WRMSR, RDMSR) for i in _find_all(code, pattern)}
         if found - self._msr_sites.keys():
             for site in found - self._msr_sites.keys():
@@ -595,10 +599,16 @@ class SoftVcpu:
     def _access(self) -> GuestAccess:
         return GuestAccess(self.machine.ram, self.paging())  # type: ignore[arg-type]
 
-    def _read_linear(self, va: int, size: int) -> bytes:
-        """Guest-virtual bytes, read as the CPU would fetch them (b"" if unmapped)."""
-        ps = PagingState(self.uc.reg_read(X.UC_X86_REG_CR0), self.uc.reg_read(X.UC_X86_REG_CR3),
-                         self.uc.reg_read(X.UC_X86_REG_CR4), self.uc.msr_read(0xC000_0080))
+    def _read_linear(self, va: int, size: int, in_hook: bool = False) -> bytes:
+        """Guest-virtual bytes, read as the CPU would fetch them (b"" if unmapped). At a
+        stop the paging registers come from the saved state (a few field reads); inside a
+        hook from the engine itself (a state saved there is not the state at the stop)."""
+        if in_hook:
+            ps = PagingState(self.uc.reg_read(X.UC_X86_REG_CR0),
+                             self.uc.reg_read(X.UC_X86_REG_CR3),
+                             self.uc.reg_read(X.UC_X86_REG_CR4), self.uc.msr_read(0xC000_0080))
+        else:
+            ps = self.paging()
         try:
             return GuestAccess(self.machine.ram, ps).read(va, size)  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - XenError(EFAULT): not mapped, nothing to scan
@@ -641,6 +651,8 @@ class SoftVcpu:
         # once instead of waiting out its slice: the interrupt's latency was the slice.
         baton.acquire(self, urgent=self._urgent)
         self._urgent = False
+        if not self._entered.is_set():
+            self._entered.set()
         self._enter_guest()
         try:
             if not self._kick:
@@ -650,6 +662,9 @@ class SoftVcpu:
         finally:
             self._leave_guest()
             baton.release()
+            if self._yielding is not None:
+                woken, self._yielding = self._yielding, None
+                woken._entered.wait(YIELD_S)
         return None
 
     def _enter_guest(self) -> None:
@@ -814,7 +829,9 @@ class SoftVcpu:
     def _deliver(self, event: Event) -> Exit | None:
         ctx = self._state()
         try:  # the frame it pushes is recorded by machine.ram.on_write (dirty logging)
-            deliver(self.regs, ctx, self._access(), event)
+            if not (event.external and delivered_natively(self.regs, ctx, self.machine.ram,
+                                                           event.vector)):
+                deliver(self.regs, ctx, self._access(), event)
         except TripleFault:
             return Exit.SHUTDOWN
         except Unsupported as e:
@@ -1127,7 +1144,9 @@ class SoftVcpu:
         self._urgent = self._deliver(Event(vector, external=True)) is None
         return self._urgent
 
-    def request_interrupt_window(self, wanted: bool) -> None:
+    def request_interrupt_window(self, wanted: bool, level: int | None = None) -> None:
+        """The stop hook watches IF, and `level` (stopper.py) while it is given."""
+        self._stopper.level = level if wanted else None
         self._window = wanted
 
     def _window_open(self) -> bool:
@@ -1179,6 +1198,18 @@ class SoftVcpu:
         self._kick = True
         if threading.get_ident() == self.thread_id:
             self.uc.emu_stop()  # in a hook: exact as well
+
+    def woke(self, other: SoftVcpu) -> None:
+        """This vCPU's thread woke `other` from a halt (an event, an IPI): once this engine
+        stops, wait until `other` is in its own, at most YIELD_S. Its Python work (the
+        wake-up, the delivery) would otherwise contend with ours for the GIL, and the guest
+        waits for it: as Xen's credit scheduler boosts a vCPU it wakes, the woken one goes
+        first."""
+        other._entered.clear()
+        self._yielding = other
+
+    def kicks_seen(self) -> None:
+        self._kick = False
 
     # --- time, memory, teardown ---------------------------------------------------------------
     def read_tsc(self) -> int:
