@@ -16,9 +16,11 @@ The peer's process calls back into `bound_by_peer`, `unbound_by_peer`, `rung_by_
 
 from __future__ import annotations
 
+import contextlib
+import ctypes as C
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -99,6 +101,84 @@ class Channel:
         self.state, self.remote_domid, self.remote_link = ECS_UNBOUND, peer.domid, None
 
 
+class FastSends:
+    """EVTCHNOP_send on IPI ports made by the vCPU backend itself where it can (the software
+    CPU's OUT hook, native_send.c), for a machine that offers it (`ipi_sends()`): this keeps
+    the backend's list of such ports right.
+
+    The backend sends on a listed port only while the list is enabled. Everything the list
+    depends on (ports bound or closed, the ABI, where shared_info and each vcpu_info are)
+    changes inside hold(): disabled first, with no engine running (machine.exclusive), and
+    listed again after the next send Python makes (refresh). A vCPU in SCHEDOP_poll
+    disables it too (polling()): a send must wake pollers, which Python does."""
+
+    def __init__(self, ev: EventChannels) -> None:
+        self.ev = ev
+        domain = ev.domain
+        offer = getattr(domain.machine, "ipi_sends", None)  # an optional backend capability
+        self.sink = offer() if offer is not None and not domain.trace else None  # --trace
+        self._holds = self._polls = 0  # sees every call
+        self._stale = True  # the list does not describe the ports: make it again
+        if self.sink is not None:
+            self.sink.woken = self._woken
+
+    def _update(self) -> None:
+        """With machine.exclusive() held."""
+        self.sink.enabled = not (self._holds or self._polls or self._stale)  # type: ignore[union-attr]
+
+    @contextlib.contextmanager
+    def _counted(self, name: str, stale_after: bool) -> Iterator[None]:
+        if self.sink is None:
+            yield
+            return
+        exclusive = self.ev.domain.machine.exclusive
+        with exclusive():
+            setattr(self, name, getattr(self, name) + 1)
+            self._update()
+        try:
+            yield
+        finally:
+            with exclusive():
+                setattr(self, name, getattr(self, name) - 1)
+                self._stale = self._stale or stale_after
+                self._update()
+
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        """No backend sends while the ports (or what their events reach) may change."""
+        return self._counted("_holds", True)
+
+    def polling(self) -> contextlib.AbstractContextManager[None]:
+        """No backend sends while a vCPU polls (SCHEDOP_poll)."""
+        return self._counted("_polls", False)
+
+    def refresh(self) -> None:
+        """After a send Python made: list the ports again if something changed."""
+        if self.sink is None or not self._stale or self._holds:
+            return
+        ev, domain = self.ev, self.ev.domain
+        with ev.lock, domain.machine.exclusive():
+            if self._holds or not self._stale:
+                return
+            infos = [v.vcpu_info for v in domain.vcpus]
+            targets = {port: chn.notify_vcpu for port, chn in enumerate(ev.ports)
+                       if chn.state == ECS_IPI and chn.notify_vcpu < len(infos)
+                       and infos[chn.notify_vcpu] is not None}
+            if not isinstance(ev.port_ops, Evtchn2L):
+                targets = {}  # the FIFO ABI: every send is Python's
+            self.sink.publish(C.addressof(domain.shared_info.page),
+                              [0 if i is None else C.addressof(i) for i in infos], targets)
+            self._stale = False
+            self._update()
+
+    def _woken(self, vcpu: int, raised: bool) -> None:
+        """What mark_events_pending does after the bits: raise the upcall, or kick."""
+        v = self.ev.domain.vcpus[vcpu]
+        if raised:
+            v.raise_upcall()
+        else:
+            v.kick()
+
+
 class EventChannels:
     """One domain's event-channel ports (Xen's d->evtchn and d->event_lock)."""
 
@@ -114,6 +194,7 @@ class EventChannels:
         # `tell_peers` to tell once the lock is released
         self.unbinds: list[tuple[RemotePeer, int, int]] = []
         self.to_relink: list[int] = []  # restored ports whose other ends `relink` binds
+        self.fast = FastSends(self)
 
     @property
     def max_port(self) -> int:
@@ -329,6 +410,10 @@ class EventChannels:
         """The counterpart of save_state, into a domain with no port bound yet. `services`
         gives the consumer of each pyxen service by its port in dom0 (the store's and the
         console's, placed again by the toolstack)."""
+        with self.fast.hold():
+            self._load_state(state, services)
+
+    def _load_state(self, state: object, services: dict[int, Callable[[], None]]) -> None:
         saved = Saved(state, "event channels")
         rows = saved.list("ports")
         if not 0 < len(rows) <= E.EVTCHN_FIFO_NR_CHANNELS or len(rows) % EVTCHNS_PER_BUCKET:
@@ -414,6 +499,10 @@ class EventChannels:
 
     def reset(self) -> None:
         """evtchn_reset: close every port, and go back to the 2-level ABI."""
+        with self.fast.hold():
+            self._reset()
+
+    def _reset(self) -> None:
         for port in range(1, len(self.ports)):
             if self.ports[port].state not in (ECS_FREE, ECS_RESERVED):
                 self.close(port)
@@ -493,7 +582,22 @@ def _domain(vcpu: Vcpu, domid: int, *, control: bool) -> Domain:
     return d
 
 
-def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
+# Event-channel operations that change nothing FastSends lists.
+LIST_NEUTRAL = frozenset([E.EVTCHNOP_send, E.EVTCHNOP_status, E.EVTCHNOP_unmask])
+
+
+def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *rest: int) -> int:
+    ev = vcpu.domain.evtchn
+    if cmd not in LIST_NEUTRAL:
+        with ev.fast.hold():
+            return _event_channel_op(vcpu, cmd, arg)
+    result = _event_channel_op(vcpu, cmd, arg)
+    if cmd == E.EVTCHNOP_send:
+        ev.fast.refresh()
+    return result
+
+
+def _event_channel_op(vcpu: Vcpu, cmd: int, arg: int) -> int:
     d = vcpu.domain
     ev = d.evtchn
     guest = vcpu.guest()

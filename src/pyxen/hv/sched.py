@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from pyxen.domain.domain import Domain
     from pyxen.domain.vcpu import Vcpu
 
+    from .guest_access import GuestAccess
+
 SCHED_POLL_MAX_PORTS = 128
 NR_DOMAIN_WATCHDOG_TIMERS = 2
 HUGE_TIMEOUT_BITS = 50  # set_timer_op: a deadline 2^50 ns (~13 days) out is a guest bug
@@ -81,6 +83,12 @@ def do_poll(vcpu: Vcpu, arg: int) -> int:
     poll = guest.read_struct(S.compat_sched_poll if vcpu.compat else S.sched_poll, arg)
     if poll.nr_ports > SCHED_POLL_MAX_PORTS:
         raise XenError(EINVAL)
+    ev = vcpu.domain.evtchn
+    with ev.fast.polling():  # sends that may wake it are Python's
+        return _poll(vcpu, poll, guest)
+
+
+def _poll(vcpu: Vcpu, poll: S.sched_poll | S.compat_sched_poll, guest: GuestAccess) -> int:
     ev = vcpu.domain.evtchn
     vcpu.wake.clear()
     vcpu.poll_port = 0  # registered before the checks, so no event slips between them

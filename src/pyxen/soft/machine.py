@@ -70,6 +70,12 @@ class SoftMachine(MachineBackend):
         self.log = DirtyLog()
         self.ram.on_write = self.log.note_write  # guest writes pyxen makes for the CPU
         self.ram.native = native.available() is None  # interrupt delivery in C (native.py)
+        # EVTCHNOP_send on IPI ports in the OUT hook (native_send.c), kept by the domain's
+        # event channels (FastSends)
+        self.ipi = native.IpiSends() if self.ram.native else None
+
+    def ipi_sends(self) -> native.IpiSends | None:
+        return self.ipi
 
     @property
     def tsc_khz(self) -> int:

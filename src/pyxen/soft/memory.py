@@ -110,10 +110,11 @@ class PhysicalRam:
         if self.on_write is not None:
             self.on_write(gpa, length)
 
-    def native_window(self) -> tuple[int, int, int] | None:
-        """(host address of guest-physical 0, start, end) of the domain's RAM view, every
-        byte of which is RAM: what native code (native_deliver.c) may touch directly."""
-        layout = self.layout
+    def native_window(self, layout: Layout | None = None) -> tuple[int, int, int] | None:
+        """(host address of guest-physical 0, start, end) of the domain's RAM view in
+        `layout` (by default the current one), every byte of which is RAM: what native code
+        (native_deliver.c, native_send.c) may touch directly."""
+        layout = layout or self.layout
         if not self.native or layout.map is None:
             return None
         return (C.addressof(layout.map), *layout.ram)

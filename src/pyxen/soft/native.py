@@ -42,6 +42,7 @@ from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uccallback, uclib
 
+from pyxen.abi.xen import shared_info, vcpu_info
 from pyxen.cache import user_cache
 
 from .cpustate import ENV_CR, ENV_EFER, ENV_HFLAGS, ENV_SEGS, HF_CS64, HF_LMA
@@ -49,7 +50,8 @@ from .cpustate import ENV_CR, ENV_EFER, ENV_HFLAGS, ENV_SEGS, HF_CS64, HF_LMA
 log = logging.getLogger("pyxen.soft")
 
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("native_hooks.c", "native_deliver.c"))
+                for name in ("native_hooks.c", "native_deliver.c", "native_send.c"))
+HEADERS = (Path(__file__).with_name("native_walk.h"),)  # in the sources' hash, not compiled
 CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall", "-Werror")
 MAX_ANSWERS = 16  # as native_hooks.c
 SCAN_UC = 16 << 10  # bytes of uc_struct searched for the CPU pointer
@@ -65,12 +67,78 @@ class Answer(C.Structure):
                 ("result", C.c_uint64)]
 
 
+SEND_PORTS, SEND_VCPUS = 4096, 128  # as native_send.c
+# void woken(int vcpu, int what): what = SEND_RAISE or SEND_KICK
+WOKEN = C.CFUNCTYPE(None, C.c_int, C.c_int)
+SEND_RAISE, SEND_KICK = 1, 2
+
+
+class SendTable(C.Structure):
+    """native_send.c's struct send_table: one per machine, which IPI ports its vCPUs' OUT
+    hooks send on (pyxen.hv.event_channel.FastSends keeps it)."""
+
+    _fields_ = [("enabled", C.c_uint32), ("reserved", C.c_uint32), ("sent", C.c_uint64),
+                ("bitmaps", C.c_void_p), ("pending_off", C.c_uint32),
+                ("mask_off", C.c_uint32), ("sel_off", C.c_uint32), ("upcall_off", C.c_uint32),
+                ("vcpu_info", C.c_void_p * SEND_VCPUS), ("target", C.c_uint16 * SEND_PORTS)]
+
+
+class IpiSends:
+    """The machine's SendTable, as the domain's event channels see it
+    (pyxen.hv.event_channel.FastSends): which ports its vCPUs' OUT hooks may send on, and
+    what they call for the vCPU an event went to."""
+
+    def __init__(self) -> None:
+        self.table = t = SendTable()
+        t.pending_off, t.mask_off = shared_info.evtchn_pending.offset, shared_info.evtchn_mask.offset
+        t.sel_off = vcpu_info.evtchn_pending_sel.offset
+        t.upcall_off = vcpu_info.evtchn_upcall_pending.offset
+        self.woken: Callable[[int, bool], None] | None = None  # (vCPU, upcall raised)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.table.enabled)
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        self.table.enabled = int(on)
+
+    def publish(self, bitmaps: int, vcpu_infos: list[int], targets: dict[int, int]) -> None:
+        """shared_info's address, each vCPU's vcpu_info address (0: none) and port → vCPU
+        for the IPI ports to send on; made while disabled (the caller holds the baton)."""
+        t = self.table
+        t.enabled = 0
+        t.bitmaps = bitmaps
+        for i in range(SEND_VCPUS):
+            t.vcpu_info[i] = vcpu_infos[i] if i < len(vcpu_infos) else 0
+        C.memset(t.target, 0, C.sizeof(t.target))
+        for port, vcpu in targets.items():
+            if port < SEND_PORTS and vcpu < SEND_VCPUS and t.vcpu_info[vcpu]:
+                t.target[port] = vcpu + 1
+
+    def call_woken(self, vcpu: int, what: int) -> None:
+        """From the OUT hook (native_send.c): what the event owes the vCPU."""
+        if self.woken is not None:
+            self.woken(vcpu, what == SEND_RAISE)
+
+
 class OutHook(C.Structure):
     """native_hooks.c's struct out_hook: one per vCPU engine."""
 
     _fields_ = [("regs", C.c_void_p), ("hflags", C.c_void_p), ("slow", OUT_HOOK),
                 ("port", C.c_uint32), ("count", C.c_uint32), ("answered", C.c_uint64),
-                ("answers", Answer * MAX_ANSWERS)]
+                ("answers", Answer * MAX_ANSWERS),
+                ("send", C.POINTER(SendTable)), ("woken", WOKEN), ("cr", C.c_void_p),
+                ("efer", C.c_void_p), ("ram", C.c_void_p), ("ram_start", C.c_uint64),
+                ("ram_end", C.c_uint64)]
+
+    def set_ram(self, window: tuple[int, int, int] | None) -> None:
+        """The engine's RAM view (host address of guest-physical 0, start, end), or None:
+        native sends need to read their argument from guest memory."""
+        self.ram = 0
+        if window is not None:
+            self.ram_start, self.ram_end = window[1], window[2]
+            self.ram = window[0]
 
     def set_answers(self, answers: Iterable[tuple[int, int, int]]) -> None:
         """(nr, first argument, result) triples; none: every OUT goes to Python."""
@@ -122,7 +190,7 @@ def _compiler() -> str:
 
 def build(dest_dir: Path | None = None) -> Path:
     """The compiled library, built if its sources changed since the last build."""
-    digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES)
+    digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES + HEADERS)
                             + " ".join(CFLAGS).encode()).hexdigest()[:16]
     out_dir = dest_dir or user_cache() / "native"
     library = out_dir / f"pyxen-soft-{digest}.so"
@@ -286,16 +354,25 @@ def available() -> str | None:
 
 
 def install_out_hook(uc: Uc, port: int, slow: Callable[[Uc, int, int, int, object], None],
-                     add_hook: Callable[[C.c_void_p, OutHook], None]) -> OutHook:
+                     add_hook: Callable[[C.c_void_p, OutHook], None],
+                     sends: tuple[SendTable, Callable[[int, int], None]] | None = None
+                     ) -> OutHook:
     """Give `uc` the native OUT hook for hypercall `port`, handing other OUTs to `slow`
     (called as a hook the binding added would be: an exception it raises stops the engine
     and comes out of emu_start). `add_hook(function, state)` registers the C function with
-    the engine (uc_hook_add); the returned state must live as long as the engine does."""
+    the engine (uc_hook_add); the returned state must live as long as the engine does.
+    `sends`: the machine's SendTable and what to call for the vCPU an IPI sent in C went to
+    (`woken(vcpu, SEND_RAISE or SEND_KICK)`); the hook's RAM view is set by set_ram."""
     hook = OutHook()
     env = env_address(uc, find_env())
     hook.regs, hook.hflags = env, env + ENV_HFLAGS
+    hook.cr, hook.efer = env + ENV_CR, env + ENV_EFER
     hook.slow = hook.slow_ref = uccallback(uc, OUT_HOOK)(slow)  # kept alive with the state
     hook.port = port
+    if sends is not None:
+        table, woken = sends
+        hook.send = hook.send_ref = C.pointer(table)
+        hook.woken = hook.woken_ref = WOKEN(woken)
     add_hook(C.cast(library().pyxen_out_hook, C.c_void_p), hook)
     return hook
 

@@ -11,23 +11,16 @@
  * window it is given, 5-level paging, compat-mode oddities. Python then delivers as
  * before. tests/soft/test_native_deliver.py holds the two to the same results.
  *
- * The page walk follows pyxen.hv.pagewalk (present bits at every level, RW at every level
- * for a write when CR0.WP is set, PS at the PDPT and PD levels; no accessed/dirty bits).
- * Afterwards Python recomputes QEMU's mode flags (Context.recompute_hflags) and records the
+ * The page walk is native_walk.h's, which follows pyxen.hv.pagewalk. Afterwards Python
+ * recomputes QEMU's mode flags (Context.recompute_hflags) and records the
  * frame's pages as written (dirty logging), from `written`.
  */
 #include <stdint.h>
 #include <string.h>
 
+#include "native_walk.h"
+
 #define CR0_PE (1ull << 0)
-#define CR0_WP (1ull << 16)
-#define CR0_PG (1ull << 31)
-#define CR4_LA57 (1ull << 12)
-#define EFER_LMA (1ull << 10)
-#define PTE_P (1ull << 0)
-#define PTE_RW (1ull << 1)
-#define PTE_PS (1ull << 7)
-#define ADDR_MASK 0x000FFFFFFFFFF000ull
 #define RF_TF (1ull << 8)
 #define RF_IF (1ull << 9)
 #define RF_NT (1ull << 14)
@@ -68,67 +61,6 @@ struct deliver_args {
     uint64_t written_len[2];
 };
 
-struct view {
-    const struct deliver_args *a;
-    uint64_t cr0, cr3;
-};
-
-static int in_ram(const struct deliver_args *a, uint64_t gpa, uint64_t len)
-{
-    return gpa >= a->ram_start && gpa <= a->ram_end && len <= a->ram_end - gpa;
-}
-
-static int canonical48(uint64_t va)
-{
-    uint64_t top = va >> 47;
-    return top == 0 || top == 0x1FFFF;
-}
-
-/* The guest-physical address of `va` (4-level paging), or 0 in *ok when it would fault. */
-static uint64_t walk(const struct view *v, uint64_t va, int write, int *ok)
-{
-    int check_write = write && (v->cr0 & CR0_WP);
-    uint64_t table = v->cr3 & ADDR_MASK;
-    *ok = 0;
-    if (!canonical48(va))
-        return 0;
-    for (int level = 4; level >= 1; level--) {
-        int shift = 12 + 9 * (level - 1);
-        uint64_t at = table + ((va >> shift) & 511) * 8;
-        if (!in_ram(v->a, at, 8))
-            return 0;
-        uint64_t entry;
-        memcpy(&entry, v->a->ram + at, 8);
-        if (!(entry & PTE_P) || (check_write && !(entry & PTE_RW)))
-            return 0;
-        if (level == 1 || ((entry & PTE_PS) && level <= 3)) {
-            uint64_t page_mask = (1ull << shift) - 1;
-            *ok = 1;
-            return ((entry & ADDR_MASK) & ~page_mask) | (va & page_mask);
-        }
-        table = entry & ADDR_MASK;
-    }
-    return 0;
-}
-
-/* Copy `len` bytes at linear `va` (implicit supervisor read) into `out`; 0 if it faults. */
-static int read_linear(const struct view *v, uint64_t va, void *out, uint64_t len)
-{
-    uint8_t *dst = out;
-    while (len) {
-        uint64_t n = 4096 - (va & 0xFFF);
-        if (n > len)
-            n = len;
-        int ok;
-        uint64_t gpa = walk(v, va, 0, &ok);
-        if (!ok || !in_ram(v->a, gpa, n))
-            return 0;
-        memcpy(dst, v->a->ram + gpa, n);
-        dst += n, va += n, len -= n;
-    }
-    return 1;
-}
-
 static struct segment_cache *seg(const struct deliver_args *a, int index)
 {
     return (struct segment_cache *)(a->env + a->env_segs + 24 * index);
@@ -149,7 +81,7 @@ int pyxen_deliver_external(struct deliver_args *a)
     uint64_t efer = env_u64(a, a->env_efer);
     uint32_t hflags;
     memcpy(&hflags, a->env + a->env_hflags, 4);
-    struct view v = { a, cr0, env_u64(a, a->env_cr + 24) };
+    struct view v = { a->ram, a->ram_start, a->ram_end, cr0, env_u64(a, a->env_cr + 24) };
     a->pieces = 0;
     if (!(cr0 & CR0_PE) || !(cr0 & CR0_PG) || (regs[REG_RFLAGS] & RF_VM)
         || !(efer & EFER_LMA) || (cr4 & CR4_LA57) || a->vector > 255)
@@ -216,7 +148,7 @@ int pyxen_deliver_external(struct deliver_args *a)
         gpa[pieces] = walk(&v, low, 1, &ok);
         len[pieces] = high - low;
         from[pieces] = low - bottom;
-        if (!ok || !in_ram(a, gpa[pieces], len[pieces]))
+        if (!ok || !in_view(&v, gpa[pieces], len[pieces]))
             return 0;
         high = low;
     }

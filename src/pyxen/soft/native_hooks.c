@@ -15,10 +15,14 @@
  * The rule is Vcpu.hypercall_inline's, for the calls HypercallTable.answer_always lists:
  * a call from CPL 0 (any other CPL goes to Python, which refuses it); Xen's calling
  * convention by CS.L (64-bit: number in rax, first argument in rdi; otherwise eax and
- * ebx); the result written to rax in the caller's width.
+ * ebx); the result written to rax in the caller's width. A 64-bit EVTCHNOP_send goes to
+ * native_send.c first, which sends on the IPI ports Python listed; what the event owes its
+ * vCPU (an upcall raised, a kick) is Python's again, through `woken`.
  */
 #include <stdint.h>
 #include <time.h>
+
+#include "native_walk.h"
 
 #define MAX_ANSWERS 16
 #define HF_CPL_MASK 3u
@@ -27,9 +31,16 @@
 #define R_ECX 1
 #define R_EDX 2
 #define R_EBX 3
+#define R_ESI 6
 #define R_EDI 7
+#define HYPERVISOR_event_channel_op 32
+#define EVTCHNOP_send 4
 
 typedef void (*out_hook_fn)(void *uc, uint32_t port, int size, uint32_t value, void *data);
+typedef void (*woken_fn)(int vcpu, int what);
+
+struct send_table;
+int pyxen_send_ipi(struct send_table *t, const struct view *v, uint64_t arg, int *vcpu);
 
 struct answer {
     uint32_t nr;        /* hypercall number */
@@ -46,7 +57,31 @@ struct out_hook {
     uint32_t count;             /* answers in use; 0: every OUT goes to `slow` */
     uint64_t answered;          /* hypercalls answered here */
     struct answer answers[MAX_ANSWERS];
+    /* EVTCHNOP_send on IPI ports (native_send.c); send NULL: none here */
+    struct send_table *send;
+    woken_fn woken;             /* Python: what the event owes vCPU `vcpu` */
+    const uint64_t *cr;         /* CPUX86State.cr[0..4] */
+    const uint64_t *efer;
+    uint8_t *ram;               /* this engine's RAM view (SoftVcpu._sync_ram); NULL: none */
+    uint64_t ram_start, ram_end;
 };
+
+/* 1 when native_send.c sent it (rax = 0, Xen's result for an IPI port). */
+static int sent_natively(struct out_hook *h)
+{
+    if (!h->send || !(h->cr[0] & CR0_PG) || !(*h->efer & EFER_LMA) || (h->cr[4] & CR4_LA57))
+        return 0;
+    struct view v = { h->ram, h->ram_start, h->ram_end, h->cr[0], h->cr[3] };
+    int vcpu = 0;
+    int what = pyxen_send_ipi(h->send, &v, h->regs[R_ESI], &vcpu);
+    if (what < 0)
+        return 0;
+    h->regs[R_EAX] = 0;
+    h->answered++;
+    if (what)
+        h->woken(vcpu, what);
+    return 1;
+}
 
 void pyxen_out_hook(void *uc, uint32_t port, int size, uint32_t value, void *data)
 {
@@ -63,6 +98,9 @@ void pyxen_out_hook(void *uc, uint32_t port, int size, uint32_t value, void *dat
                 return;
             }
         }
+        if (wide && nr == HYPERVISOR_event_channel_op && arg == EVTCHNOP_send
+                && sent_natively(h))
+            return;
     }
     h->slow(uc, port, size, value, 0);
 }

@@ -270,10 +270,12 @@ class SoftVcpu:
         if (why_not := native.available()) is None:
             self._native_tsc = native.install_tsc_hooks(uc, self.machine.tsc_clock,
                                                         self._add_insn_hook)
+            ipi = self.machine.ipi
             self._native_out = native.install_out_hook(
                 uc, self.hypercall_port, self._on_out,
                 lambda function, state: self._add_insn_hook(function, state,
-                                                             X.UC_X86_INS_OUT))
+                                                             X.UC_X86_INS_OUT),
+                None if ipi is None else (ipi.table, ipi.call_woken))
         else:
             native.unavailable_once(why_not)
             for insn, with_aux in ((X.UC_X86_INS_RDTSC, False), (X.UC_X86_INS_RDTSCP, True)):
@@ -1230,6 +1232,8 @@ class SoftVcpu:
         for view in sorted(wanted - self._mapped):
             self.uc.mem_map_ptr(view[0], view[1], self._perms(view), view[2])
             self._mapped.add(view)
+        if self._native_out is not None:  # native sends read their argument in this view
+            self._native_out.set_ram(ram.native_window(layout))
 
     def close(self) -> None:
         self.ctx.close()
