@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
 import threading
 from types import SimpleNamespace
@@ -97,3 +98,20 @@ def test_a_window_with_the_lapic_waiting_too_is_not_tied_to_the_level() -> None:
     v, _ = _interrupting(upcall_pending=1, irr=1 << 0x40)
     Vcpu.deliver_interrupts(v)  # type: ignore[arg-type]
     assert v.backend.windows == [(True, None)]
+
+
+def test_a_moved_vcpu_info_kicks_and_relists_native_sends() -> None:
+    """A backend's list of IPI ports holds vcpu_info addresses: a move must stop a running
+    engine and make the list stale (FastSends.hold)."""
+    held: list[str] = []
+
+    class Fast:
+        @contextlib.contextmanager
+        def hold(self):  # type: ignore[no-untyped-def]
+            held.append("hold")
+            yield
+
+    v = SimpleNamespace(_vcpu_info=object(), backend=Backend(),
+                        domain=SimpleNamespace(evtchn=SimpleNamespace(fast=Fast())))
+    Vcpu.vcpu_info_moved(v)  # type: ignore[arg-type]
+    assert v._vcpu_info is None and v.backend.kicks == 1 and held == ["hold"]

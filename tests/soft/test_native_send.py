@@ -16,9 +16,13 @@ from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_64, Uc
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
+from guestkit import image as guest_image
 from pyxen.abi.xen import shared_info, vcpu_info
+from pyxen.domain.domain import DomainConfig
 from pyxen.soft import native
 from pyxen.soft.cpustate import ENV_HFLAGS
+from pyxen.toolstack.accel import machine_factory
+from pyxen.toolstack.embedded import run_image
 
 PORT = 0xE8
 EVENT_CHANNEL_OP, EVTCHNOP_SEND = 32, 4
@@ -152,3 +156,31 @@ def test_cpl3_and_other_event_channel_ops_go_to_python(m: Machine) -> None:
 def test_no_ram_view_no_native_send(m: Machine) -> None:
     m.hook.set_ram(None)
     assert m.send(IPI) == EVENT_CHANNEL_OP and not m.pending(IPI)
+
+
+def _ping_pong(**config: object) -> tuple[str, int, str]:
+    """The evtchn_latency guest (2 vCPUs, IPIs both ways) on the software CPU: how it
+    ended, how many sends the OUT hooks made, and what the guest reported."""
+    image = guest_image("evtchn_latency")
+    domains = []
+    result = run_image(image, DomainConfig(name="ipi", memory_mib=16, vcpus=2,
+                                           cmdline="samples=200 warmup=10", **config),
+                       prepare=domains.append, timeout=120,
+                       machine_factory=machine_factory("soft")[0])
+    return (result.result.outcome.name, domains[0].machine.ipi.table.sent,
+            result.console.decode(errors="replace"))
+
+
+def test_a_domains_ipis_are_sent_in_the_hook_and_all_arrive(guests: None) -> None:
+    outcome, sent, console = _ping_pong()
+    assert outcome == "POWEROFF", console[-2000:]
+    assert "TEST evtchn_latency.all_answered PASS" in console
+    assert "TEST evtchn_latency.on_vcpu1 PASS" in console
+    # 210 pings and as many pongs; the first send on each port is Python's (it lists them)
+    assert 2 * 210 - 2 <= sent <= 2 * 210 + 2
+
+
+def test_trace_makes_no_native_sends(guests: None) -> None:
+    outcome, sent, console = _ping_pong(trace=True)
+    assert outcome == "POWEROFF" and sent == 0
+    assert "TEST evtchn_latency.all_answered PASS" in console
