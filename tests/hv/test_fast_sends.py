@@ -161,3 +161,15 @@ def test_no_list_under_trace() -> None:
     d = SimpleNamespace(trace=True, machine=SimpleNamespace(ipi_sends=lambda: sink))
     ev = EventChannels(d, 8191)  # type: ignore[arg-type]
     assert ev.fast.sink is None and sink.woken is None
+
+
+def test_a_failure_after_a_native_send_ends_the_domain(dom) -> None:  # type: ignore[no-untyped-def]
+    errors: list[str] = []
+    dom.vmm_error = errors.append
+
+    def broken() -> None:
+        raise RuntimeError("bug")
+
+    dom.vcpus[1].raise_upcall = broken
+    dom.sink.woken(1, True)  # from C: must not raise
+    assert errors and "vCPU1" in errors[0] and "bug" in errors[0]

@@ -171,12 +171,19 @@ class FastSends:
             self._update()
 
     def _woken(self, vcpu: int, raised: bool) -> None:
-        """What mark_events_pending does after the bits: raise the upcall, or kick."""
-        v = self.ev.domain.vcpus[vcpu]
-        if raised:
-            v.raise_upcall()
-        else:
-            v.kick()
+        """What mark_events_pending does after the bits: raise the upcall, or kick. Called
+        from C, which cannot take an exception: a VMM bug ends the domain, as it would have
+        out of a hypercall made in Python."""
+        domain = self.ev.domain
+        try:
+            v = domain.vcpus[vcpu]
+            if raised:
+                v.raise_upcall()
+            else:
+                v.kick()
+        except Exception as e:  # noqa: BLE001
+            log.exception("native EVTCHNOP_send: waking vCPU%d failed", vcpu)
+            domain.vmm_error(f"vCPU{vcpu}: internal error after a native send: {e!r}")
 
 
 class EventChannels:
