@@ -72,6 +72,14 @@ def bind(d, state: int, vcpu: int = 0) -> int:  # type: ignore[no-untyped-def]
     return port
 
 
+def listed(d):  # type: ignore[no-untyped-def]
+    """d's FastSends with one IPI port listed (for vCPU 1), enabled."""
+    bind(d, ECS_IPI, 1)
+    d.evtchn.fast.refresh()
+    assert d.sink.enabled
+    return d.evtchn.fast
+
+
 def test_the_list_names_ipi_ports_whose_vcpu_has_a_vcpu_info(dom) -> None:  # type: ignore[no-untyped-def]
     ipi0, ipi1 = bind(dom, ECS_IPI, 0), bind(dom, ECS_IPI, 1)
     bind(dom, ECS_IPI, 2)  # vCPU 2 has no vcpu_info: Python's
@@ -88,9 +96,7 @@ def test_the_list_names_ipi_ports_whose_vcpu_has_a_vcpu_info(dom) -> None:  # ty
 
 
 def test_a_change_disables_the_list_until_python_lists_again(dom) -> None:  # type: ignore[no-untyped-def]
-    fast = dom.evtchn.fast
-    bind(dom, ECS_IPI, 1)
-    fast.refresh()
+    fast = listed(dom)
     with fast.hold():
         assert not dom.sink.enabled
         fast.refresh()  # a send Python makes meanwhile: no list from a state in the making
@@ -101,9 +107,7 @@ def test_a_change_disables_the_list_until_python_lists_again(dom) -> None:  # ty
 
 
 def test_polling_turns_it_off_without_a_new_list(dom) -> None:  # type: ignore[no-untyped-def]
-    fast = dom.evtchn.fast
-    bind(dom, ECS_IPI, 1)
-    fast.refresh()
+    fast = listed(dom)
     with fast.polling():
         assert not dom.sink.enabled
         with fast.polling():  # two vCPUs polling

@@ -41,6 +41,18 @@ needs_native = pytest.mark.skipif(native.available() is not None,
                                   reason=f"native hook unavailable: {native.available()}")
 
 
+def out_hook_adder(uc: Uc):  # type: ignore[no-untyped-def]
+    """install_out_hook's add_hook for a bare engine: uc_hook_add for OUT."""
+
+    def add(function: C.c_void_p, state: native.OutHook) -> None:
+        handle = C.c_size_t()
+        assert not uclib.uc_hook_add(uc._uch, C.byref(handle), UC_HOOK_INSN, function,
+                                     C.byref(state), C.c_uint64(1), C.c_uint64(0),
+                                     C.c_int(X.UC_X86_INS_OUT))
+
+    return add
+
+
 class Engine:
     """A bare engine running `code` at CODE, with the native hook and a recording slow hook."""
 
@@ -52,14 +64,8 @@ class Engine:
         self.code = code
         self.slow: list[tuple[int, int, int]] = []
         self.raise_in_slow: Exception | None = None
-        self.hook = native.install_out_hook(self.uc, PORT, self._slow, self._add)
+        self.hook = native.install_out_hook(self.uc, PORT, self._slow, out_hook_adder(self.uc))
         self.hook.set_answers((nr, sub, res) for (nr, sub), res in ANSWERS.items())
-
-    def _add(self, function: C.c_void_p, state: native.OutHook) -> None:
-        handle = C.c_size_t()
-        assert not uclib.uc_hook_add(self.uc._uch, C.byref(handle), UC_HOOK_INSN, function,
-                                     C.byref(state), C.c_uint64(1), C.c_uint64(0),
-                                     C.c_int(X.UC_X86_INS_OUT))
 
     def _slow(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
         self.slow.append((port, size, value))

@@ -12,9 +12,8 @@ import ctypes as C
 import struct
 
 import pytest
-from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_64, Uc
+from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uclib
 
 from guestkit import image as guest_image
 from pyxen.abi.xen import shared_info, vcpu_info
@@ -23,6 +22,8 @@ from pyxen.soft import native
 from pyxen.soft.cpustate import ENV_HFLAGS
 from pyxen.toolstack.accel import machine_factory
 from pyxen.toolstack.embedded import run_image
+
+from .test_native import out_hook_adder
 
 PORT = 0xE8
 EVENT_CHANNEL_OP, EVTCHNOP_SEND = 32, 4
@@ -58,19 +59,13 @@ class Machine:
         self.woken: list[tuple[int, bool]] = []
         self.ipi.woken = lambda vcpu, raised: self.woken.append((vcpu, raised))
         self.slow: list[int] = []
-        self.hook = native.install_out_hook(uc, PORT, self._slow, self._add,
+        self.hook = native.install_out_hook(uc, PORT, self._slow, out_hook_adder(uc),
                                             (self.ipi.table, self.ipi.call_woken))
         self.hook.set_answers([(17, 0, 0x4_0013)])  # a listed call: native answers are on
         self.hook.set_ram((C.addressof(self.ram), 0, RAM))
         self.ipi.publish(C.addressof(self.shared), [C.addressof(i) for i in self.info],
                          {IPI: 1, IPI_MASKED: 1})
         self.ipi.enabled = True
-
-    def _add(self, function: C.c_void_p, state: native.OutHook) -> None:
-        handle = C.c_size_t()
-        assert not uclib.uc_hook_add(self.uc._uch, C.byref(handle), UC_HOOK_INSN, function,
-                                     C.byref(state), C.c_uint64(1), C.c_uint64(0),
-                                     C.c_int(X.UC_X86_INS_OUT))
 
     def _slow(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
         self.slow.append(value)
