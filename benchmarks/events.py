@@ -30,9 +30,10 @@ from pyxen.toolstack.accel import available_accels
 from pyxen.toolstack.demo_cmd import guest_image
 
 SHORT, LONG, ROUNDS = 2_000, 20_000, 5
-# Steady state: the first round trips on the software CPU are slower (about 500-700 us on
-# this project's machines against about 190 us after a thousand), so that many are run and
-# discarded before the samples are taken, on every backend alike.
+# Steady state: the first round trips on the software CPU are slower (its scan of the code
+# that follows a hypervisor CPUID for RDMSR/WRMSR runs through them: 370 us for the first
+# 300 on this project's machine, against about 110 us after a thousand), so that many are
+# run and discarded before the samples are taken, on every backend alike.
 LATENCY_SAMPLES, LATENCY_WARMUP = 500, 1000
 IDLE_SECONDS = 4
 PERIOD_S, PERIODIC_SECONDS = 0.010, 2
