@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes as C
 import threading
 from types import SimpleNamespace
@@ -102,14 +101,12 @@ def test_a_window_with_the_lapic_waiting_too_is_not_tied_to_the_level() -> None:
 
 def test_a_moved_vcpu_info_kicks_and_relists_native_sends() -> None:
     """A backend's list of IPI ports holds vcpu_info addresses: a move must stop a running
-    engine and make the list stale (FastSends.hold)."""
+    engine and make the list stale (FastSends.invalidate)."""
     held: list[str] = []
 
     class Fast:
-        @contextlib.contextmanager
-        def hold(self):  # type: ignore[no-untyped-def]
+        def invalidate(self) -> None:
             held.append("hold")
-            yield
 
     v = SimpleNamespace(_vcpu_info=object(), backend=Backend(),
                         domain=SimpleNamespace(evtchn=SimpleNamespace(fast=Fast())))

@@ -177,3 +177,11 @@ def test_a_failure_after_a_native_send_ends_the_domain(dom) -> None:  # type: ig
     dom.vcpus[1].raise_upcall = broken
     dom.sink.woken(1, True)  # from C: must not raise
     assert errors and "vCPU1" in errors[0] and "bug" in errors[0]
+
+
+def test_a_moved_vcpu_info_disables_the_list_until_python_lists_again(dom) -> None:  # type: ignore[no-untyped-def]
+    fast = listed(dom)
+    fast.invalidate()
+    assert not dom.sink.enabled
+    fast.refresh()
+    assert dom.sink.enabled and len(dom.sink.published) == 2

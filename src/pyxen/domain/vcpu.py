@@ -98,8 +98,7 @@ class Vcpu:
         for an interrupt window (deliver_interrupts asks again with the new one)."""
         self._vcpu_info = None
         self.backend.kick()
-        with self.domain.evtchn.fast.hold():  # native sends must not use the old one
-            pass
+        self.domain.evtchn.fast.invalidate()  # native sends must not use the old one
 
     def _periodic_tick(self) -> None:
         """The periodic timer: send VIRQ_TIMER and re-arm on the ideal schedule (no drift);

@@ -106,10 +106,10 @@ class FastSends:
     CPU's OUT hook, native_send.c), for a machine that offers it (`ipi_sends()`): this keeps
     the backend's list of such ports right.
 
-    The backend sends on a listed port only while the list is enabled. Everything the list
-    depends on (ports bound or closed, the ABI, where shared_info and each vcpu_info are)
-    changes inside hold(): disabled first, with no engine running (machine.exclusive), and
-    listed again after the next send Python makes (refresh). A vCPU in SCHEDOP_poll
+    The backend sends on a listed port only while the list is enabled. Ports and the ABI
+    change inside hold(), and a moved shared_info or vcpu_info calls invalidate(): the list
+    is disabled first, with no engine running (machine.exclusive), and made again after the
+    next send Python makes (refresh). A vCPU in SCHEDOP_poll
     disables it too (polling()): a send must wake pollers, which Python does."""
 
     def __init__(self, ev: EventChannels) -> None:
@@ -146,6 +146,13 @@ class FastSends:
     def hold(self) -> contextlib.AbstractContextManager[None]:
         """No backend sends while the ports (or what their events reach) may change."""
         return self._counted("_holds", True)
+
+    def invalidate(self) -> None:
+        """Something the list holds moved (a vcpu_info, shared_info): off until made again."""
+        if self.sink is not None:
+            with self.ev.domain.machine.exclusive():
+                self._stale = True
+                self._update()
 
     def polling(self) -> contextlib.AbstractContextManager[None]:
         """No backend sends while a vCPU polls (SCHEDOP_poll)."""
